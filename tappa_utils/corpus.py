@@ -1,0 +1,124 @@
+"""The offline training corpus (Python's standard library and its bundled docs) and the synthetic mixtures.
+
+Every machine with Python has this text, so the default model can be rebuilt anywhere.  Files are split into
+train and held-out by a hash of their relative path (deterministic, independent of file order).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import sysconfig
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+BOS_ID, EOS_ID, PAD_ID = 256, 257, 258
+VOCAB_SIZE = 259
+HELDOUT_PERCENT = 5
+
+
+def stdlib_files() -> list[tuple[str, Path]]:
+    """(relative name, path) of every stdlib `.py` file (site-packages excluded) plus `pydoc_data/topics.py`."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if d not in {"site-packages", "__pycache__"})
+        for fn in sorted(filenames):
+            if fn.endswith(".py"):
+                p = Path(dirpath) / fn
+                out.append((str(p.relative_to(root)), p))
+    return out
+
+
+def is_heldout(name: str) -> bool:
+    """Deterministic held-out split by a hash of the relative file name."""
+    return int(hashlib.sha1(name.encode()).hexdigest(), 16) % 100 < HELDOUT_PERCENT
+
+
+@dataclass
+class Corpus:
+    """Concatenated bytes of the train and held-out files, with the file manifest (name, sha256, split)."""
+
+    train: np.ndarray
+    heldout: np.ndarray
+    manifest: list[dict] = field(default_factory=list)
+
+
+def load_corpus(max_file_bytes: int = 200_000) -> Corpus:
+    """Read the stdlib corpus; files larger than `max_file_bytes` are skipped (generated tables, test data)."""
+    train, held, manifest = [], [], []
+    for name, path in stdlib_files():
+        data = path.read_bytes()
+        if not data or len(data) > max_file_bytes and not name.startswith("pydoc_data"):
+            continue
+        split = "heldout" if is_heldout(name) else "train"
+        (held if split == "heldout" else train).append(data + b"\n")
+        manifest.append({"file": name, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data), "split": split})
+    to_arr = lambda parts: np.frombuffer(b"".join(parts), dtype=np.uint8).astype(np.int64)
+    return Corpus(to_arr(train), to_arr(held), manifest)
+
+
+def text_window(rng: np.random.Generator, data: np.ndarray, n: int) -> np.ndarray:
+    """A random contiguous slice of `n` bytes."""
+    start = int(rng.integers(0, len(data) - n))
+    return data[start : start + n].copy()
+
+
+def random_segment(rng: np.random.Generator, n: int) -> np.ndarray:
+    """Random printable ASCII bytes: only copying can predict a second occurrence."""
+    return rng.integers(33, 127, size=n)
+
+
+def copy_window(rng: np.random.Generator, data: np.ndarray, n: int) -> np.ndarray:
+    """Text with a segment (random bytes or text, 16-96 long) that re-occurs 1-3 times later in the window."""
+    x = text_window(rng, data, n)
+    seg_len = int(rng.integers(16, 97))
+    seg = random_segment(rng, seg_len) if rng.random() < 0.6 else text_window(rng, data, seg_len)
+    reps = int(rng.integers(2, 5))
+    slots = np.sort(rng.choice(np.arange(0, n - seg_len, seg_len + 1), size=min(reps, (n - seg_len) // (seg_len + 1)), replace=False))
+    for s in slots:
+        x[s : s + seg_len] = seg
+    return x
+
+
+def periodic_window(rng: np.random.Generator, data: np.ndarray, n: int) -> np.ndarray:
+    """A stretch of text repeated with a period L in 4..64 (with 2 % byte noise), after a text prefix."""
+    period = int(rng.integers(4, 65))
+    unit = text_window(rng, data, period)
+    prefix = int(rng.integers(0, n // 4))
+    x = text_window(rng, data, n)
+    reps = np.resize(unit, n - prefix)
+    noise = rng.random(len(reps)) < 0.02
+    reps[noise] = rng.integers(33, 127, size=int(noise.sum()))
+    x[prefix:] = reps
+    return x
+
+
+MIXTURE = (("text", 0.5, text_window), ("copy", 0.35, copy_window), ("periodic", 0.15, periodic_window))
+
+
+def sample_batch(rng: np.random.Generator, data: np.ndarray, batch: int, seq_len: int, mixture=MIXTURE) -> np.ndarray:
+    """A (batch, seq_len) int64 array: BOS followed by a window drawn from the mixture."""
+    names, probs, fns = zip(*mixture)
+    out = np.empty((batch, seq_len), dtype=np.int64)
+    out[:, 0] = BOS_ID
+    for b in range(batch):
+        fn = fns[int(rng.choice(len(fns), p=np.asarray(probs) / sum(probs)))]
+        out[b, 1:] = fn(rng, data, seq_len - 1)
+    return out
+
+
+def copy_test_batch(rng: np.random.Generator, data: np.ndarray, n: int, seq_len: int = 256, seg_len: int = 48):
+    """Copy test: BOS, text, random segment, text, the same segment. Returns ids and the two segment slices."""
+    out = np.empty((n, seq_len), dtype=np.int64)
+    out[:, 0] = BOS_ID
+    first = slice(40, 40 + seg_len)
+    second = slice(seq_len - seg_len - 8, seq_len - 8)
+    for b in range(n):
+        x = text_window(rng, data, seq_len - 1)
+        seg = random_segment(rng, seg_len)
+        x[first.start - 1 : first.stop - 1] = seg
+        x[second.start - 1 : second.stop - 1] = seg
+        out[b, 1:] = x
+    return out, first, second
