@@ -122,3 +122,8 @@ def copy_test_batch(rng: np.random.Generator, data: np.ndarray, n: int, seq_len:
         x[second.start - 1 : second.stop - 1] = seg
         out[b, 1:] = x
     return out, first, second
+
+
+def heldout_sample_text(n_bytes: int = 96_000) -> str:
+    """The first `n_bytes` of the held-out files (never trained on), decoded as UTF-8: the shipped sample text."""
+    return bytes(load_corpus().heldout[:n_bytes].astype(np.uint8)).decode("utf-8", errors="replace")

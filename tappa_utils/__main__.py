@@ -1,0 +1,38 @@
+"""Command line: `python -m tappa_utils <command> ...` (also installed as `tappa`).
+
+Each command lives in its own module with `main(argv)`; bad input exits with status 2 and one clear line.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS = {
+    "analyze": ("tappa_utils.analysis", "per-head metrics (q-similarity, sinks, diagonals, periods) of a model"),
+    "kv-eval": ("tappa_utils.kv.evaluate", "KV-cache compression: TAPPA vs kvpress baselines"),
+    "prune-eval": ("tappa_utils.pruning_eval", "layer pruning: ShortGPT vs TAPPA orders"),
+    "model-card": ("tappa_utils.model_card", "regenerate the default model's card (measurements vs random weights)"),
+    "train-tiny": ("tappa_utils.train_tiny", "train (or resume, or export) the default model"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: python -m tappa_utils <command> [options]   (<command> --help for its options)", "", "commands:"]
+    lines += [f"  {name:<12} {doc}" for name, (_, doc) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0
+    if argv[0] not in COMMANDS:
+        print(f"error: unknown command {argv[0]!r}\n{usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[argv[0]][0])
+    return module.main(argv[1:]) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

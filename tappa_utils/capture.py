@@ -1,0 +1,195 @@
+"""Capture queries, keys, logits and attention probabilities of every layer and head during a forward pass.
+
+    with capture(model, layers=[0, 3], what=("q_pre", "q_post", "probs")) as cap:
+        model(input_ids)
+    cap[3].q_post            # (batch, heads, T, head_dim)
+
+Hooks read the model's own projections (bias included), q_norm/k_norm where the model has them, and the model's
+own rotary cos/sin, so every RoPE type transformers supports is honoured. Nothing the model computes is changed.
+With `reducer=fn`, `fn(record)` runs as soon as a layer is done and only its return value is kept: the layer's
+tensors are dropped, so at most one layer's attention is alive at a time (streaming mode).
+"""
+from __future__ import annotations
+
+import sys
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator
+
+import torch
+
+from .models import check_supported, decoder_layers
+
+WHAT = ("q_pre", "k_pre", "q_post", "k_post", "logits", "probs")
+
+
+@dataclass
+class LayerRecord:
+    """What one layer computed. q: (B, H, T, D); k: (B, H_kv, T, D); logits/probs: (B, H, T, T).
+
+    Logits are the scaled scores before the mask (masked entries are -inf); query head h reads KV head
+    h // (H / H_kv).
+    """
+
+    layer: int
+    q_pre: torch.Tensor | None = None
+    k_pre: torch.Tensor | None = None
+    q_post: torch.Tensor | None = None
+    k_post: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    probs: torch.Tensor | None = None
+    scaling: float = 1.0
+    kv_group: int = 1
+    sliding_window: int | None = None
+
+
+@dataclass
+class Capture:
+    """Records by layer index (or the reducer's results in streaming mode)."""
+
+    records: dict[int, Any] = field(default_factory=dict)
+
+    def __getitem__(self, layer: int) -> Any:
+        return self.records[layer]
+
+    def __contains__(self, layer: int) -> bool:
+        return layer in self.records
+
+    def layers(self) -> list[int]:
+        return sorted(self.records)
+
+
+def resolve_layers(model, layers: Iterable[int] | int | None) -> list[int]:
+    """Validate layer indices (negative ones count from the end); None means all layers."""
+    n = len(decoder_layers(model))
+    if layers is None:
+        return list(range(n))
+    if isinstance(layers, int) and not isinstance(layers, bool):
+        layers = [layers]
+    out = []
+    for layer in layers:
+        if not isinstance(layer, int) or isinstance(layer, bool):
+            raise TypeError(f"layer indices must be integers, got {layer!r}")
+        if not -n <= layer < n:
+            raise IndexError(f"layer {layer} is out of range: the model has {n} layers (0..{n - 1})")
+        out.append(layer % n)
+    return sorted(set(out))
+
+
+def _rope_fn(attn) -> Callable:
+    """The `apply_rotary_pos_emb` of the attention module's own modeling file."""
+    return getattr(sys.modules[type(attn).__module__], "apply_rotary_pos_emb")
+
+
+def _sliding_window(attn) -> int | None:
+    if hasattr(attn, "sliding_window"):
+        return attn.sliding_window
+    return getattr(attn.config, "sliding_window", None) if attn.config.model_type == "mistral" else None
+
+
+def causal_mask(T: int, device=None, sliding_window: int | None = None, offset: int = 0) -> torch.Tensor:
+    """Boolean (T, T + offset) mask: query t (absolute position offset + t) sees key j iff j <= t (and t - j < window)."""
+    t = torch.arange(T, device=device)[:, None] + offset
+    j = torch.arange(T + offset, device=device)[None, :]
+    keep = j <= t
+    if sliding_window is not None:
+        keep &= (t - j) < sliding_window
+    return keep
+
+
+def attention_from_qk(q_post: torch.Tensor, k_post: torch.Tensor, scaling: float, sliding_window: int | None = None,
+                      dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """Masked logits and softmax probabilities from post-RoPE q (B,H,T,D) and k (B,H_kv,T,D), GQA aware."""
+    group = q_post.shape[1] // k_post.shape[1]
+    k = k_post.repeat_interleave(group, dim=1)
+    logits = torch.matmul(q_post.to(dtype), k.to(dtype).transpose(-1, -2)) * scaling
+    keep = causal_mask(q_post.shape[2], q_post.device, sliding_window)
+    logits = logits.masked_fill(~keep, float("-inf"))
+    return logits, torch.softmax(logits, dim=-1)
+
+
+@contextmanager
+def capture(
+    model,
+    layers: Iterable[int] | int | None = None,
+    what: Iterable[str] = ("q_pre", "k_pre", "q_post", "k_post"),
+    reducer: Callable[[LayerRecord], Any] | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> Iterator[Capture]:
+    """Record `what` (a subset of WHAT) for `layers` during forwards run inside the block; hooks always removed.
+
+    Use one full-sequence forward without a past cache. Batches without padding are supported.
+    `dtype` is the precision in which logits/probabilities are computed (float32 by default).
+    """
+    check_supported(model)
+    what = tuple(what)
+    bad = [w for w in what if w not in WHAT]
+    if bad:
+        raise ValueError(f"unknown capture fields {bad}; choose from {WHAT}")
+    layer_ids = resolve_layers(model, layers)
+    cap = Capture()
+    handles = []
+    mods = decoder_layers(model)
+    for idx in layer_ids:
+        attn = mods[idx].self_attn
+        state: dict[str, Any] = {}
+        q_src = attn.q_norm if getattr(attn, "q_norm", None) is not None else attn.q_proj
+        k_src = attn.k_norm if getattr(attn, "k_norm", None) is not None else attn.k_proj
+
+        def grab(name, state=state):
+            def hook(_mod, _inp, out):
+                state[name] = out.detach()
+            return hook
+
+        def pre_hook(_mod, args, kwargs, state=state, idx=idx):
+            state.clear()
+            state["pos"] = kwargs.get("position_embeddings")
+            past = kwargs.get("past_key_values")
+            if past is not None and past.get_seq_length(idx) > 0:
+                state["past"] = True
+
+        def post_hook(mod, _args, _kwargs, _out, idx=idx, state=state):
+            if state.get("past"):
+                raise RuntimeError("capture needs one full-sequence forward without a pre-filled cache")
+            rec = _build_record(mod, idx, state, what, dtype)
+            state.clear()
+            cap.records[idx] = reducer(rec) if reducer is not None else rec
+
+        handles += [
+            q_src.register_forward_hook(grab("q")),
+            k_src.register_forward_hook(grab("k")),
+            attn.register_forward_pre_hook(pre_hook, with_kwargs=True),
+            attn.register_forward_hook(post_hook, with_kwargs=True),
+        ]
+    try:
+        yield cap
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _build_record(attn, idx: int, state: dict, what: tuple[str, ...], dtype: torch.dtype) -> LayerRecord:
+    d = attn.head_dim
+    q, k = state["q"], state["k"]
+    B, T = q.shape[0], q.shape[1]
+    q_pre = q.reshape(B, T, -1, d).transpose(1, 2)
+    k_pre = k.reshape(B, T, -1, d).transpose(1, 2)
+    rec = LayerRecord(layer=idx, scaling=float(attn.scaling), kv_group=q_pre.shape[1] // k_pre.shape[1],
+                      sliding_window=_sliding_window(attn))
+    if "q_pre" in what:
+        rec.q_pre = q_pre
+    if "k_pre" in what:
+        rec.k_pre = k_pre
+    need_post = any(w in what for w in ("q_post", "k_post", "logits", "probs"))
+    if need_post:
+        cos, sin = state["pos"]
+        q_post, k_post = _rope_fn(attn)(q_pre, k_pre, cos, sin)
+        if "q_post" in what:
+            rec.q_post = q_post
+        if "k_post" in what:
+            rec.k_post = k_post
+        if "logits" in what or "probs" in what:
+            logits, probs = attention_from_qk(q_post, k_post, rec.scaling, rec.sliding_window, dtype)
+            rec.logits = logits if "logits" in what else None
+            rec.probs = probs if "probs" in what else None
+    return rec
