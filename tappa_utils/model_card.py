@@ -475,7 +475,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0, help="seed of the copy test and of the random-weight copy")
     ap.add_argument("--out", default=None, help="folder for MODEL_CARD.md and model_card.json (default: the model folder)")
     ap.add_argument("--device", default="cpu")
-    args = ap.parse_args(argv)
+    try:
+        args = ap.parse_args(argv)
+    except SystemExit as e:  # --help (0) or a bad option (2, one line already printed)
+        return int(e.code or 0)
 
     try:
         path = Path(resolve_model_path(args.model))
@@ -488,6 +491,9 @@ def main(argv: list[str] | None = None) -> int:
         out = Path(args.out) if args.out else path
         if out.exists() and not out.is_dir():
             raise ValueError(f"--out {str(out)!r} exists and is not a folder")
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()  # the whole text is tokenised at once: silence the length warning
         model, tokenizer = load_model(str(path), device=args.device)
         if args.seq_len > context_length(model):
             raise ValueError(f"--seq-len {args.seq_len} exceeds the model's context {context_length(model)}")
@@ -505,7 +511,8 @@ def main(argv: list[str] | None = None) -> int:
             command += f" --out {args.out}"
         card = build_card(model, tokenizer, path, cfg, null_seed=args.seed, command=command)
     except (ValueError, FileNotFoundError, OSError, KeyError) as e:
-        print(f"error: model-card: {e}", file=sys.stderr)
+        msg = str(e).replace("\n", " ")
+        print(f"error: model-card: {msg}", file=sys.stderr)
         return 2
     md, js = write_card(card, out)
     met = sum(c["passed"] for c in card["targets"])

@@ -1,0 +1,202 @@
+"""The model card: its numbers match the functions, the shipped weights are real, loading and tokenizer round trip."""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from tappa_utils import model_card as mc
+from tappa_utils.models import ASSETS, load_model, random_weight_copy
+
+SHIPPED = ASSETS / "tappa-tiny"
+
+
+@pytest.fixture(scope="module")
+def card_dir(tmp_path_factory):
+    """A tmp copy of the shipped model folder with a card generated on a small sample (2 windows x 128 tokens)."""
+    d = tmp_path_factory.mktemp("card") / "tappa-tiny"
+    shutil.copytree(SHIPPED, d)
+    for f in ("MODEL_CARD.md", "model_card.json"):
+        (d / f).unlink(missing_ok=True)
+    rc = mc.main(["--model", str(d), "--windows", "2", "--seq-len", "128", "--copy-windows", "3",
+                  "--copy-seq-len", "160", "--seed", "1"])
+    assert rc == 0
+    return d
+
+
+def test_card_numbers_match_the_functions(card_dir):
+    from tappa_utils.data import load_text, token_windows
+    from tappa_utils.metrics import MetricConfig, analyze_heads
+
+    card = json.loads((card_dir / "model_card.json").read_text())
+    model, tok = load_model(str(card_dir))
+    text = load_text()
+    ids = token_windows(tok, text, 128, 2)
+    null = random_weight_copy(model, seed=1)
+    assert card["trained"]["heldout_loss"] == pytest.approx(mc.heldout_loss(model, ids, tok), rel=1e-4)
+    assert card["random"]["heldout_loss"] == pytest.approx(mc.heldout_loss(null, ids, tok), rel=1e-4)
+
+    cids, first, second = mc.copy_test_ids(tok, text, 3, 160, 48, seed=1)
+    copy = mc.copy_test(model, cids, first, second)
+    for k in ("copy_first", "copy_second", "copy_ratio"):
+        assert card["trained"]["copy"][k] == pytest.approx(copy[k], rel=1e-4)
+
+    heads = analyze_heads(model, ids, MetricConfig())
+    got = pd.DataFrame(card["heads"]).sort_values(["layer", "head"]).reset_index(drop=True)
+    heads = heads.sort_values(["layer", "head"]).reset_index(drop=True)
+    assert len(got) == model.config.num_hidden_layers * model.config.num_attention_heads == len(heads)
+    for col in ("sink_mass", "diag_mass", "q_sim_consecutive_pre", "q_sim_window_post", "predictability"):
+        np.testing.assert_allclose(got[col].to_numpy(float), heads[col].to_numpy(float), rtol=1e-4, atol=1e-6)
+    assert (got["diag_offset"].to_numpy() == heads["diag_offset"].to_numpy()).all()
+
+    summary = mc.summarize_heads(heads, mc.CardConfig())
+    assert card["trained"]["heads"]["diagonal_heads"] == summary["diagonal_heads"]
+    assert card["trained"]["heads"]["sink_heads_outside_layer0"] == summary["sink_heads_outside_layer0"]
+    assert card["architecture"]["parameters"] == sum(p.numel() for p in model.parameters())
+
+    md = (card_dir / "MODEL_CARD.md").read_text()
+    assert f"| held-out loss (nats/byte) | {card['trained']['heldout_loss']:.3f} | {card['random']['heldout_loss']:.3f} |" in md
+    assert f"{card['architecture']['parameters']:,} parameters" in md
+    assert "python -m tappa_utils model-card" in md and "--windows 2 --seq-len 128" in md
+    n_met = sum(t["passed"] for t in card["targets"])
+    assert f"{n_met} of 4 targets met" in md
+    # each target's verdict follows from its measured value
+    by_name = {t["name"].split(" (")[0].split(":")[0]: t for t in card["targets"]}
+    assert by_name["copy test"]["passed"] == (card["trained"]["copy"]["copy_ratio"] <= 0.5)
+    assert by_name["diagonal heads"]["passed"] == (summary["diagonal_heads"] >= 4)
+
+
+def test_card_describes_training_and_corpus(card_dir):
+    card = json.loads((card_dir / "model_card.json").read_text())
+    log = mc.read_training_log(card_dir)
+    args = json.loads((card_dir / "train_args.json").read_text())
+    assert card["training"]["steps"] == int(log["step"].max())
+    assert card["training"]["tokens_seen"] == int(log["step"].max()) * int(args["batch"]) * int(args["seq_len"])
+    assert {m["name"] for m in card["training"]["mixture"]} == {"text", "copy", "periodic"}
+    manifest = json.loads((card_dir / "corpus_manifest.json").read_text())
+    assert card["corpus"]["files"] == len(manifest)
+    assert card["corpus"]["bytes"] == sum(m["bytes"] for m in manifest)
+    assert card["corpus"]["manifest_sha256"] == hashlib.sha256((card_dir / "corpus_manifest.json").read_bytes()).hexdigest()
+    md = (card_dir / "MODEL_CARD.md").read_text()
+    assert card["corpus"]["manifest_sha256"] in md and f"{card['training']['tokens_seen']:,} tokens seen" in md
+
+
+def test_training_summary_on_a_synthetic_log(tmp_path):
+    (tmp_path / "train_args.json").write_text(json.dumps({"batch": "4", "seq_len": "64", "steps": "10", "lr": "0.01"}))
+    rows = [{"step": s, "loss": 3.0 - 0.1 * s} for s in range(1, 8)]
+    rows.insert(5, {"step": 5, "loss": 9.9})  # a resumed run repeats step 5: the last record wins
+    rows[-1] |= {"heldout_loss": 2.5, "copy_ratio": 0.8}
+    (tmp_path / "training_log.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    s = mc.training_summary(tmp_path)
+    assert s["steps"] == 7 and s["tokens_seen"] == 7 * 4 * 64 and s["planned_steps"] == 10
+    assert s["eval_step"] == 7 and s["eval_heldout_loss"] == 2.5 and s["eval_copy_ratio"] == 0.8
+    log = mc.read_training_log(tmp_path)
+    assert log["step"].is_unique and len(log) == 7
+    assert mc.training_summary(tmp_path / "nothing") is None and mc.corpus_summary(tmp_path) is None
+
+
+def test_within_layer_spearman_removes_layer_means():
+    # inside each layer y rises with x, but layers with a larger x have a smaller y: raw correlation is negative
+    rows = []
+    for layer in range(3):
+        for h in range(4):
+            rows.append({"layer": layer, "x": 10 * layer + h, "y": -10 * layer + h + 0.1 * (h % 2)})
+    df = pd.DataFrame(rows)
+    assert df["x"].corr(df["y"], method="spearman") < 0
+    assert mc.within_layer_spearman(df, "x", "y") > 0.9
+    df["y2"] = -df["y"]
+    assert mc.within_layer_spearman(df, "x", "y2") < -0.9
+    assert math.isnan(mc.within_layer_spearman(df.head(2), "x", "y"))
+    with pytest.raises(KeyError, match="nope"):
+        mc.within_layer_spearman(df, "x", "nope")
+
+
+def _table(**cols):
+    n = len(next(iter(cols.values())))
+    base = {"layer": [0] * n, "head": list(range(n)), "sink_mass": [0.0] * n, "diag_offset": [1] * n,
+            "diag_mass": [0.0] * n, "predictability": [0.5] * n, "pattern": ["mixed"] * n}
+    base.update({c: [0.5] * n for c in mc.QSIM_COLUMNS})
+    base.update(cols)
+    return pd.DataFrame(base)
+
+
+def test_summary_counts_and_targets():
+    df = _table(layer=[0, 0, 1, 1, 2, 2], sink_mass=[0.9, 0.9, 0.3, 0.29, 0.5, 0.0],
+                diag_mass=[0.0, 0.0, 0.0, 0.31, 0.0, 0.8], q_sim_consecutive_pre=[0.9, 0.9, 0.8, 0.7, 0.9, 0.2])
+    cfg = mc.CardConfig()
+    s = mc.summarize_heads(df, cfg)
+    assert s["sink_heads_outside_layer0"] == 2  # layer 0's sinks do not count; 0.29 is below the threshold
+    assert s["diagonal_heads"] == 2
+    assert s["n_patterned"] == 6 - 0  # every head here is a sink or a diagonal head
+    null = {"heads": mc.summarize_heads(_table(layer=[0, 1, 2]), cfg),
+            "copy": {"copy_ratio": 1.0}, "heldout_loss": 5.5}
+    trained = {"heads": s, "copy": {"copy_ratio": 0.5}, "heldout_loss": 2.0}
+    checks = mc.targets(trained, null, cfg)
+    assert [c.passed for c in checks][0] is True and checks[1].passed is False  # 2 sink heads ok, 2 < 4 diagonal
+    assert checks[3].passed is True  # ratio 0.5 <= 0.5
+    trained["copy"]["copy_ratio"] = 0.51
+    assert mc.targets(trained, null, cfg)[3].passed is False
+
+
+def test_shipped_weights_are_real(default_model):
+    from tappa_utils.data import load_text, token_windows
+
+    model, tok = default_model
+    ids = token_windows(tok, load_text(), 256, 2)
+    trained = mc.heldout_loss(model, ids, tok)
+    null = mc.heldout_loss(random_weight_copy(model, seed=0), ids, tok)
+    assert abs(null - math.log(model.config.vocab_size)) < 0.5  # random weights: about uniform over the vocabulary
+    assert trained < 0.7 * null
+
+
+def test_load_offline():
+    code = ("from tappa_utils import load_model; m, t = load_model('tappa-tiny'); "
+            "print(m.config.model_type, m.config.vocab_size, t.bos_token_id)")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["llama", "259", "256"]
+
+
+def test_tokenizer_round_trip(default_model):
+    _, tok = default_model
+    for text in ("def f(x):\n\treturn x + 1  # ok", "déjà vu ✓ – π ≈ 3.14", " leading space"):
+        ids = tok(text)["input_ids"]
+        assert ids == [256] + list(text.encode("utf-8"))
+        assert tok.decode(ids, skip_special_tokens=True) == text
+    assert mc._is_byte_level(tok)
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["--windows", "0"], "--windows must be >= 1"),
+    (["--seq-len", "abc"], "--seq-len must be an integer"),
+    (["--seq-len", "8"], "too short"),
+    (["--model", "/nonexistent/model"], "config.json missing"),
+    (["--seq-len", "5000"], "exceeds the model's context"),
+    (["--windows", "100000"], "text too short"),
+])
+def test_cli_bad_input(tmp_path, capsys, argv, fragment):
+    out = tmp_path / "out"
+    rc = mc.main(argv + ["--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2
+    assert len(err.splitlines()) == 1 and fragment in err
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_copy_test_ids_validates(default_model):
+    _, tok = default_model
+    with pytest.raises(ValueError, match="too short for two segments"):
+        mc.copy_test_ids(tok, "x" * 5000, 2, 100, 48)
+    ids, first, second = mc.copy_test_ids(tok, "abcdefgh" * 500, 2, 160, 48, seed=0)
+    assert (ids[:, 0] == tok.bos_token_id).all()
+    assert torch.equal(ids[:, first], ids[:, second])  # the segment really repeats
