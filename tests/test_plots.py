@@ -1,0 +1,86 @@
+"""Plotting helpers: the data they gather (attention maps, grids, titles) and the layout they draw."""
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from tappa_utils import plots
+
+
+def test_attention_maps_match_the_models_own_attentions(tiny_llama):
+    torch.manual_seed(0)
+    ids = torch.randint(0, 300, (2, 24))
+    maps = plots.attention_maps(tiny_llama, ids, window=1)
+    n_layers, n_heads = tiny_llama.config.num_hidden_layers, tiny_llama.config.num_attention_heads
+    assert sorted(maps) == [(l, h) for l in range(n_layers) for h in range(n_heads)]
+    with torch.no_grad():
+        ref = tiny_llama(ids[1:2], output_attentions=True).attentions
+    for (l, h), m in maps.items():
+        assert m.shape == (24, 24)
+        np.testing.assert_allclose(m, ref[l][0, h].numpy(), atol=1e-5)
+        np.testing.assert_allclose(m.sum(-1), 1.0, atol=1e-5)
+        assert np.triu(m, 1).max() == 0.0  # causal
+
+
+def test_attention_maps_layer_subset_and_errors(tiny_llama):
+    ids = torch.randint(0, 300, (1, 16))
+    assert {l for l, _ in plots.attention_maps(tiny_llama, ids, layers=[-1])} == {2}
+    with pytest.raises(IndexError, match="out of range"):
+        plots.attention_maps(tiny_llama, ids, window=3)
+    with pytest.raises(ValueError, match="batch, T"):
+        plots.attention_maps(tiny_llama, ids[0])
+
+
+def _heads():
+    return pd.DataFrame({"layer": [0, 0, 1, 1], "head": [0, 1, 0, 1], "sink_mass": [0.1, 0.2, 0.7, 0.05],
+                         "diag_offset": [1, 3, 1, 2], "diag_mass": [0.6, 0.1, 0.0, 0.2],
+                         "predictability": [0.8, 0.3, 0.9, 0.2], "pattern": ["diagonal", "mixed", "vertical", "mixed"]})
+
+
+def test_head_grid_places_values_by_layer_and_head():
+    g = plots.head_grid(_heads(), "sink_mass")
+    assert g.shape == (2, 2)
+    assert g.loc[1, 0] == 0.7 and g.loc[0, 1] == 0.2
+    with pytest.raises(KeyError, match="not in the table"):
+        plots.head_grid(_heads(), "missing")
+
+
+def test_head_title_names_head_pattern_and_metrics():
+    t = plots.head_title(_heads().iloc[1])
+    assert t.startswith("L0 H1 mixed") and "diag@3 0.10" in t and "sink 0.20" in t and "pred 0.30" in t
+
+
+@pytest.mark.parametrize("n, ncols, shape", [(24, None, (5, 5)), (24, 4, (6, 4)), (1, None, (1, 1)), (5, 2, (3, 2))])
+def test_gallery_shape(n, ncols, shape):
+    assert plots.gallery_shape(n, ncols) == shape
+
+
+def test_gallery_draws_one_titled_panel_per_map():
+    maps = [np.tril(np.ones((8, 8))) / np.arange(1, 9)[:, None] for _ in range(5)]
+    titles = [f"map {i}" for i in range(5)]
+    fig = plots.plot_attention_gallery(maps, titles, ncols=3, max_tokens=6)
+    visible = [ax for ax in fig.axes if ax.axison]
+    assert len(fig.axes) == 6 and len(visible) == 5
+    assert [ax.get_title() for ax in visible] == titles
+    assert visible[0].images[0].get_array().shape == (6, 6)
+    with pytest.raises(ValueError, match="titles"):
+        plots.plot_attention_gallery(maps, titles[:2])
+    with pytest.raises(ValueError, match="2-D"):
+        plots.plot_attention_gallery([np.ones(4)])
+    with pytest.raises(ValueError, match="at least one"):
+        plots.plot_attention_gallery([])
+
+
+def test_head_heatmap_has_a_row_per_layer_and_a_column_per_head():
+    fig = plots.plot_head_heatmap(_heads(), "predictability", title="pred")
+    ax = fig.axes[0]
+    assert ax.get_title() == "pred"
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["0", "1"]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["0", "1"]
+    assert sorted(t.get_text() for t in ax.texts) == sorted(f"{v:.2f}" for v in _heads()["predictability"])
