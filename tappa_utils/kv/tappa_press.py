@@ -15,6 +15,11 @@ forward over the first layers.
 Inside `with press(model):` attention masks are rebuilt per layer (see `decoding.per_layer_masks`), so decoding
 with eager or sdpa works inside the block; outside it use `tappa_utils.kv.decoding.continue_forward`. Positions must
 continue from the original length. Batch size 1 only (a clear error otherwise).
+
+kvpress's `kv-press-text-generation` pipeline feeds the question and the answer tokens after leaving the press's
+context, with one mask for all layers, which fails on per-layer lengths (PyramidKV fails there too). TAPPAPress
+therefore derives from kvpress's `PrefillDecodingPress` (with no inner presses): the pipeline then also enters the
+press around decoding, where only the per-layer masks act. Consequence: one question per pipeline call.
 """
 from __future__ import annotations
 
@@ -25,7 +30,8 @@ from typing import Generator, Optional
 
 import torch
 from kvpress import ScorerPress, SnapKVPress
-from kvpress.presses.base_press import BasePress, is_prefilling
+from kvpress.presses.base_press import is_prefilling
+from kvpress.presses.prefill_decoding_press import PrefillDecodingPress
 from kvpress.utils import get_prerope_query_states
 from transformers.models.llama.modeling_llama import repeat_kv, rotate_half
 
@@ -36,7 +42,7 @@ from .preference import cake_preference, qsim_all_pairs, qsim_consecutive
 
 
 @dataclass
-class TAPPAPress(BasePress):
+class TAPPAPress(PrefillDecodingPress):
     """kvpress press: layer budgets from `P_l = 1 - qsim_l` (alpha=inf) or `P_cake + alpha (1 - qsim_l)`.
 
     Parameters: `compression_ratio` (fraction of the cache removed over all layers, as in kvpress) or
@@ -49,6 +55,8 @@ class TAPPAPress(BasePress):
     sorted), `seq_len`.
     """
 
+    prefilling_press: None = field(default=None, init=False, repr=False)
+    decoding_press: None = field(default=None, init=False, repr=False)
     compression_ratio: float = 0.0
     token_budget: Optional[int] = None
     window: int = 32
