@@ -1,0 +1,88 @@
+"""Attention as a time series: channel contributions sum to the model's logits; trajectories; variant comparisons."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from tappa_utils import time_series as ts
+from tappa_utils.capture import capture
+from tappa_utils.rope import channel_frequencies, rope_attention_scaling
+
+
+@pytest.mark.parametrize("family", ["llama", "llama3_scaled", "qwen2"])
+def test_channel_contributions_sum_to_the_logits(family):
+    from conftest import make_tiny_model
+
+    model = make_tiny_model(family)
+    ids = torch.randint(0, 300, (1, 40), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad(), capture(model, layers=[1], what=("q_pre", "k_pre", "logits")) as cap:
+        model(ids)
+    rec = cap[1]
+    theta = channel_frequencies(model)
+    scale = rec.scaling * rope_attention_scaling(model) ** 2
+    h = 3
+    q, k = rec.q_pre[0, h], rec.k_pre[0, h // rec.kv_group]
+    col = ts.channel_contributions(q, k, theta, scale, key=5, start=2)
+    assert col.shape == (40 - 5, q.shape[-1] // 2)  # queries t = 5..39 (t >= key)
+    np.testing.assert_allclose(col.sum(-1), rec.logits[0, h, 5:, 5].double().numpy(), rtol=1e-4, atol=1e-4)
+    diag = ts.channel_contributions(q, k, theta, scale, offset=3, start=10)
+    np.testing.assert_allclose(diag.sum(-1), np.array([rec.logits[0, h, t, t - 3].item() for t in range(10, 40)]),
+                               rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="exactly one"):
+        ts.channel_contributions(q, k, theta, key=1, offset=1)
+    with pytest.raises(IndexError):
+        ts.channel_contributions(q, k, theta, key=40)
+
+
+def test_consecutive_cosine_and_pca():
+    q = torch.ones(5, 4)
+    np.testing.assert_allclose(ts.consecutive_cosine(q), 1.0)
+    alt = torch.tensor([[1.0, 0.0], [-1.0, 0.0], [1.0, 0.0]])
+    np.testing.assert_allclose(ts.consecutive_cosine(alt), [-1.0, -1.0])
+    with pytest.raises(ValueError):
+        ts.consecutive_cosine(torch.ones(1, 4))
+    rng = np.random.default_rng(0)
+    line = np.outer(np.arange(20.0), rng.normal(size=6)) + 1e-6 * rng.normal(size=(20, 6))
+    coords, frac = ts.pca_2d(line)
+    assert coords.shape == (20, 2) and frac[0] > 0.999
+    assert abs(np.corrcoef(coords[:, 0], np.arange(20))[0, 1]) > 0.999  # the first component is time itself
+
+
+def _table(seed=0):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for layer in range(4):
+        for h in range(6):
+            p = rng.random()
+            rows.append({"layer": layer, "head": h, "predictability": p + layer,
+                         "q_sim_consecutive_pre": p + 0.01 * rng.random(),   # tracks predictability
+                         "q_sim_consecutive_post": -p,                        # anti-tracks it
+                         "q_sim_window_pre": rng.random(), "q_sim_window_post": rng.random()})
+    return pd.DataFrame(rows)
+
+
+def test_variant_agreement_and_separation():
+    df = _table()
+    agree = ts.variant_agreement(df)
+    assert agree.shape == (4, 4) and np.allclose(np.diag(agree), 1.0)
+    assert agree.loc["q_sim_consecutive_pre", "q_sim_consecutive_post"] < -0.95
+    sep = ts.variant_separation(df, _table(seed=1)).set_index("variant")
+    assert sep.loc["q_sim_consecutive_pre", "within_layer"] > 0.95
+    assert sep.loc["q_sim_consecutive_post", "within_layer"] < -0.95
+    assert "within_layer_null" in sep and np.isclose(sep.loc["q_sim_window_pre", "excess"],
+                                                     sep.loc["q_sim_window_pre", "within_layer"]
+                                                     - sep.loc["q_sim_window_pre", "within_layer_null"])
+    with pytest.raises(KeyError):
+        ts.variant_agreement(df.drop(columns="q_sim_window_post"))
+
+
+def test_pick_heads():
+    df = _table()
+    l_hi, h_hi, l_lo, h_lo = ts.pick_heads(df, layer=2)
+    sub = df[df.layer == 2]
+    assert l_hi == l_lo == 2
+    assert h_hi == int(sub.loc[sub.predictability.idxmax(), "head"]) and h_lo == int(sub.loc[sub.predictability.idxmin(), "head"])
+    with pytest.raises(ValueError, match="no heads in layer 9"):
+        ts.pick_heads(df, layer=9)
