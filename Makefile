@@ -1,0 +1,45 @@
+# TAPPA Book: two commands, each doing all the set-up on a fresh machine (Python 3.11 + make).
+#   make book   - create .venv if missing, install, execute every chapter with papermill, render the HTML book
+#   make test   - same set-up, then pytest (unit tests + a papermill smoke run of every notebook)
+# The install is skipped when requirements.txt and pyproject.toml have not changed since the last one
+# (a hash of both is kept in .venv/.tappa-installed).
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.tappa-installed
+PYTEST_ARGS ?=
+
+.PHONY: all book test venv params-table clean help
+
+help:
+	@echo "make book   # set up .venv, execute the notebooks, build the HTML book into _build/html"
+	@echo "make test   # set up .venv, run the unit tests and the notebook smoke runs"
+	@echo "make clean  # remove _build, book/executed and book/generated (keeps .venv)"
+
+all: test book
+
+venv:
+	@set -e; \
+	if [ ! -x "$(PY)" ]; then echo "creating $(VENV) with $(PYTHON)"; $(PYTHON) -m venv "$(VENV)"; fi; \
+	want="$$(cat requirements.txt pyproject.toml | "$(PY)" -c 'import hashlib,sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())')"; \
+	if [ "$$(cat "$(STAMP)" 2>/dev/null)" = "$$want" ]; then \
+		echo "$(VENV) is up to date (requirements.txt and pyproject.toml unchanged)"; \
+	else \
+		echo "installing requirements into $(VENV) (takes minutes on a fresh machine)"; \
+		"$(PY)" -m pip install -r requirements.txt; \
+		"$(PY)" -m pip install --no-deps -e .; \
+		echo "$$want" > "$(STAMP)"; \
+	fi
+
+book: venv
+	"$(PY)" -m tappa_utils.book build
+
+test: venv
+	"$(PY)" -m pytest $(PYTEST_ARGS)
+
+params-table: venv
+	"$(PY)" -m tappa_utils.book params-table --update-readme
+
+clean:
+	rm -rf _build book/executed book/generated
