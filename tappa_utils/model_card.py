@@ -97,11 +97,16 @@ def copy_test_ids(tokenizer, text: str, n: int, seq_len: int, seg_len: int, seed
 
 
 @torch.no_grad()
-def copy_test(model, ids: torch.Tensor, first: slice, second: slice) -> dict[str, float]:
-    """Loss on tokens 2.. of the first and of the second occurrence of the segment, and their ratio."""
+def token_losses(model, ids: torch.Tensor) -> torch.Tensor:
+    """(N, T-1) next-token losses in nats: entry [:, i] is the loss of predicting token i + 1."""
     ids = ids.to(next(model.parameters()).device)
     logp = torch.log_softmax(model(ids).logits.float(), -1)
-    nll = -logp[:, :-1].gather(-1, ids[:, 1:, None])[..., 0]  # nll[:, i] is the loss of token i + 1
+    return -logp[:, :-1].gather(-1, ids[:, 1:, None])[..., 0].cpu()
+
+
+def copy_test(model, ids: torch.Tensor, first: slice, second: slice) -> dict[str, float]:
+    """Loss on tokens 2.. of the first and of the second occurrence of the segment, and their ratio."""
+    nll = token_losses(model, ids)
     l1 = nll[:, first.start : first.stop - 1].mean().item()
     l2 = nll[:, second.start : second.stop - 1].mean().item()
     return {"copy_first": l1, "copy_second": l2, "copy_ratio": l2 / l1}

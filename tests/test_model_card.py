@@ -200,3 +200,13 @@ def test_copy_test_ids_validates(default_model):
     ids, first, second = mc.copy_test_ids(tok, "abcdefgh" * 500, 2, 160, 48, seed=0)
     assert (ids[:, 0] == tok.bos_token_id).all()
     assert torch.equal(ids[:, first], ids[:, second])  # the segment really repeats
+
+
+def test_token_losses_match_the_models_loss(default_model):
+    model, tok = default_model
+    ids = tok(["def main():\n    return 0\n"], return_tensors="pt")["input_ids"]
+    nll = mc.token_losses(model, ids)
+    assert nll.shape == (1, ids.shape[1] - 1) and (nll >= 0).all()
+    with torch.no_grad():
+        ref = model(ids, labels=ids).loss.item()
+    assert nll.mean().item() == pytest.approx(ref, rel=1e-5)
