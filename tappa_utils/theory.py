@@ -1,0 +1,321 @@
+"""TAPPA's derivations in sympy, with the numeric bounds they give.
+
+Conventions (one RoPE channel is a 2-D plane; a head of dimension d has d/2 of them):
+
+* `R_p` rotates a channel by the angle `p * theta` (what RoPE does to a vector at position p).
+* The logit of query t on key j is `(R_t q)^T (R_j k) = q^T R_t^T R_j k = q^T R(t - j) k`, where the paper's
+  relative matrix `R(n) := R_n^T = R_{-n}` (a rotation by `-n theta`). Only differences of positions appear.
+* Per channel, with `z = x[m] + i x[m + d/2]`: `a[t, j] = sum_m |q^m| |k^m| cos((t - j) theta_m + phi_m)`,
+  `phi_m = arg q^m - arg k^m` (see `tappa_utils.rope`).
+
+Every symbolic function returns a `Derivation` whose `residual` simplifies to zero when the identity holds; the
+`*_bound` functions are the numeric right-hand sides used by the chapters, in float64 numpy.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import sympy as sp
+
+# ---------------------------------------------------------------------------------------------------------------
+# symbolic building blocks
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Derivation:
+    """One identity or inequality: `lhs` (relation) `rhs`, the `residual` that must vanish / be non-negative,
+    the assumptions it needs (plain sentences) and a LaTeX rendering for the chapters."""
+
+    name: str
+    lhs: sp.Expr | sp.Matrix
+    rhs: sp.Expr | sp.Matrix
+    residual: sp.Expr | sp.Matrix
+    relation: str = "="
+    assumptions: list[str] = field(default_factory=list)
+
+    def holds(self) -> bool:
+        """True when the simplified residual is identically zero ("=") or provably non-negative (">=")."""
+        r = simplify_all(self.residual)
+        if self.relation == "=":
+            return bool(r == sp.zeros(*r.shape)) if isinstance(r, sp.MatrixBase) else bool(r == 0)
+        nonneg = r.is_nonnegative
+        return bool(nonneg)
+
+    def latex(self) -> str:
+        """`lhs rel rhs` as LaTeX (for `IPython.display.Math`)."""
+        rel = {"=": "=", ">=": r"\geq", "<=": r"\leq"}[self.relation]
+        return f"{sp.latex(self.lhs)} {rel} {sp.latex(self.rhs)}"
+
+
+def simplify_all(expr):
+    """`sympy.simplify` after expanding trig sums, element-wise for matrices."""
+    if isinstance(expr, sp.MatrixBase):
+        return expr.applyfunc(lambda e: sp.simplify(sp.expand_trig(sp.expand(e))))
+    return sp.simplify(sp.expand_trig(sp.expand(expr)))
+
+
+def rotation(angle: sp.Expr) -> sp.Matrix:
+    """The 2x2 counter-clockwise rotation by `angle` (what RoPE applies to one channel)."""
+    return sp.Matrix([[sp.cos(angle), -sp.sin(angle)], [sp.sin(angle), sp.cos(angle)]])
+
+
+def relative_rotation(n: sp.Expr, theta: sp.Expr) -> sp.Matrix:
+    """The paper's `R(n) = R_n^T`, so that the logit is `q^T R(t - j) k`."""
+    return rotation(n * theta).T
+
+
+def vec(name: str) -> sp.Matrix:
+    """A symbolic real 2-vector (one channel), components `name_1, name_2`."""
+    a, b = sp.symbols(f"{name}_1 {name}_2", real=True)
+    return sp.Matrix([a, b])
+
+
+_t, _j, _n, _m, _L = sp.symbols("t j n m L", integer=True)
+_theta, _delta, _phi, _x = sp.symbols("theta delta phi x", real=True)
+
+
+def rope_relative_identity() -> Derivation:
+    """`R_m^T R_n = R_{n-m}`: RoPE logits depend on positions only through their difference."""
+    lhs = rotation(_m * _theta).T * rotation(_n * _theta)
+    rhs = rotation((_n - _m) * _theta)
+    return Derivation("RoPE relative position", lhs, rhs, lhs - rhs,
+                      assumptions=["each channel is rotated by position x theta_m (rotate-half layout)"])
+
+
+def channel_logit_identity() -> Derivation:
+    """One channel: `q^T R(t-j) k = |q||k| cos((t-j) theta + arg q - arg k)` (polar form of the logit)."""
+    rq, rk, aq, ak = sp.symbols("r_q r_k alpha_q alpha_k", real=True)
+    q = sp.Matrix([rq * sp.cos(aq), rq * sp.sin(aq)])
+    k = sp.Matrix([rk * sp.cos(ak), rk * sp.sin(ak)])
+    lhs = (rotation(_t * _theta) * q).T * (rotation(_j * _theta) * k)
+    rhs = rq * rk * sp.cos((_t - _j) * _theta + aq - ak)
+    return Derivation("logit of one channel", lhs[0], rhs, lhs[0] - rhs)
+
+
+def logit_change_decomposition() -> Derivation:
+    """`a[t+1,j] - a[t,j] = (q_{t+1} - q_t)^T R(t+1-j) k_j + q_t^T (R(t+1-j) - R(t-j)) k_j` (one channel; the
+    head is the sum over channels, so the identity holds for any d)."""
+    q0, q1, k = vec("q_t"), vec("q_t1"), vec("k_j")
+    a = lambda q, t: (q.T * relative_rotation(t - _j, _theta) * k)[0]  # noqa: E731
+    lhs = a(q1, _t + 1) - a(q0, _t)
+    rhs = ((q1 - q0).T * relative_rotation(_t + 1 - _j, _theta) * k)[0] + \
+        (q0.T * (relative_rotation(_t + 1 - _j, _theta) - relative_rotation(_t - _j, _theta)) * k)[0]
+    return Derivation("logit change decomposition", lhs, rhs, lhs - rhs,
+                      assumptions=["the key k_j is cached (does not change between steps t and t+1)"])
+
+
+def rotation_step_norm() -> Derivation:
+    """`(R(n+1) - R(n))^T (R(n+1) - R(n)) = 4 sin^2(theta/2) I`: one RoPE step moves a unit vector by the chord
+    `2|sin(theta/2)|`, not by the arc `theta` (the two agree only for small angles)."""
+    D = relative_rotation(_n + 1, _theta) - relative_rotation(_n, _theta)
+    lhs = D.T * D
+    rhs = 4 * sp.sin(_theta / 2) ** 2 * sp.eye(2)
+    return Derivation("chord of one RoPE step", lhs, rhs, lhs - rhs)
+
+
+def chord_le_arc() -> Derivation:
+    """`theta - 2 sin(theta/2) >= 0` for theta >= 0: the residual's derivative is `1 - cos(theta/2) >= 0` and it
+    vanishes at 0 (returned as the derivative, which sympy can sign)."""
+    th = sp.symbols("theta", nonnegative=True)
+    f = th - 2 * sp.sin(th / 2)
+    deriv = sp.diff(f, th)
+    residual = 2 * sp.sin(th / 4) ** 2  # = 1 - cos(theta/2), checked below; a square, so sympy signs it
+    if sp.simplify(sp.expand_trig(deriv - residual)) != 0:
+        raise ArithmeticError("chord <= arc: derivative identity failed")
+    return Derivation("chord <= arc", th, 2 * sp.sin(th / 2), residual, relation=">=",
+                      assumptions=["theta >= 0; f(0) = 0 and f'(theta) = 2 sin^2(theta/4) >= 0"])
+
+
+def fixed_key_step_identity() -> Derivation:
+    """Column of a fixed key, frozen query, one channel:
+    `cos(x + theta) - cos(x) = -2 sin(theta/2) sin(x + theta/2)` with x = (t-i) theta + phi."""
+    lhs = sp.cos(_x + _theta) - sp.cos(_x)
+    rhs = -2 * sp.sin(_theta / 2) * sp.sin(_x + _theta / 2)
+    return Derivation("fixed-key step (one channel)", lhs, rhs, lhs - rhs)
+
+
+def diagonal_shift_identity() -> Derivation:
+    """`R((t+1) - (i+1)) = R(t - i)`: one step along a diagonal leaves the rotation unchanged."""
+    i = sp.symbols("i", integer=True)
+    lhs = relative_rotation((_t + 1) - (i + 1), _theta)
+    rhs = relative_rotation(_t - i, _theta)
+    return Derivation("diagonal shift invariance", lhs, rhs, lhs - rhs)
+
+
+def diagonal_change_decomposition() -> Derivation:
+    """`a[t+1,i+1] - a[t,i] = (q_{t+1} - q_t)^T R(t-i) k_{i+1} + q_t^T R(t-i) (k_{i+1} - k_i)`; with R orthogonal,
+    Cauchy-Schwarz gives `|a[t+1,i+1] - a[t,i]| <= |q_{t+1} - q_t||k_{i+1}| + |q_t||k_{i+1} - k_i|`."""
+    i = sp.symbols("i", integer=True)
+    q0, q1, k0, k1 = vec("q_t"), vec("q_t1"), vec("k_i"), vec("k_i1")
+    R = lambda a, b: relative_rotation(a - b, _theta)  # noqa: E731
+    lhs = (q1.T * R(_t + 1, i + 1) * k1)[0] - (q0.T * R(_t, i) * k0)[0]
+    rhs = ((q1 - q0).T * R(_t, i) * k1)[0] + (q0.T * R(_t, i) * (k1 - k0))[0]
+    return Derivation("diagonal change decomposition", lhs, rhs, lhs - rhs,
+                      assumptions=["query continuity |q_{t+1} - q_t| <= eps_q", "key continuity |k_{i+1} - k_i| <= eps_k"])
+
+
+def periodic_diagonal_identity() -> Derivation:
+    """A dominant channel repeats its logit every `2 pi / theta` tokens of distance:
+    `cos((n + 2 pi/theta) theta + phi) = cos(n theta + phi)`, hence parallel diagonals at that interval."""
+    th = sp.symbols("theta", positive=True)
+    lhs = sp.cos((_n + 2 * sp.pi / th) * th + _phi)
+    rhs = sp.cos(_n * th + _phi)
+    return Derivation("periodic diagonals", lhs, rhs, lhs - rhs,
+                      assumptions=["one channel m* dominates the logit", "its phase phi is stable along t"])
+
+
+def seasonal_step_identity() -> Derivation:
+    """Frozen q/k, one channel, period L: `cos(x + L theta) - cos(x) = -2 sin(L theta/2) sin(x + L theta/2)`; with
+    `L theta = 2 pi n + delta` the factor is `|sin(delta/2)|`, so a resonant channel contributes `<= |q^m||k^m||delta|`
+    while a non-resonant channel contributes up to `2 |q^m||k^m| |sin(L theta_m / 2)|` (the phase term)."""
+    lhs = sp.cos(_x + _L * _theta) - sp.cos(_x)
+    rhs = -2 * sp.sin(_L * _theta / 2) * sp.sin(_x + _L * _theta / 2)
+    return Derivation("seasonal step (one channel)", lhs, rhs, lhs - rhs,
+                      assumptions=["L theta_{m*} = 2 pi n + delta (resonance with mismatch delta)"])
+
+
+def resonance_factor_identity() -> Derivation:
+    """`sin^2((2 pi n + delta)/2) = sin^2(delta/2)` for integer n (the resonant channel sees only the mismatch)."""
+    lhs = sp.sin((2 * sp.pi * _n + _delta) / 2) ** 2
+    rhs = sp.sin(_delta / 2) ** 2
+    return Derivation("resonance factor", lhs, rhs, lhs - rhs)
+
+
+def all_derivations() -> list[Derivation]:
+    """Every identity/inequality of the four theory chapters."""
+    return [rope_relative_identity(), channel_logit_identity(), logit_change_decomposition(), rotation_step_norm(),
+            chord_le_arc(), fixed_key_step_identity(), diagonal_shift_identity(), diagonal_change_decomposition(),
+            periodic_diagonal_identity(), seasonal_step_identity(), resonance_factor_identity()]
+
+
+def lambdified(derivation: Derivation) -> tuple[Callable, Callable, tuple[sp.Symbol, ...]]:
+    """Numeric versions `(lhs_fn, rhs_fn, symbols)` of a derivation (numpy), symbols sorted by name."""
+    syms = tuple(sorted(derivation.lhs.free_symbols | derivation.rhs.free_symbols, key=lambda s: s.name))
+    return sp.lambdify(syms, derivation.lhs, "numpy"), sp.lambdify(syms, derivation.rhs, "numpy"), syms
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# numeric: rotations and bounds (float64 numpy; vectors are (..., d) in the rotate-half layout, pre-RoPE)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _c(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    h = x.shape[-1] // 2
+    return x[..., :h] + 1j * x[..., h:]
+
+
+def _check_dims(x: np.ndarray, theta: np.ndarray) -> None:
+    if np.asarray(x).shape[-1] != 2 * len(theta):
+        raise ValueError(f"vectors have {np.asarray(x).shape[-1]} dimensions but theta has {len(theta)} channels; "
+                         "expected d = 2 * len(theta)")
+
+
+def relative_logit(q: np.ndarray, k: np.ndarray, n: np.ndarray | int, theta: np.ndarray) -> np.ndarray:
+    """`q^T R(n) k` for pre-RoPE q, k (..., d) at relative distance n = t - j (broadcasts), float64."""
+    theta = np.asarray(theta, dtype=np.float64)
+    _check_dims(q, theta)
+    n = np.asarray(n, dtype=np.float64)
+    return np.real(_c(q) * np.conj(_c(k)) * np.exp(1j * n[..., None] * theta)).sum(-1)
+
+
+def rotation_step_factor(theta: np.ndarray, steps: float = 1.0, chord: bool = True) -> np.ndarray:
+    """How far one channel's rotation moves a unit vector after `steps` positions: the chord
+    `2 |sin(steps theta / 2)|` (exact) or the arc `|steps theta|` (the small-angle bound the paper uses)."""
+    ang = np.asarray(theta, dtype=np.float64) * steps
+    return 2 * np.abs(np.sin(ang / 2)) if chord else np.abs(ang)
+
+
+def logit_jump_terms(q_t: np.ndarray, q_t1: np.ndarray, keys: np.ndarray, t: int, theta: np.ndarray
+                     ) -> dict[str, np.ndarray]:
+    """The two terms of `a[t+1,j] - a[t,j]` for keys j = 0..t (keys: (t+1, d)): `query` (query change) and
+    `rotation` (RoPE step with the query frozen), plus `total`; they sum exactly."""
+    j = np.arange(keys.shape[0])
+    query = relative_logit(q_t1 - q_t, keys, t + 1 - j, theta)
+    rot = relative_logit(q_t, keys, t + 1 - j, theta) - relative_logit(q_t, keys, t - j, theta)
+    total = relative_logit(q_t1, keys, t + 1 - j, theta) - relative_logit(q_t, keys, t - j, theta)
+    return {"query": query, "rotation": rot, "total": total}
+
+
+def rotation_term_bound(q: np.ndarray, k: np.ndarray, theta: np.ndarray, steps: float = 1.0, chord: bool = True,
+                        per_channel: bool = True) -> np.ndarray:
+    """Bound on `|q^T (R(n+steps) - R(n)) k|`: `sum_m |q^m||k^m| 2|sin(steps theta_m/2)|` (per_channel) or the
+    paper's coarser `|q||k| max_m (...)`; with chord=False the arc `steps theta_m` replaces the chord."""
+    f = rotation_step_factor(theta, steps, chord)
+    if per_channel:
+        return (np.abs(_c(q)) * np.abs(_c(k)) * f).sum(-1)
+    return np.linalg.norm(q, axis=-1) * np.linalg.norm(k, axis=-1) * f.max()
+
+
+def fixed_key_step_bound(q_t: np.ndarray, q_t1: np.ndarray, k_i: np.ndarray, theta: np.ndarray,
+                         chord: bool = True) -> np.ndarray:
+    """Vertical case: `|a[t+1,i] - a[t,i]| <= |q_{t+1} - q_t||k_i| + sum_m |q_t^m||k_i^m| 2|sin(theta_m/2)|`
+    (chord; with chord=False the arc theta_m: valid but looser)."""
+    return np.linalg.norm(q_t1 - q_t, axis=-1) * np.linalg.norm(k_i, axis=-1) + \
+        rotation_term_bound(q_t, k_i, theta, 1.0, chord)
+
+
+def diagonal_step_bound(q_t: np.ndarray, q_t1: np.ndarray, k_i: np.ndarray, k_i1: np.ndarray) -> np.ndarray:
+    """Diagonal case: `|a[t+1,i+1] - a[t,i]| <= |q_{t+1} - q_t||k_{i+1}| + |q_t||k_{i+1} - k_i|`."""
+    n = lambda x: np.linalg.norm(x, axis=-1)  # noqa: E731
+    return n(q_t1 - q_t) * n(k_i1) + n(q_t) * n(k_i1 - k_i)
+
+
+def resonance_mismatch(L: float | np.ndarray, theta: float | np.ndarray) -> np.ndarray:
+    """delta = L theta - 2 pi n for the nearest integer n (in [-pi, pi])."""
+    x = np.asarray(L, dtype=np.float64) * np.asarray(theta, dtype=np.float64)
+    return x - 2 * np.pi * np.round(x / (2 * np.pi))
+
+
+@dataclass
+class SeasonalBound:
+    """Terms of the seasonal bound for `|a[t+L,i] - a[t,i]|` (query one period later, same key):
+    `query` = |q_{t+L} - q_t||k_i| (the C1 eps_q part), `resonant` = |q^{m*}||k^{m*}| 2|sin(delta/2)| (<= C2 |delta|),
+    `phase` = sum over the other channels of |q^m||k^m| 2|sin(L theta_m/2)| (the term the paper's proof omits)."""
+
+    query: np.ndarray
+    resonant: np.ndarray
+    phase: np.ndarray
+
+    @property
+    def full(self) -> np.ndarray:
+        """The complete bound (always valid)."""
+        return self.query + self.resonant + self.phase
+
+    @property
+    def paper(self) -> np.ndarray:
+        """The bound without the non-dominant phase term (the paper's form): can fail."""
+        return self.query + self.resonant
+
+
+def seasonal_bound(q_t: np.ndarray, q_tL: np.ndarray, k_i: np.ndarray, L: int, theta: np.ndarray,
+                   dominant: int) -> SeasonalBound:
+    """Terms bounding `|a[t+L,i] - a[t,i]|` with channel `dominant` as m* (see `SeasonalBound`)."""
+    theta = np.asarray(theta, dtype=np.float64)
+    _check_dims(q_t, theta)
+    amp = np.abs(_c(q_t)) * np.abs(_c(k_i))
+    f = rotation_step_factor(theta, L, chord=True)
+    mask = np.ones(len(theta), bool)
+    mask[dominant] = False
+    query = np.linalg.norm(q_tL - q_t, axis=-1) * np.linalg.norm(k_i, axis=-1)
+    return SeasonalBound(query=query, resonant=amp[..., dominant] * f[dominant], phase=(amp * f)[..., mask].sum(-1))
+
+
+def dominant_channel_share(q: np.ndarray, k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(index, share) of the channel with the largest amplitude |q^m||k^m| (share of the sum over channels),
+    averaged over the leading axes of q and k (which broadcast)."""
+    amp = (np.abs(_c(q)) * np.abs(_c(k)))
+    amp = amp.reshape(-1, amp.shape[-1]).mean(0)
+    m = int(np.argmax(amp))
+    return np.asarray(m), np.asarray(amp[m] / amp.sum())
+
+
+def predicted_diagonal_interval(theta_m: float) -> float:
+    """Tokens between parallel diagonals when channel m dominates: `2 pi / theta_m`."""
+    if theta_m <= 0:
+        raise ValueError(f"theta_m must be positive, got {theta_m}")
+    return 2 * math.pi / theta_m
