@@ -1,0 +1,385 @@
+"""KV-cache compression benchmark: TAPPA budgets vs kvpress baselines on a long context (`python -m tappa_utils kv-eval`).
+
+Tasks, each sample = (context, target); the context is compressed by the press during prefill, then the target is
+teacher-forced after it (positions continue from the original length, per-layer masks; see `decoding`):
+- `loss`: the next `cont_len` tokens of held-out text after a `seq_len`-token context: mean NLL (nats/token) and
+  top-1 accuracy.
+- `retrieval`: a random printable segment (`seg_len` bytes) is planted `distance` tokens before the end of the
+  context, and the context ends with its first `prefix_len` bytes again; target = the rest of the segment. Only
+  copying from the first occurrence predicts it: top-1 accuracy (and NLL).
+Per (task, method, keep): mean and 95 % normal-approximation confidence interval over samples (fixed seeds: every
+method sees the same samples), and TAPPA's paired difference with every other method (win / tie / lose by whether
+the paired 95 % interval excludes 0).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+METHODS = ("full", "tappa", "tappa_cake", "snapkv", "pyramidkv", "streamingllm", "expected_attention", "knorm")
+TASKS = ("loss", "retrieval")
+
+
+@dataclass
+class KVEvalConfig:
+    """Parameters of a kv-eval run (see the module docstring); `keep` = fractions of the context cache kept."""
+
+    model: str = "tappa-tiny"
+    device: str = "cpu"
+    dtype: str = "float32"
+    attn: str = "sdpa"
+    seq_len: int = 1024
+    keep: tuple = (0.1, 0.25, 0.5)
+    methods: tuple = METHODS
+    tasks: tuple = TASKS
+    samples: int = 32
+    cont_len: int = 32
+    seg_len: int = 32
+    prefix_len: int = 8
+    distance: int = 384
+    window: int = 32
+    cake_alpha: float = 1.0
+    seed: int = 0
+    text_file: str | None = None
+
+    def validate(self) -> None:
+        """Raise ValueError naming the bad parameter and what is allowed."""
+        def pos_int(name, lo=1):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < lo:
+                raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
+        for name in ("samples", "cont_len", "seg_len", "prefix_len", "window"):
+            pos_int(name)
+        pos_int("seq_len", 2 * self.window + 2)
+        if not self.keep or any(not isinstance(k, (int, float)) or not 0 < k <= 1 for k in self.keep):
+            raise ValueError(f"keep must be fractions in (0, 1], got {self.keep!r}")
+        bad = [m for m in self.methods if m not in METHODS]
+        if bad or not self.methods:
+            raise ValueError(f"unknown method(s) {bad}; choose from {', '.join(METHODS)}")
+        bad = [t for t in self.tasks if t not in TASKS]
+        if bad or not self.tasks:
+            raise ValueError(f"unknown task(s) {bad}; choose from {', '.join(TASKS)}")
+        if self.prefix_len >= self.seg_len:
+            raise ValueError(f"prefix_len ({self.prefix_len}) must be smaller than seg_len ({self.seg_len})")
+        if not self.seg_len + 1 < self.distance < self.seq_len - 1:
+            raise ValueError(f"distance must lie in ({self.seg_len + 1}, {self.seq_len - 1}), got {self.distance}")
+        if min(self.keep) * self.seq_len < self.window + 4:
+            raise ValueError(f"keep {min(self.keep)} of {self.seq_len} tokens is less than the window ({self.window}) "
+                             "plus 4 sinks; raise seq_len or keep")
+        if self.attn not in ("eager", "sdpa"):
+            raise ValueError(f"attn must be 'eager' or 'sdpa', got {self.attn!r}")
+
+
+def make_press(method: str, keep: float, window: int = 32, cake_alpha: float = 1.0):
+    """The press for `method` keeping a fraction `keep` of the cache (None for the full cache)."""
+    from kvpress import (ExpectedAttentionPress, KnormPress, PyramidKVPress, SnapKVPress, StreamingLLMPress)
+
+    from .tappa_press import TAPPAPress
+
+    ratio = 1.0 - keep
+    if method == "full" or ratio <= 0:
+        return None
+    factories = {
+        "tappa": lambda: TAPPAPress(compression_ratio=ratio, window=window),
+        "tappa_cake": lambda: TAPPAPress(compression_ratio=ratio, window=window, alpha=cake_alpha),
+        "snapkv": lambda: SnapKVPress(compression_ratio=ratio, window_size=window),
+        "pyramidkv": lambda: PyramidKVPress(compression_ratio=ratio, window_size=window),
+        "streamingllm": lambda: StreamingLLMPress(compression_ratio=ratio, n_sink=4),
+        "expected_attention": lambda: ExpectedAttentionPress(compression_ratio=ratio),
+        "knorm": lambda: KnormPress(compression_ratio=ratio),
+    }
+    if method not in factories:
+        raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    return factories[method]()
+
+
+def _text_tokens(tokenizer, text_file: str | None) -> np.ndarray:
+    from ..data import load_text
+
+    return np.asarray(tokenizer(load_text(text_file=text_file), add_special_tokens=False)["input_ids"], dtype=np.int64)
+
+
+def make_samples(tokens: np.ndarray, bos: int, cfg: KVEvalConfig, task: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """`cfg.samples` (context (1, seq_len), target (1, n)) pairs for `task`, from fixed seeds."""
+    rng = np.random.default_rng([cfg.seed, TASKS.index(task)])
+    body = cfg.seq_len - 1
+    need = body + cfg.cont_len
+    if len(tokens) < need + 1:
+        raise ValueError(f"text too short: {len(tokens)} tokens, a sample needs {need}; give a longer text_file")
+    out = []
+    for _ in range(cfg.samples):
+        start = int(rng.integers(0, len(tokens) - need))
+        x = tokens[start:start + need].copy()
+        if task == "loss":
+            ctx, tgt = x[:body], x[body:]
+        else:
+            seg = rng.integers(33, 127, size=cfg.seg_len)
+            ctx = x[:body]
+            first = body - cfg.prefix_len - cfg.distance
+            ctx[first:first + cfg.seg_len] = seg
+            ctx[body - cfg.prefix_len:] = seg[:cfg.prefix_len]
+            tgt = seg[cfg.prefix_len:]
+        ctx = np.concatenate([[bos], ctx])
+        out.append((torch.as_tensor(ctx).unsqueeze(0), torch.as_tensor(tgt).unsqueeze(0)))
+    return out
+
+
+@torch.no_grad()
+def compressed_caches(model, context: torch.Tensor, presses: dict) -> tuple[dict, torch.Tensor]:
+    """One full prefill, then every press replayed on its own copy of the cache -> ({name: cache}, last logits).
+
+    kvpress presses compress layer l from layer l's inputs and full cache only, and the prefill itself always sees
+    the full cache, so replaying each press's forward hook on recorded (hidden states, kwargs, attention output)
+    gives exactly the cache that `with press(model): model(context)` gives (tested), at the cost of one forward.
+    """
+    from transformers import DynamicCache
+
+    from ..models import decoder_layers
+    from .decoding import prefill
+
+    records = {}
+
+    def keep(module, args, kwargs, output):
+        records[module.layer_idx] = (module, {k: v for k, v in kwargs.items() if k != "past_key_values"}, output)
+
+    layers = decoder_layers(model)
+    handles = [layer.self_attn.register_forward_hook(keep, with_kwargs=True) for layer in layers]
+    try:
+        full, last = prefill(model, context)
+    finally:
+        for h in handles:
+            h.remove()
+    base = model.model.language_model if hasattr(model.model, "language_model") else model.model
+    caches = {}
+    for name, press in presses.items():
+        cache = DynamicCache()
+        for i, layer in enumerate(full.layers):
+            cache.update(layer.keys.clone(), layer.values.clone(), i)
+        if press is not None:
+            press.post_init_from_model(model)
+            for layer in layers:
+                layer.self_attn.rotary_emb = base.rotary_emb
+            if hasattr(press, "_model_pre_hook"):  # TAPPAPress: reset, per-layer statistics, then evict
+                press._pending = {}
+            for i in sorted(records):
+                module, kwargs, output = records[i]
+                press.forward_hook(module, (), {**kwargs, "past_key_values": cache}, output)
+            if hasattr(press, "_model_pre_hook") and press._pending:
+                press._evict()
+        caches[name] = cache
+    return caches, last
+
+
+@torch.no_grad()
+def score_sample(model, context: torch.Tensor, target: torch.Tensor, press=None, cache=None, last=None) -> dict:
+    """Prefill `context` under `press` (or take a given compressed `cache` and last logits), teacher-force `target`.
+
+    Returns NLL (nats/token), top-1 accuracy, kept fraction, cache bytes and the shortest/longest layer."""
+    from .decoding import cache_bytes, cache_lengths, continue_forward, prefill
+
+    if cache is None:
+        cache, last = prefill(model, context, press)
+    kept = cache_lengths(cache)
+    size = cache_bytes(cache)
+    t = context.shape[1]
+    logits = last.unsqueeze(0)
+    if target.shape[1] > 1:
+        logits = torch.cat([logits, continue_forward(model, cache, target[:, :-1], t)])
+    tgt = target[0].to(logits.device)
+    nll = torch.nn.functional.cross_entropy(logits.float(), tgt).item()
+    acc = (logits.argmax(-1) == tgt).float().mean().item()
+    return {"nll": nll, "accuracy": acc, "kept_fraction": sum(kept) / (len(kept) * t), "cache_bytes": size,
+            "min_layer_len": min(kept), "max_layer_len": max(kept)}
+
+
+def run_kv_eval(model, tokenizer, cfg: KVEvalConfig, progress: bool = False):
+    """Per-sample results (pandas DataFrame: task, method, keep, sample, nll, accuracy, kept_fraction, ...)."""
+    import pandas as pd
+
+    cfg.validate()
+    tokens = _text_tokens(tokenizer, cfg.text_file)
+    rows = []
+    for task in cfg.tasks:
+        samples = make_samples(tokens, tokenizer.bos_token_id, cfg, task)
+        for i, (ctx, tgt) in enumerate(samples):
+            presses = {(m, k): make_press(m, k, cfg.window, cfg.cake_alpha)
+                       for m in cfg.methods for k in ([1.0] if m == "full" else cfg.keep)}
+            caches, last = compressed_caches(model, ctx, presses)
+            for (method, keep), cache in caches.items():
+                res = score_sample(model, ctx, tgt, cache=cache, last=last)
+                rows.append({"task": task, "method": method, "keep": keep, "sample": i, **res})
+            if progress:
+                print(f"{task}: sample {i + 1}/{len(samples)}", file=sys.stderr, flush=True)
+    return pd.DataFrame(rows)
+
+
+def _ci(x: np.ndarray) -> float:
+    return float(1.96 * x.std(ddof=1) / math.sqrt(len(x))) if len(x) > 1 else float("nan")
+
+
+def summarize(samples):
+    """Mean and 95 % CI per (task, method, keep); the full cache is repeated at every keep for plotting."""
+    import pandas as pd
+
+    rows = []
+    keeps = sorted(samples.loc[samples.method != "full", "keep"].unique()) or [1.0]
+    for (task, method, keep), g in samples.groupby(["task", "method", "keep"]):
+        for k in (keeps if method == "full" else [keep]):
+            rows.append({"task": task, "method": method, "keep": k, "n": len(g),
+                         "nll": g.nll.mean(), "nll_ci95": _ci(g.nll.values),
+                         "accuracy": g.accuracy.mean(), "accuracy_ci95": _ci(g.accuracy.values),
+                         "kept_fraction": g.kept_fraction.mean(), "cache_bytes": g.cache_bytes.mean()})
+    return pd.DataFrame(rows)
+
+
+def compare(samples, method: str = "tappa"):
+    """TAPPA (or `method`) vs every other method, paired by sample: mean difference, 95 % CI, win/tie/lose.
+
+    Better = lower NLL (loss task) or higher accuracy (retrieval task)."""
+    import pandas as pd
+
+    rows = []
+    full = samples[samples.method == "full"]
+    for (task, keep), g in samples[samples.method != "full"].groupby(["task", "keep"]):
+        metric = "nll" if task == "loss" else "accuracy"
+        sign = -1.0 if metric == "nll" else 1.0
+        mine = g[g.method == method].set_index("sample")[metric]
+        if mine.empty:
+            continue
+        others = [(m, gg.set_index("sample")[metric]) for m, gg in g.groupby("method") if m != method]
+        others.append(("full", full[full.task == task].set_index("sample")[metric]))
+        for other, theirs in others:
+            if theirs.empty:
+                continue
+            d = sign * (mine - theirs.reindex(mine.index)).dropna().values
+            ci = _ci(d)
+            verdict = "tie" if not (abs(d.mean()) > ci) else ("win" if d.mean() > 0 else "lose")
+            rows.append({"task": task, "keep": keep, "metric": metric, "method": method, "versus": other,
+                         "advantage": float(d.mean()), "ci95": ci, "verdict": verdict})
+    return pd.DataFrame(rows)
+
+
+@torch.no_grad()
+def length_profile(model, tokenizer, lengths=(256, 512, 1024, 2048), n: int = 8, cont_len: int = 32,
+                   seed: int = 0, text_file: str | None = None):
+    """Full-cache NLL of the next `cont_len` tokens after contexts of each length (how far the model generalises)."""
+    import pandas as pd
+
+    tokens = _text_tokens(tokenizer, text_file)
+    rows = []
+    for L in lengths:
+        cfg = KVEvalConfig(seq_len=L, samples=n, cont_len=cont_len, seed=seed, text_file=text_file,
+                           distance=min(384, L - 2), seg_len=8, prefix_len=4)
+        for i, (ctx, tgt) in enumerate(make_samples(tokens, tokenizer.bos_token_id, cfg, "loss")):
+            rows.append({"context_len": L, "sample": i, **score_sample(model, ctx, tgt)})
+    df = pd.DataFrame(rows)
+    return df.groupby("context_len").agg(nll=("nll", "mean"), accuracy=("accuracy", "mean")).reset_index()
+
+
+def plot_quality(summary):
+    """Quality vs kept fraction, one panel per task (loss: NLL, lower is better; retrieval: accuracy)."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    tasks = list(dict.fromkeys(summary.task))
+    fig, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 4.2), squeeze=False)
+    palette = dict(zip(METHODS, sns.color_palette("tab10", len(METHODS))))
+    for ax, task in zip(axes[0], tasks):
+        metric = "nll" if task == "loss" else "accuracy"
+        for method, g in summary[summary.task == task].groupby("method", sort=False):
+            g = g.sort_values("keep")
+            style = dict(lw=2.5, marker="o") if method.startswith("tappa") else dict(lw=1.3, marker=".")
+            if method == "full":
+                style = dict(lw=1.5, ls="--", color="black")
+            ax.errorbar(g.keep, g[metric], yerr=g[f"{metric}_ci95"], label=method, capsize=3,
+                        **({"color": palette[method]} if method != "full" else {}), **style)
+        ax.set_xscale("log")
+        ax.set_xticks(sorted(summary.keep.unique()), [f"{k:.0%}" for k in sorted(summary.keep.unique())])
+        ax.set_xlabel("cache kept (fraction of the context)")
+        ax.set_ylabel("NLL of the continuation (nats/token)" if metric == "nll" else "copy accuracy (top-1)")
+        ax.set_title(f"{task}: {'lower' if metric == 'nll' else 'higher'} is better")
+    axes[0][-1].legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    return fig
+
+
+def _parse(argv):
+    p = argparse.ArgumentParser(prog="python -m tappa_utils kv-eval", description=__doc__.splitlines()[0])
+    d = KVEvalConfig()
+    p.add_argument("--model", default=d.model)
+    p.add_argument("--device", default=d.device)
+    p.add_argument("--dtype", default=d.dtype)
+    p.add_argument("--attn", default=d.attn, help="eager or sdpa")
+    p.add_argument("--seq-len", type=int, default=d.seq_len)
+    p.add_argument("--keep", type=float, nargs="+", default=list(d.keep), help="fractions of the cache kept")
+    p.add_argument("--methods", nargs="+", default=list(d.methods), help=f"from {', '.join(METHODS)}")
+    p.add_argument("--tasks", nargs="+", default=list(d.tasks), help=f"from {', '.join(TASKS)}")
+    p.add_argument("--samples", type=int, default=d.samples)
+    p.add_argument("--cont-len", type=int, default=d.cont_len)
+    p.add_argument("--seg-len", type=int, default=d.seg_len)
+    p.add_argument("--prefix-len", type=int, default=d.prefix_len)
+    p.add_argument("--distance", type=int, default=d.distance)
+    p.add_argument("--window", type=int, default=d.window)
+    p.add_argument("--cake-alpha", type=float, default=d.cake_alpha)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--text-file", default=None)
+    p.add_argument("--out", required=True, help="output folder (CSV, JSON, PNG)")
+    p.add_argument("--quiet", action="store_true")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point: run, write samples.csv, summary.csv, comparisons.csv, summary.json, quality_vs_budget.png."""
+    try:
+        args = _parse(argv)
+    except SystemExit as e:
+        return int(e.code or 0)
+    cfg = KVEvalConfig(model=args.model, device=args.device, dtype=args.dtype, attn=args.attn, seq_len=args.seq_len,
+                       keep=tuple(args.keep), methods=tuple(args.methods), tasks=tuple(args.tasks),
+                       samples=args.samples, cont_len=args.cont_len, seg_len=args.seg_len,
+                       prefix_len=args.prefix_len, distance=args.distance, window=args.window,
+                       cake_alpha=args.cake_alpha, seed=args.seed, text_file=args.text_file)
+    try:
+        cfg.validate()
+        if args.text_file is not None and not Path(args.text_file).is_file():
+            raise FileNotFoundError(f"text file not found: {args.text_file}")
+        from ..models import load_model
+
+        model, tok = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype, attn_implementation=cfg.attn)
+        t0 = time.perf_counter()
+        samples = run_kv_eval(model, tok, cfg, progress=not args.quiet)
+    except (ValueError, TypeError, FileNotFoundError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    write_results(args.out, cfg, samples, seconds=time.perf_counter() - t0)
+    if not args.quiet:
+        print(summarize(samples).to_string(index=False))
+    return 0
+
+
+def write_results(out_dir, cfg: KVEvalConfig, samples, seconds: float | None = None) -> None:
+    """Write run_info.json, samples.csv, summary.csv, comparisons.csv, summary.json and the quality plot."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..results import save_figure, save_json, save_run_info, save_table
+
+    summary, comp = summarize(samples), compare(samples)
+    save_run_info(out_dir, asdict(cfg), seconds=seconds)
+    save_table(samples, out_dir, "samples.csv")
+    save_table(summary, out_dir, "summary.csv")
+    save_table(comp, out_dir, "comparisons.csv")
+    save_json(out_dir, "summary.json", {"summary": summary.to_dict(orient="records"),
+                                        "comparisons": comp.to_dict(orient="records")})
+    fig = plot_quality(summary)
+    save_figure(fig, out_dir, "quality_vs_budget.png")
+    plt.close(fig)
