@@ -1,0 +1,90 @@
+"""Papermill conventions of every notebook in notebooks/, the README parameter table, and a smoke run of each."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from tappa_utils import book
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+STEMS = [p.stem for p in NOTEBOOKS]
+
+
+def _read(path: Path):
+    return nbformat.read(str(path), as_version=4)
+
+
+def test_notebooks_exist_and_are_all_in_the_toc():
+    assert "00_reading" in STEMS, "notebooks/00_reading.ipynb is missing"
+    listed = book.chapter_stems(ROOT)
+    assert not set(STEMS) - set(listed), f"notebooks not listed in _toc.yml: {sorted(set(STEMS) - set(listed))}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=STEMS)
+def test_stored_without_outputs_and_with_python3_kernel(path):
+    nb = _read(path)
+    nbformat.validate(nb)
+    assert nb.metadata.get("kernelspec", {}).get("name") == "python3", f"{path.name}: kernelspec name must be python3"
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type == "code":
+            assert cell.outputs == [], f"{path.name}: cell {i} has stored outputs (clear them)"
+            assert cell.execution_count is None, f"{path.name}: cell {i} has an execution count (clear it)"
+        assert "injected-parameters" not in cell.metadata.get("tags", []), f"{path.name}: papermill leftovers"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=STEMS)
+def test_parameters_cell(path):
+    nb = _read(path)
+    index, cell = book.parameters_cell(nb)  # exactly one, or BookError
+    first_code = next(i for i, c in enumerate(nb.cells) if c.cell_type == "code")
+    assert index == first_code, f"{path.name}: the parameters cell must be the first code cell"
+    params = {p.name: p for p in book.parse_parameters(cell.source)}  # one `name = value  # description` a line
+    missing = [n for n in book.REQUIRED_PARAMETERS if n not in params]
+    assert not missing, f"{path.name}: missing parameters {missing}"
+    assert params["model"].default == '"tappa-tiny"'
+    assert params["device"].default == '"cpu"'
+    assert params["dtype"].default == '"float32"'
+    assert params["out_dir"].default == f'"_build/results/{path.stem}"'
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=STEMS)
+def test_smoke_metadata(path):
+    nb = _read(path)
+    smoke = nb.metadata.get("tappa", {}).get("smoke")
+    assert isinstance(smoke, dict), f"{path.name}: metadata tappa.smoke (a dict of small parameters) is missing"
+    names = {p.name for p in book.notebook_parameters(path)}
+    unknown = sorted(set(smoke) - names)
+    assert not unknown, f"{path.name}: tappa.smoke sets unknown parameters {unknown}"
+    assert "out_dir" not in smoke, f"{path.name}: the smoke run chooses out_dir itself"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=STEMS)
+def test_parameters_documented_in_readme(path):
+    table = book.readme_params_table((ROOT / "README.md").read_text())
+    for p in book.notebook_parameters(path):
+        assert f"| {path.stem} | `{p.name}` |" in table, (
+            f"README's parameter table lacks {path.stem}.{p.name}; run `make params-table`")
+
+
+def test_readme_table_matches_generator():
+    readme = book.readme_params_table((ROOT / "README.md").read_text())
+    assert readme == book.params_table(ROOT), "README's parameter table is stale; run `make params-table`"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=STEMS)
+def test_smoke_run(path, tmp_path):
+    """Execute the notebook with its `tappa.smoke` parameters; it must write run_info.json with them."""
+    smoke = dict(_read(path).metadata["tappa"]["smoke"])
+    out_dir = tmp_path / "out"
+    failure = book.execute_notebook(path, tmp_path / f"{path.stem}.ipynb", {**smoke, "out_dir": str(out_dir)},
+                                    cwd=ROOT, timeout=600)
+    assert failure is None, failure.describe()
+    info = json.loads((out_dir / "run_info.json").read_text())
+    for key, value in smoke.items():
+        if key in info.get("params", {}):
+            assert info["params"][key] == value, f"run_info.json records {key}={info['params'][key]!r}, not {value!r}"
+    assert "versions" in info
