@@ -205,11 +205,11 @@ def column_change(hd: HeadData, b: int = 0, skip: int = 16) -> np.ndarray:
     model's logits."""
     A = hd.logits[b]
     T = A.shape[0]
-    d = np.abs(A[1:] - A[:-1])  # row t: step t -> t+1
     t = np.arange(T - 1)[:, None]
     j = np.arange(T)[None, :]
     ok = (j <= t) & (t >= skip)
     with np.errstate(invalid="ignore"):
+        d = np.abs(A[1:] - A[:-1])  # row t: step t -> t+1 (masked entries give NaN, dropped by `ok`)
         return np.where(ok, d, 0).sum(0) / np.where(ok.sum(0) > 0, ok.sum(0), np.nan)
 
 

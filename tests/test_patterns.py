@@ -1,0 +1,177 @@
+"""Measuring helpers of tappa_utils.patterns on synthetic inputs and tiny random models."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from tappa_utils import patterns as P
+from tappa_utils import theory as T
+from tappa_utils.rope import channel_frequencies
+
+from conftest import make_tiny_model
+
+THETA = 10000.0 ** (-np.arange(16) * 2 / 32)
+
+
+def synthetic_headdata(q, k, theta=THETA, scale=0.25):
+    """HeadData from numpy q, k (T, d) with logits computed from them."""
+    hd = P.HeadData(0, 0, q[None], k[None], None, None, np.asarray(theta), scale)
+    A = hd.relative_logits(0)
+    A = np.where(np.tril(np.ones_like(A, bool)), A, -np.inf)
+    hd.logits = A[None]
+    return hd
+
+
+@pytest.mark.parametrize("channel", [0, 1, 2, 3])
+def test_intervention_reproduces_interval_on_synthetic_head(channel):
+    q, k = P.synthetic_dominant_head(256, THETA, channel, factor=6.0, noise=0.3, seed=channel)
+    hd = synthetic_headdata(q, k)
+    prof = P.distance_profile(hd.logits, 160)
+    pred = T.predicted_diagonal_interval(THETA[channel])
+    assert abs(P.dominant_period(prof) - pred) / pred < 0.10
+    assert abs(P.autocorr_period(prof) - pred) / pred < 0.10
+
+
+def test_dominant_period_of_a_pure_cosine_and_errors():
+    n = np.arange(200)
+    assert P.dominant_period(np.cos(2 * np.pi * n / 13.7) + 0.01 * n) == pytest.approx(13.7, rel=0.02)
+    with pytest.raises(ValueError):
+        P.dominant_period(np.ones(5))
+    assert np.isnan(P.autocorr_period(np.linspace(0, 1, 50) ** 2))  # a pure trend has no period
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3"])
+def test_capture_head_logits_match_model(family):
+    model = make_tiny_model(family)
+    ids = torch.randint(3, 300, (2, 40))
+    for head in (0, 3):
+        hd = P.capture_head(model, ids, 1, head)
+        A = hd.relative_logits(1)
+        low = np.tril(np.ones_like(A, bool))
+        assert np.abs(A[low] - hd.logits[1][low]).max() < 1e-4
+        assert np.allclose(np.exp(hd.logits[1]).sum(-1) > 0, True) and np.allclose(hd.probs[1].sum(-1), 1)
+
+
+def test_capture_head_and_interventions_validate_input(tiny_llama):
+    ids = torch.randint(3, 300, (1, 10))
+    with pytest.raises(IndexError, match="query heads"):
+        P.capture_head(tiny_llama, ids, 0, 4)
+    with pytest.raises(IndexError, match="layers"):
+        P.capture_head(tiny_llama, ids, 7, 0)
+    with pytest.raises(IndexError, match="channels"):
+        P.with_dominant_channel(tiny_llama, 0, 0, 8, 2.0)
+    with pytest.raises(ValueError, match="base"):
+        P.with_rope_base(tiny_llama, 0.5)
+
+
+def test_with_dominant_channel_scales_only_that_channel(tiny_llama):
+    d, m, head = 16, 2, 3
+    new = P.with_dominant_channel(tiny_llama, 1, head, m, 5.0)
+    wq0, wq1 = tiny_llama.model.layers[1].self_attn.q_proj.weight, new.model.layers[1].self_attn.q_proj.weight
+    wk0, wk1 = tiny_llama.model.layers[1].self_attn.k_proj.weight, new.model.layers[1].self_attn.k_proj.weight
+    rows_q = [head * d + m, head * d + m + d // 2]
+    rows_k = [(head // 2) * d + m, (head // 2) * d + m + d // 2]
+    assert torch.allclose(wq1[rows_q], 5 * wq0[rows_q]) and torch.allclose(wk1[rows_k], 5 * wk0[rows_k])
+    other_q = [r for r in range(wq0.shape[0]) if r not in rows_q]
+    other_k = [r for r in range(wk0.shape[0]) if r not in rows_k]
+    assert torch.equal(wq1[other_q], wq0[other_q]) and torch.equal(wk1[other_k], wk0[other_k])
+    assert new.model.layers[1].self_attn.q_proj.weight is not wq0
+
+
+def test_with_rope_base_changes_frequencies_only_on_the_copy(tiny_llama):
+    before = channel_frequencies(tiny_llama).copy()
+    new = P.with_rope_base(tiny_llama, 100.0)
+    np.testing.assert_allclose(channel_frequencies(new), 100.0 ** (-np.arange(8) * 2 / 16), rtol=1e-6)
+    np.testing.assert_array_equal(channel_frequencies(tiny_llama), before)
+    hd = P.capture_head(new, torch.randint(3, 300, (1, 20)), 0, 0)
+    low = np.tril(np.ones((20, 20), bool))
+    assert np.abs(hd.relative_logits(0)[low] - hd.logits[0][low]).max() < 1e-4  # the model really uses the new base
+
+
+def test_logit_jump_steps_satisfy_the_proposition_exactly():
+    rng = np.random.default_rng(1)
+    q = np.cumsum(rng.standard_normal((80, 32)) * 0.3, 0)
+    k = rng.standard_normal((80, 32))
+    steps = P.logit_jump_steps(synthetic_headdata(q, k), skip=4)
+    assert len(steps) == 80 - 1 - 4
+    assert np.all(steps.logit_jump >= steps.alignment * steps.query_jump - steps.rotation - 1e-9)
+    assert np.all(steps.rotation <= steps.rotation_paper + 1e-9)
+    fit = P.fit_jump_bound(steps, quantile=0.2)
+    assert fit.measured >= fit.predicted - 1e-12 and fit.predicted >= 0.8 - 1e-12
+    with pytest.raises(ValueError):
+        P.fit_jump_bound(steps, quantile=1.0)
+
+
+def test_column_steps_bounds_and_low_frequency_share():
+    rng = np.random.default_rng(2)
+    q = rng.standard_normal(32) + 0.05 * rng.standard_normal((100, 32))
+    k = rng.standard_normal((100, 32))
+    hd = synthetic_headdata(q, k)
+    cs = P.column_steps(hd, 0, skip=1)
+    assert np.all(cs.change <= cs.bound_chord + 1e-9) and np.all(cs.bound_chord <= cs.bound_arc + 1e-9)
+    assert np.all(cs.rotation_term <= cs.rotation_bound_chord + 1e-9)
+    # a key living only in low-frequency channels: the share is 1; only in high-frequency ones: 0
+    k2 = np.zeros_like(k)
+    k2[:, [15, 31]] = 1.0
+    assert P.low_frequency_share(synthetic_headdata(q, k2), 0, period=100) == pytest.approx(1.0)
+    k2[:] = 0
+    k2[:, [0, 16]] = 1.0
+    assert P.low_frequency_share(synthetic_headdata(q, k2), 0, period=100) == pytest.approx(0.0)
+    cc = P.column_change(hd, skip=1)
+    assert np.isnan(cc[-1]) and cc[0] == pytest.approx(cs.change.mean())
+
+
+def test_diagonal_steps_zero_for_constant_inputs_and_bound_holds():
+    rng = np.random.default_rng(3)
+    q, k = np.tile(rng.standard_normal(32), (60, 1)), np.tile(rng.standard_normal(32), (60, 1))
+    ds = P.diagonal_steps(synthetic_headdata(q, k), 2, skip=2)
+    assert ds.change.max() < 1e-10 and ds.bound.max() == 0 and ds.column_change.max() > 1e-3
+    q2 = q + 0.1 * rng.standard_normal(q.shape)
+    ds2 = P.diagonal_steps(synthetic_headdata(q2, k), 2, skip=2)
+    assert np.all(ds2.change <= ds2.bound + 1e-9) and ds2.change.max() > 0
+
+
+def test_qsim_predictability_removes_depth():
+    layer = np.repeat(np.arange(4), 4)
+    within = np.tile([0.3, 0.2, 0.1, 0.0], 4)
+    df = pd.DataFrame({"layer": layer, "q_sim_consecutive_pre": layer + within,
+                       "predictability": layer - within})
+    r = P.qsim_predictability(df)
+    assert r["all"] > 0.5 and r["within_layer"] < -0.9  # ties from float rounding
+    with pytest.raises(KeyError, match="missing"):
+        P.qsim_predictability(df, qsim="nope")
+
+
+def test_continuity_and_spearman():
+    x = np.ones((10, 4))
+    assert P.continuity(x) == 0
+    assert P.continuity(np.random.default_rng(0).standard_normal((50, 4))) > 0.5
+    assert P.spearman([1, 2, 3, 4], [10, 20, 30, 25]) == pytest.approx(0.8)
+    assert np.isnan(P.spearman([1, 1, 1], [1, 2, 3]))
+
+
+class _Tok:
+    bos_token_id = 0
+
+    def __call__(self, text, add_special_tokens=False):
+        return {"input_ids": [ord(c) for c in text]}
+
+
+def test_periodic_ids_and_seasonal_pairs():
+    ids = P.periodic_ids(_Tok(), "abcdefghijklmnopqrstuvwxyz" * 3, 7, 50, num_windows=2, stride=5)
+    assert ids.shape == (2, 50) and (ids[:, 0] == 0).all()
+    assert torch.equal(ids[:, 8:], ids[:, 1:-7]) and ids[1, 1].item() == ord("f")
+    with pytest.raises(ValueError, match="too short"):
+        P.periodic_ids(_Tok(), "abc", 7, 50)
+    rng = np.random.default_rng(4)
+    L = 20
+    base = rng.standard_normal((L, 32))
+    q = np.tile(base, (4, 1)) + 0.01 * rng.standard_normal((4 * L, 32))
+    k = np.tile(rng.standard_normal((L, 32)), (4, 1))
+    pairs = P.seasonal_pairs(synthetic_headdata(q, k), L, dominant=2)
+    assert (pairs.i <= pairs.t).all() and (pairs.t + L < 4 * L).all()
+    assert np.all(pairs.change <= pairs.bound + 1e-9)
+    assert np.all(pairs.bound_paper <= pairs.bound + 1e-12)
+    assert P.resonant_periods(0.3, 20, count=5) == [10, 15, 20, 25, 30]

@@ -1,0 +1,115 @@
+"""The derivations of tappa_utils.theory: symbolic (sympy reduces the residual to zero / signs it) and numeric
+(identities to 1e-10 and bounds on random q, k, R)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import sympy as sp
+import torch
+
+from tappa_utils import theory as T
+from tappa_utils.rope import rotate
+
+RNG = np.random.default_rng(0)
+THETA = 10000.0 ** (-np.arange(16) * 2 / 32)  # d = 32, base 1e4
+
+
+@pytest.mark.parametrize("derivation", T.all_derivations(), ids=lambda d: d.name)
+def test_derivation_holds_symbolically(derivation):
+    assert derivation.holds(), derivation.name
+    assert derivation.latex()
+
+
+def test_wrong_identities_do_not_hold():
+    m, n, th = sp.symbols("m n theta", integer=True)
+    bad = T.Derivation("wrong sign", T.rotation(m * th).T * T.rotation(n * th), T.rotation((n + m) * th),
+                       T.rotation(m * th).T * T.rotation(n * th) - T.rotation((n + m) * th))
+    assert not bad.holds()
+    x = sp.symbols("x", real=True)
+    assert not T.Derivation("sin <= 0", x, 0, sp.sin(x), relation=">=").holds()
+
+
+def test_rope_identity_numeric():
+    lhs, rhs, syms = T.lambdified(T.rope_relative_identity())
+    assert [s.name for s in syms] == ["m", "n", "theta"]
+    for _ in range(20):
+        m, n = RNG.integers(-500, 500, 2)
+        th = RNG.uniform(1e-4, 1.0)
+        assert np.abs(np.array(lhs(m, n, th), float) - np.array(rhs(m, n, th), float)).max() < 1e-10
+
+
+def test_relative_logit_matches_rope_rotation():
+    q, k = RNG.standard_normal((5, 32)), RNG.standard_normal((5, 32))
+    t, j = np.array([3, 10, 100, 7, 400]), np.array([0, 10, 37, 2, 399])
+    qr = rotate(torch.tensor(q), torch.tensor(t), THETA).numpy()
+    kr = np.stack([rotate(torch.tensor(k[i:i + 1]), torch.tensor(j[i:i + 1]), THETA).numpy()[0] for i in range(5)])
+    a = np.stack([rotate(torch.tensor(q[i:i + 1]), torch.tensor(t[i:i + 1]), THETA).numpy()[0] for i in range(5)])
+    assert qr.shape == a.shape
+    np.testing.assert_allclose((a * kr).sum(-1), T.relative_logit(q, k, t - j, THETA), atol=1e-10)
+
+
+def test_logit_change_decomposition_numeric():
+    t = 40
+    q0, q1, keys = RNG.standard_normal(32), RNG.standard_normal(32), RNG.standard_normal((t + 1, 32))
+    terms = T.logit_jump_terms(q0, q1, keys, t, THETA)
+    np.testing.assert_allclose(terms["query"] + terms["rotation"], terms["total"], atol=1e-10)
+    # the rotation term is bounded per channel (chord), which is below the paper's |q||k| max theta
+    per_channel = T.rotation_term_bound(q0, keys, THETA)
+    paper = T.rotation_term_bound(q0, keys, THETA, per_channel=False, chord=False)
+    assert np.all(np.abs(terms["rotation"]) <= per_channel + 1e-12)
+    assert np.all(per_channel <= paper + 1e-12)
+    # proposition: max_j |total| >= max_j |query term| - max_j |rotation term|
+    assert np.abs(terms["total"]).max() >= np.abs(terms["query"]).max() - per_channel.max() - 1e-12
+
+
+def test_chord_arc_and_fixed_key_bound_on_random_vectors():
+    th = RNG.uniform(0, 2 * np.pi, 1000)
+    assert np.all(T.rotation_step_factor(th) <= T.rotation_step_factor(th, chord=False) + 1e-15)
+    assert T.rotation_step_factor(np.array([1.0]))[0] < 1.0  # the chord is strictly shorter for a large angle
+    for _ in range(200):
+        q0, q1, k = RNG.standard_normal((3, 32)) * RNG.uniform(0.1, 5, (3, 1))
+        t, i = RNG.integers(0, 1000), RNG.integers(0, 1000)
+        change = abs(T.relative_logit(q1, k, t + 1 - i, THETA) - T.relative_logit(q0, k, t - i, THETA))
+        assert change <= T.fixed_key_step_bound(q0, q1, k, THETA) + 1e-10
+        assert T.fixed_key_step_bound(q0, q1, k, THETA) <= T.fixed_key_step_bound(q0, q1, k, THETA, chord=False) + 1e-12
+
+
+def test_diagonal_bound_on_random_vectors_and_exact_shift():
+    for _ in range(200):
+        q0, q1, k0, k1 = RNG.standard_normal((4, 32))
+        n = RNG.integers(0, 2000)
+        change = abs(T.relative_logit(q1, k1, n, THETA) - T.relative_logit(q0, k0, n, THETA))
+        assert change <= T.diagonal_step_bound(q0, q1, k0, k1) + 1e-10
+    q, k = RNG.standard_normal((2, 32))
+    assert T.diagonal_step_bound(q, q, k, k) == 0
+    assert abs(T.relative_logit(q, k, 51 - 11, THETA) - T.relative_logit(q, k, 50 - 10, THETA)) < 1e-10
+
+
+def test_seasonal_bound_full_holds_and_paper_form_can_fail():
+    dom, n = 3, 2
+    L = int(round(2 * np.pi * n / THETA[dom]))
+    delta = T.resonance_mismatch(L, THETA[dom])
+    assert abs(L * THETA[dom] - 2 * np.pi * n - delta) < 1e-12 and abs(delta) <= np.pi
+    paper_fails = 0
+    for _ in range(300):
+        q0, k = RNG.standard_normal((2, 32))
+        q1 = q0 + 0.05 * RNG.standard_normal(32)
+        t, i = 500, RNG.integers(0, 500)
+        change = abs(T.relative_logit(q1, k, t + L - i, THETA) - T.relative_logit(q0, k, t - i, THETA))
+        sb = T.seasonal_bound(q0, q1, k, L, THETA, dom)
+        assert change <= sb.full + 1e-10
+        assert sb.resonant <= np.abs(T._c(q0)[dom] * T._c(k)[dom]) * abs(delta) + 1e-12  # <= C2 |delta|
+        paper_fails += change > sb.paper + 1e-10
+    assert paper_fails > 0  # without the non-dominant phase term the bound is not valid for generic q, k
+
+
+def test_dominant_channel_and_interval():
+    q, k = RNG.standard_normal((2, 10, 32))
+    q[:, [4, 20]] *= 20
+    m, share = T.dominant_channel_share(q, k)
+    assert int(m) == 4 and 0.3 < float(share) <= 1  # uniform would be 1/16
+    assert T.predicted_diagonal_interval(THETA[0]) == pytest.approx(2 * np.pi)
+    with pytest.raises(ValueError):
+        T.predicted_diagonal_interval(0.0)
+    with pytest.raises(ValueError, match="channels"):
+        T.relative_logit(np.ones(8), np.ones(8), 0, THETA)
