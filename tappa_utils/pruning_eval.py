@@ -1,0 +1,516 @@
+"""Layer pruning evaluation: ShortGPT vs TAPPA orders, 1..k removed layers, quality on held-out text.
+
+    python -m tappa_utils prune-eval --out _build/results/prune-eval [--model tappa-tiny] [--max-removed 3]
+
+Scores (block influence, q-similarity) and the choice of the best beta use the calibration text only (the
+training split of `tappa_utils.corpus`, or `--calib-text-file`); quality is measured on the evaluation text (the
+held-out sample, or `--eval-text-file`): loss in nats per byte, next-token accuracy, and the copy test (loss on the
+second occurrence of a random segment divided by the loss on the first).  With `lm-eval` installed and
+`--lm-eval-tasks` given, the paper's zero-shot tasks run too, with a sample limit.
+
+Function API for the chapter: `PruneEvalConfig`, `run_pruning_eval(cfg) -> PruneEvalResult`, `save_results`,
+`plot_layer_scores`, `plot_results`.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from . import pruning as P
+
+DEFAULT_BETAS = (0.1, 0.2, 0.3)
+DEFAULT_BETA_GRID = tuple(round(0.1 * i, 2) for i in range(11))
+PAPER_TASKS = ("piqa", "hellaswag", "arc_easy", "winogrande")
+METRICS = ("nats_per_byte", "next_token_acc", "copy_ratio")
+
+
+@dataclass
+class PruneEvalConfig:
+    """Parameters of one pruning evaluation (see the module docstring); `validate()` checks them all."""
+
+    model: str = "tappa-tiny"
+    device: str = "cpu"
+    dtype: str = "float32"
+    seed: int = 0
+    seq_len: int = 512
+    calib_chunks: int = 8
+    calib_stride: int = 256
+    calib_text_file: str | None = None
+    eval_text_file: str | None = None
+    eval_windows: int = 16
+    copy_windows: int = 16
+    copy_seg_len: int = 48
+    max_removed: int = 3
+    betas: tuple = DEFAULT_BETAS
+    beta_grid: tuple = DEFAULT_BETA_GRID
+    qsim_rope: str = "pre"
+    qsim_mode: str = "all_pairs"
+    batch_size: int = 4
+    lm_eval_tasks: tuple = ()
+    lm_eval_limit: int = 100
+
+    def validate(self, n_layers: int | None = None) -> "PruneEvalConfig":
+        """Raise ValueError/TypeError naming the bad parameter; with `n_layers`, check max_removed against it."""
+        for name in ("seed",):
+            _int(name, getattr(self, name), 0)
+        for name in ("seq_len", "calib_chunks", "calib_stride", "eval_windows", "copy_windows", "copy_seg_len",
+                     "max_removed", "batch_size", "lm_eval_limit"):
+            _int(name, getattr(self, name), 1)
+        if self.seq_len < 8:
+            raise ValueError(f"seq_len must be >= 8, got {self.seq_len}")
+        if self.copy_seg_len * 2 + 50 > self.seq_len:
+            raise ValueError(f"copy_seg_len {self.copy_seg_len} does not fit twice in seq_len {self.seq_len}; "
+                             f"use copy_seg_len <= {(self.seq_len - 50) // 2}")
+        self.betas = tuple(self.betas)
+        self.beta_grid = tuple(self.beta_grid)
+        if not self.betas or not self.beta_grid:
+            raise ValueError("betas and beta_grid must not be empty")
+        for b in self.betas + self.beta_grid:
+            P._check_beta(b)
+        if self.qsim_rope not in P.QSIM_ROPE:
+            raise ValueError(f"qsim_rope must be one of {P.QSIM_ROPE}, got {self.qsim_rope!r}")
+        if self.qsim_mode not in P.QSIM_MODES:
+            raise ValueError(f"qsim_mode must be one of {P.QSIM_MODES}, got {self.qsim_mode!r}")
+        for name in ("calib_text_file", "eval_text_file"):
+            f = getattr(self, name)
+            if f is not None and not Path(f).is_file():
+                raise FileNotFoundError(f"{name}: file not found: {f}")
+        if self.calib_text_file is not None and self.eval_text_file is not None and \
+                Path(self.calib_text_file).resolve() == Path(self.eval_text_file).resolve():
+            raise ValueError("calib_text_file and eval_text_file are the same file; calibration must not see the "
+                             "evaluation text")
+        if n_layers is not None and self.max_removed >= n_layers:
+            raise ValueError(f"max_removed={self.max_removed} leaves no layer: the model has {n_layers} layers; "
+                             f"use at most {n_layers - 1}")
+        self.lm_eval_tasks = tuple(self.lm_eval_tasks)
+        return self
+
+
+def _int(name: str, v: Any, minimum: int) -> int:
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+        raise TypeError(f"{name} must be an integer, got {v!r}")
+    if v < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {v}")
+    return int(v)
+
+
+# ------------------------------------------------------------------------------------------------- data
+@dataclass
+class EvalData:
+    """Evaluation inputs: held-out windows (N, T), copy-test windows and the slices of the two segment copies."""
+
+    ids: torch.Tensor
+    n_bytes: int
+    copy_ids: torch.Tensor
+    first: slice
+    second: slice
+
+
+def token_bytes(tokenizer, ids: torch.Tensor) -> int:
+    """UTF-8 bytes the tokens stand for: exact for byte-level (GPT-2 alphabet) tokenizers, else by decoding rows."""
+    from .tokenizer_bytes import _bytes_to_unicode
+
+    alphabet = set(_bytes_to_unicode().values())
+    special = set(getattr(tokenizer, "all_special_ids", []) or [])
+    total, byte_level = 0, True
+    for row in ids.tolist():
+        toks = tokenizer.convert_ids_to_tokens([i for i in row if i not in special])
+        if byte_level and all(isinstance(t, str) and set(t) <= alphabet for t in toks):
+            total += sum(len(t) for t in toks)
+        else:
+            byte_level = False
+            total += len(tokenizer.decode(row, skip_special_tokens=True).encode("utf-8"))
+    return total
+
+
+def eval_data(tokenizer, cfg: PruneEvalConfig, text: str | None = None) -> EvalData:
+    """Held-out windows and the copy test (random segments inserted into evaluation text) for `cfg`."""
+    from .corpus import copy_test_batch
+    from .data import load_text, token_windows
+
+    text = load_text(text=text, text_file=None if text is not None else cfg.eval_text_file)
+    ids = token_windows(tokenizer, text, cfg.seq_len, cfg.eval_windows)
+    flat = np.asarray(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=np.int64)
+    if len(flat) <= cfg.seq_len:
+        raise ValueError(f"evaluation text too short for the copy test: {len(flat)} tokens, need > {cfg.seq_len}")
+    rng = np.random.default_rng(cfg.seed + 1)
+    cx, first, second = copy_test_batch(rng, flat, cfg.copy_windows, cfg.seq_len, cfg.copy_seg_len)
+    if tokenizer.bos_token_id is not None:
+        cx[:, 0] = tokenizer.bos_token_id
+    else:
+        cx[:, 0] = flat[0]
+    return EvalData(ids, token_bytes(tokenizer, ids[:, 1:]), torch.from_numpy(cx), first, second)
+
+
+def _nll(model, ids: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token negative log-likelihood (N, T-1) (nll[:, i] predicts token i+1) and the argmax hits."""
+    device = next(model.parameters()).device
+    nll, hit = [], []
+    with torch.no_grad():
+        for i in range(0, ids.shape[0], batch_size):
+            x = ids[i : i + batch_size].to(device)
+            logits = model(x, use_cache=False).logits[:, :-1].float()
+            tgt = x[:, 1:]
+            nll.append(torch.nn.functional.cross_entropy(logits.transpose(1, 2), tgt, reduction="none").cpu())
+            hit.append((logits.argmax(-1) == tgt).cpu())
+    return torch.cat(nll), torch.cat(hit)
+
+
+def lm_quality(model, data: EvalData, batch_size: int = 4) -> dict[str, float]:
+    """Held-out loss (nats/token, nats/byte), next-token accuracy, and the copy test (first, second, ratio)."""
+    nll, hit = _nll(model, data.ids, batch_size)
+    cnll, _ = _nll(model, data.copy_ids, batch_size)
+    # tokens 2.. of each copy (the first token of a random segment is unpredictable)
+    c1 = cnll[:, data.first.start : data.first.stop - 1].mean().item()
+    c2 = cnll[:, data.second.start : data.second.stop - 1].mean().item()
+    return {"nats_per_token": nll.mean().item(), "nats_per_byte": nll.sum().item() / max(1, data.n_bytes),
+            "next_token_acc": hit.float().mean().item(), "copy_first": c1, "copy_second": c2,
+            "copy_ratio": c2 / c1 if c1 > 0 else float("nan")}
+
+
+def calibration_loss(model, calib_ids: torch.Tensor, batch_size: int = 4) -> float:
+    """Mean next-token loss (nats/token) on the calibration chunks: the only signal used to choose beta."""
+    return _nll(model, calib_ids, batch_size)[0].mean().item()
+
+
+# ----------------------------------------------------------------------------------------- beta and orders
+def select_beta(model, scores: P.LayerScores, calib_ids: torch.Tensor, max_removed: int,
+                grid=DEFAULT_BETA_GRID, batch_size: int = 4):
+    """Best beta on calibration data: lowest mean calibration loss over 1..max_removed removed layers.
+
+    Ties go to the smaller beta. Returns (beta, DataFrame with beta, n_removed, removed, calib_loss).
+    """
+    import pandas as pd
+
+    cache: dict[tuple, float] = {}
+    rows = []
+    for beta in grid:
+        order = P.tappa_order(scores.bi, scores.qsim, beta)
+        for k in range(1, max_removed + 1):
+            key = tuple(sorted(order[:k]))
+            if key not in cache:
+                cache[key] = calibration_loss(P.remove_layers(model, list(key)), calib_ids, batch_size)
+            rows.append({"beta": float(beta), "n_removed": k, "removed": list(key), "calib_loss": cache[key]})
+    df = pd.DataFrame(rows)
+    mean = df.groupby("beta", sort=True)["calib_loss"].mean()
+    best = float(mean.index[int(np.argmin(mean.to_numpy()))])  # argmin takes the first (smallest beta) on ties
+    return best, df
+
+
+def method_orders(scores: P.LayerScores, betas, best_beta: float | None = None) -> dict[str, dict]:
+    """{method: {"beta", "order"}}: ShortGPT, TAPPA at each beta, and TAPPA at the calibration-chosen beta."""
+    out = {"ShortGPT": {"beta": None, "order": P.shortgpt_order(scores.bi)}}
+    for b in betas:
+        out[f"TAPPA b={b:g}"] = {"beta": float(b), "order": P.tappa_order(scores.bi, scores.qsim, b)}
+    if best_beta is not None:
+        out[f"TAPPA best (b={best_beta:g})"] = {"beta": float(best_beta),
+                                                 "order": P.tappa_order(scores.bi, scores.qsim, best_beta)}
+    return out
+
+
+def evaluate_orders(model, orders: dict[str, dict], data: EvalData, max_removed: int, batch_size: int = 4,
+                    progress: Callable[[str], None] | None = None):
+    """One row per (method, n_removed in 0..max_removed): removed layers and `lm_quality`; pruned sets cached."""
+    import pandas as pd
+
+    cache: dict[tuple, dict] = {}
+    rows = []
+    for name, spec in orders.items():
+        for k in range(0, max_removed + 1):
+            key = tuple(sorted(spec["order"][:k]))
+            if key not in cache:
+                if progress:
+                    progress(f"evaluating without layers {list(key)}")
+                pruned = P.remove_layers(model, list(key)) if key else model
+                cache[key] = lm_quality(pruned, data, batch_size)
+            rows.append({"method": name, "beta": spec["beta"], "n_removed": k, "removed": list(key), **cache[key]})
+    return pd.DataFrame(rows)
+
+
+# ------------------------------------------------------------------------------------------------ lm-eval
+def lm_eval_available() -> bool:
+    """Whether the `lm-eval` harness is installed (`importlib.util.find_spec("lm_eval")`)."""
+    return importlib.util.find_spec("lm_eval") is not None
+
+
+def run_lm_eval(model, tokenizer, tasks, limit: int = 100, batch_size: int = 4) -> dict:
+    """Zero-shot accuracy per task with lm-eval (sample `limit` per task); {} with a note when not installed."""
+    if not tasks:
+        return {}
+    if not lm_eval_available():
+        return {"note": "lm-eval is not installed: zero-shot tasks skipped"}
+    import lm_eval
+    from lm_eval.models.huggingface import HFLM
+
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+    res = lm_eval.simple_evaluate(model=lm, tasks=list(tasks), num_fewshot=0, limit=limit)
+    return {t: {k: v for k, v in r.items() if isinstance(v, (int, float))} for t, r in res["results"].items()}
+
+
+# ------------------------------------------------------------------------------------------------- pipeline
+@dataclass
+class PruneEvalResult:
+    """Everything one evaluation produced (see `save_results` for the files)."""
+
+    cfg: PruneEvalConfig
+    model_name: str
+    n_layers: int
+    scores: P.LayerScores
+    best_beta: float
+    beta_selection: Any
+    orders: dict
+    results: Any
+    lm_eval: dict = field(default_factory=dict)
+    timings: dict = field(default_factory=dict)
+    calib_data: str = ""
+    eval_data_desc: str = ""
+
+
+def run_pruning_eval(cfg: PruneEvalConfig, model=None, tokenizer=None,
+                     progress: Callable[[str], None] | None = None) -> PruneEvalResult:
+    """Scores on calibration text, beta chosen on calibration text, orders evaluated on the evaluation text."""
+    from .models import check_supported, load_model, num_layers
+
+    cfg.validate()
+    t0 = time.time()
+    torch.manual_seed(cfg.seed)
+    if model is None:
+        model, tokenizer = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
+    check_supported(model)
+    L = num_layers(model)
+    cfg.validate(L)
+    say = progress or (lambda s: None)
+    calib = P.calibration_ids(tokenizer, cfg.seq_len, cfg.calib_chunks, cfg.calib_stride, cfg.seed,
+                              cfg.calib_text_file)
+    data = eval_data(tokenizer, cfg)
+    if _overlaps(calib, data.ids):
+        raise ValueError("the calibration chunks overlap the evaluation text; give a different calib_text_file")
+    timings = {"load_s": time.time() - t0}
+    say(f"scoring {L} layers on {calib.shape[0]} calibration chunks of {calib.shape[1]} tokens")
+    t = time.time()
+    scores = P.layer_scores(model, calib, rope=cfg.qsim_rope, mode=cfg.qsim_mode, batch_size=cfg.batch_size,
+                            stride=cfg.calib_stride)
+    timings["scores_s"] = time.time() - t
+    t = time.time()
+    say("choosing beta on calibration data")
+    best, sel = select_beta(model, scores, calib, cfg.max_removed, cfg.beta_grid, cfg.batch_size)
+    timings["select_beta_s"] = time.time() - t
+    orders = method_orders(scores, cfg.betas, best)
+    t = time.time()
+    results = evaluate_orders(model, orders, data, cfg.max_removed, cfg.batch_size, progress)
+    timings["evaluate_s"] = time.time() - t
+    lm = {}
+    if cfg.lm_eval_tasks:
+        lm = {"available": lm_eval_available()}
+        if lm["available"]:
+            for name, spec in orders.items():
+                for k in range(1, cfg.max_removed + 1):
+                    pruned = P.remove_layers(model, spec["order"][:k])
+                    lm[f"{name} k={k}"] = run_lm_eval(pruned, tokenizer, cfg.lm_eval_tasks, cfg.lm_eval_limit)
+        else:
+            lm["note"] = "lm-eval is not installed: zero-shot tasks skipped"
+    timings["total_s"] = time.time() - t0
+    calib_desc = cfg.calib_text_file or f"tappa_utils.corpus training split, seeded stretch (seed {cfg.seed})"
+    eval_desc = cfg.eval_text_file or "tappa_utils held-out sample (assets/heldout_sample.txt)"
+    return PruneEvalResult(cfg, str(cfg.model), L, scores, best, sel, orders, results, lm, timings, calib_desc,
+                           eval_desc)
+
+
+def _overlaps(calib: torch.Tensor, ids: torch.Tensor, n: int = 64, max_fraction: float = 0.5) -> bool:
+    """True when most (> max_fraction) 64-token stretches of the calibration chunks appear verbatim in the
+    evaluation windows: the same text was given twice (a few shared boilerplate lines are tolerated)."""
+    n = min(n, calib.shape[1] - 1)
+    seen = {tuple(r[i : i + n]) for r in ids[:, 1:].tolist() for i in range(0, len(r) - n + 1)}
+    probes = [tuple(r[i : i + n]) for r in calib[:, 1:].tolist() for i in range(0, len(r) - n + 1, n)]
+    return bool(probes) and sum(p in seen for p in probes) / len(probes) > max_fraction
+
+
+def summary_table(res: PruneEvalResult):
+    """Results pivoted for reading: one row per method, one column per (metric, n_removed)."""
+    df = res.results
+    return df.pivot_table(index="method", columns="n_removed", values=list(METRICS), sort=False)
+
+
+def save_results(res: PruneEvalResult, out_dir: str | Path, figures: bool = True) -> list[Path]:
+    """Write scores and orders (reference-code fields), tables, results JSON and figures under `out_dir`."""
+    from .results import save_figure, save_json, save_table
+
+    out = Path(out_dir)
+    ch = res.scores.chunking
+    written = []
+    bi_rec = P.score_record(f"block_influence_{res.scores.bi_kind}", res.model_name, res.calib_data, ch, res.scores.bi)
+    q_rec = P.score_record(f"qsim_{res.scores.qsim_rope}_rope_{res.scores.qsim_mode}", res.model_name,
+                           res.calib_data, ch, res.scores.qsim, order=P.prune_order(-res.scores.qsim))
+    written.append(P.save_score_record(out / "scores_bi.json", bi_rec))
+    written.append(P.save_score_record(out / "scores_qsim.json", q_rec))
+    for name, spec in res.orders.items():
+        if spec["beta"] is None:
+            rec = P.score_record("shortgpt", res.model_name, res.calib_data, ch, res.scores.bi, spec["order"])
+            fname = "order_shortgpt.json"
+        else:
+            rec = P.score_record(f"tappa_beta{spec['beta']:g}", res.model_name, res.calib_data, ch,
+                                 P.tappa_scores(res.scores.bi, res.scores.qsim, spec["beta"]), spec["order"])
+            rec["beta"] = spec["beta"]
+            fname = "order_tappa_best.json" if name.startswith("TAPPA best") else f"order_tappa_beta{spec['beta']:g}.json"
+        written.append(P.save_score_record(out / fname, rec))
+    written.append(save_table(res.scores.table(), out, "layer_scores.csv"))
+    written.append(save_table(res.beta_selection, out, "beta_selection.csv"))
+    written.append(save_table(res.results, out, "results.csv"))
+    written.append(save_json(out, "results.json", {
+        "model": res.model_name, "n_layers": res.n_layers, "calibration_data": res.calib_data,
+        "evaluation_data": res.eval_data_desc, "best_beta": res.best_beta,
+        "best_beta_chosen_on": "calibration loss (mean over 1..max_removed removed layers)",
+        "orders": res.orders, "results": res.results.to_dict(orient="records"),
+        "lm_eval": res.lm_eval or {"available": lm_eval_available(), "tasks": []}, "timings": res.timings}))
+    if figures:
+        import matplotlib.pyplot as plt
+
+        fig = plot_layer_scores(res.scores)
+        written.append(save_figure(fig, out, "layer_scores.png"))
+        plt.close(fig)
+        fig = plot_results(res.results)
+        written.append(save_figure(fig, out, "results.png"))
+        plt.close(fig)
+    return written
+
+
+def plot_layer_scores(scores: P.LayerScores):
+    """Per-layer BI and q-similarity side by side, plus their min-max normalised values."""
+    import matplotlib.pyplot as plt
+
+    tab = scores.table()
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
+    axes[0].bar(tab.layer, tab.bi, color="tab:blue")
+    axes[0].set(title=f"block influence ({scores.bi_kind})", xlabel="layer", ylabel="BI")
+    axes[1].bar(tab.layer, tab.qsim, color="tab:orange")
+    axes[1].set(title=f"q-similarity ({scores.qsim_rope}-RoPE, {scores.qsim_mode})", xlabel="layer",
+                ylabel="mean cosine")
+    axes[2].plot(tab.layer, tab.bi_norm, "o-", label="BI (norm.)")
+    axes[2].plot(tab.layer, 1 - tab.qsim_norm, "s--", label="1 - q-sim (norm.)")
+    axes[2].set(title="normalised (lower = pruned earlier)", xlabel="layer")
+    axes[2].legend(fontsize=8)
+    for ax in axes:
+        ax.set_xticks(tab.layer)
+    fig.tight_layout()
+    return fig
+
+
+def merge_identical_methods(results):
+    """Rows of methods that removed the same layers at every k merged under one joined label ('A = B')."""
+    import pandas as pd
+
+    groups: dict[tuple, list[str]] = {}
+    for name, g in results.groupby("method", sort=False):
+        key = tuple(tuple(r) for r in g.sort_values("n_removed")["removed"])
+        groups.setdefault(key, []).append(name)
+    rename = {n: " = ".join(names) for names in groups.values() for n in names}
+    keep = [names[0] for names in groups.values()]
+    out = results[results.method.isin(keep)].copy()
+    out["method"] = out.method.map(rename)
+    return pd.DataFrame(out).reset_index(drop=True)
+
+
+def plot_results(results, metrics=METRICS):
+    """Quality vs number of removed layers, one line per distinct order (one panel per metric)."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    labels = {"nats_per_byte": "held-out loss (nats/byte)", "next_token_acc": "next-token accuracy",
+              "copy_ratio": "copy test: loss 2nd / 1st copy"}
+    results = merge_identical_methods(results)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.4 * len(metrics), 3.6))
+    axes = np.atleast_1d(axes)
+    for ax, m in zip(axes, metrics):
+        sns.lineplot(data=results, x="n_removed", y=m, hue="method", style="method", markers=True, dashes=False,
+                     ax=ax, legend=ax is axes[-1])
+        ax.set(xlabel="layers removed", ylabel=labels.get(m, m), xticks=sorted(results.n_removed.unique()))
+    if axes[-1].get_legend() is not None:
+        sns.move_legend(axes[-1], "upper left", bbox_to_anchor=(1.02, 1), fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+# ------------------------------------------------------------------------------------------------------ CLI
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one clear line, exit status 2
+        print(f"prune-eval: error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _floats(s: str) -> tuple:
+    try:
+        return tuple(float(x) for x in s.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {s!r}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `prune-eval` command-line options."""
+    d = PruneEvalConfig()
+    ap = _Parser(prog="python -m tappa_utils prune-eval", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", required=True, help="output folder")
+    ap.add_argument("--model", default=d.model, help="tappa-tiny, a local folder or a hub id")
+    ap.add_argument("--device", default=d.device)
+    ap.add_argument("--dtype", default=d.dtype)
+    ap.add_argument("--seed", type=int, default=d.seed)
+    ap.add_argument("--seq-len", type=int, default=d.seq_len, help="chunk / window length in tokens")
+    ap.add_argument("--calib-chunks", type=int, default=d.calib_chunks)
+    ap.add_argument("--calib-stride", type=int, default=d.calib_stride)
+    ap.add_argument("--calib-text-file", default=None, help="calibration text (default: training split)")
+    ap.add_argument("--eval-text-file", default=None, help="evaluation text (default: held-out sample)")
+    ap.add_argument("--eval-windows", type=int, default=d.eval_windows)
+    ap.add_argument("--copy-windows", type=int, default=d.copy_windows)
+    ap.add_argument("--copy-seg-len", type=int, default=d.copy_seg_len)
+    ap.add_argument("--max-removed", type=int, default=d.max_removed)
+    ap.add_argument("--betas", type=_floats, default=d.betas, help="comma-separated, e.g. 0.1,0.2,0.3")
+    ap.add_argument("--beta-grid", type=_floats, default=d.beta_grid, help="betas tried on calibration data")
+    ap.add_argument("--qsim-rope", choices=P.QSIM_ROPE, default=d.qsim_rope)
+    ap.add_argument("--qsim-mode", choices=P.QSIM_MODES, default=d.qsim_mode)
+    ap.add_argument("--batch-size", type=int, default=d.batch_size)
+    ap.add_argument("--lm-eval-tasks", default="", help=f"comma-separated lm-eval tasks, e.g. {','.join(PAPER_TASKS)}")
+    ap.add_argument("--lm-eval-limit", type=int, default=d.lm_eval_limit)
+    ap.add_argument("--no-figures", action="store_true")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`prune-eval` entry point: 0 on success, 2 with one line on stderr for bad input (nothing written)."""
+    args = build_parser().parse_args(argv)
+    out = Path(args.out)
+    cfg = PruneEvalConfig(
+        model=args.model, device=args.device, dtype=args.dtype, seed=args.seed, seq_len=args.seq_len,
+        calib_chunks=args.calib_chunks, calib_stride=args.calib_stride, calib_text_file=args.calib_text_file,
+        eval_text_file=args.eval_text_file, eval_windows=args.eval_windows, copy_windows=args.copy_windows,
+        copy_seg_len=args.copy_seg_len, max_removed=args.max_removed, betas=args.betas, beta_grid=args.beta_grid,
+        qsim_rope=args.qsim_rope, qsim_mode=args.qsim_mode, batch_size=args.batch_size,
+        lm_eval_tasks=tuple(t for t in args.lm_eval_tasks.split(",") if t.strip()), lm_eval_limit=args.lm_eval_limit)
+    if out.exists() and not out.is_dir():
+        print(f"prune-eval: error: --out {out} exists and is not a folder", file=sys.stderr)
+        return 2
+    try:
+        cfg.validate()
+        res = run_pruning_eval(cfg, progress=lambda s: print(s, file=sys.stderr))
+    except (ValueError, TypeError, IndexError, FileNotFoundError, OSError) as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"prune-eval: error: {msg}", file=sys.stderr)
+        return 2
+    from .results import save_run_info
+
+    save_results(res, out, figures=not args.no_figures)
+    save_run_info(out, asdict(cfg), timings=res.timings, best_beta=res.best_beta)
+    print(summary_table(res).round(4).to_string())
+    print(f"best beta on calibration data: {res.best_beta:g}; results in {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
