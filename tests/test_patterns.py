@@ -175,3 +175,20 @@ def test_periodic_ids_and_seasonal_pairs():
     assert np.all(pairs.change <= pairs.bound + 1e-9)
     assert np.all(pairs.bound_paper <= pairs.bound + 1e-12)
     assert P.resonant_periods(0.3, 20, count=5) == [10, 15, 20, 25, 30]
+
+
+def test_assumption_summary_reaccessed_key_and_phase_demo():
+    rng = np.random.default_rng(5)
+    q = np.tile(rng.standard_normal(32), (64, 1))
+    k = rng.standard_normal((64, 32))
+    k[:, [3, 19]] *= 30
+    hd = synthetic_headdata(q, k)
+    z = np.exp(hd.logits[0] - hd.logits[0].max(-1, keepdims=True))
+    hd.probs = (z / z.sum(-1, keepdims=True))[None]
+    s = P.assumption_summary(hd, skip=4, max_period=15.0)
+    assert s["q_continuity"] == 0 and s["dominant"] == 3 and s["share_fit"] <= s["dominant_share"]
+    assert 2 * np.pi / THETA[s["dominant_fit"]] <= 15.0
+    hd.probs[0, :, 7] += 10.0
+    assert P.reaccessed_key(hd, skip=4) == 7
+    demo = P.phase_term_demo(THETA, L=35, dominant=3)
+    assert demo["violates_full"] == 0 and demo["violates_paper"] > 0
