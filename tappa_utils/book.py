@@ -510,8 +510,9 @@ def write_reference(root: Path | None = None) -> Path:
 
 def render_html(root: Path, toc: Path) -> Path:
     """Run jupyter-book (execution off) on the root with the effective toc; the path of the HTML index."""
-    cmd = [sys.executable, "-m", "jupyter_book.cli.main", "build", str(root), "--toc", str(toc),
-           "--config", str(root / "_config.yml"), "--path-output", str(root / "_build")]
+    cmd = [sys.executable, "-c", "import sys; from jupyter_book.cli.main import main; sys.exit(main())", "build",
+           str(root), "--toc", str(toc),
+           "--config", str(root / "_config.yml"), "--path-output", str(root), "-q"]
     print("rendering:", " ".join(cmd), flush=True)
     proc = subprocess.run(cmd, cwd=root)
     if proc.returncode != 0:
