@@ -278,6 +278,7 @@ class PruneEvalResult:
 def run_pruning_eval(cfg: PruneEvalConfig, model=None, tokenizer=None,
                      progress: Callable[[str], None] | None = None) -> PruneEvalResult:
     """Scores on calibration text, beta chosen on calibration text, orders evaluated on the evaluation text."""
+    from .data import load_text
     from .models import check_supported, load_model, num_layers
 
     cfg.validate()
@@ -292,6 +293,9 @@ def run_pruning_eval(cfg: PruneEvalConfig, model=None, tokenizer=None,
     calib = P.calibration_ids(tokenizer, cfg.seq_len, cfg.calib_chunks, cfg.calib_stride, cfg.seed,
                               cfg.calib_text_file)
     data = eval_data(tokenizer, cfg)
+    if cfg.calib_text_file is not None and _texts_overlap(P.calibration_text(text_file=cfg.calib_text_file),
+                                                          load_text(text_file=cfg.eval_text_file)):
+        raise ValueError("the calibration text overlaps the evaluation text; give a different calib_text_file")
     if _overlaps(calib, data.ids):
         raise ValueError("the calibration chunks overlap the evaluation text; give a different calib_text_file")
     timings = {"load_s": time.time() - t0}
@@ -323,6 +327,16 @@ def run_pruning_eval(cfg: PruneEvalConfig, model=None, tokenizer=None,
     eval_desc = cfg.eval_text_file or "tappa_utils held-out sample (assets/heldout_sample.txt)"
     return PruneEvalResult(cfg, str(cfg.model), L, scores, best, sel, orders, results, lm, timings, calib_desc,
                            eval_desc)
+
+
+def _texts_overlap(a: str, b: str, probe: int = 1000) -> bool:
+    """True when one of five evenly spaced `probe`-character pieces of either text occurs verbatim in the other."""
+    for x, y in ((a, b), (b, a)):
+        n = min(probe, len(x))
+        step = max(1, (len(x) - n) // 4)
+        if any(x[i : i + n] in y for i in range(0, len(x) - n + 1, step)[:5]):
+            return True
+    return False
 
 
 def _overlaps(calib: torch.Tensor, ids: torch.Tensor, n: int = 64, max_fraction: float = 0.5) -> bool:
@@ -484,7 +498,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """`prune-eval` entry point: 0 on success, 2 with one line on stderr for bad input (nothing written)."""
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help (0) or a bad option (2, one line already printed)
+        return int(e.code or 0)
     out = Path(args.out)
     cfg = PruneEvalConfig(
         model=args.model, device=args.device, dtype=args.dtype, seed=args.seed, seq_len=args.seq_len,
