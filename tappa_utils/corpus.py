@@ -70,12 +70,13 @@ def random_segment(rng: np.random.Generator, n: int) -> np.ndarray:
     return rng.integers(33, 127, size=n)
 
 
-def copy_window(rng: np.random.Generator, data: np.ndarray, n: int) -> np.ndarray:
-    """Text with a segment (random bytes or text, 16-96 long) that re-occurs 1-3 times later in the window."""
+def copy_window(rng: np.random.Generator, data: np.ndarray, n: int, random_share: float = 0.6,
+                max_reps: int = 4) -> np.ndarray:
+    """Text with a segment (random bytes or text, 16-96 long) that occurs 2..max_reps times in the window."""
     x = text_window(rng, data, n)
     seg_len = int(rng.integers(16, 97))
-    seg = random_segment(rng, seg_len) if rng.random() < 0.6 else text_window(rng, data, seg_len)
-    reps = int(rng.integers(2, 5))
+    seg = random_segment(rng, seg_len) if rng.random() < random_share else text_window(rng, data, seg_len)
+    reps = int(rng.integers(2, max_reps + 1))
     slots = np.sort(rng.choice(np.arange(0, n - seg_len, seg_len + 1), size=min(reps, (n - seg_len) // (seg_len + 1)), replace=False))
     for s in slots:
         x[s : s + seg_len] = seg
@@ -95,7 +96,27 @@ def periodic_window(rng: np.random.Generator, data: np.ndarray, n: int) -> np.nd
     return x
 
 
+def induction_window(rng: np.random.Generator, data: np.ndarray, n: int) -> np.ndarray:
+    """Copy-heavy window: random segments (8-64 bytes) each re-occurring 2-8 times among text."""
+    x = text_window(rng, data, n)
+    for _ in range(int(rng.integers(1, 4))):
+        x = _plant(rng, x, random_segment(rng, int(rng.integers(8, 65))), int(rng.integers(2, 9)))
+    return x
+
+
+def _plant(rng: np.random.Generator, x: np.ndarray, seg: np.ndarray, reps: int) -> np.ndarray:
+    slots = np.arange(0, len(x) - len(seg), len(seg) + 1)
+    for s in rng.choice(slots, size=min(reps, len(slots)), replace=False):
+        x[s : s + len(seg)] = seg
+    return x
+
+
+WINDOW_KINDS = {"text": text_window, "copy": copy_window, "periodic": periodic_window, "induction": induction_window}
 MIXTURE = (("text", 0.5, text_window), ("copy", 0.35, copy_window), ("periodic", 0.15, periodic_window))
+# Phase 2 (from step 500 of the shipped run): the copy signal of phase 1 was too weak (copy ratio still 1.0).
+MIXTURE_COPY_HEAVY = (("text", 0.35, text_window), ("copy", 0.2, copy_window), ("induction", 0.3, induction_window),
+                      ("periodic", 0.15, periodic_window))
+MIXTURES = {"base": MIXTURE, "copy-heavy": MIXTURE_COPY_HEAVY}
 
 
 def sample_batch(rng: np.random.Generator, data: np.ndarray, batch: int, seq_len: int, mixture=MIXTURE) -> np.ndarray:

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .corpus import BOS_ID, EOS_ID, PAD_ID, VOCAB_SIZE, copy_test_batch, load_corpus, sample_batch
-from .io import atomic_write_json, atomic_torch_save
+from .corpus import BOS_ID, EOS_ID, MIXTURES, PAD_ID, VOCAB_SIZE, copy_test_batch, load_corpus, sample_batch
+from .io import atomic_torch_save, atomic_write_json, atomic_write_text
 
 DEFAULT_ARCH = dict(
     hidden_size=128, num_hidden_layers=6, num_attention_heads=4, num_key_value_heads=2, head_dim=32,
@@ -103,6 +103,8 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--eval-every", type=int, default=100)
     ap.add_argument("--ckpt-every", type=int, default=100)
+    ap.add_argument("--mixture", choices=sorted(MIXTURES), default="base",
+                    help="data mixture of this phase (logged with every record; see tappa_utils.corpus)")
     ap.add_argument("--export", type=Path, default=None, help="export the checkpoint as a HF folder and exit")
     ap.add_argument("--max-minutes", type=float, default=None, help="stop (after a checkpoint) after this long")
     args = ap.parse_args(argv)
@@ -133,15 +135,23 @@ def main(argv=None) -> None:
 
     corpus = load_corpus()
     atomic_write_json(args.out / "corpus_manifest.json", corpus.manifest)
-    atomic_write_json(args.out / "train_args.json", {k: str(v) for k, v in vars(args).items()} | {"arch": DEFAULT_ARCH})
-    log = open(args.out / "training_log.jsonl", "a")
+    phases_path = args.out / "train_args.json"
+    old = json.loads(phases_path.read_text()) if phases_path.exists() else {}
+    phases = old.get("phases") or ([{"start_step": 0, **{k: v for k, v in old.items() if k != "arch"}}] if old else [])
+    phases.append({"start_step": step, **{k: str(v) for k, v in vars(args).items()}})
+    atomic_write_json(phases_path, {"arch": DEFAULT_ARCH, "phases": phases})
+    log_path = args.out / "training_log.jsonl"
+    if log_path.exists():  # drop records logged after the checkpoint we resumed from
+        kept = [ln for ln in log_path.read_text().splitlines() if ln and json.loads(ln)["step"] <= step]
+        atomic_write_text(log_path, "".join(ln + "\n" for ln in kept))
+    log = open(log_path, "a")
     t0 = time.time()
     model.train()
     tokens_since, t_since = 0, time.time()
     while step < args.steps:
         for g in opt.param_groups:
             g["lr"] = lr_at(step, args.lr, args.warmup, args.steps)
-        ids = torch.from_numpy(sample_batch(rng, corpus.train, args.batch, args.seq_len)).to(device)
+        ids = torch.from_numpy(sample_batch(rng, corpus.train, args.batch, args.seq_len, MIXTURES[args.mixture])).to(device)
         loss = model(ids, labels=ids).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -149,7 +159,7 @@ def main(argv=None) -> None:
         opt.step()
         step += 1
         tokens_since += ids.numel()
-        rec = {"step": step, "loss": round(loss.item(), 4), "lr": opt.param_groups[0]["lr"]}
+        rec = {"step": step, "loss": round(loss.item(), 4), "lr": opt.param_groups[0]["lr"], "mixture": args.mixture}
         if step % args.eval_every == 0 or step == args.steps:
             rec |= {k: round(v, 4) for k, v in evaluate(model, corpus, device).items()}
             rec["tokens_per_s"] = round(tokens_since / (time.time() - t_since))
