@@ -1,0 +1,367 @@
+"""Per-head metrics of attention patterns: q-similarity, sinks and fixed columns, diagonals, periods, predictability.
+
+Every metric looks at the *analysed queries*, positions `skip..T-1` (default skip=16: the first queries see too few
+keys to say anything). For one head with attention probabilities A (T x T, causal) and queries q_t:
+
+- `q_sim_consecutive_{pre,post}`: mean cos(q_t, q_t+1) over consecutive analysed queries, before / after RoPE.
+- `q_sim_window_{pre,post}`: the reference code's definition, the mean off-diagonal cosine among the last `window`
+  (32) queries.
+- `sink_mass`: mean A[t, 0]. `column_mass` (internal, used for the label): the largest mean A[t, j] over a fixed key
+  j (j <= (T + skip) / 2, so that at least half of the analysed queries see it), key 0 included.
+- distance profile p(d): mean A[t, t - d] over the analysed queries t >= d (d = 0..max_distance).
+  `diag_offset`, `diag_mass`: the d in 1..max_offset with the largest p(d), and p(d).
+- `period`, `period_strength`: the profile from d = 2 on is detrended (minus its centred moving average of width
+  2 * max_period + 1); for every candidate period P in min_period..max_period (and at most a third of the profile's
+  length) the adjusted R^2 of a period-P seasonal component (the residual folded modulo P, one mean per phase)
+  is `1 - (1 - R^2) (n - 1) / (n - P)`. The period is the smallest P whose adjusted R^2 reaches 90 % of the best
+  (the fundamental, not a multiple). The strength is the best adjusted R^2 (clipped at 0) times the relative
+  amplitude min(1, (max - min of the P phase means) / mean profile level): how cleanly the profile repeats and how
+  much attention the repetition moves. A comb of parallel diagonals scores near 1; a smooth decay, one spike (a
+  single diagonal), noise, or the small RoPE ripples of near-uniform random-weight attention score low.
+- `predictability`: mean Jaccard overlap of the top-k (16) keys of consecutive queries t, t+1 (for
+  t >= max(skip, top_k - 1), so every row has k visible keys).
+- `pattern`: vertical if sink_mass or column_mass >= `vertical_threshold`; diagonal if diag_mass >=
+  `diagonal_threshold`; periodic if period_strength >= `period_threshold`; `mixed` if several of them hold, or if
+  none holds but predictability >= `predictable_threshold` (a stable pattern that is none of the pure ones, e.g. a
+  local window); `unpredictable` if none holds and predictability is below it.
+
+Calibration of `period_threshold` (0.35): `calibrate_period_threshold` runs `analyze_heads` on random-weight copies
+(`random_weight_copy`, seeds 0..4) of the default model (6 layers x 4 heads, 4 windows of 512 held-out tokens) and
+of the five tiny test families of `tests/conftest.py`; the 99th percentile of period_strength over all those null
+heads was 0.12 and the maximum 0.19 (see `tests/test_metrics.py::test_period_threshold_above_null`, which re-checks
+the 99th percentile on null models), so the threshold sits well above the null. The vertical and diagonal
+thresholds (0.3) are far above random weights' sink and previous-token mass (about 1/T).
+
+GQA: query head h reads KV head h // (H / H_kv) (column `kv_head`).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+
+PATTERNS = ("vertical", "diagonal", "periodic", "mixed", "unpredictable")
+METRIC_COLUMNS = (
+    "q_sim_consecutive_pre", "q_sim_consecutive_post", "q_sim_window_pre", "q_sim_window_post", "sink_mass",
+    "diag_offset", "diag_mass", "period", "period_strength", "predictability", "pattern",
+)
+HEAD_COLUMNS = ("layer", "head", "kv_head", *METRIC_COLUMNS)
+_SCALARS = ("q_sim_consecutive_pre", "q_sim_consecutive_post", "q_sim_window_pre", "q_sim_window_post",
+            "sink_mass", "column_mass", "predictability")
+
+
+@dataclass
+class MetricConfig:
+    """Parameters of the per-head metrics and the thresholds of the pattern labels (see the module docstring)."""
+
+    skip: int = 16
+    window: int = 32
+    top_k: int = 16
+    max_offset: int = 8
+    max_distance: int = 256
+    min_period: int = 2
+    max_period: int = 64
+    vertical_threshold: float = 0.3
+    diagonal_threshold: float = 0.3
+    period_threshold: float = 0.35
+    predictable_threshold: float = 0.5
+
+    def __post_init__(self) -> None:
+        for name in ("skip", "window", "top_k", "max_offset", "max_distance", "min_period", "max_period"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 0:
+                raise ValueError(f"MetricConfig.{name} must be a non-negative integer, got {v!r}")
+        if self.window < 2 or self.top_k < 1 or self.max_offset < 1 or self.min_period < 2:
+            raise ValueError("MetricConfig needs window >= 2, top_k >= 1, max_offset >= 1 and min_period >= 2")
+        if self.max_period < self.min_period:
+            raise ValueError(f"max_period ({self.max_period}) must be >= min_period ({self.min_period})")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# q-similarity
+
+
+def _check_len(T: int, skip: int, need: int = 2) -> None:
+    if T - skip < need:
+        raise ValueError(f"sequence too short: {T} positions with skip={skip} leave fewer than {need} analysed "
+                         f"queries; use a longer sequence or a smaller skip")
+
+
+def q_similarity_consecutive(q: torch.Tensor, skip: int = 16) -> torch.Tensor:
+    """Mean cos(q_t, q_t+1) over consecutive queries t >= skip: q (..., T, D) -> (...), float64."""
+    _check_len(q.shape[-2], skip)
+    qn = torch.nn.functional.normalize(q[..., skip:, :].double(), dim=-1)
+    return (qn[..., 1:, :] * qn[..., :-1, :]).sum(-1).mean(-1)
+
+
+def q_similarity_window(q: torch.Tensor, window: int = 32) -> torch.Tensor:
+    """Mean off-diagonal cosine among the last `window` queries (all of them if fewer): q (..., T, D) -> (...)."""
+    w = min(window, q.shape[-2])
+    if w < 2:
+        raise ValueError(f"q-similarity needs at least 2 queries, got {q.shape[-2]}")
+    qn = torch.nn.functional.normalize(q[..., -w:, :].double(), dim=-1)
+    gram = qn @ qn.transpose(-1, -2)
+    off = gram.sum((-1, -2)) - gram.diagonal(dim1=-2, dim2=-1).sum(-1)
+    return off / (w * (w - 1))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# attention metrics
+
+
+def sink_mass(probs: torch.Tensor, skip: int = 16) -> torch.Tensor:
+    """Mean attention probability on key position 0 over queries t >= skip: probs (..., T, T) -> (...)."""
+    _check_len(probs.shape[-2], skip, 1)
+    return probs[..., skip:, 0].double().mean(-1)
+
+
+def column_mass(probs: torch.Tensor, skip: int = 16) -> torch.Tensor:
+    """Largest mean probability on one fixed key j (over queries t >= max(skip, j)), for j <= (T + skip) // 2."""
+    T = probs.shape[-1]
+    _check_len(probs.shape[-2], skip, 1)
+    jmax = (T + skip) // 2
+    cols = probs[..., skip:, : jmax + 1].double().sum(-2)
+    counts = T - torch.clamp(torch.arange(jmax + 1, device=probs.device), min=skip)
+    return (cols / counts).amax(-1)
+
+
+def distance_profile(probs: torch.Tensor, skip: int = 16, max_distance: int = 256) -> torch.Tensor:
+    """p(d) = mean A[t, t - d] over queries t >= max(skip, d), d = 0..min(max_distance, T - 1 - skip): (..., n)."""
+    T = probs.shape[-1]
+    _check_len(probs.shape[-2], skip, 1)
+    D = max(0, min(max_distance, T - 1 - skip))
+    t = torch.arange(skip, T, device=probs.device)[:, None]
+    d = torch.arange(D + 1, device=probs.device)[None, :]
+    j = t - d
+    valid = j >= 0
+    rows = probs[..., skip:, :]
+    idx = j.clamp(min=0).expand(*rows.shape[:-1], D + 1)
+    vals = torch.gather(rows, -1, idx).double() * valid
+    return vals.sum(-2) / valid.sum(0)
+
+
+def diagonal_offset_mass(probs: torch.Tensor, skip: int = 16, max_offset: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """The offset d in 1..max_offset with the largest mean A[t, t - d] (t >= max(skip, d)), and that mean."""
+    prof = distance_profile(probs, skip, max_offset)
+    return _diag_from_profile(prof, max_offset)
+
+
+def _diag_from_profile(prof: torch.Tensor, max_offset: int) -> tuple[torch.Tensor, torch.Tensor]:
+    part = prof[..., 1 : max_offset + 1]
+    if part.shape[-1] == 0:
+        raise ValueError("the sequence is too short for any diagonal offset")
+    mass, arg = part.max(-1)
+    return arg + 1, mass
+
+
+def predictability(probs: torch.Tensor, skip: int = 16, top_k: int = 16) -> torch.Tensor:
+    """Mean Jaccard overlap of the top-k keys of consecutive queries t, t+1, t >= max(skip, top_k - 1): (...)."""
+    start = max(skip, top_k - 1)
+    _check_len(probs.shape[-2], start)
+    idx = probs[..., start:, :].topk(top_k, dim=-1).indices
+    inter = (idx[..., :-1, :, None] == idx[..., 1:, None, :]).sum((-1, -2)).double()
+    return (inter / (2 * top_k - inter)).mean(-1)
+
+
+def _moving_average(x: torch.Tensor, width: int) -> torch.Tensor:
+    """Centred moving average along the last axis; windows shrink at the edges."""
+    n = x.shape[-1]
+    h = width // 2
+    c = torch.nn.functional.pad(x.cumsum(-1), (1, 0))
+    i = torch.arange(n, device=x.device)
+    lo, hi = (i - h).clamp(min=0), (i + h + 1).clamp(max=n)
+    return (c[..., hi] - c[..., lo]) / (hi - lo)
+
+
+def period_strength(profile: torch.Tensor, min_period: int = 2, max_period: int = 64, start: int = 2
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dominant period of a distance profile (..., n) and its strength (adjusted seasonal R^2, see module doc).
+
+    Returns (period, strength), float64 of shape (...); period is NaN when the profile is too short or flat, or
+    when no period explains anything (strength 0).
+    """
+    x = profile[..., start:].double()
+    n = x.shape[-1]
+    pmax = min(max_period, n // 3)
+    shape = x.shape[:-1]
+    if pmax < min_period:
+        return torch.full(shape, float("nan"), dtype=torch.float64), torch.zeros(shape, dtype=torch.float64)
+    y = x - _moving_average(x, 2 * max_period + 1)
+    y = y - y.mean(-1, keepdim=True)
+    total = (y * y).sum(-1)
+    flat = total <= 1e-30 * (x * x).sum(-1).clamp_min(1e-300)
+    periods = list(range(min_period, pmax + 1))
+    adj, ptp = [], []
+    for P in periods:
+        phase = torch.arange(n, device=x.device) % P
+        sums = torch.zeros(*shape, P, dtype=torch.float64, device=x.device).index_add_(-1, phase, y)
+        counts = torch.bincount(phase, minlength=P).double()
+        ss = (sums * sums / counts).sum(-1)
+        r2 = ss / total.clamp_min(1e-300)
+        adj.append(1 - (1 - r2) * (n - 1) / (n - P))
+        means = sums / counts
+        ptp.append(means.amax(-1) - means.amin(-1))
+    adj, ptp = torch.stack(adj, -1), torch.stack(ptp, -1)
+    best = adj.max(-1).values
+    ok = adj >= 0.9 * best[..., None]
+    first = ok.double().argmax(-1)
+    period = torch.tensor(periods, dtype=torch.float64, device=x.device)[first]
+    level = x.mean(-1).abs().clamp_min(1e-300)
+    rel_amp = torch.gather(ptp, -1, first[..., None])[..., 0] / level
+    strength = best.clamp(min=0) * rel_amp.clamp(max=1.0)
+    none = flat | (strength <= 0)
+    period = torch.where(none, torch.full_like(period, float("nan")), period)
+    strength = torch.where(none, torch.zeros_like(strength), strength)
+    return period, strength
+
+
+def label_pattern(sink: float, column: float, diag: float, strength: float, pred: float, cfg: MetricConfig) -> str:
+    """The pattern label from the thresholds in `cfg` (rules in the module docstring)."""
+    hits = [max(sink, column) >= cfg.vertical_threshold, diag >= cfg.diagonal_threshold,
+            strength >= cfg.period_threshold]
+    if sum(hits) > 1:
+        return "mixed"
+    if sum(hits) == 1:
+        return ("vertical", "diagonal", "periodic")[hits.index(True)]
+    return "mixed" if pred >= cfg.predictable_threshold else "unpredictable"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# per head, per layer
+
+
+def _record_stats(record, cfg: MetricConfig) -> dict[str, torch.Tensor]:
+    """Per-window statistics of one layer record: scalars (B, H) and the distance profile (B, H, n)."""
+    for name in ("q_pre", "q_post", "probs"):
+        if getattr(record, name, None) is None:
+            raise ValueError(f"the layer record lacks {name}; capture with what=('q_pre', 'q_post', 'probs')")
+    probs = record.probs
+    if probs.dtype not in (torch.float32, torch.float64):
+        probs = probs.float()
+    return {
+        "q_sim_consecutive_pre": q_similarity_consecutive(record.q_pre, cfg.skip),
+        "q_sim_consecutive_post": q_similarity_consecutive(record.q_post, cfg.skip),
+        "q_sim_window_pre": q_similarity_window(record.q_pre, cfg.window),
+        "q_sim_window_post": q_similarity_window(record.q_post, cfg.window),
+        "sink_mass": sink_mass(probs, cfg.skip),
+        "column_mass": column_mass(probs, cfg.skip),
+        "predictability": predictability(probs, cfg.skip, cfg.top_k),
+        "profile": distance_profile(probs, cfg.skip, cfg.max_distance),
+    }
+
+
+def _finalize(layer: int, kv_group: int, means: dict[str, torch.Tensor], cfg: MetricConfig) -> list[dict[str, Any]]:
+    """Per-head rows from window-averaged scalars (H,) and profile (H, n)."""
+    prof = means["profile"]
+    offset, mass = _diag_from_profile(prof, cfg.max_offset)
+    period, strength = period_strength(prof, cfg.min_period, cfg.max_period)
+    rows = []
+    for h in range(prof.shape[0]):
+        row: dict[str, Any] = {"layer": int(layer), "head": h, "kv_head": h // kv_group}
+        for name in ("q_sim_consecutive_pre", "q_sim_consecutive_post", "q_sim_window_pre", "q_sim_window_post",
+                     "sink_mass"):
+            row[name] = float(means[name][h])
+        row["diag_offset"] = int(offset[h])
+        row["diag_mass"] = float(mass[h])
+        row["period"] = float(period[h])
+        row["period_strength"] = float(strength[h])
+        row["predictability"] = float(means["predictability"][h])
+        row["pattern"] = label_pattern(row["sink_mass"], float(means["column_mass"][h]), row["diag_mass"],
+                                       row["period_strength"], row["predictability"], cfg)
+        rows.append(row)
+    return rows
+
+
+def head_metrics(record, cfg: MetricConfig | None = None) -> list[dict[str, Any]]:
+    """One dict per query head of a `LayerRecord` (needs q_pre, q_post, probs), averaged over its batch rows."""
+    cfg = cfg or MetricConfig()
+    stats = _record_stats(record, cfg)
+    means = {k: v.mean(0) for k, v in stats.items()}
+    return _finalize(record.layer, record.kv_group, means, cfg)
+
+
+def analyze_heads(model, input_ids: torch.Tensor, cfg: MetricConfig | None = None,
+                  layers: Iterable[int] | int | None = None, progress: bool = False):
+    """Per-head metrics table (one row per layer and head, averaged over the rows of `input_ids`).
+
+    Streaming: one forward per window, and a `capture` reducer turns each layer's record into small statistics as
+    soon as the layer is done, so at most one layer's attention matrix is alive at a time.
+    """
+    import pandas as pd
+
+    from .capture import capture
+
+    cfg = cfg or MetricConfig()
+    if not torch.is_tensor(input_ids) or input_ids.dim() != 2 or input_ids.dtype != torch.long:
+        raise ValueError("input_ids must be a LongTensor of shape (num_windows, seq_len)")
+    T = input_ids.shape[1]
+    _check_len(T, max(cfg.skip, cfg.top_k - 1))
+    device = next(model.parameters()).device
+    sums: dict[int, dict[str, torch.Tensor]] = {}
+    groups: dict[int, int] = {}
+
+    def reducer(rec):
+        groups[rec.layer] = rec.kv_group
+        return {k: v.sum(0).cpu() for k, v in _record_stats(rec, cfg).items()}
+
+    windows = range(input_ids.shape[0])
+    if progress:
+        from tqdm.auto import tqdm
+
+        windows = tqdm(windows, desc="windows", leave=False)
+    with torch.no_grad(), capture(model, layers, what=("q_pre", "q_post", "probs"), reducer=reducer) as cap:
+        for w in windows:
+            model(input_ids[w : w + 1].to(device), use_cache=False)
+            for layer in cap.layers():
+                stats = cap.records.pop(layer)
+                acc = sums.setdefault(layer, {k: torch.zeros_like(v) for k, v in stats.items()})
+                for k, v in stats.items():
+                    acc[k] += v
+    n = input_ids.shape[0]
+    rows = []
+    for layer in sorted(sums):
+        rows += _finalize(layer, groups[layer], {k: v / n for k, v in sums[layer].items()}, cfg)
+    return pd.DataFrame(rows, columns=list(HEAD_COLUMNS))
+
+
+def layer_table(heads_df):
+    """Per-layer means of the numeric metrics, plus the number of heads and of each pattern label."""
+    import pandas as pd
+
+    numeric = [c for c in METRIC_COLUMNS if c not in ("pattern", "diag_offset", "period")]
+    out = heads_df.groupby("layer")[numeric].mean()
+    out.insert(0, "n_heads", heads_df.groupby("layer").size())
+    counts = pd.crosstab(heads_df["layer"], heads_df["pattern"]).reindex(columns=list(PATTERNS), fill_value=0)
+    for p in PATTERNS:
+        out[f"n_{p}"] = counts[p].reindex(out.index, fill_value=0).astype(int)
+    return out.reset_index()
+
+
+def null_heads(model, input_ids: torch.Tensor, cfg: MetricConfig | None = None, seed: int = 0,
+               layers: Iterable[int] | int | None = None, progress: bool = False):
+    """`analyze_heads` on a random-weight copy of `model` (same architecture, seed `seed`): the null baseline."""
+    from .models import random_weight_copy
+
+    return analyze_heads(random_weight_copy(model, seed), input_ids, cfg, layers, progress)
+
+
+def calibrate_period_threshold(models, input_ids_list, cfg: MetricConfig | None = None, seeds: Iterable[int] = range(5),
+                               quantile: float = 0.99) -> dict[str, float]:
+    """period_strength over all heads of random-weight copies (each seed) of each model: quantile, max, count.
+
+    `models` and `input_ids_list` are parallel lists (each model with its own token ids).
+    """
+    vals = []
+    for model, ids in zip(models, input_ids_list):
+        for s in seeds:
+            vals.append(null_heads(model, ids, cfg, seed=s)["period_strength"].to_numpy())
+    v = np.concatenate(vals)
+    return {"quantile": float(np.quantile(v, quantile)), "max": float(v.max()), "n_heads": int(v.size),
+            "q": quantile}
+
+
+def config_dict(cfg: MetricConfig) -> dict[str, Any]:
+    """The config as a plain dict (for summary files)."""
+    return asdict(cfg)
