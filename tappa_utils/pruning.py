@@ -257,6 +257,21 @@ def tappa_order(bi, qsim, beta: float) -> list[int]:
     return prune_order(tappa_scores(bi, qsim, beta))
 
 
+def order_change_betas(bi, qsim) -> list[float]:
+    """The betas > 0 at which two layers swap places in TAPPA's order (sorted): between consecutive values the
+    order is constant, and below the first one it is ShortGPT's (up to ties)."""
+    b, q = minmax(bi), 1.0 - minmax(qsim)
+    out = set()
+    for i in range(len(b)):
+        for j in range(i + 1, len(b)):
+            dq = q[i] - q[j]
+            if dq != 0:
+                beta = -(b[i] - b[j]) / dq
+                if beta > 0:
+                    out.add(float(beta))
+    return sorted(out)
+
+
 def score_record(score_type: str, model_name: str, data: str, chunking: dict, scores, order=None) -> dict:
     """A JSON-ready record with the reference code's fields: score_type, model, data, chunking, scores, prune_order."""
     vals = [float(v) for v in np.asarray(scores, dtype=np.float64)]

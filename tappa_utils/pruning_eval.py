@@ -28,7 +28,7 @@ import torch
 from . import pruning as P
 
 DEFAULT_BETAS = (0.1, 0.2, 0.3)
-DEFAULT_BETA_GRID = tuple(round(0.1 * i, 2) for i in range(11))
+DEFAULT_BETA_GRID = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
 PAPER_TASKS = ("piqa", "hellaswag", "arc_easy", "winogrande")
 METRICS = ("nats_per_byte", "next_token_acc", "copy_ratio")
 
@@ -139,7 +139,7 @@ def eval_data(tokenizer, cfg: PruneEvalConfig, text: str | None = None) -> EvalD
 
     text = load_text(text=text, text_file=None if text is not None else cfg.eval_text_file)
     ids = token_windows(tokenizer, text, cfg.seq_len, cfg.eval_windows)
-    flat = np.asarray(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=np.int64)
+    flat = np.asarray(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"], dtype=np.int64)
     if len(flat) <= cfg.seq_len:
         raise ValueError(f"evaluation text too short for the copy test: {len(flat)} tokens, need > {cfg.seq_len}")
     rng = np.random.default_rng(cfg.seed + 1)
@@ -273,6 +273,7 @@ class PruneEvalResult:
     timings: dict = field(default_factory=dict)
     calib_data: str = ""
     eval_data_desc: str = ""
+    calib_ids: torch.Tensor | None = None
 
 
 def run_pruning_eval(cfg: PruneEvalConfig, model=None, tokenizer=None,
@@ -326,7 +327,7 @@ def run_pruning_eval(cfg: PruneEvalConfig, model=None, tokenizer=None,
     calib_desc = cfg.calib_text_file or f"tappa_utils.corpus training split, seeded stretch (seed {cfg.seed})"
     eval_desc = cfg.eval_text_file or "tappa_utils held-out sample (assets/heldout_sample.txt)"
     return PruneEvalResult(cfg, str(cfg.model), L, scores, best, sel, orders, results, lm, timings, calib_desc,
-                           eval_desc)
+                           eval_desc, calib)
 
 
 def _texts_overlap(a: str, b: str, probe: int = 1000) -> bool:
@@ -397,15 +398,20 @@ def save_results(res: PruneEvalResult, out_dir: str | Path, figures: bool = True
     return written
 
 
-def plot_layer_scores(scores: P.LayerScores):
-    """Per-layer BI and q-similarity side by side, plus their min-max normalised values."""
+def plot_layer_scores(scores: P.LayerScores, null_qsim=None):
+    """Per-layer BI and q-similarity side by side (with `null_qsim`, random weights' beside), normalised terms."""
     import matplotlib.pyplot as plt
 
     tab = scores.table()
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
     axes[0].bar(tab.layer, tab.bi, color="tab:blue")
     axes[0].set(title=f"block influence ({scores.bi_kind})", xlabel="layer", ylabel="BI")
-    axes[1].bar(tab.layer, tab.qsim, color="tab:orange")
+    if null_qsim is None:
+        axes[1].bar(tab.layer, tab.qsim, color="tab:orange")
+    else:
+        axes[1].bar(tab.layer - 0.2, tab.qsim, width=0.4, color="tab:orange", label="trained")
+        axes[1].bar(tab.layer + 0.2, np.asarray(null_qsim), width=0.4, color="grey", label="random weights")
+        axes[1].legend(fontsize=8)
     axes[1].set(title=f"q-similarity ({scores.qsim_rope}-RoPE, {scores.qsim_mode})", xlabel="layer",
                 ylabel="mean cosine")
     axes[2].plot(tab.layer, tab.bi_norm, "o-", label="BI (norm.)")

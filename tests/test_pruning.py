@@ -141,6 +141,21 @@ def test_minmax_and_tappa_scores():
     assert P.tappa_order(bi, qs, 100.0) == list(np.argsort(-qs, kind="stable"))
 
 
+def test_order_change_betas():
+    rng = np.random.default_rng(3)
+    bi, qs = rng.random(6), rng.random(6)
+    cuts = P.order_change_betas(bi, qs)
+    assert cuts == sorted(cuts) and all(c > 0 for c in cuts)
+    assert P.tappa_order(bi, qs, cuts[0] * 0.99) == P.shortgpt_order(bi)
+    assert P.tappa_order(bi, qs, cuts[0] * 1.01) != P.shortgpt_order(bi)
+    # constant between consecutive change points, different across each one
+    mids = [(a + b) / 2 for a, b in zip(cuts, cuts[1:])] + [cuts[-1] * 2]
+    orders = [P.tappa_order(bi, qs, m) for m in mids]
+    assert all(o1 != o2 for o1, o2 in zip(orders, orders[1:]))
+    assert all(P.tappa_order(bi, qs, c * 1.001) == P.tappa_order(bi, qs, (c + n) / 2 if n else c * 1.5)
+               for c, n in zip(cuts, cuts[1:] + [0]))
+
+
 def test_orders_deterministic_with_ties():
     scores = [0.5, 0.1, 0.5, 0.1]
     assert P.prune_order(scores) == [1, 3, 0, 2]
