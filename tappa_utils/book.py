@@ -568,14 +568,14 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         root = find_root()
+        known = chapter_stems(root)
+        bad = [s for s in (getattr(args, "only", None) or getattr(args, "stems", None) or []) if s not in known]
+        if bad:
+            print(f"error: unknown chapter(s) {bad}; _toc.yml lists {known}", file=sys.stderr)
+            return 2
         if args.cmd == "build":
             build(root, only=args.only, skip_execute=args.skip_execute, timeout=args.timeout)
         elif args.cmd == "execute":
-            known = chapter_stems(root)
-            bad = [s for s in args.stems if s not in known]
-            if bad:
-                print(f"error: unknown chapter(s) {bad}; _toc.yml lists {known}", file=sys.stderr)
-                return 2
             stems = [s for s in existing_chapters(root) if not args.stems or s in args.stems]
             failures = execute_chapters(root, stems, timeout=args.timeout)
             if failures:
