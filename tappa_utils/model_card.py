@@ -333,7 +333,7 @@ def _f(x, nd: int = 3) -> str:
     if x is None:
         return "n/a"
     if isinstance(x, float):
-        return "nan" if math.isnan(x) else f"{x:.{nd}f}"
+        return "n/a" if math.isnan(x) else f"{x:.{nd}f}"
     return str(x)
 
 
