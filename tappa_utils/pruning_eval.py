@@ -54,6 +54,7 @@ class PruneEvalConfig:
     beta_grid: tuple = DEFAULT_BETA_GRID
     qsim_rope: str = "pre"
     qsim_mode: str = "all_pairs"
+    bi_kind: str = "cosine"
     batch_size: int = 4
     lm_eval_tasks: tuple = ()
     lm_eval_limit: int = 100
@@ -78,6 +79,8 @@ class PruneEvalConfig:
             P._check_beta(b)
         if self.qsim_rope not in P.QSIM_ROPE:
             raise ValueError(f"qsim_rope must be one of {P.QSIM_ROPE}, got {self.qsim_rope!r}")
+        if self.bi_kind not in ("cosine", "angular"):
+            raise ValueError(f"bi_kind must be 'cosine' or 'angular', got {self.bi_kind!r}")
         if self.qsim_mode not in P.QSIM_MODES:
             raise ValueError(f"qsim_mode must be one of {P.QSIM_MODES}, got {self.qsim_mode!r}")
         for name in ("calib_text_file", "eval_text_file"):
@@ -302,8 +305,8 @@ def run_pruning_eval(cfg: PruneEvalConfig, model=None, tokenizer=None,
     timings = {"load_s": time.time() - t0}
     say(f"scoring {L} layers on {calib.shape[0]} calibration chunks of {calib.shape[1]} tokens")
     t = time.time()
-    scores = P.layer_scores(model, calib, rope=cfg.qsim_rope, mode=cfg.qsim_mode, batch_size=cfg.batch_size,
-                            stride=cfg.calib_stride)
+    scores = P.layer_scores(model, calib, rope=cfg.qsim_rope, mode=cfg.qsim_mode, angular=cfg.bi_kind == "angular",
+                            batch_size=cfg.batch_size, stride=cfg.calib_stride)
     timings["scores_s"] = time.time() - t
     t = time.time()
     say("choosing beta on calibration data")
@@ -495,6 +498,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--beta-grid", type=_floats, default=d.beta_grid, help="betas tried on calibration data")
     ap.add_argument("--qsim-rope", choices=P.QSIM_ROPE, default=d.qsim_rope)
     ap.add_argument("--qsim-mode", choices=P.QSIM_MODES, default=d.qsim_mode)
+    ap.add_argument("--bi-kind", choices=("cosine", "angular"), default=d.bi_kind,
+                    help="block influence: 1 - cos (ShortGPT) or the angle / pi")
     ap.add_argument("--batch-size", type=int, default=d.batch_size)
     ap.add_argument("--lm-eval-tasks", default="", help=f"comma-separated lm-eval tasks, e.g. {','.join(PAPER_TASKS)}")
     ap.add_argument("--lm-eval-limit", type=int, default=d.lm_eval_limit)
@@ -514,7 +519,7 @@ def main(argv: list[str] | None = None) -> int:
         calib_chunks=args.calib_chunks, calib_stride=args.calib_stride, calib_text_file=args.calib_text_file,
         eval_text_file=args.eval_text_file, eval_windows=args.eval_windows, copy_windows=args.copy_windows,
         copy_seg_len=args.copy_seg_len, max_removed=args.max_removed, betas=args.betas, beta_grid=args.beta_grid,
-        qsim_rope=args.qsim_rope, qsim_mode=args.qsim_mode, batch_size=args.batch_size,
+        qsim_rope=args.qsim_rope, qsim_mode=args.qsim_mode, bi_kind=args.bi_kind, batch_size=args.batch_size,
         lm_eval_tasks=tuple(t for t in args.lm_eval_tasks.split(",") if t.strip()), lm_eval_limit=args.lm_eval_limit)
     if out.exists() and not out.is_dir():
         print(f"prune-eval: error: --out {out} exists and is not a folder", file=sys.stderr)

@@ -32,6 +32,24 @@ def test_token_bytes_exact_for_byte_tokenizer(default_model):
     assert E.token_bytes(tok, ids[:, :2]) == 2
 
 
+class _WordTokenizer:
+    """A stand-in for a sentencepiece-like tokenizer whose tokens are not byte-level characters."""
+
+    all_special_ids = [0]
+    vocab = ["<s>", "▁héllo", "▁world", "!"]
+
+    def convert_ids_to_tokens(self, ids):
+        return [self.vocab[i] for i in ids]
+
+    def decode(self, ids, skip_special_tokens=True):
+        return "".join(self.vocab[i] for i in ids if i != 0).replace("▁", " ").lstrip()
+
+
+def test_token_bytes_falls_back_to_decoding():
+    ids = torch.tensor([[0, 1, 2, 3]])
+    assert E.token_bytes(_WordTokenizer(), ids) == len("héllo world!".encode("utf-8"))
+
+
 def test_lm_quality_matches_direct_loss(default_model):
     model, tok = default_model
     data = E.eval_data(tok, _cfg())
@@ -104,6 +122,36 @@ def test_same_text_for_calibration_and_evaluation_is_refused(tmp_path, default_m
     with pytest.raises(ValueError, match="overlap"):
         E.run_pruning_eval(_cfg(calib_text_file=str(held)), model=model, tokenizer=tok)
     assert E._texts_overlap("abc" * 500, "xyz" + "abc" * 600) and not E._texts_overlap("abc" * 500, "xyz" * 600)
+
+
+def test_beta_choice_and_scores_ignore_the_evaluation_text(tmp_path, default_model):
+    model, tok = default_model
+    from tappa_utils.data import load_text
+
+    held = load_text()
+    a, b = tmp_path / "a.txt", tmp_path / "b.txt"
+    a.write_text(held[: len(held) // 2])
+    b.write_text(held[len(held) // 2 :])
+    ra = E.run_pruning_eval(_cfg(eval_text_file=str(a)), model=model, tokenizer=tok)
+    rb = E.run_pruning_eval(_cfg(eval_text_file=str(b)), model=model, tokenizer=tok)
+    assert not ra.results.nats_per_byte.equals(rb.results.nats_per_byte)  # the evaluation really differs
+    assert ra.best_beta == rb.best_beta and ra.beta_selection.equals(rb.beta_selection)
+    np.testing.assert_array_equal(ra.scores.bi, rb.scores.bi)
+    assert ra.orders == rb.orders
+    # and a different calibration seed changes the scores
+    rc = E.run_pruning_eval(_cfg(seed=5), model=model, tokenizer=tok)
+    assert not np.array_equal(ra.scores.bi, rc.scores.bi)
+
+
+def test_angular_bi_option_and_figures(tmp_path):
+    out = tmp_path / "ang"
+    argv = [a for a in TINY if a != "--no-figures"]
+    assert E.main(["--out", str(out), *argv, "--bi-kind", "angular"]) == 0
+    for f in ("layer_scores.png", "results.png"):
+        assert (out / f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rec = json.loads((out / "scores_bi.json").read_text())
+    assert rec["score_type"] == "block_influence_angular"
+    assert all(0 <= v <= 1 for v in rec["scores"].values())
 
 
 def test_cli_tiny_run_writes_files(tmp_path):
