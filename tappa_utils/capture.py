@@ -98,14 +98,20 @@ def causal_mask(T: int, device=None, sliding_window: int | None = None, offset: 
 
 
 def attention_from_qk(q_post: torch.Tensor, k_post: torch.Tensor, scaling: float, sliding_window: int | None = None,
-                      dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
-    """Masked logits and softmax probabilities from post-RoPE q (B,H,T,D) and k (B,H_kv,T,D), GQA aware."""
+                      dtype: torch.dtype = torch.float32, probs: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Masked logits and softmax probabilities (None if `probs=False`) from post-RoPE q (B,H,T,D) and k (B,H_kv,T,D).
+
+    GQA aware: query head h reads KV head h // (H / H_kv).
+    """
     group = q_post.shape[1] // k_post.shape[1]
-    k = k_post.repeat_interleave(group, dim=1)
-    logits = torch.matmul(q_post.to(dtype), k.to(dtype).transpose(-1, -2)) * scaling
-    keep = causal_mask(q_post.shape[2], q_post.device, sliding_window)
-    logits = logits.masked_fill(~keep, float("-inf"))
-    return logits, torch.softmax(logits, dim=-1)
+    B, H, T, D = q_post.shape
+    # grouped matmul: (B, H_kv, group*T, D) @ (B, H_kv, D, T) avoids materialising the repeated keys
+    qg = q_post.to(dtype).reshape(B, k_post.shape[1], group * T, D)
+    logits = torch.matmul(qg, k_post.to(dtype).transpose(-1, -2)).reshape(B, H, T, T)
+    logits.mul_(scaling)
+    keep = causal_mask(T, q_post.device, sliding_window)
+    logits.masked_fill_(~keep, float("-inf"))
+    return logits, (torch.softmax(logits, dim=-1) if probs else None)
 
 
 @contextmanager
@@ -148,9 +154,12 @@ def capture(
             if past is not None and past.get_seq_length(idx) > 0:
                 state["past"] = True
 
-        def post_hook(mod, _args, _kwargs, _out, idx=idx, state=state):
+        def post_hook(mod, _args, _kwargs, out, idx=idx, state=state):
             if state.get("past"):
                 raise RuntimeError("capture needs one full-sequence forward without a pre-filled cache")
+            # eager attention returns its probabilities: reuse them instead of a second softmax (sdpa: None)
+            if isinstance(out, tuple) and len(out) > 1 and torch.is_tensor(out[1]):
+                state["probs"] = out[1].detach()
             rec = _build_record(mod, idx, state, what, dtype)
             state.clear()
             cap.records[idx] = reducer(rec) if reducer is not None else rec
@@ -188,8 +197,14 @@ def _build_record(attn, idx: int, state: dict, what: tuple[str, ...], dtype: tor
             rec.q_post = q_post
         if "k_post" in what:
             rec.k_post = k_post
-        if "logits" in what or "probs" in what:
-            logits, probs = attention_from_qk(q_post, k_post, rec.scaling, rec.sliding_window, dtype)
+        own = state.get("probs")
+        if own is not None and (own.dtype != dtype or own.shape[-2:] != (T, T)):
+            own = None
+        if "logits" in what or ("probs" in what and own is None):
+            logits, probs = attention_from_qk(q_post, k_post, rec.scaling, rec.sliding_window, dtype,
+                                              probs="probs" in what and own is None)
             rec.logits = logits if "logits" in what else None
             rec.probs = probs if "probs" in what else None
+        if "probs" in what and own is not None:
+            rec.probs = own
     return rec
