@@ -113,3 +113,19 @@ def test_dominant_channel_and_interval():
         T.predicted_diagonal_interval(0.0)
     with pytest.raises(ValueError, match="channels"):
         T.relative_logit(np.ones(8), np.ones(8), 0, THETA)
+
+
+@pytest.mark.parametrize("derivation", [d for d in T.all_derivations() if d.relation == "="], ids=lambda d: d.name)
+def test_every_identity_holds_numerically(derivation):
+    lhs, rhs, syms = T.lambdified(derivation)
+    for _ in range(10):
+        vals = [RNG.integers(-300, 300) if s.is_integer else RNG.uniform(-3, 3) for s in syms]
+        diff = np.asarray(lhs(*vals), dtype=float) - np.asarray(rhs(*vals), dtype=float)
+        assert np.abs(diff).max() < 1e-10
+
+
+def test_inequality_holds_numerically():
+    d = T.chord_le_arc()
+    lhs, rhs, syms = T.lambdified(d)
+    th = RNG.uniform(0, 50, 1000)
+    assert np.all(lhs(th) >= rhs(th) - 1e-12)
