@@ -353,7 +353,7 @@ def render_markdown(card: dict[str, Any]) -> str:
          f"{a['tie_word_embeddings']}. **{a['parameters']:,} parameters.**", ""]
     tok = a["tokenizer"]
     if tok["byte_level"]:
-        L += [f"Tokenizer: byte level ({tok['class']}), vocabulary {a['vocab_size']} = 256 bytes + "
+        L += [f"Tokenizer: byte level ({tok['class']}), vocabulary {tok['vocab_size']} = 256 bytes + "
               f"`{tok['bos'][0]}`={tok['bos'][1]}, `{tok['eos'][0]}`={tok['eos'][1]}, `{tok['pad'][0]}`={tok['pad'][1]}; "
               "encoding prepends BOS, so `ids == [BOS] + list(text.encode('utf-8'))`. One token is one byte, so "
               "losses are in nats per byte.", ""]
