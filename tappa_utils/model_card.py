@@ -252,30 +252,67 @@ def read_training_log(model_dir: str | Path) -> pd.DataFrame:
     return df
 
 
-def training_summary(model_dir: str | Path) -> dict[str, Any] | None:
-    """Steps, tokens seen, final train loss, last held-out loss / copy ratio and the arguments; None without a log."""
-    from .corpus import MIXTURE
+def training_phases(model_dir: str | Path, last_step: int | None = None) -> list[dict[str, Any]]:
+    """Training phases from `train_args.json` (`{"arch", "phases": [...]}`, or the older flat form of one phase).
 
+    Each phase: start and end step (the next phase's start, or `last_step`), batch, seq_len, lr, planned steps, the
+    mixture name and tokens trained in it. A phase restarted at the same step replaces the earlier record.
+    """
+    path = Path(model_dir) / "train_args.json"
+    if not path.is_file():
+        return []
+    raw = json.loads(path.read_text())
+    phases = raw.get("phases") or [{"start_step": 0, **{k: v for k, v in raw.items() if k != "arch"}}]
+    by_start: dict[int, dict] = {}
+    for ph in phases:
+        by_start[int(ph.get("start_step", 0))] = ph
+    starts = sorted(by_start)
+    out = []
+    for i, start in enumerate(starts):
+        ph = by_start[start]
+        end = starts[i + 1] if i + 1 < len(starts) else (last_step if last_step is not None else int(ph.get("steps", start)))
+        if last_step is not None:
+            end = min(end, last_step)
+        batch, seq = int(ph.get("batch", 0) or 0), int(ph.get("seq_len", 0) or 0)
+        out.append({"start_step": start, "end_step": end, "batch": batch or None, "seq_len": seq or None,
+                    "lr": float(ph["lr"]) if "lr" in ph else None,
+                    "planned_steps": int(ph["steps"]) if "steps" in ph else None,
+                    "mixture": ph.get("mixture", "base"), "tokens": max(0, end - start) * batch * seq})
+    return out
+
+
+def mixture_description(name: str) -> list[dict[str, Any]]:
+    """The components of a named mixture of `tappa_utils.corpus.MIXTURES`: name, weight, what the window is."""
+    from .corpus import MIXTURES
+
+    if name not in MIXTURES:
+        return []
+    return [{"name": n, "weight": float(w), "what": (fn.__doc__ or "").strip().splitlines()[0]} for n, w, fn in MIXTURES[name]]
+
+
+def training_summary(model_dir: str | Path) -> dict[str, Any] | None:
+    """Steps, tokens seen, phases and their mixtures, final train loss, last held-out loss / copy ratio; None
+    without a training log."""
     model_dir = Path(model_dir)
     log = read_training_log(model_dir)
     if log.empty:
         return None
-    args_path = model_dir / "train_args.json"
-    args = json.loads(args_path.read_text()) if args_path.is_file() else {}
     last = log.iloc[-1]
+    steps = int(last["step"])
+    phases = training_phases(model_dir, steps)
     evals = log.dropna(subset=["heldout_loss"]) if "heldout_loss" in log else log.iloc[:0]
-    batch, seq = int(args.get("batch", 0) or 0), int(args.get("seq_len", 0) or 0)
+    final = phases[-1] if phases else {}
     out = {
-        "steps": int(last["step"]),
-        "planned_steps": int(args["steps"]) if "steps" in args else None,
-        "batch": batch or None,
-        "seq_len": seq or None,
-        "tokens_seen": int(last["step"]) * batch * seq if batch and seq else None,
+        "steps": steps,
+        "planned_steps": final.get("planned_steps"),
+        "batch": final.get("batch"),
+        "seq_len": final.get("seq_len"),
+        "tokens_seen": sum(p["tokens"] for p in phases) if phases and all(p["batch"] and p["seq_len"] for p in phases)
+        else None,
         "final_train_loss": float(log["loss"].tail(20).mean()),
-        "lr_peak": float(args["lr"]) if "lr" in args else None,
-        "args": args,
-        "mixture": [{"name": name, "weight": w, "what": (fn.__doc__ or "").strip().splitlines()[0]}
-                    for name, w, fn in MIXTURE],
+        "lr_peak": final.get("lr"),
+        "phases": phases,
+        "mixtures": {p["mixture"]: mixture_description(p["mixture"]) for p in phases},
     }
     if len(evals):
         e = evals.iloc[-1]
@@ -364,15 +401,21 @@ def render_markdown(card: dict[str, Any]) -> str:
         L += ["No `training_log.jsonl` in the model folder: training details unknown.", ""]
     else:
         tokens = f"{tr['tokens_seen']:,}" if tr["tokens_seen"] else "n/a"
-        L += [f"- {tr['steps']} optimizer steps (schedule planned for {tr['planned_steps']}), batch {tr['batch']} x "
-              f"{tr['seq_len']} tokens: **{tokens} tokens seen**; AdamW, peak learning rate {tr['lr_peak']}, "
-              "warm-up then cosine decay (`python -m tappa_utils.train_tiny`).",
+        L += [f"- {tr['steps']} optimizer steps, batch {tr['batch']} x {tr['seq_len']} tokens: **{tokens} tokens "
+              f"seen**; AdamW, peak learning rate {tr['lr_peak']}, warm-up then cosine decay "
+              "(`python -m tappa_utils.train_tiny`).",
               f"- Final training loss (mean of the last 20 steps): {_f(tr['final_train_loss'])} nats/byte."]
         if "eval_step" in tr:
             L += [f"- Last evaluation (step {tr['eval_step']}): held-out loss {_f(tr['eval_heldout_loss'])} nats/byte, "
                   f"copy ratio {_f(tr['eval_copy_ratio'])}."]
-        L += ["- Data mixture (every window starts with BOS):"]
-        L += [f"  - `{m['name']}` ({m['weight']:.0%}): {m['what']}" for m in tr["mixture"]]
+        L += ["- Phases (every window starts with BOS):"]
+        for ph in tr["phases"]:
+            parts = "; ".join(f"`{m['name']}` {m['weight']:.0%}" for m in tr["mixtures"].get(ph["mixture"], []))
+            L += [f"  - steps {ph['start_step']}-{ph['end_step']} (schedule of {ph['planned_steps']} steps): mixture "
+                  f"`{ph['mixture']}` ({parts})"]
+        L += ["", "Window kinds:", ""]
+        kinds = {m["name"]: m["what"] for mix in tr["mixtures"].values() for m in mix}
+        L += [f"- `{k}`: {v}" for k, v in kinds.items()]
         L += [""]
     if co is not None:
         splits = ", ".join(f"{k}: {v['files']} files, {v['bytes']:,} bytes" for k, v in co["by_split"].items())

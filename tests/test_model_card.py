@@ -78,10 +78,18 @@ def test_card_numbers_match_the_functions(card_dir):
 def test_card_describes_training_and_corpus(card_dir):
     card = json.loads((card_dir / "model_card.json").read_text())
     log = mc.read_training_log(card_dir)
-    args = json.loads((card_dir / "train_args.json").read_text())
-    assert card["training"]["steps"] == int(log["step"].max())
-    assert card["training"]["tokens_seen"] == int(log["step"].max()) * int(args["batch"]) * int(args["seq_len"])
-    assert {m["name"] for m in card["training"]["mixture"]} == {"text", "copy", "periodic"}
+    last = int(log["step"].max())
+    assert card["training"]["steps"] == last
+    phases = card["training"]["phases"]
+    assert phases[0]["start_step"] == 0 and phases[-1]["end_step"] == last
+    assert all(a["end_step"] == b["start_step"] for a, b in zip(phases, phases[1:]))  # contiguous
+    assert card["training"]["tokens_seen"] == sum((p["end_step"] - p["start_step"]) * p["batch"] * p["seq_len"]
+                                                  for p in phases)
+    evals = log.dropna(subset=["tokens_seen"]) if "tokens_seen" in log else log.iloc[:0]
+    if len(evals) and int(evals["step"].iloc[-1]) == last:  # the trainer logs tokens_seen at evaluations
+        assert card["training"]["tokens_seen"] == int(evals["tokens_seen"].iloc[-1])
+    for p in phases:
+        assert {m["name"] for m in card["training"]["mixtures"][p["mixture"]]} >= {"text", "copy"}
     manifest = json.loads((card_dir / "corpus_manifest.json").read_text())
     assert card["corpus"]["files"] == len(manifest)
     assert card["corpus"]["bytes"] == sum(m["bytes"] for m in manifest)
@@ -98,6 +106,16 @@ def test_training_summary_on_a_synthetic_log(tmp_path):
     (tmp_path / "training_log.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     s = mc.training_summary(tmp_path)
     assert s["steps"] == 7 and s["tokens_seen"] == 7 * 4 * 64 and s["planned_steps"] == 10
+    assert [p["mixture"] for p in s["phases"]] == ["base"]
+    # phases: 0-3 base at batch 4, a restart at 3 (replaced), 3-7 copy-heavy at batch 2
+    ph = [{"start_step": 0, "batch": "4", "seq_len": "64", "steps": "10"},
+          {"start_step": 3, "batch": "8", "seq_len": "64", "steps": "10", "mixture": "copy-heavy"},
+          {"start_step": 3, "batch": "2", "seq_len": "64", "steps": "10", "mixture": "copy-heavy", "lr": "0.002"}]
+    (tmp_path / "train_args.json").write_text(json.dumps({"arch": {}, "phases": ph}))
+    s = mc.training_summary(tmp_path)
+    assert [(p["start_step"], p["end_step"], p["batch"]) for p in s["phases"]] == [(0, 3, 4), (3, 7, 2)]
+    assert s["tokens_seen"] == 3 * 4 * 64 + 4 * 2 * 64 and s["lr_peak"] == 0.002
+    assert "induction" in {m["name"] for m in s["mixtures"]["copy-heavy"]}
     assert s["eval_step"] == 7 and s["eval_heldout_loss"] == 2.5 and s["eval_copy_ratio"] == 0.8
     log = mc.read_training_log(tmp_path)
     assert log["step"].is_unique and len(log) == 7
