@@ -168,16 +168,20 @@ def _nll(model, ids: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, torch
     return torch.cat(nll), torch.cat(hit)
 
 
-def lm_quality(model, data: EvalData, batch_size: int = 4) -> dict[str, float]:
-    """Held-out loss (nats/token, nats/byte), next-token accuracy, and the copy test (first, second, ratio)."""
+def lm_quality(model, data: EvalData, batch_size: int = 4, per_window: bool = False):
+    """Held-out loss (nats/token, nats/byte), next-token accuracy, and the copy test (first, second, ratio).
+
+    With `per_window=True` also returns the (N,) mean loss (nats/token) of each held-out window.
+    """
     nll, hit = _nll(model, data.ids, batch_size)
     cnll, _ = _nll(model, data.copy_ids, batch_size)
     # tokens 2.. of each copy (the first token of a random segment is unpredictable)
     c1 = cnll[:, data.first.start : data.first.stop - 1].mean().item()
     c2 = cnll[:, data.second.start : data.second.stop - 1].mean().item()
-    return {"nats_per_token": nll.mean().item(), "nats_per_byte": nll.sum().item() / max(1, data.n_bytes),
-            "next_token_acc": hit.float().mean().item(), "copy_first": c1, "copy_second": c2,
-            "copy_ratio": c2 / c1 if c1 > 0 else float("nan")}
+    out = {"nats_per_token": nll.mean().item(), "nats_per_byte": nll.sum().item() / max(1, data.n_bytes),
+           "next_token_acc": hit.float().mean().item(), "copy_first": c1, "copy_second": c2,
+           "copy_ratio": c2 / c1 if c1 > 0 else float("nan")}
+    return (out, nll.double().mean(1).numpy()) if per_window else out
 
 
 def calibration_loss(model, calib_ids: torch.Tensor, batch_size: int = 4) -> float:
@@ -222,11 +226,13 @@ def method_orders(scores: P.LayerScores, betas, best_beta: float | None = None) 
 
 def evaluate_orders(model, orders: dict[str, dict], data: EvalData, max_removed: int, batch_size: int = 4,
                     progress: Callable[[str], None] | None = None):
-    """One row per (method, n_removed in 0..max_removed): removed layers and `lm_quality`; pruned sets cached."""
+    """(results, per_window): one row per (method, n_removed in 0..max_removed) with the removed layers and
+    `lm_quality`, and the per-window held-out losses (method, n_removed, window, nats_per_token). Pruned sets are
+    evaluated once."""
     import pandas as pd
 
-    cache: dict[tuple, dict] = {}
-    rows = []
+    cache: dict[tuple, tuple] = {}
+    rows, win = [], []
     for name, spec in orders.items():
         for k in range(0, max_removed + 1):
             key = tuple(sorted(spec["order"][:k]))
@@ -234,8 +240,33 @@ def evaluate_orders(model, orders: dict[str, dict], data: EvalData, max_removed:
                 if progress:
                     progress(f"evaluating without layers {list(key)}")
                 pruned = P.remove_layers(model, list(key)) if key else model
-                cache[key] = lm_quality(pruned, data, batch_size)
-            rows.append({"method": name, "beta": spec["beta"], "n_removed": k, "removed": list(key), **cache[key]})
+                cache[key] = lm_quality(pruned, data, batch_size, per_window=True)
+            q, w = cache[key]
+            rows.append({"method": name, "beta": spec["beta"], "n_removed": k, "removed": list(key), **q})
+            win += [{"method": name, "n_removed": k, "window": i, "nats_per_token": float(v)} for i, v in enumerate(w)]
+    return pd.DataFrame(rows), pd.DataFrame(win)
+
+
+def paired_comparison(per_window, baseline: str = "ShortGPT", z: float = 1.96):
+    """Each method minus `baseline` on the same held-out windows: mean loss difference (nats/token), its standard
+    error over windows, the `z` interval and a verdict (better / tie / worse: the interval excludes 0 or not).
+    The unpruned rows (n_removed = 0, identical for every method) are left out."""
+    import pandas as pd
+
+    base = per_window[per_window.method == baseline].set_index(["n_removed", "window"]).nats_per_token
+    rows = []
+    for name, g in per_window[per_window.method != baseline].groupby("method", sort=False):
+        for k, gk in g.groupby("n_removed"):
+            if k == 0:
+                continue
+            d = gk.nats_per_token.to_numpy() - base.loc[k].reindex(gk.window.to_numpy()).to_numpy()
+            n = len(d)
+            mean = float(d.mean())
+            se = float(d.std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan")
+            lo, hi = mean - z * se, mean + z * se
+            verdict = "tie" if not (np.isfinite(se) and (hi < 0 or lo > 0)) else ("better" if hi < 0 else "worse")
+            rows.append({"method": name, "n_removed": int(k), "mean_diff": mean, "se": se, "ci_low": lo,
+                         "ci_high": hi, "n_windows": n, "verdict": verdict})
     return pd.DataFrame(rows)
 
 
@@ -277,6 +308,7 @@ class PruneEvalResult:
     calib_data: str = ""
     eval_data_desc: str = ""
     calib_ids: torch.Tensor | None = None
+    per_window: Any = None
 
 
 def run_pruning_eval(cfg: PruneEvalConfig, model=None, tokenizer=None,
@@ -314,7 +346,7 @@ def run_pruning_eval(cfg: PruneEvalConfig, model=None, tokenizer=None,
     timings["select_beta_s"] = time.time() - t
     orders = method_orders(scores, cfg.betas, best)
     t = time.time()
-    results = evaluate_orders(model, orders, data, cfg.max_removed, cfg.batch_size, progress)
+    results, per_window = evaluate_orders(model, orders, data, cfg.max_removed, cfg.batch_size, progress)
     timings["evaluate_s"] = time.time() - t
     lm = {}
     if cfg.lm_eval_tasks:
@@ -330,7 +362,7 @@ def run_pruning_eval(cfg: PruneEvalConfig, model=None, tokenizer=None,
     calib_desc = cfg.calib_text_file or f"tappa_utils.corpus training split, seeded stretch (seed {cfg.seed})"
     eval_desc = cfg.eval_text_file or "tappa_utils held-out sample (assets/heldout_sample.txt)"
     return PruneEvalResult(cfg, str(cfg.model), L, scores, best, sel, orders, results, lm, timings, calib_desc,
-                           eval_desc, calib)
+                           eval_desc, calib, per_window)
 
 
 def _texts_overlap(a: str, b: str, probe: int = 1000) -> bool:
@@ -383,11 +415,17 @@ def save_results(res: PruneEvalResult, out_dir: str | Path, figures: bool = True
     written.append(save_table(res.scores.table(), out, "layer_scores.csv"))
     written.append(save_table(res.beta_selection, out, "beta_selection.csv"))
     written.append(save_table(res.results, out, "results.csv"))
+    comparison = None
+    if res.per_window is not None:
+        written.append(save_table(res.per_window, out, "per_window.csv"))
+        comparison = paired_comparison(res.per_window)
+        written.append(save_table(comparison, out, "paired_vs_shortgpt.csv"))
     written.append(save_json(out, "results.json", {
         "model": res.model_name, "n_layers": res.n_layers, "calibration_data": res.calib_data,
         "evaluation_data": res.eval_data_desc, "best_beta": res.best_beta,
         "best_beta_chosen_on": "calibration loss (mean over 1..max_removed removed layers)",
         "orders": res.orders, "results": res.results.to_dict(orient="records"),
+        "paired_vs_shortgpt": comparison.to_dict(orient="records") if comparison is not None else None,
         "lm_eval": res.lm_eval or {"available": lm_eval_available(), "tasks": []}, "timings": res.timings}))
     if figures:
         import matplotlib.pyplot as plt

@@ -98,6 +98,21 @@ def test_method_orders_and_merge():
     assert len(merged) == 6
 
 
+def test_paired_comparison():
+    rng = np.random.default_rng(0)
+    base = rng.normal(2.0, 0.3, 20)
+    rows = []
+    for name, vals in (("ShortGPT", base), ("same", base), ("better", base - 0.1 + rng.normal(0, 0.01, 20)),
+                       ("noisy", base + rng.normal(0, 0.5, 20))):
+        rows += [{"method": name, "n_removed": 1, "window": i, "nats_per_token": v} for i, v in enumerate(vals)]
+    cmp = E.paired_comparison(pd.DataFrame(rows)).set_index("method")
+    assert cmp.loc["same", "verdict"] == "tie" and cmp.loc["same", "mean_diff"] == 0
+    assert cmp.loc["better", "verdict"] == "better" and cmp.loc["better", "mean_diff"] == pytest.approx(-0.1, abs=0.01)
+    d = (pd.DataFrame(rows).query("method == 'noisy'").nats_per_token.to_numpy() - base)
+    assert cmp.loc["noisy", "se"] == pytest.approx(d.std(ddof=1) / np.sqrt(20))
+    assert cmp.loc["noisy", "ci_low"] < cmp.loc["noisy", "mean_diff"] < cmp.loc["noisy", "ci_high"]
+
+
 def test_config_validation(tmp_path):
     with pytest.raises(ValueError, match="max_removed"):
         _cfg(max_removed=6).validate(n_layers=6)
@@ -160,7 +175,7 @@ def test_cli_tiny_run_writes_files(tmp_path):
     assert rc == 0
     for f in ("scores_bi.json", "scores_qsim.json", "order_shortgpt.json", "order_tappa_beta0.1.json",
               "order_tappa_best.json", "layer_scores.csv", "beta_selection.csv", "results.csv", "results.json",
-              "run_info.json"):
+              "run_info.json", "per_window.csv", "paired_vs_shortgpt.csv"):
         assert (out / f).is_file(), f
     rec = json.loads((out / "order_shortgpt.json").read_text())
     assert set(rec) >= {"score_type", "model", "data", "chunking", "scores", "prune_order"}
@@ -173,6 +188,11 @@ def test_cli_tiny_run_writes_files(tmp_path):
     info = json.loads((out / "results.json").read_text())
     assert info["lm_eval"]["available"] == E.lm_eval_available()
     assert info["best_beta"] in (0.0, 0.5, 5.0)
+    win = pd.read_csv(out / "per_window.csv")
+    assert len(win) == len(res) * 2  # eval_windows = 2
+    # the per-window losses average to the reported nats/token
+    means = win.groupby(["method", "n_removed"], sort=False).nats_per_token.mean().to_numpy()
+    np.testing.assert_allclose(means, res.nats_per_token.to_numpy(), rtol=1e-5)
 
 
 @pytest.mark.parametrize("argv, match", [
