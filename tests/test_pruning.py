@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_tiny_model
+from conftest import FAMILIES, make_tiny_model
 from tappa_utils import pruning as P
 
 
@@ -178,9 +178,9 @@ def test_score_record_round_trip(tmp_path):
         P.load_score_record(tmp_path / "bad.json")
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3"])
-def test_remove_layers_consistent_generation_and_original_untouched(family):
-    model = make_tiny_model(family, layers=4)
+@pytest.mark.parametrize("family, attn", [(f, "eager") for f in FAMILIES] + [("llama", "sdpa")])
+def test_remove_layers_consistent_generation_and_original_untouched(family, attn):
+    model = make_tiny_model(family, attn=attn, layers=4)
     ids = _ids(n=1, T=6)
     before = model(ids).logits.detach().clone()
     pruned = P.remove_layers(model, [1, 2])
