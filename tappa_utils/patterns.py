@@ -136,13 +136,15 @@ class JumpFit:
     (the assumption "the query change is not orthogonal to the rotated keys" holds with c1 on `predicted`
     of the steps), `c2` = the largest per-step RoPE term. Then `logit_jump >= c1 query_jump - c2` must hold on at
     least `predicted` of the steps; `measured` is the fraction where it does, `nonvacuous` the fraction where the
-    right side is positive, `rho` the Spearman of logit jump vs query jump."""
+    right side is positive, `nonvacuous_per_step` the same with each step's own constants (the sharpest form),
+    `rho` the Spearman of logit jump vs query jump."""
 
     c1: float
     c2: float
     predicted: float
     measured: float
     nonvacuous: float
+    nonvacuous_per_step: float
     rho: float
 
 
@@ -155,6 +157,7 @@ def fit_jump_bound(steps: pd.DataFrame, quantile: float = 0.1) -> JumpFit:
     rhs = c1 * steps["query_jump"] - c2
     return JumpFit(c1=c1, c2=c2, predicted=float((steps["alignment"] >= c1).mean()),
                    measured=float((steps["logit_jump"] >= rhs - 1e-9).mean()), nonvacuous=float((rhs > 0).mean()),
+                   nonvacuous_per_step=float((steps["alignment"] * steps["query_jump"] > steps["rotation"]).mean()),
                    rho=spearman(steps["query_jump"], steps["logit_jump"]))
 
 

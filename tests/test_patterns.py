@@ -100,6 +100,9 @@ def test_logit_jump_steps_satisfy_the_proposition_exactly():
     assert np.all(steps.rotation <= steps.rotation_paper + 1e-9)
     fit = P.fit_jump_bound(steps, quantile=0.2)
     assert fit.measured >= fit.predicted - 1e-12 and fit.predicted >= 0.8 - 1e-12
+    assert fit.nonvacuous <= fit.nonvacuous_per_step  # per-step constants are never weaker than the fitted ones
+    big = steps.assign(query_jump=steps.query_jump * 1e6)
+    assert P.fit_jump_bound(big, 0.2).nonvacuous > 0.7  # huge query jumps: the bound bites
     with pytest.raises(ValueError):
         P.fit_jump_bound(steps, quantile=1.0)
 
