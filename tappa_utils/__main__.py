@@ -17,12 +17,14 @@ COMMANDS = {
 
 
 def usage() -> str:
+    """The top-level help text listing the commands."""
     lines = ["usage: python -m tappa_utils <command> [options]   (<command> --help for its options)", "", "commands:"]
     lines += [f"  {name:<12} {doc}" for name, (_, doc) in COMMANDS.items()]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Dispatch `argv[0]` to its command module's `main(argv[1:])`; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(usage())

@@ -92,6 +92,7 @@ def export(model, out: Path, ckpt_dir: Path) -> None:
 
 
 def main(argv=None) -> None:
+    """Train (resuming from `--out/ckpt.pt` when present) or, with `--export`, write the Hugging Face folder."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("runs/tappa-tiny"), help="checkpoint folder (resumed if present)")
     ap.add_argument("--steps", type=int, default=6000, help="total optimizer steps (schedule length)")
