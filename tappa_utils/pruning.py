@@ -19,10 +19,11 @@ from __future__ import annotations
 import copy
 import json
 import math
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from numbers import Real
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -345,3 +346,36 @@ def remove_layers(model, layers: Iterable[int], inplace: bool = False):
     cfg.tappa_kept_layers = [original[i] for i in keep]
     cfg.tappa_removed_layers = sorted(set(getattr(cfg, "tappa_removed_layers", None) or []) | {original[i] for i in drop})
     return model
+
+
+_CONFIG_FIELDS = ("num_hidden_layers", "layer_types", "max_window_layers", "tappa_kept_layers", "tappa_removed_layers")
+
+
+@contextmanager
+def layers_removed(model, layers: Iterable[int]) -> Iterator:
+    """Remove `layers` in place for the duration of the block, then restore the model exactly (no copy made).
+
+    For large models, where `remove_layers`' deep copy would double the memory. Restored even on error.
+    """
+    _check_layers(layers, len(decoder_layers(model)))
+    saved_layers = model.model.layers
+    saved_idx = [(layer.self_attn.layer_idx if hasattr(layer, "self_attn") and hasattr(layer.self_attn, "layer_idx")
+                  else None, getattr(layer, "layer_idx", None)) for layer in saved_layers]
+    missing = object()
+    saved_cfg = {k: getattr(model.config, k, missing) for k in _CONFIG_FIELDS}
+    saved_cfg = {k: v if v is missing else copy.copy(v) for k, v in saved_cfg.items()}
+    try:
+        yield remove_layers(model, layers, inplace=True)
+    finally:
+        model.model.layers = saved_layers
+        for layer, (attn_idx, idx) in zip(saved_layers, saved_idx):
+            if attn_idx is not None:
+                layer.self_attn.layer_idx = attn_idx
+            if idx is not None:
+                layer.layer_idx = idx
+        for k, v in saved_cfg.items():
+            if v is missing:
+                if k in model.config.__dict__:
+                    delattr(model.config, k)
+            else:
+                setattr(model.config, k, v)

@@ -205,7 +205,8 @@ def select_beta(model, scores: P.LayerScores, calib_ids: torch.Tensor, max_remov
         for k in range(1, max_removed + 1):
             key = tuple(sorted(order[:k]))
             if key not in cache:
-                cache[key] = calibration_loss(P.remove_layers(model, list(key)), calib_ids, batch_size)
+                with P.layers_removed(model, list(key)) as pruned:
+                    cache[key] = calibration_loss(pruned, calib_ids, batch_size)
             rows.append({"beta": float(beta), "n_removed": k, "removed": list(key), "calib_loss": cache[key]})
     df = pd.DataFrame(rows)
     mean = df.groupby("beta", sort=True)["calib_loss"].mean()
@@ -239,8 +240,8 @@ def evaluate_orders(model, orders: dict[str, dict], data: EvalData, max_removed:
             if key not in cache:
                 if progress:
                     progress(f"evaluating without layers {list(key)}")
-                pruned = P.remove_layers(model, list(key)) if key else model
-                cache[key] = lm_quality(pruned, data, batch_size, per_window=True)
+                with P.layers_removed(model, list(key)) as pruned:
+                    cache[key] = lm_quality(pruned, data, batch_size, per_window=True)
             q, w = cache[key]
             rows.append({"method": name, "beta": spec["beta"], "n_removed": k, "removed": list(key), **q})
             win += [{"method": name, "n_removed": k, "window": i, "nats_per_token": float(v)} for i, v in enumerate(w)]
@@ -354,8 +355,8 @@ def run_pruning_eval(cfg: PruneEvalConfig, model=None, tokenizer=None,
         if lm["available"]:
             for name, spec in orders.items():
                 for k in range(1, cfg.max_removed + 1):
-                    pruned = P.remove_layers(model, spec["order"][:k])
-                    lm[f"{name} k={k}"] = run_lm_eval(pruned, tokenizer, cfg.lm_eval_tasks, cfg.lm_eval_limit)
+                    with P.layers_removed(model, spec["order"][:k]) as pruned:
+                        lm[f"{name} k={k}"] = run_lm_eval(pruned, tokenizer, cfg.lm_eval_tasks, cfg.lm_eval_limit)
         else:
             lm["note"] = "lm-eval is not installed: zero-shot tasks skipped"
     timings["total_s"] = time.time() - t0

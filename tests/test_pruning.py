@@ -225,6 +225,30 @@ def test_remove_layers_save_load_round_trip(tmp_path):
     assert again.config.tappa_removed_layers == [0, 2, 3] and again.config.tappa_kept_layers == [1]
 
 
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_layers_removed_context_restores_exactly(family):
+    model = make_tiny_model(family, layers=4)
+    ids = _ids(n=1, T=8)
+    before = model(ids).logits.detach().clone()
+    cfg_before = model.config.to_dict()
+    copy_pruned = P.remove_layers(model, [0, 2])
+    with P.layers_removed(model, [0, 2]) as pruned:
+        assert pruned is model and len(model.model.layers) == 2
+        assert [layer.self_attn.layer_idx for layer in model.model.layers] == [0, 1]
+        assert torch.equal(model(ids).logits, copy_pruned(ids).logits)
+    assert torch.equal(model(ids).logits, before)
+    assert [layer.self_attn.layer_idx for layer in model.model.layers] == [0, 1, 2, 3]
+    assert model.config.to_dict() == cfg_before
+    with pytest.raises(RuntimeError, match="boom"):
+        with P.layers_removed(model, [3]):
+            raise RuntimeError("boom")
+    assert len(model.model.layers) == 4 and model.config.to_dict() == cfg_before
+    with pytest.raises(ValueError, match="duplicate"):
+        with P.layers_removed(model, [1, 1]):
+            pass
+    assert len(model.model.layers) == 4
+
+
 def test_remove_layers_inplace():
     model = make_tiny_model("llama", layers=3)
     out = P.remove_layers(model, [0], inplace=True)
