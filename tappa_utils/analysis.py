@@ -70,6 +70,14 @@ def _load_checked(args):
     for name in ("seq_len", "num_windows", "window", "top_k", "gallery_heads"):
         if getattr(args, name) < 1:
             raise InputError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
+    import torch
+
+    try:
+        dev = torch.device(args.device)
+    except RuntimeError as e:
+        raise InputError(f"--device {args.device!r} is not a device (use cpu, cuda, cuda:0 ...)") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"--device {args.device}: CUDA is not available on this machine; use --device cpu")
     if args.skip < 0:
         raise InputError(f"--skip must be >= 0, got {args.skip}")
     if args.seq_len < max(args.skip, args.top_k - 1) + 2:

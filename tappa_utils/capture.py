@@ -28,7 +28,8 @@ class LayerRecord:
     """What one layer computed. q: (B, H, T, D); k: (B, H_kv, T, D); logits/probs: (B, H, T, T).
 
     Logits are the scaled scores before the mask (masked entries are -inf); query head h reads KV head
-    h // (H / H_kv).
+    h // (H / H_kv). Captured logits are computed lazily, on first access of `rec.logits` (from the post-RoPE q/k
+    kept for that purpose), so a capture that asks for them costs nothing extra until they are read.
     """
 
     layer: int
@@ -36,11 +37,23 @@ class LayerRecord:
     k_pre: torch.Tensor | None = None
     q_post: torch.Tensor | None = None
     k_post: torch.Tensor | None = None
-    logits: torch.Tensor | None = None
     probs: torch.Tensor | None = None
     scaling: float = 1.0
     kv_group: int = 1
     sliding_window: int | None = None
+    _logits: torch.Tensor | None = field(default=None, repr=False)
+    _logits_fn: Callable[[], torch.Tensor] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def logits(self) -> torch.Tensor | None:
+        """Masked logits (B, H, T, T), computed on first access when captured lazily."""
+        if self._logits is None and self._logits_fn is not None:
+            self._logits, self._logits_fn = self._logits_fn(), None
+        return self._logits
+
+    @logits.setter
+    def logits(self, value: torch.Tensor | None) -> None:
+        self._logits, self._logits_fn = value, None
 
 
 @dataclass
@@ -200,11 +213,10 @@ def _build_record(attn, idx: int, state: dict, what: tuple[str, ...], dtype: tor
         own = state.get("probs")
         if own is not None and (own.dtype != dtype or own.shape[-2:] != (T, T)):
             own = None
-        if "logits" in what or ("probs" in what and own is None):
-            logits, probs = attention_from_qk(q_post, k_post, rec.scaling, rec.sliding_window, dtype,
-                                              probs="probs" in what and own is None)
-            rec.logits = logits if "logits" in what else None
-            rec.probs = probs if "probs" in what else None
-        if "probs" in what and own is not None:
-            rec.probs = own
+        if "probs" in what:
+            rec.probs = own if own is not None else attention_from_qk(q_post, k_post, rec.scaling,
+                                                                     rec.sliding_window, dtype)[1]
+        if "logits" in what:
+            scaling, window = rec.scaling, rec.sliding_window
+            rec._logits_fn = lambda: attention_from_qk(q_post, k_post, scaling, window, dtype, probs=False)[0]
     return rec

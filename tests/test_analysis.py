@@ -63,7 +63,7 @@ def test_happy_path_writes_tables_summary_and_gallery(tiny_dir, text_file, tmp_p
 
 
 @pytest.mark.parametrize("case", ["missing_file", "empty_text", "beyond_context", "beyond_text", "layer_range",
-                                  "non_numeric", "unsupported", "missing_model", "too_short"])
+                                  "non_numeric", "unsupported", "missing_model", "too_short", "bad_device"])
 def test_bad_input_exits_2_with_one_line_and_no_files(case, tiny_dir, text_file, tmp_path, capsys):
     out = tmp_path / "res"
     base = ["--model", tiny_dir, "--text-file", text_file, "--seq-len", 64, "--num-windows", 1, "--out", out]
@@ -78,6 +78,7 @@ def test_bad_input_exits_2_with_one_line_and_no_files(case, tiny_dir, text_file,
         "non_numeric": [*base[:4], "--seq-len", "abc", "--out", out],
         "missing_model": ["--model", tmp_path / "no_model", *base[2:]],
         "too_short": [*base[:4], "--seq-len", 10, "--out", out],
+        "bad_device": [*base, "--device", "gpu7"],
     }
     if case == "unsupported":
         from transformers import GPT2Config, GPT2LMHeadModel
@@ -92,7 +93,20 @@ def test_bad_input_exits_2_with_one_line_and_no_files(case, tiny_dir, text_file,
     assert len(lines) == 1 and lines[0].startswith("error: "), cap.err
     expect = {"missing_file": "not found", "empty_text": "empty", "beyond_context": "context length",
               "beyond_text": "too short", "layer_range": "out of range", "non_numeric": "invalid int",
-              "unsupported": "gpt2", "missing_model": "not found", "too_short": "too short"}[case]
+              "unsupported": "gpt2", "missing_model": "not found", "too_short": "too short",
+              "bad_device": "not a device"}[case]
     assert expect in lines[0]
     assert not out.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # no partial or temporary files
+
+
+def test_dispatcher_exit_status_and_single_stderr_line(tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "res"
+    res = subprocess.run([sys.executable, "-m", "tappa_utils", "analyze", "--text-file", str(tmp_path / "none.txt"),
+                          "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2
+    assert len(res.stderr.strip().splitlines()) == 1 and "not found" in res.stderr
+    assert not out.exists()

@@ -192,3 +192,17 @@ def test_channel_logits_sum_back_to_the_logit(family):
         parts = channel_logits(rec.q_pre[0, h, t], rec.k_pre[0, h // rec.kv_group, j], t, j, theta, rec.scaling)
         assert parts.shape == (model.config.head_dim // 2,)
         assert float(parts.sum()) == pytest.approx(float(rec.logits[0, h, t, j]), abs=1e-5)
+
+
+def test_logits_are_lazy_and_absent_unless_asked(tiny_llama):
+    ids = _ids(batch=1)
+    with torch.no_grad(), capture(tiny_llama, layers=[0], what=("probs",)) as cap:
+        tiny_llama(ids)
+    assert cap[0].logits is None and cap[0].probs is not None
+    with torch.no_grad(), capture(tiny_llama, layers=[0], what=("logits",)) as cap:
+        tiny_llama(ids)
+    rec = cap[0]
+    assert rec._logits is None and rec.probs is None  # not built until read
+    torch.testing.assert_close(rec.logits.softmax(-1), manual_layer(tiny_llama, tiny_llama.model.embed_tokens(ids), 0)
+                               ["probs"].float(), atol=1e-5, rtol=1e-5)
+    assert rec._logits is not None
