@@ -185,6 +185,15 @@ def low_frequency_share(hd: HeadData, key: int, period: float, b: int = 0, skip:
     return float(c[:, low].sum() / c.sum())
 
 
+def key_alignment(hd: HeadData, key: int, b: int = 0, skip: int = 0) -> float:
+    """Mean over t >= max(key, skip) of a[t,key] / sum_m |q_t^m||k^m|: 1 when every channel of the rotated query
+    points at the key (the "small angle" assumption), about 0 for unrelated directions."""
+    c = channel_contributions(hd, key, b, skip)
+    ts = np.arange(max(key, skip), hd.q.shape[1])
+    amp = hd.scale * (np.abs(theory._c(hd.q[b, ts])) * np.abs(theory._c(hd.k[b, key]))).sum(-1)
+    return float((c.sum(-1) / amp).mean())
+
+
 def column_steps(hd: HeadData, key: int, b: int = 0, skip: int = 16) -> pd.DataFrame:
     """Per step t of the column of `key`: measured |a[t+1,key] - a[t,key]|, its query and rotation terms, and the
     bounds: chord (exact per channel) and arc (theta_m, the small-angle form)."""

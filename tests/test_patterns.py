@@ -122,6 +122,10 @@ def test_column_steps_bounds_and_low_frequency_share():
     k2[:] = 0
     k2[:, [0, 16]] = 1.0
     assert P.low_frequency_share(synthetic_headdata(q, k2), 0, period=100) == pytest.approx(0.0)
+    same = np.tile(q[0], (100, 1))
+    assert P.key_alignment(synthetic_headdata(same, same, theta=np.zeros(16)), 0) == pytest.approx(1.0)
+    assert P.key_alignment(synthetic_headdata(same, -same, theta=np.zeros(16)), 0) == pytest.approx(-1.0)
+    assert abs(P.key_alignment(synthetic_headdata(q, rng.standard_normal((100, 32))), 0, skip=1)) < 0.5
     cc = P.column_change(hd, skip=1)
     assert np.isnan(cc[-1]) and cc[0] == pytest.approx(cs.change.mean())
 
