@@ -105,9 +105,9 @@ def q_similarity_window(q: torch.Tensor, window: int = 32) -> torch.Tensor:
     if w < 2:
         raise ValueError(f"q-similarity needs at least 2 queries, got {q.shape[-2]}")
     qn = torch.nn.functional.normalize(q[..., -w:, :].double(), dim=-1)
-    gram = qn @ qn.transpose(-1, -2)
-    off = gram.sum((-1, -2)) - gram.diagonal(dim1=-2, dim2=-1).sum(-1)
-    return off / (w * (w - 1))
+    # sum over i != j of cos(q_i, q_j) = |sum_i q_i/|q_i||^2 - sum_i |q_i/|q_i||^2: exact and O(w D), not O(w^2 D)
+    s = qn.sum(-2)
+    return ((s * s).sum(-1) - (qn * qn).sum((-1, -2))) / (w * (w - 1))
 
 
 # ----------------------------------------------------------------------------------------------------------------

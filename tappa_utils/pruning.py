@@ -30,6 +30,7 @@ import torch
 
 from .capture import capture
 from .io import atomic_write_json
+from .metrics import q_similarity_consecutive, q_similarity_window
 from .models import decoder_layers
 
 QSIM_ROPE = ("pre", "post")
@@ -110,20 +111,18 @@ def _batches(input_ids: torch.Tensor, batch_size: int):
 
 
 def query_similarity_of(q: torch.Tensor, mode: str = "all_pairs") -> torch.Tensor:
-    """q (..., T, D) -> (...): mean cosine over all pairs of distinct tokens, or of consecutive tokens.
+    """q (..., T, D) -> (...): mean cosine over all pairs of distinct tokens, or of consecutive tokens (float64).
 
-    all_pairs uses `sum_{i != j} cos(q_i, q_j) = |sum_i q_i/|q_i||^2 - T`, exact and O(T D).
+    Both are `tappa_utils.metrics`' definitions applied to the whole chunk (window = T, skip = 0).
     """
     if mode not in QSIM_MODES:
         raise ValueError(f"unknown q-similarity mode {mode!r}; use one of {QSIM_MODES}")
     T = q.shape[-2]
     if T < 2:
         raise ValueError("q-similarity needs at least 2 tokens")
-    qn = torch.nn.functional.normalize(q.double(), dim=-1)
     if mode == "consecutive":
-        return (qn[..., 1:, :] * qn[..., :-1, :]).sum(-1).mean(-1)
-    s = qn.sum(-2)
-    return ((s * s).sum(-1) - T) / (T * (T - 1))
+        return q_similarity_consecutive(q, skip=0)
+    return q_similarity_window(q, window=T)
 
 
 @torch.no_grad()

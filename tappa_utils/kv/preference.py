@@ -1,31 +1,23 @@
 """Per-layer preference scores for budget allocation: q-similarity (TAPPA) and CAKE's entropy x variance.
 
-The q-similarity helpers are small private versions of the windowed / consecutive cosine measures (the same
-definitions as `tappa_utils.metrics.q_similarity_window` / `q_similarity_consecutive`), kept here so the press does
-not depend on the analysis module and works on the observation window only.
+The q-similarity helpers apply `tappa_utils.metrics.q_similarity_window` / `q_similarity_consecutive` to the
+observation window only (all of its queries, no skip).
 """
 from __future__ import annotations
 
 import torch
 
+from ..metrics import q_similarity_consecutive, q_similarity_window
+
 
 def qsim_all_pairs(q: torch.Tensor) -> torch.Tensor:
-    """Mean off-diagonal cosine similarity among the queries: q (..., W, D) -> (...). W >= 2 required."""
-    w = q.shape[-2]
-    if w < 2:
-        raise ValueError(f"q-similarity needs at least 2 queries in the window, got {w}")
-    qn = torch.nn.functional.normalize(q.float(), dim=-1)
-    gram = qn @ qn.transpose(-1, -2)
-    off = gram.sum((-1, -2)) - gram.diagonal(dim1=-2, dim2=-1).sum(-1)
-    return off / (w * (w - 1))
+    """Mean off-diagonal cosine similarity among all the queries: q (..., W, D) -> (...) float32. W >= 2 required."""
+    return q_similarity_window(q, window=q.shape[-2]).float()
 
 
 def qsim_consecutive(q: torch.Tensor) -> torch.Tensor:
-    """Mean cosine similarity of consecutive queries cos(q_t, q_t+1): q (..., W, D) -> (...). W >= 2 required."""
-    if q.shape[-2] < 2:
-        raise ValueError(f"q-similarity needs at least 2 queries in the window, got {q.shape[-2]}")
-    qn = torch.nn.functional.normalize(q.float(), dim=-1)
-    return (qn[..., 1:, :] * qn[..., :-1, :]).sum(-1).mean(-1)
+    """Mean cosine similarity of consecutive queries cos(q_t, q_t+1): q (..., W, D) -> (...) float32. W >= 2 required."""
+    return q_similarity_consecutive(q, skip=0).float()
 
 
 def cake_preference(window_attention: torch.Tensor, tau1: float = 1.0, tau2: float = 1.0) -> float:
