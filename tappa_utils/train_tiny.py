@@ -1,6 +1,9 @@
 """Train the default model, `tappa-tiny`: a small Llama (RMSNorm, SwiGLU, RoPE, GQA) on bytes of the stdlib.
 
-    python -m tappa_utils.train_tiny --out runs/tappa-tiny --steps 6000          # resumes if a checkpoint exists
+The shipped model was trained in two phases (the second resumes from the first's checkpoint):
+
+    python -m tappa_utils.train_tiny --out runs/tappa-tiny --steps 4000 --until 500 --mixture base
+    python -m tappa_utils.train_tiny --out runs/tappa-tiny --steps 3000 --mixture copy-heavy
     python -m tappa_utils.train_tiny --out runs/tappa-tiny --export tappa_utils/assets/tappa-tiny
 
 The data mixture rewards the mechanisms the book studies: plain code (previous-token / diagonal heads), windows
@@ -107,6 +110,8 @@ def main(argv=None) -> None:
     ap.add_argument("--mixture", choices=sorted(MIXTURES), default="base",
                     help="data mixture of this phase (logged with every record; see tappa_utils.corpus)")
     ap.add_argument("--export", type=Path, default=None, help="export the checkpoint as a HF folder and exit")
+    ap.add_argument("--until", type=int, default=None,
+                    help="end this phase after this step (checkpointed); the schedule still runs to --steps")
     ap.add_argument("--max-minutes", type=float, default=None, help="stop (after a checkpoint) after this long")
     args = ap.parse_args(argv)
 
@@ -149,7 +154,8 @@ def main(argv=None) -> None:
     t0 = time.time()
     model.train()
     tokens_since, t_since = 0, time.time()
-    while step < args.steps:
+    last = args.steps if args.until is None else min(args.until, args.steps)
+    while step < last:
         for g in opt.param_groups:
             g["lr"] = lr_at(step, args.lr, args.warmup, args.steps)
         ids = torch.from_numpy(sample_batch(rng, corpus.train, args.batch, args.seq_len, MIXTURES[args.mixture])).to(device)
@@ -161,7 +167,7 @@ def main(argv=None) -> None:
         step += 1
         tokens_since += ids.numel()
         rec = {"step": step, "loss": round(loss.item(), 4), "lr": opt.param_groups[0]["lr"], "mixture": args.mixture}
-        if step % args.eval_every == 0 or step == args.steps:
+        if step % args.eval_every == 0 or step == last:
             rec |= {k: round(v, 4) for k, v in evaluate(model, corpus, device).items()}
             rec["tokens_per_s"] = round(tokens_since / (time.time() - t_since))
             rec["tokens_seen"] = step * args.batch * args.seq_len
@@ -170,7 +176,7 @@ def main(argv=None) -> None:
         log.write(json.dumps(rec) + "\n")
         log.flush()
         out_of_time = args.max_minutes is not None and time.time() - t0 > 60 * args.max_minutes
-        if step % args.ckpt_every == 0 or step == args.steps or out_of_time:
+        if step % args.ckpt_every == 0 or step == last or out_of_time:
             atomic_torch_save(ckpt_path, {"model": model.state_dict(), "opt": opt.state_dict(), "step": step,
                                           "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state()})
         if out_of_time:

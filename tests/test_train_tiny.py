@@ -1,0 +1,68 @@
+"""The training script: LR schedule, data mixtures, and that a resumed run equals an uninterrupted one."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from tappa_utils.corpus import BOS_ID, MIXTURES, copy_test_batch, induction_window, sample_batch
+from tappa_utils.train_tiny import lr_at, main
+
+
+def test_lr_schedule_warmup_cosine_floor():
+    peak = 1e-3
+    assert lr_at(0, peak, 10, 100) == pytest.approx(peak / 10)
+    assert lr_at(9, peak, 10, 100) == pytest.approx(peak)
+    assert lr_at(55, peak, 10, 100) == pytest.approx(peak * (0.1 + 0.9 * 0.5))
+    assert lr_at(100, peak, 10, 100) == pytest.approx(0.1 * peak)
+    assert lr_at(500, peak, 10, 100) == pytest.approx(0.1 * peak)
+
+
+@pytest.mark.parametrize("mixture", sorted(MIXTURES))
+def test_batches_start_with_bos_and_hold_bytes(mixture):
+    data = np.frombuffer(b"def f(x):\n    return x + 1\n" * 400, dtype=np.uint8).astype(np.int64)
+    b = sample_batch(np.random.default_rng(0), data, 8, 128, MIXTURES[mixture])
+    assert b.shape == (8, 128) and (b[:, 0] == BOS_ID).all() and (b[:, 1:] < 256).all()
+
+
+def test_induction_window_repeats_a_random_segment():
+    data = np.zeros(5000, dtype=np.int64)  # all-zero text: any non-zero byte comes from a planted segment
+    x = induction_window(np.random.default_rng(1), data, 511)
+    planted = x[x != 0]
+    assert len(planted) >= 2 * 8  # at least one segment of >= 8 bytes occurring at least twice
+
+
+def test_copy_test_batch_second_occurrence_equals_first():
+    data = np.arange(3000, dtype=np.int64) % 256
+    x, first, second = copy_test_batch(np.random.default_rng(0), data, 4, seq_len=200, seg_len=32)
+    assert (x[:, first] == x[:, second]).all() and (x[:, 0] == BOS_ID).all()
+
+
+def test_resumed_training_equals_uninterrupted(tmp_path):
+    args = ["--steps", "4", "--batch", "2", "--seq-len", "64", "--warmup", "2", "--threads", "1", "--eval-every", "1000"]
+    main(["--out", str(tmp_path / "a"), *args])
+    main(["--out", str(tmp_path / "b"), *args, "--until", "2"])
+    main(["--out", str(tmp_path / "b"), *args, "--mixture", "base"])
+    a = torch.load(tmp_path / "a" / "ckpt.pt", weights_only=False)
+    b = torch.load(tmp_path / "b" / "ckpt.pt", weights_only=False)
+    assert a["step"] == b["step"] == 4
+    for k in a["model"]:
+        torch.testing.assert_close(a["model"][k], b["model"][k], rtol=0, atol=0)
+    log = [json.loads(line) for line in (tmp_path / "b" / "training_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3, 4]
+    phases = json.loads((tmp_path / "b" / "train_args.json").read_text())["phases"]
+    assert [p["start_step"] for p in phases] == [0, 2]
+
+
+def test_export_loads_through_transformers(tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    main(["--out", str(tmp_path / "run"), "--steps", "1", "--batch", "1", "--seq-len", "32", "--threads", "1"])
+    main(["--out", str(tmp_path / "run"), "--export", str(tmp_path / "hf")])
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "hf")
+    tok = AutoTokenizer.from_pretrained(tmp_path / "hf")
+    ck = torch.load(tmp_path / "run" / "ckpt.pt", weights_only=False)
+    torch.testing.assert_close(model.state_dict()["model.embed_tokens.weight"], ck["model"]["model.embed_tokens.weight"])
+    assert tok("hé").input_ids == [BOS_ID, *"hé".encode()]
