@@ -115,6 +115,7 @@ class TAPPAPress(PrefillDecodingPress):
         logits[..., t - w:] = logits[..., t - w:].masked_fill(future, float("-inf"))
         return logits.softmax(-1)
 
+    @torch.no_grad()
     def forward_hook(self, module, input, kwargs, output):
         """Record the layer's q-similarity, preference and token scores during prefill (no eviction here)."""
         hidden_states = kwargs["hidden_states"]
