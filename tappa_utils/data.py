@@ -34,7 +34,7 @@ def token_windows(tokenizer, text: str, seq_len: int, num_windows: int, stride: 
     for name, v in (("seq_len", seq_len), ("num_windows", num_windows)):
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             raise ValueError(f"{name} must be a positive integer, got {v!r}")
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    ids = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]  # long texts are cut below
     bos = tokenizer.bos_token_id
     body = seq_len - (1 if bos is not None else 0)
     stride = stride or body
