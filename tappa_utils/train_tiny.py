@@ -25,6 +25,7 @@ import torch
 
 from .corpus import BOS_ID, EOS_ID, MIXTURES, PAD_ID, VOCAB_SIZE, copy_test_batch, load_corpus, sample_batch
 from .io import atomic_torch_save, atomic_write_json, atomic_write_text
+from .model_card import copy_test
 
 DEFAULT_ARCH = dict(
     hidden_size=128, num_hidden_layers=6, num_attention_heads=4, num_key_value_heads=2, head_dim=32,
@@ -66,13 +67,9 @@ def evaluate(model, corpus, device, n: int = 16, seq_len: int = 512, seed: int =
     ids = torch.from_numpy(x).to(device)
     held = model(ids, labels=ids).loss.item()
     cx, first, second = copy_test_batch(rng, corpus.heldout, n)
-    ids = torch.from_numpy(cx).to(device)
-    logp = torch.log_softmax(model(ids).logits.float(), -1)
-    nll = -logp[:, :-1].gather(-1, ids[:, 1:, None])[..., 0]  # nll[:, i] predicts token i+1
-    l1 = nll[:, first.start : first.stop - 1].mean().item()  # tokens 2.. of the segment (the first is unpredictable)
-    l2 = nll[:, second.start : second.stop - 1].mean().item()
+    copy = copy_test(model, torch.from_numpy(cx), first, second)
     model.train()
-    return {"heldout_loss": held, "copy_first": l1, "copy_second": l2, "copy_ratio": l2 / l1}
+    return {"heldout_loss": held, **copy}
 
 
 def export(model, out: Path, ckpt_dir: Path) -> None:
