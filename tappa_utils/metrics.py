@@ -344,10 +344,27 @@ def layer_table(heads_df):
 
 def null_heads(model, input_ids: torch.Tensor, cfg: MetricConfig | None = None, seed: int = 0,
                layers: Iterable[int] | int | None = None, progress: bool = False):
-    """`analyze_heads` on a random-weight copy of `model` (same architecture, seed `seed`): the null baseline."""
-    from .models import random_weight_copy
+    """`analyze_heads` on a random-weight copy of `model` (same architecture): the null baseline.
 
-    return analyze_heads(random_weight_copy(model, seed), input_ids, cfg, layers, progress)
+    The copy is initialised with `stats.null_seed(seed)`, never with `seed` itself, so the null of a random-weight
+    model built with `random_weight_copy(model, seed)` is not that very model; a ValueError is raised if the copy's
+    weights still equal the model's.
+    """
+    from .models import random_weight_copy
+    from .stats import null_seed
+
+    null = random_weight_copy(model, null_seed(seed))
+    if _same_weights(model, null):
+        raise ValueError(f"the random-weight null (seed {null_seed(seed)}) has the same weights as the model; "
+                         "pass another seed")
+    return analyze_heads(null, input_ids, cfg, layers, progress)
+
+
+def _same_weights(a, b) -> bool:
+    """True when every parameter of a equals the corresponding one of b."""
+    pa, pb = list(a.parameters()), list(b.parameters())
+    return len(pa) == len(pb) and all(x.shape == y.shape and torch.equal(x.detach().cpu(), y.detach().cpu())
+                                      for x, y in zip(pa, pb))
 
 
 def calibrate_period_threshold(models, input_ids_list, cfg: MetricConfig | None = None, seeds: Iterable[int] = range(5),
