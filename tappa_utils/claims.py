@@ -350,3 +350,21 @@ def validate_check(c: Check) -> None:
                          "are fixed in the registry, not in the chapter")
     if c.kind == "claim" and c.ci is None and c.p_value is None and not s.deterministic:
         raise ValueError(f"claim {c.id} needs a ci or a p-value")
+
+
+def validate_rows(rows: list[dict], source: str = "results") -> None:
+    """`validate_check` for the rows of a results.json (as written by `save_checks`); rows without a kind are
+    old-style measurements."""
+    for r in rows:
+        kind = r.get("kind") or "measurement"
+        if kind not in ("claim", "assumption"):
+            continue
+        try:
+            c = Check(r["name"], r["predicted"], r["measured"], r.get("tolerance", 0.0), r.get("relation", "ge"),
+                      kind=kind, id=r.get("id") or "?", ci=r.get("ci"), p_value=r.get("p_value"))
+        except ValueError as e:
+            raise ValueError(f"{source}: {e}") from None
+        try:
+            validate_check(c)
+        except ValueError as e:
+            raise ValueError(f"{source}: {e}") from None

@@ -168,6 +168,8 @@ def _clean_pairs(x, y, groups):
     if x.shape != y.shape:
         raise ValueError(f"x and y must have the same length, got {x.size} and {y.size}")
     keep = np.isfinite(x) & np.isfinite(y)
+    if groups is not None and np.asarray(groups).ravel().shape != x.shape:
+        raise ValueError(f"groups must have one label per pair ({x.size}), got {np.asarray(groups).size}")
     g = None if groups is None else np.asarray(groups).ravel()[keep]
     return x[keep], y[keep], g
 
