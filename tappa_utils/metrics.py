@@ -32,7 +32,7 @@ keys to say anything). For one head with attention probabilities A (T x T, causa
   e.g. a local window) and `unpredictable` below it.
 
 Calibration of `period_threshold` (0.5): `calibrate_period_threshold` runs `analyze_heads` on random-weight copies
-(`random_weight_copy`, seeds 0..4) of the default model (6 layers x 4 heads) and of the five tiny test families of
+(`random_weight_copy`, seeds 0..4, before `stats.null_seed` existed) of the default model (6 layers x 4 heads) and of the five tiny test families of
 `tests/conftest.py` (3 layers x 4 heads each), on 4 windows of 512 held-out tokens: 420 null heads. Their
 period_strength had a 99th percentile of 0.11 and a maximum of 0.49; the default model's copies and the Llama,
 Mistral and Qwen2 families stayed below 0.01, while Qwen3's copies (q_norm/k_norm make queries and keys unit-scale,
@@ -43,8 +43,8 @@ previous-token mass (about 1/T).
 
 Calibration of `concentration_threshold` (0.2) and `predictable_threshold` (0.5): random-weight heads cannot set the
 predictability threshold (their attention is uniform, which never moves: predictability 0.995-0.999 on copies of the
-default model and of the Llama, Mistral and Qwen2 test families); they set the concentration threshold instead. On
-random-weight copies (seeds 0..4) of the default model and of the five test families (420 heads, 4 windows of 256
+default model and of the Llama, Mistral and Qwen2 test families); they set the concentration threshold instead
+(`null_quantile(..., "concentration")`). On random-weight copies (seeds 0..4) of the default model and of the five test families (420 heads, 4 windows of 256
 held-out tokens), concentration had a 99th percentile of 0.127 and a maximum of 0.147 (Qwen3: q_norm/k_norm give
 logits of spread about 1; the others stay below 0.016), so 0.2 labels every null head `diffuse` when it has no pure
 pattern (`tests/test_metrics.py` re-checks this on the tiny families). `predictable_threshold` 0.5 is a definition
@@ -433,19 +433,28 @@ def _same_weights(a, b) -> bool:
                                       for x, y in zip(pa, pb))
 
 
-def calibrate_period_threshold(models, input_ids_list, cfg: MetricConfig | None = None, seeds: Iterable[int] = range(5),
-                               quantile: float = 0.99) -> dict[str, float]:
-    """period_strength over all heads of random-weight copies (each seed) of each model: quantile, max, count.
+def null_quantile(models, input_ids_list, column: str, cfg: MetricConfig | None = None,
+                  seeds: Iterable[int] = range(5), quantile: float = 0.99) -> dict[str, float]:
+    """`column` over all heads of random-weight copies (`null_heads`, each seed) of each model: quantile, max, count.
 
-    `models` and `input_ids_list` are parallel lists (each model with its own token ids).
+    `models` and `input_ids_list` are parallel lists (each model with its own token ids). This is how
+    `period_threshold` and `concentration_threshold` were calibrated (module docstring).
     """
+    if column not in METRIC_COLUMNS or column in ("pattern",):
+        raise KeyError(f"{column!r} is not a numeric metric column; choose from {', '.join(METRIC_COLUMNS)}")
     vals = []
     for model, ids in zip(models, input_ids_list):
         for s in seeds:
-            vals.append(null_heads(model, ids, cfg, seed=s)["period_strength"].to_numpy())
-    v = np.concatenate(vals)
+            vals.append(null_heads(model, ids, cfg, seed=s)[column].to_numpy())
+    v = np.concatenate(vals).astype(np.float64)
     return {"quantile": float(np.quantile(v, quantile)), "max": float(v.max()), "n_heads": int(v.size),
             "q": quantile}
+
+
+def calibrate_period_threshold(models, input_ids_list, cfg: MetricConfig | None = None, seeds: Iterable[int] = range(5),
+                               quantile: float = 0.99) -> dict[str, float]:
+    """`null_quantile` of period_strength (kept for the chapters that call it)."""
+    return null_quantile(models, input_ids_list, "period_strength", cfg, seeds, quantile)
 
 
 def config_dict(cfg: MetricConfig) -> dict[str, Any]:
