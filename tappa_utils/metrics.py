@@ -32,8 +32,9 @@ keys to say anything). For one head with attention probabilities A (T x T, causa
   e.g. a local window) and `unpredictable` below it.
 
 Calibration of `period_threshold` (0.5): `calibrate_period_threshold` runs `analyze_heads` on random-weight copies
-(`random_weight_copy`, seeds 0..4, before `stats.null_seed` existed) of the default model (6 layers x 4 heads) and of the five tiny test families of
-`tests/conftest.py` (3 layers x 4 heads each), on 4 windows of 512 held-out tokens: 420 null heads. Their
+(`random_weight_copy`, seeds 0..4, before `stats.null_seed` existed) of the default model (6 layers x 4 heads) and
+of the five tiny test families of `tests/conftest.py` (3 layers x 4 heads each), on 4 windows of 512 held-out
+tokens: 420 null heads. Their
 period_strength had a 99th percentile of 0.11 and a maximum of 0.49; the default model's copies and the Llama,
 Mistral and Qwen2 families stayed below 0.01, while Qwen3's copies (q_norm/k_norm make queries and keys unit-scale,
 so RoPE's fastest channels ripple the attention-by-distance profile) reached 0.37 (99th percentile) to 0.49. The
@@ -44,8 +45,8 @@ previous-token mass (about 1/T).
 Calibration of `concentration_threshold` (0.2) and `predictable_threshold` (0.5): random-weight heads cannot set the
 predictability threshold (their attention is uniform, which never moves: predictability 0.995-0.999 on copies of the
 default model and of the Llama, Mistral and Qwen2 test families); they set the concentration threshold instead
-(`null_quantile(..., "concentration")`). On random-weight copies (seeds 0..4) of the default model and of the five test families (420 heads, 4 windows of 256
-held-out tokens), concentration had a 99th percentile of 0.127 and a maximum of 0.147 (Qwen3: q_norm/k_norm give
+(`null_quantile(..., "concentration")`). On random-weight copies (seeds 0..4) of the default model and of the
+five test families (420 heads, 4 windows of 256 held-out tokens), concentration had a 99th percentile of 0.127 and a maximum of 0.147 (Qwen3: q_norm/k_norm give
 logits of spread about 1; the others stay below 0.016), so 0.2 labels every null head `diffuse` when it has no pure
 pattern (`tests/test_metrics.py` re-checks this on the tiny families). `predictable_threshold` 0.5 is a definition
 (most of each row's mass carried over from the previous row); it is consistent with the concentration threshold on
