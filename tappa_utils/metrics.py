@@ -6,7 +6,7 @@ keys to say anything). For one head with attention probabilities A (T x T, causa
 - `q_sim_consecutive_{pre,post}`: mean cos(q_t, q_t+1) over consecutive analysed queries, before / after RoPE.
 - `q_sim_window_{pre,post}`: the reference code's definition, the mean off-diagonal cosine among the last `window`
   (32) queries.
-- `sink_mass`: mean A[t, 0]. `column_mass` (internal, used for the label): the largest mean A[t, j] over a fixed key
+- `sink_mass`: mean A[t, 0]. `column_mass`: the largest mean A[t, j] over a fixed key
   j (j <= (T + skip) / 2, so that at least half of the analysed queries see it), key 0 included.
 - distance profile p(d): mean A[t, t - d] over the analysed queries t >= d (d = 0..max_distance).
   `diag_offset`, `diag_mass`: the d in 1..max_offset with the largest p(d), and p(d).
@@ -18,22 +18,42 @@ keys to say anything). For one head with attention probabilities A (T x T, causa
   amplitude min(1, (max - min of the P phase means) / mean profile level): how cleanly the profile repeats and how
   much attention the repetition moves. A comb of parallel diagonals scores near 1; a smooth decay, one spike (a
   single diagonal), noise, or the small RoPE ripples of near-uniform random-weight attention score low.
-- `predictability`: mean Jaccard overlap of the top-k (16) keys of consecutive queries t, t+1 (for
-  t >= max(skip, top_k - 1), so every row has k visible keys).
+- `predictability`: the share of row t+1's attention mass that is row t's mass staying on its key (a column:
+  sink, re-accessed key) or moving one key on (a diagonal), averaged over t >= skip (an optimal transport with moves
+  {0, +1}; see `predictability`). Sinks and diagonals score about 0.9 on noisy synthetic maps, a head whose peak
+  jumps about 0.06. Uniform attention never moves and scores 1: predictability alone does not tell a pattern from
+  diffuse attention, hence `concentration`.
+- `concentration`: mean over t >= skip of 1 - H(A[t]) / log(t + 1) (H the entropy): 0 for uniform attention, 1 for
+  one key.
 - `pattern`: vertical if sink_mass or column_mass >= `vertical_threshold`; diagonal if diag_mass >=
-  `diagonal_threshold`; periodic if period_strength >= `period_threshold`; `mixed` if several of them hold, or if
-  none holds but predictability >= `predictable_threshold` (a stable pattern that is none of the pure ones, e.g. a
-  local window); `unpredictable` if none holds and predictability is below it.
+  `diagonal_threshold`; periodic if period_strength >= `period_threshold`; `mixed` if several of them hold. If none
+  holds: `diffuse` when concentration < `concentration_threshold` (spread attention, no pattern to predict);
+  otherwise `mixed` when predictability >= `predictable_threshold` (a stable pattern that is none of the pure ones,
+  e.g. a local window) and `unpredictable` below it.
 
 Calibration of `period_threshold` (0.5): `calibrate_period_threshold` runs `analyze_heads` on random-weight copies
-(`random_weight_copy`, seeds 0..4) of the default model (6 layers x 4 heads) and of the five tiny test families of
-`tests/conftest.py` (3 layers x 4 heads each), on 4 windows of 512 held-out tokens: 420 null heads. Their
+(`random_weight_copy`, seeds 0..4, before `stats.null_seed` existed) of the default model (6 layers x 4 heads) and
+of the five tiny test families of `tests/conftest.py` (3 layers x 4 heads each), on 4 windows of 512 held-out
+tokens: 420 null heads. Their
 period_strength had a 99th percentile of 0.11 and a maximum of 0.49; the default model's copies and the Llama,
 Mistral and Qwen2 families stayed below 0.01, while Qwen3's copies (q_norm/k_norm make queries and keys unit-scale,
 so RoPE's fastest channels ripple the attention-by-distance profile) reached 0.37 (99th percentile) to 0.49. The
 threshold 0.5 is above every null head measured; `tests/test_metrics.py` re-checks the 99th percentile on null
 copies of the tiny families. The vertical and diagonal thresholds (0.3) are far above random weights' sink and
 previous-token mass (about 1/T).
+
+Calibration of `concentration_threshold` (0.2) and `predictable_threshold` (0.5): random-weight heads cannot set the
+predictability threshold (their attention is uniform, which never moves: predictability 0.995-0.999 on copies of the
+default model and of the Llama, Mistral and Qwen2 test families); they set the concentration threshold instead
+(`null_quantile(..., "concentration")`). On random-weight copies (seeds 0..4) of the default model and of the
+five test families (420 heads, 4 windows of 256 held-out tokens), concentration had a 99th percentile of 0.127 and a maximum of 0.147 (Qwen3: q_norm/k_norm give
+logits of spread about 1; the others stay below 0.016), so 0.2 labels every null head `diffuse` when it has no pure
+pattern (`tests/test_metrics.py` re-checks this on the tiny families). `predictable_threshold` 0.5 is a definition
+(most of each row's mass carried over from the previous row); it is consistent with the concentration threshold on
+i.i.d. Gaussian logits of spread s (T = 256): predictability falls below 0.5 at s ~ 1.33, concentration reaches 0.2
+only at s ~ 1.45, so noise of any spread is `diffuse` or `unpredictable`, never `mixed` (tested).
+On the default model (4 windows of 256 held-out tokens) the diagonal head L4H2 scores 0.90 (top-16 Jaccard, the former
+definition: 0.37) and the sink head L5H3 0.70 (former: 0.28).
 
 GQA: query head h reads KV head h // (H / H_kv) (column `kv_head`).
 """
@@ -45,14 +65,15 @@ from typing import Any, Iterable
 import numpy as np
 import torch
 
-PATTERNS = ("vertical", "diagonal", "periodic", "mixed", "unpredictable")
+PATTERNS = ("vertical", "diagonal", "periodic", "mixed", "unpredictable", "diffuse")
 METRIC_COLUMNS = (
     "q_sim_consecutive_pre", "q_sim_consecutive_post", "q_sim_window_pre", "q_sim_window_post", "sink_mass",
-    "diag_offset", "diag_mass", "period", "period_strength", "predictability", "pattern",
+    "column_mass", "diag_offset", "diag_mass", "period", "period_strength", "predictability", "concentration",
+    "pattern",
 )
 HEAD_COLUMNS = ("layer", "head", "kv_head", *METRIC_COLUMNS)
 _SCALARS = ("q_sim_consecutive_pre", "q_sim_consecutive_post", "q_sim_window_pre", "q_sim_window_post",
-            "sink_mass", "column_mass", "predictability")
+            "sink_mass", "column_mass", "predictability", "concentration")
 
 
 @dataclass
@@ -103,6 +124,7 @@ class MetricConfig:
     diagonal_threshold: float = 0.3
     period_threshold: float = 0.5
     predictable_threshold: float = 0.5
+    concentration_threshold: float = 0.2
 
     def __post_init__(self) -> None:
         for name in ("skip", "window", "top_k", "max_offset", "max_distance", "min_period", "max_period"):
@@ -193,12 +215,51 @@ def _diag_from_profile(prof: torch.Tensor, max_offset: int) -> tuple[torch.Tenso
 
 
 def predictability(probs: torch.Tensor, skip: int = 16, top_k: int = 16) -> torch.Tensor:
-    """Mean Jaccard overlap of the top-k keys of consecutive queries t, t+1, t >= max(skip, top_k - 1): (...)."""
-    start = max(skip, top_k - 1)
-    _check_len(probs.shape[-2], start)
-    idx = probs[..., start:, :].topk(top_k, dim=-1).indices
-    inter = (idx[..., :-1, :, None] == idx[..., 1:, None, :]).sum((-1, -2)).double()
-    return (inter / (2 * top_k - inter)).mean(-1)
+    """Share of each row's attention mass that is the previous row's mass kept on its key or moved one key on,
+    averaged over consecutive queries t, t+1 with t >= skip: probs (..., T, T) -> (...), float64.
+
+    For a pair of rows a = A[t], b = A[t+1] it is the largest mass that can be carried from a to b when each unit
+    of a's mass may stay on its key j (a fixed column: sink, re-accessed key) or move to key j + 1 (a diagonal:
+    the attended key advances with the query), each unit used once: an optimal transport with moves {0, +1},
+    divided by b's total mass (1 for probabilities). Both moves are allowed at once, so a head that is a sink and a
+    diagonal together is predictable too; a head whose peak jumps elsewhere keeps only its background. Computed
+    exactly by a greedy left-to-right pass (targets in key order, the mass of key j - 1, which can serve no later
+    key, used first), vectorised over rows and heads, O(T) steps.
+
+    Reference values on synthetic causal maps (T = 256, logits i.i.d. N(0, 1) plus +8 on the pattern's keys,
+    skip 16): sink 0.90, offset-3 diagonal 0.90, sink and diagonal (+7 each) 0.66, a peak jumping to a random
+    earlier key every step 0.06, noise only (diffuse) 0.63; uniform attention 1 (it never moves). For rows of
+    i.i.d. weights the value lies between E[min(X, Y)] / E[X] (only "stay" moves) and E[min(X, Y + Z)] / E[X]
+    (tests/test_metrics.py checks the diffuse map against both). `top_k` is unused (kept for compatibility with
+    the former top-k Jaccard definition).
+    """
+    T = probs.shape[-1]
+    _check_len(probs.shape[-2], skip)
+    a = probs[..., skip : T - 1, :].double()  # rows t
+    b = probs[..., skip + 1 : T, :].double()  # rows t + 1
+    carry = torch.zeros(a.shape[:-1], dtype=torch.float64, device=probs.device)  # mass of key j - 1 still unused
+    matched = torch.zeros_like(carry)
+    for j in range(T):
+        bj = b[..., j]
+        u = torch.minimum(bj, carry)  # from key j - 1 (diagonal move): it can serve no later key
+        aj = a[..., j]
+        v = torch.minimum(bj - u, aj)  # from key j (stays)
+        matched += u + v
+        carry = aj - v
+    total = b.sum(-1)
+    return (matched / torch.where(total > 0, total, torch.ones_like(total))).mean(-1)
+
+
+def concentration(probs: torch.Tensor, skip: int = 16) -> torch.Tensor:
+    """Mean over queries t >= skip of 1 - H(A[t]) / log(t + 1): 0 for uniform attention over the t + 1 visible
+    keys, 1 for all mass on one key: probs (..., T, T) -> (...), float64. Query t = 0 (one key) is skipped."""
+    T = probs.shape[-1]
+    _check_len(probs.shape[-2], skip, 1)
+    start = max(skip, 1)
+    p = probs[..., start:, :].double()
+    h = -(p * torch.log(p.clamp_min(1e-300))).sum(-1)
+    n = torch.arange(start, T, dtype=torch.float64, device=probs.device) + 1
+    return (1 - h / torch.log(n)).mean(-1)
 
 
 def _moving_average(x: torch.Tensor, width: int) -> torch.Tensor:
@@ -253,14 +314,18 @@ def period_strength(profile: torch.Tensor, min_period: int = 2, max_period: int 
     return period, strength
 
 
-def label_pattern(sink: float, column: float, diag: float, strength: float, pred: float, cfg: MetricConfig) -> str:
-    """The pattern label from the thresholds in `cfg` (rules in the module docstring)."""
+def label_pattern(sink: float, column: float, diag: float, strength: float, pred: float, cfg: MetricConfig,
+                  concentration: float | None = None) -> str:
+    """The pattern label from the thresholds in `cfg` (rules in the module docstring); without `concentration`
+    the `diffuse` rule is skipped."""
     hits = [max(sink, column) >= cfg.vertical_threshold, diag >= cfg.diagonal_threshold,
             strength >= cfg.period_threshold]
     if sum(hits) > 1:
         return "mixed"
     if sum(hits) == 1:
         return ("vertical", "diagonal", "periodic")[hits.index(True)]
+    if concentration is not None and concentration < cfg.concentration_threshold:
+        return "diffuse"
     return "mixed" if pred >= cfg.predictable_threshold else "unpredictable"
 
 
@@ -284,6 +349,7 @@ def _record_stats(record, cfg: MetricConfig) -> dict[str, torch.Tensor]:
         "sink_mass": sink_mass(probs, cfg.skip),
         "column_mass": column_mass(probs, cfg.skip),
         "predictability": predictability(probs, cfg.skip, cfg.top_k),
+        "concentration": concentration(probs, cfg.skip),
         "profile": distance_profile(probs, cfg.skip, cfg.max_distance),
     }
 
@@ -297,15 +363,16 @@ def _finalize(layer: int, kv_group: int, means: dict[str, torch.Tensor], cfg: Me
     for h in range(prof.shape[0]):
         row: dict[str, Any] = {"layer": int(layer), "head": h, "kv_head": h // kv_group}
         for name in ("q_sim_consecutive_pre", "q_sim_consecutive_post", "q_sim_window_pre", "q_sim_window_post",
-                     "sink_mass"):
+                     "sink_mass", "column_mass"):
             row[name] = float(means[name][h])
         row["diag_offset"] = int(offset[h])
         row["diag_mass"] = float(mass[h])
         row["period"] = float(period[h])
         row["period_strength"] = float(strength[h])
         row["predictability"] = float(means["predictability"][h])
-        row["pattern"] = label_pattern(row["sink_mass"], float(means["column_mass"][h]), row["diag_mass"],
-                                       row["period_strength"], row["predictability"], cfg)
+        row["concentration"] = float(means["concentration"][h])
+        row["pattern"] = label_pattern(row["sink_mass"], row["column_mass"], row["diag_mass"],
+                                       row["period_strength"], row["predictability"], cfg, row["concentration"])
         rows.append(row)
     return rows
 
@@ -333,7 +400,7 @@ def analyze_heads(model, input_ids: torch.Tensor, cfg: MetricConfig | None = Non
     if not torch.is_tensor(input_ids) or input_ids.dim() != 2 or input_ids.dtype != torch.long:
         raise ValueError("input_ids must be a LongTensor of shape (num_windows, seq_len)")
     T = input_ids.shape[1]
-    _check_len(T, max(cfg.skip, cfg.top_k - 1))
+    _check_len(T, cfg.skip)
     device = next(model.parameters()).device
     sums: dict[int, dict[str, torch.Tensor]] = {}
     groups: dict[int, int] = {}
@@ -377,25 +444,51 @@ def layer_table(heads_df):
 
 def null_heads(model, input_ids: torch.Tensor, cfg: MetricConfig | None = None, seed: int = 0,
                layers: Iterable[int] | int | None = None, progress: bool = False):
-    """`analyze_heads` on a random-weight copy of `model` (same architecture, seed `seed`): the null baseline."""
-    from .models import random_weight_copy
+    """`analyze_heads` on a random-weight copy of `model` (same architecture): the null baseline.
 
-    return analyze_heads(random_weight_copy(model, seed), input_ids, cfg, layers, progress)
+    The copy is initialised with `stats.null_seed(seed)`, never with `seed` itself, so the null of a random-weight
+    model built with `random_weight_copy(model, seed)` is not that very model; a ValueError is raised if the copy's
+    weights still equal the model's.
+    """
+    from .models import random_weight_copy
+    from .stats import null_seed
+
+    null = random_weight_copy(model, null_seed(seed))
+    if _same_weights(model, null):
+        raise ValueError(f"the random-weight null (seed {null_seed(seed)}) has the same weights as the model; "
+                         "pass another seed")
+    return analyze_heads(null, input_ids, cfg, layers, progress)
+
+
+def _same_weights(a, b) -> bool:
+    """True when every parameter of a equals the corresponding one of b."""
+    pa, pb = list(a.parameters()), list(b.parameters())
+    return len(pa) == len(pb) and all(x.shape == y.shape and torch.equal(x.detach().cpu(), y.detach().cpu())
+                                      for x, y in zip(pa, pb))
+
+
+def null_quantile(models, input_ids_list, column: str, cfg: MetricConfig | None = None,
+                  seeds: Iterable[int] = range(5), quantile: float = 0.99) -> dict[str, float]:
+    """`column` over all heads of random-weight copies (`null_heads`, each seed) of each model: quantile, max, count.
+
+    `models` and `input_ids_list` are parallel lists (each model with its own token ids). This is how
+    `period_threshold` and `concentration_threshold` were calibrated (module docstring).
+    """
+    if column not in METRIC_COLUMNS or column in ("pattern",):
+        raise KeyError(f"{column!r} is not a numeric metric column; choose from {', '.join(METRIC_COLUMNS)}")
+    vals = []
+    for model, ids in zip(models, input_ids_list):
+        for s in seeds:
+            vals.append(null_heads(model, ids, cfg, seed=s)[column].to_numpy())
+    v = np.concatenate(vals).astype(np.float64)
+    return {"quantile": float(np.quantile(v, quantile)), "max": float(v.max()), "n_heads": int(v.size),
+            "q": quantile}
 
 
 def calibrate_period_threshold(models, input_ids_list, cfg: MetricConfig | None = None, seeds: Iterable[int] = range(5),
                                quantile: float = 0.99) -> dict[str, float]:
-    """period_strength over all heads of random-weight copies (each seed) of each model: quantile, max, count.
-
-    `models` and `input_ids_list` are parallel lists (each model with its own token ids).
-    """
-    vals = []
-    for model, ids in zip(models, input_ids_list):
-        for s in seeds:
-            vals.append(null_heads(model, ids, cfg, seed=s)["period_strength"].to_numpy())
-    v = np.concatenate(vals)
-    return {"quantile": float(np.quantile(v, quantile)), "max": float(v.max()), "n_heads": int(v.size),
-            "q": quantile}
+    """`null_quantile` of period_strength (kept for the chapters that call it)."""
+    return null_quantile(models, input_ids_list, "period_strength", cfg, seeds, quantile)
 
 
 def config_dict(cfg: MetricConfig) -> dict[str, Any]:

@@ -8,8 +8,13 @@ Conventions (one RoPE channel is a 2-D plane; a head of dimension d has d/2 of t
 * Per channel, with `z = x[m] + i x[m + d/2]`: `a[t, j] = sum_m |q^m| |k^m| cos((t - j) theta_m + phi_m)`,
   `phi_m = arg q^m - arg k^m` (see `tappa_utils.rope`).
 
-Every symbolic function returns a `Derivation` whose `residual` simplifies to zero when the identity holds; the
-`*_bound` functions are the numeric right-hand sides used by the chapters, in float64 numpy.
+Every symbolic function returns a `Derivation` whose `residual` simplifies to zero when the identity holds (never
+zero as built: sympy has to do the trigonometry; `tests/test_theory.py` checks this) or, for an inequality, is
+shown non-negative (`monotone_nonnegative`: zero at 0 and a derivative that is a square). What they are: algebraic
+identities of rotations and cosines that the chapters' bounds rest on; a failure would be a bug in the derivation,
+not a finding about a model (results rows built from them are sanity checks). The statements about models (bounds
+holding with measured constants, assumptions being met) are measured in `tappa_utils.patterns`. The `*_bound`
+functions are the numeric right-hand sides used by the chapters, in float64 numpy.
 """
 from __future__ import annotations
 
@@ -36,14 +41,17 @@ class Derivation:
     residual: sp.Expr | sp.Matrix
     relation: str = "="
     assumptions: list[str] = field(default_factory=list)
+    proof: Callable[[], bool] | None = None
 
     def holds(self) -> bool:
-        """True when the simplified residual is identically zero ("=") or provably non-negative (">=")."""
+        """True when the simplified residual is identically zero ("="), or provably non-negative (">="): by sympy's
+        sign rules, else by `proof` (e.g. `monotone_nonnegative`)."""
         r = simplify_all(self.residual)
         if self.relation == "=":
             return bool(r == sp.zeros(*r.shape)) if isinstance(r, sp.MatrixBase) else bool(r == 0)
-        nonneg = r.is_nonnegative
-        return bool(nonneg)
+        if r.is_nonnegative:
+            return True
+        return bool(self.proof()) if self.proof is not None else False
 
     def latex(self) -> str:
         """`lhs rel rhs` as LaTeX (for `IPython.display.Math`)."""
@@ -117,17 +125,25 @@ def rotation_step_norm() -> Derivation:
     return Derivation("chord of one RoPE step", lhs, rhs, lhs - rhs)
 
 
+def monotone_nonnegative(f: sp.Expr, x: sp.Symbol, derivative: sp.Expr) -> bool:
+    """Proof that f(x) >= 0 for x >= 0: f(0) = 0, f'(x) equals `derivative` (sympy checks the identity) and sympy
+    can sign `derivative` as non-negative (e.g. a square). False when any step fails."""
+    if sp.simplify(f.subs(x, 0)) != 0:
+        return False
+    if sp.simplify(sp.expand_trig(sp.diff(f, x) - derivative)) != 0:
+        return False
+    return bool(derivative.is_nonnegative)
+
+
 def chord_le_arc() -> Derivation:
-    """`theta - 2 sin(theta/2) >= 0` for theta >= 0: the residual's derivative is `1 - cos(theta/2) >= 0` and it
-    vanishes at 0 (returned as the derivative, which sympy can sign)."""
+    """`theta >= 2 sin(theta/2)` for theta >= 0 (the chord of one RoPE step is shorter than the arc): the residual
+    f = theta - 2 sin(theta/2) is 0 at 0 and its derivative 1 - cos(theta/2) = 2 sin^2(theta/4) is a square, so f
+    never decreases (`monotone_nonnegative`)."""
     th = sp.symbols("theta", nonnegative=True)
     f = th - 2 * sp.sin(th / 2)
-    deriv = sp.diff(f, th)
-    residual = 2 * sp.sin(th / 4) ** 2  # = 1 - cos(theta/2), checked below; a square, so sympy signs it
-    if sp.simplify(sp.expand_trig(deriv - residual)) != 0:
-        raise ArithmeticError("chord <= arc: derivative identity failed")
-    return Derivation("chord <= arc", th, 2 * sp.sin(th / 2), residual, relation=">=",
-                      assumptions=["theta >= 0; f(0) = 0 and f'(theta) = 2 sin^2(theta/4) >= 0"])
+    return Derivation("chord <= arc", th, 2 * sp.sin(th / 2), f, relation=">=",
+                      assumptions=["theta >= 0"],
+                      proof=lambda: monotone_nonnegative(f, th, 2 * sp.sin(th / 4) ** 2))
 
 
 def fixed_key_step_identity() -> Derivation:
@@ -139,11 +155,15 @@ def fixed_key_step_identity() -> Derivation:
 
 
 def diagonal_shift_identity() -> Derivation:
-    """`R((t+1) - (i+1)) = R(t - i)`: one step along a diagonal leaves the rotation unchanged."""
+    """One step along a diagonal with frozen vectors leaves the logit unchanged: with absolute rotations,
+    `(R_{t+1} q)^T (R_{i+1} k) = (R_t q)^T (R_i k)` (the extra rotation of the query and of the key cancel), so along
+    i = t - n only changes of q and k can move the logit."""
     i = sp.symbols("i", integer=True)
-    lhs = relative_rotation((_t + 1) - (i + 1), _theta)
-    rhs = relative_rotation(_t - i, _theta)
-    return Derivation("diagonal shift invariance", lhs, rhs, lhs - rhs)
+    q, k = vec("q"), vec("k")
+    lhs = ((rotation((_t + 1) * _theta) * q).T * (rotation((i + 1) * _theta) * k))[0]
+    rhs = ((rotation(_t * _theta) * q).T * (rotation(i * _theta) * k))[0]
+    return Derivation("diagonal shift invariance", lhs, rhs, lhs - rhs,
+                      assumptions=["q and k are the same vectors at both steps (frozen)"])
 
 
 def diagonal_change_decomposition() -> Derivation:
@@ -159,13 +179,25 @@ def diagonal_change_decomposition() -> Derivation:
 
 
 def periodic_diagonal_identity() -> Derivation:
-    """A dominant channel repeats its logit every `2 pi / theta` tokens of distance:
-    `cos((n + 2 pi/theta) theta + phi) = cos(n theta + phi)`, hence parallel diagonals at that interval."""
+    """Where the parallel diagonals are: a dominant channel's logit `A cos(n theta + phi)` at distance n = t - i
+    is largest where its phase is a multiple of 2 pi; sympy solves `n theta + phi = 2 pi k` for n_k, checks that
+    n_k is a maximum (first derivative 0, second -A theta^2 < 0), and the derivation is that consecutive maxima are
+    `n_{k+1} - n_k = 2 pi / theta` tokens apart, whatever the phase phi."""
     th = sp.symbols("theta", positive=True)
-    lhs = sp.cos((_n + 2 * sp.pi / th) * th + _phi)
-    rhs = sp.cos(_n * th + _phi)
-    return Derivation("periodic diagonals", lhs, rhs, lhs - rhs,
-                      assumptions=["one channel m* dominates the logit", "its phase phi is stable along t"])
+    x, amp = sp.symbols("x A", positive=True)
+    k = sp.symbols("k", integer=True)
+    sols = sp.solve(sp.Eq(x * th + _phi, 2 * sp.pi * k), x)
+    if len(sols) != 1:
+        raise ArithmeticError(f"periodic diagonals: expected one solution for the maxima, got {sols}")
+    nk = sols[0]
+    f = amp * sp.cos(x * th + _phi)
+    if sp.simplify(sp.diff(f, x).subs(x, nk)) != 0 or sp.simplify(sp.diff(f, x, 2).subs(x, nk) + amp * th ** 2) != 0:
+        raise ArithmeticError("periodic diagonals: n_k is not a maximum of A cos(n theta + phi)")
+    lhs = sp.Add(nk.subs(k, k + 1), -nk, evaluate=False)
+    rhs = 2 * sp.pi / th
+    return Derivation("periodic diagonals", lhs, rhs, sp.Add(lhs, -rhs, evaluate=False),
+                      assumptions=["one channel m* dominates the logit (amplitude A > 0)",
+                                   "its phase phi is stable along t"])
 
 
 def seasonal_step_identity() -> Derivation:
@@ -179,10 +211,14 @@ def seasonal_step_identity() -> Derivation:
 
 
 def resonance_factor_identity() -> Derivation:
-    """`sin^2((2 pi n + delta)/2) = sin^2(delta/2)` for integer n (the resonant channel sees only the mismatch)."""
-    lhs = sp.sin((2 * sp.pi * _n + _delta) / 2) ** 2
-    rhs = sp.sin(_delta / 2) ** 2
-    return Derivation("resonance factor", lhs, rhs, lhs - rhs)
+    """A resonant channel sees only the mismatch: with `L theta = 2 pi n + delta` (n integer), the squared chord of
+    the rotation by L theta is `(cos(L theta) - 1)^2 + sin(L theta)^2 = 4 sin^2(delta/2)`, so its step is
+    `2 |sin(delta/2)| <= |delta|`."""
+    ang = 2 * sp.pi * _n + _delta
+    lhs = (sp.cos(ang) - 1) ** 2 + sp.sin(ang) ** 2
+    rhs = 4 * sp.sin(_delta / 2) ** 2
+    return Derivation("resonance factor", lhs, rhs, lhs - rhs,
+                      assumptions=["L theta_{m*} = 2 pi n + delta with n an integer"])
 
 
 def all_derivations() -> list[Derivation]:

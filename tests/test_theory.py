@@ -18,6 +18,9 @@ THETA = 10000.0 ** (-np.arange(16) * 2 / 32)  # d = 32, base 1e4
 def test_derivation_holds_symbolically(derivation):
     assert derivation.holds(), derivation.name
     assert derivation.latex()
+    # sympy must do the work: a residual that is already zero as built derives nothing
+    r = derivation.residual
+    assert not (r == sp.zeros(*r.shape) if isinstance(r, sp.MatrixBase) else r == 0), derivation.name
 
 
 def test_wrong_identities_do_not_hold():
@@ -27,6 +30,16 @@ def test_wrong_identities_do_not_hold():
     assert not bad.holds()
     x = sp.symbols("x", real=True)
     assert not T.Derivation("sin <= 0", x, 0, sp.sin(x), relation=">=").holds()
+    # the monotonicity proof of chord <= arc rejects a false inequality (theta/2 >= sin(theta) fails near 0) and a
+    # wrong derivative
+    th = sp.symbols("theta", nonnegative=True)
+    f = th / 2 - sp.sin(th)
+    assert not T.Derivation("wrong", th / 2, sp.sin(th), f, ">=",
+                            proof=lambda: T.monotone_nonnegative(f, th, sp.diff(f, th))).holds()
+    g = th - 2 * sp.sin(th / 2)
+    assert not T.monotone_nonnegative(g, th, 2 * sp.sin(th / 2) ** 2)  # not its derivative
+    assert not T.monotone_nonnegative(g + 1, th, 2 * sp.sin(th / 4) ** 2)  # not zero at 0
+    assert T.monotone_nonnegative(g, th, 2 * sp.sin(th / 4) ** 2)
 
 
 def test_rope_identity_numeric():
@@ -58,8 +71,27 @@ def test_logit_change_decomposition_numeric():
     paper = T.rotation_term_bound(q0, keys, THETA, per_channel=False, chord=False)
     assert np.all(np.abs(terms["rotation"]) <= per_channel + 1e-12)
     assert np.all(per_channel <= paper + 1e-12)
-    # proposition: max_j |total| >= max_j |query term| - max_j |rotation term|
-    assert np.abs(terms["total"]).max() >= np.abs(terms["query"]).max() - per_channel.max() - 1e-12
+
+
+def test_jump_proposition_needs_a_query_change_that_sees_the_keys():
+    """The proposition's two sides: a large query change along a rotated key makes the logits jump (the bound
+    c1 |dq| - c2 is positive and met), while an equally large change orthogonal to every rotated key leaves only the
+    RoPE term (the premise "not orthogonal" is needed)."""
+    t = 20  # 21 keys in 32 dimensions: a direction orthogonal to all rotated keys exists
+    q0, keys = RNG.standard_normal(32), RNG.standard_normal((t + 1, 32))
+    n = t + 1 - np.arange(t + 1)
+    V = T.relative_logit(np.eye(32)[:, None, :], keys[None, :, :], n[None, :], THETA)  # x . V[:, j] = x^T R k_j
+    rot = np.abs(T.logit_jump_terms(q0, q0, keys, t, THETA)["rotation"]).max()
+    big = 1e3
+    aligned = V[:, 0] / np.linalg.norm(V[:, 0])
+    jump = np.abs(T.logit_jump_terms(q0, q0 + big * aligned, keys, t, THETA)["total"]).max()
+    c1 = np.linalg.norm(V[:, 0])  # alignment of this step: |dq^T R k_0| / |dq|
+    assert c1 * big - rot > 0 and jump >= c1 * big - rot - 1e-9
+    ortho = np.linalg.svd(V.T)[2][-1]  # unit vector with ortho . V[:, j] = 0 for every key
+    terms = T.logit_jump_terms(q0, q0 + big * ortho, keys, t, THETA)
+    assert np.abs(terms["query"]).max() < 1e-9 * big
+    np.testing.assert_allclose(terms["total"], terms["rotation"], atol=1e-8)
+    assert np.abs(terms["total"]).max() < 0.01 * c1 * big  # a huge query change, no jump
 
 
 def test_chord_arc_and_fixed_key_bound_on_random_vectors():

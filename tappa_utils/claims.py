@@ -1,0 +1,370 @@
+"""The registry of every claim of the paper and every assumption the book tests, written before the data.
+
+One `Spec` per claim or assumption: its id (``chNN.short_name``), kind, chapter, statement, paper section, relation
+("ge": the effect must be large; "le": small), threshold and margin (fixed here, never in a notebook), the ids of
+the assumptions it rests on, and notes on how the effect is measured.
+
+Checks are built with the constructors below, which look the spec up (an unknown id is a clear error) and let
+`results.Check` compute the verdict:
+
+- `claim(id, measured, ci=..., p_value=...)`: "supported" only when p < 0.05 (when a p-value is given) and the
+  effect clears threshold + margin in the claim's direction (the ci's lower bound for "ge", upper for "le");
+  "not supported" when the ci lies entirely on the wrong side of threshold + margin (or, without a ci, the effect
+  is there and significant in the opposite direction); otherwise "inconclusive". A claim needs a ci or a p-value
+  unless its spec is `deterministic` (no sampling: then the point value decides).
+- `assumption(id, measured, ci=None)`: "holds" / "violated" against the registered threshold (point value).
+- `sanity(name, predicted, measured, tolerance, relation)`: an identity or a definition; "ok" / "BUG".
+- `measurement(name, value, ci=None)`: a value with its interval; never passes or fails.
+
+`results.save_checks` calls `validate_check`, so a claim or assumption whose id is not here, or whose threshold,
+margin or relation was changed after the fact, cannot be written.
+
+Margins: correlations must clear 0.1 (a weak but real monotone relation); trained-minus-null differences of head
+metrics 0.05 (in probability mass); losses 0.01 nats/token (KV cache) and 0.02 nats/token (pruning, the paper claims
+superiority). Assumption thresholds are the loosest reading of the paper's "small" (relative continuity steps <= 0.5,
+a dominant channel carrying at least half of |q^m||k^m|, seasonal eps <= 0.1).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from .results import Check
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One registered claim or assumption.
+
+    Parameters
+    ----------
+    id : str
+        ``chNN.short_name``, unique.
+    kind : str
+        "claim" or "assumption".
+    chapter : str
+        Notebook stem where it is tested (e.g. "03_predictable").
+    statement : str
+        The statement in words, as the ledger shows it.
+    paper : str
+        Section of the paper (e.g. "§4, Proposition 1").
+    relation : str
+        "ge" (the effect must be at least threshold + margin) or "le" (at most threshold - margin).
+    threshold : float or None
+        Value the effect is compared to; None when it is set per check (`claim(..., predicted=...)`), e.g. a
+        prediction that depends on the model.
+    margin : float
+        How far beyond the threshold a claim's effect must be (0 for assumptions).
+    assumptions : tuple of str
+        Ids of the assumptions the claim rests on (registered here).
+    notes : str
+        How the effect is measured and tested.
+    deterministic : bool
+        True when the effect involves no sampling, so no interval or p-value applies.
+    """
+
+    id: str
+    kind: str
+    chapter: str
+    statement: str
+    paper: str
+    relation: str
+    threshold: float | None
+    margin: float = 0.0
+    assumptions: tuple[str, ...] = field(default_factory=tuple)
+    notes: str = ""
+    deterministic: bool = False
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("claim", "assumption"):
+            raise ValueError(f"spec {self.id}: kind must be 'claim' or 'assumption', got {self.kind!r}")
+        if self.relation not in ("ge", "le"):
+            raise ValueError(f"spec {self.id}: relation must be 'ge' or 'le', got {self.relation!r}")
+        if self.margin < 0:
+            raise ValueError(f"spec {self.id}: the margin must be >= 0, got {self.margin}")
+        if not self.id.startswith(f"ch{self.chapter[:2]}."):
+            raise ValueError(f"spec {self.id}: the id must start with 'ch{self.chapter[:2]}.'")
+
+    @property
+    def bar(self) -> float | None:
+        """threshold + margin in the claim's direction."""
+        if self.threshold is None:
+            return None
+        return self.threshold + (self.margin if self.relation == "ge" else -self.margin)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the registry
+# ---------------------------------------------------------------------------------------------------------------
+
+_NULL = ("the trained heads against the heads of a random-weight copy of the same architecture (seed "
+         "`stats.null_seed(seed)`); ")
+
+SPECS: tuple[Spec, ...] = (
+    # ---- chapter 3: predictable vs unpredictable (section 4)
+    Spec("ch03.qsim_predictability_corr", "claim", "03_predictable",
+         "Heads with more similar consecutive queries have more predictable attention (within layers).",
+         "§4", "ge", 0.0, 0.1, ("ch03.A_query_not_orthogonal",),
+         "Within-layer Spearman (layer means removed) of the q-sim variant chosen in chapter 2 on calibration windows "
+         "and metrics.predictability, on held-out windows; permutation p-value within layers "
+         "(stats.spearman_test(groups=layer)), bootstrap ci over heads."),
+    Spec("ch03.trained_beats_null", "claim", "03_predictable",
+         "The q-sim / predictability correlation is a property of training, not of the architecture.",
+         "§4", "ge", 0.0, 0.1, ("ch03.qsim_predictability_corr",),
+         "Within-layer Spearman on the trained model minus the same on " + _NULL.rstrip("; ") +
+         "; stats.spearman_difference (independent bootstraps over heads)."),
+    Spec("ch03.necessity", "claim", "03_predictable",
+         "High q-similarity is necessary for a predictable pattern: the most predictable heads have high q-sim.",
+         "§4, Proposition 1 (contrapositive)", "ge", 0.5, 0.2, ("ch03.qsim_predictability_corr",),
+         "Share of the top-quartile predictable heads whose q-sim is above the median of all heads (0.5 expected "
+         "without any relation); one-sided permutation p-value of that share (labels shuffled over heads)."),
+    Spec("ch03.jump_proposition", "claim", "03_predictable",
+         "max_j |a[t+1,j] - a[t,j]| >= c1 |q_t+1 - q_t| - c2 holds on held-out steps with c1, c2 fixed on "
+         "calibration windows.",
+         "§4, Proposition 1", "ge", -0.05, 0.0, ("ch03.A_query_not_orthogonal", "ch03.A_nonvacuous"),
+         "c1 = quantile of the per-step alignment, c2 = largest per-step RoPE term, both on calibration windows; "
+         "effect = fraction of held-out steps where the inequality holds minus the calibrated fraction 1 - quantile "
+         "(must not fall more than 5 points short); bootstrap ci over held-out windows. On the calibration steps it "
+         "holds by construction (a sanity row at most)."),
+    Spec("ch03.query_logit_jump_corr", "claim", "03_predictable",
+         "Steps with larger query jumps have larger logit jumps.",
+         "§4, Proposition 1", "ge", 0.0, 0.1, (),
+         "Spearman(|q_t+1 - q_t|, max_j |a[t+1,j] - a[t,j]|) per head, median over heads; bootstrap ci over heads, "
+         "p-value: sign test of the per-head correlations."),
+    Spec("ch03.A_query_not_orthogonal", "assumption", "03_predictable",
+         "The query change is not orthogonal to the rotated keys: the calibrated c1 is a sizeable share of the "
+         "largest possible alignment |k|max.",
+         "§4, Proposition 1 (premise)", "ge", 0.1, 0.0, (),
+         "c1 / (scale * max_j |k_j|), median over heads (1 = the query change points at a key, 0 = orthogonal)."),
+    Spec("ch03.A_nonvacuous", "assumption", "03_predictable",
+         "The jump bound is non-vacuous (c1 |dq| > c2) on at least half of the held-out steps.",
+         "§4, Proposition 1 (premise)", "ge", 0.5, 0.0, (),
+         "Fraction of held-out steps with c1 |dq| - c2 > 0, median over heads."),
+    # ---- chapter 4: re-access / vertical (section 5.1)
+    Spec("ch04.sinks_above_null", "claim", "04_sinks",
+         "Training creates vertical (sink / re-access) heads: more attention on one fixed key than architecture "
+         "alone gives.",
+         "§5.1", "ge", 0.0, 0.05, ("ch04.V1_query_continuity", "ch04.V2_dominant_channel"),
+         "Mean over heads of max(sink_mass, column_mass), " + _NULL + "stats.two_sample (label permutation p, "
+         "bootstrap ci)."),
+    Spec("ch04.low_freq_share", "claim", "04_sinks",
+         "The logits on the re-accessed key are carried by low-frequency channels more than those on ordinary keys.",
+         "§5.1", "ge", 0.0, 0.05, ("ch04.V2_dominant_channel",),
+         "Low-frequency share on the re-accessed key minus on ordinary keys, paired over the chosen heads and "
+         "windows; stats.paired_difference."),
+    Spec("ch04.sink_alignment", "claim", "04_sinks",
+         "The rotated query makes a small angle with the re-accessed key (more aligned than with ordinary keys).",
+         "§5.1 (assumption V3 as a measurable claim)", "ge", 0.0, 0.05, (),
+         "Key alignment with the re-accessed key minus ordinary keys, paired over heads and windows."),
+    Spec("ch04.column_stability", "claim", "04_sinks",
+         "The logit column of the re-accessed key changes less per step than a typical column.",
+         "§5.1", "le", 1.0, 0.1, ("ch04.V1_query_continuity",),
+         "Mean |a[t+1,i] - a[t,i]| on the re-accessed key / median over keys of the same, per head and window; "
+         "bootstrap ci, one-sided p against 1."),
+    Spec("ch04.V1_query_continuity", "assumption", "04_sinks",
+         "Queries are continuous: the relative step |q_t+1 - q_t| / mean |q_t| is small.",
+         "§5.1, assumption V1", "le", 0.5, 0.0, (),
+         "patterns.continuity of the pre-RoPE queries of the chosen heads (median over heads)."),
+    Spec("ch04.V2_dominant_channel", "assumption", "04_sinks",
+         "One RoPE channel dominates the logits (share of sum_m |q^m||k^m| >= 0.5).",
+         "§5.1, assumption V2", "ge", 0.5, 0.0, (),
+         "theory.dominant_channel_share at the chosen heads (median)."),
+    # ---- chapter 5: diagonals (section 5.2)
+    Spec("ch05.diagonals_above_null", "claim", "05_diagonal",
+         "Training creates diagonal heads: more attention at a fixed offset than architecture alone gives.",
+         "§5.2", "ge", 0.0, 0.05, ("ch05.D1_query_continuity", "ch05.D2_key_continuity"),
+         "Mean over heads of diag_mass, " + _NULL + "stats.two_sample."),
+    Spec("ch05.toeplitz_vs_column", "claim", "05_diagonal",
+         "Along a diagonal head's offset the logit is nearly a function of t - i: the Toeplitz deviation is "
+         "smaller than the column change.",
+         "§5.2", "le", 1.0, 0.1, ("ch05.D1_query_continuity", "ch05.D2_key_continuity"),
+         "Mean |a[t+1,i+1] - a[t,i]| / mean |a[t+1,i] - a[t,i]| at the head's offset; bootstrap ci over windows."),
+    Spec("ch05.natural_periodic_diagonals", "claim", "05_diagonal",
+         "Heads with a dominant high-frequency channel show parallel diagonals every 2 pi / theta_m tokens, on "
+         "untouched weights.",
+         "§5.2 (periodic sequential)", "le", 0.1, 0.0, ("ch05.P_dominant_channel",),
+         "Relative error |measured interval - 2 pi/theta_m*| / (2 pi/theta_m*) at natural heads whose dominant "
+         "channel has a period within the profile; bootstrap ci over windows. The intervention (ch05."
+         "intervention_interval) and a no-intervention control are reported beside it."),
+    Spec("ch05.intervention_interval", "claim", "05_diagonal",
+         "Making channel m dominant (scaling it in q and k) produces parallel diagonals every 2 pi / theta_m tokens.",
+         "§5.2 (intervention)", "le", 0.1, 0.0, (),
+         "Largest relative error of the measured interval over channels and bases; deterministic given the input "
+         "(report the control without intervention as a measurement).", deterministic=True),
+    Spec("ch05.D1_query_continuity", "assumption", "05_diagonal",
+         "Queries are continuous: |q_t+1 - q_t| / mean |q_t| small.",
+         "§5.2, assumption D1", "le", 0.5, 0.0, (), "patterns.continuity of the queries at the diagonal heads."),
+    Spec("ch05.D2_key_continuity", "assumption", "05_diagonal",
+         "Keys are continuous: |k_i+1 - k_i| / mean |k_i| small.",
+         "§5.2, assumption D2", "le", 0.5, 0.0, (), "patterns.continuity of the keys at the diagonal heads."),
+    Spec("ch05.P_dominant_channel", "assumption", "05_diagonal",
+         "At a periodic-diagonal head one channel dominates |q^m||k^m| (share >= 0.5).",
+         "§5.2 (periodic sequential)", "ge", 0.5, 0.0, (), "theory.dominant_channel_share at the head."),
+    # ---- chapter 6: seasonal (section 5.3)
+    Spec("ch06.resonance_helps", "claim", "06_seasonal",
+         "On a periodic input of period L, the logit change one period later grows with the resonance mismatch "
+         "|delta| of the dominant channel.",
+         "§5.3", "ge", 0.0, 0.1, ("ch06.S1_query_periodicity", "ch06.S4_dominant_channel"),
+         "Spearman(|delta|, mean |a[t+L,i] - a[t,i]|) over the sweep of L; permutation p-value, bootstrap ci over L."),
+    Spec("ch06.paper_bound_holds", "claim", "06_seasonal",
+         "The paper's seasonal bound C1 (eps_q + eps_k) + C2 |delta| (without the non-dominant phase term) holds.",
+         "§5.3, Theorem (seasonal)", "ge", 0.99, 0.0, ("ch06.S1_query_periodicity", "ch06.S4_dominant_channel"),
+         "Fraction of (t, i) pairs where it holds, worst period L; bootstrap ci over windows. The complete bound "
+         "(with the phase term) is a sanity row."),
+    Spec("ch06.S1_query_periodicity", "assumption", "06_seasonal",
+         "Queries repeat with the input's period: eps_q = mean |q_t+L - q_t| / mean |q| small, at the head used "
+         "(never a layer-0 head, whose queries depend on the current token alone).",
+         "§5.3, assumption S1", "le", 0.1, 0.0, (), "Median over the sweep of L."),
+    Spec("ch06.S4_dominant_channel", "assumption", "06_seasonal",
+         "A channel whose period fits the input dominates (share >= 0.5).",
+         "§5.3, assumption S4", "ge", 0.5, 0.0, (), "Share of the dominant fitting channel at the head used."),
+    # ---- chapter 7: KV cache (section 6.1)
+    Spec("ch07.tappa_vs_snapkv", "claim", "07_kv_cache",
+         "Per-layer budgets from q-similarity (TAPPA) beat uniform budgets with the same token scorer (SnapKV).",
+         "§6.1", "ge", 0.0, 0.01, (),
+         "Loss of SnapKV minus loss of TAPPA (nats/token) at equal total budget, paired over held-out windows; "
+         "stats.paired_difference (sign-flip p, bootstrap ci). One check per budget."),
+    Spec("ch07.tappa_vs_expected_attention", "claim", "07_kv_cache",
+         "TAPPA beats Expected Attention at equal budget.",
+         "§6.1, Table (LongBench; +11.34 on Qwen2.5-7B at 512)", "ge", 0.0, 0.01, (),
+         "Loss of Expected Attention minus loss of TAPPA (nats/token), paired over windows. One check per budget."),
+    Spec("ch07.kv_win_over_null", "claim", "07_kv_cache",
+         "TAPPA's advantage over SnapKV is larger on the trained model than on a random-weight copy.",
+         "§6.1 (control)", "ge", 0.0, 0.01, ("ch07.tappa_vs_snapkv",),
+         "(SnapKV - TAPPA loss) on the trained model minus the same on " + _NULL.rstrip("; ") +
+         "; stats.two_sample over windows."),
+    # ---- chapter 8: layer pruning (section 6.2)
+    Spec("ch08.tappa_beats_shortgpt", "claim", "08_pruning",
+         "Removing layers by TAPPA's score (BI + beta (1 - q-sim)) hurts less than ShortGPT's (BI alone).",
+         "§6.2 (+5.60 average over ShortGPT on Llama-3.1-8B)", "ge", 0.0, 0.02, (),
+         "Loss after ShortGPT's removal minus after TAPPA's (nats/token), paired over held-out windows; each "
+         "distinct removal order counted once, orders identical to ShortGPT's excluded (they are ties by "
+         "construction). Superiority: the ci's low end must clear 0.02."),
+)
+
+REGISTRY: dict[str, Spec] = {}
+for _s in SPECS:
+    if _s.id in REGISTRY:
+        raise ValueError(f"duplicate spec id {_s.id}")
+    REGISTRY[_s.id] = _s
+for _s in SPECS:
+    for _a in _s.assumptions:
+        if _a not in REGISTRY or REGISTRY[_a].kind not in ("assumption", "claim"):
+            raise ValueError(f"spec {_s.id} rests on {_a!r}, which is not registered")
+
+
+def spec(id: str) -> Spec:
+    """The registered spec of `id` (KeyError with the list of ids when unknown)."""
+    if id not in REGISTRY:
+        near = [k for k in REGISTRY if k.split(".")[0] == id.split(".")[0]] or list(REGISTRY)
+        raise KeyError(f"{id!r} is not a registered claim or assumption; register it in tappa_utils/claims.py "
+                       f"before measuring it (ids of that chapter: {', '.join(near)})")
+    return REGISTRY[id]
+
+
+def by_chapter(chapter: str) -> list[Spec]:
+    """The specs tested in one chapter (stem like "03_predictable" or prefix "03")."""
+    return [s for s in SPECS if s.chapter == chapter or s.chapter[:2] == chapter[:2]]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# constructors
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _ci(ci) -> tuple[float, float] | None:
+    if ci is None:
+        return None
+    lo, hi = ci
+    return float(lo), float(hi)
+
+
+def claim(id: str, measured: float, ci=None, p_value: float | None = None, predicted: float | None = None,
+          name: str | None = None, note: str = "") -> Check:
+    """A claim check from its registered spec (status computed by `Check`).
+
+    `predicted` is only allowed when the spec's threshold is None (a model-dependent prediction). `name` defaults
+    to the spec's statement (give one per check when a claim is tested several times, e.g. per budget).
+    """
+    s = spec(id)
+    if s.kind != "claim":
+        raise ValueError(f"{id} is registered as an {s.kind}; use claims.{s.kind}()")
+    if ci is None and p_value is None and not s.deterministic:
+        raise ValueError(f"claim {id} needs a ci or a p-value (tappa_utils.stats); only deterministic specs go "
+                         "without")
+    thr = _threshold(s, predicted)
+    return Check(name or s.statement, thr, float(measured), s.margin, s.relation, note, kind="claim", id=id,
+                 ci=_ci(ci), paper=s.paper, p_value=p_value)
+
+
+def assumption(id: str, measured: float, ci=None, predicted: float | None = None, name: str | None = None,
+               note: str = "") -> Check:
+    """An assumption check from its registered spec: "holds" / "violated" against the registered threshold."""
+    s = spec(id)
+    if s.kind != "assumption":
+        raise ValueError(f"{id} is registered as a {s.kind}; use claims.{s.kind}()")
+    return Check(name or s.statement, _threshold(s, predicted), float(measured), 0.0, s.relation, note,
+                 kind="assumption", id=id, ci=_ci(ci), paper=s.paper)
+
+
+def _threshold(s: Spec, predicted: float | None) -> float:
+    if s.threshold is None:
+        if predicted is None:
+            raise ValueError(f"{s.id} has no registered threshold: pass predicted=")
+        return float(predicted)
+    if predicted is not None:
+        raise ValueError(f"{s.id} has a registered threshold ({s.threshold}); predicted= may not override it")
+    return float(s.threshold)
+
+
+def sanity(name: str, predicted: float, measured: float, tolerance: float = 0.0, relation: str = "close",
+           note: str = "", paper: str = "") -> Check:
+    """An identity or a definition checked numerically: "ok", or "BUG" (a failure is a bug, not a finding)."""
+    return Check(name, float(predicted), float(measured), float(tolerance), relation, note, kind="sanity",
+                 paper=paper)
+
+
+def measurement(name: str, value: float, ci=None, predicted: float = math.nan, note: str = "", paper: str = "",
+                p_value: float | None = None) -> Check:
+    """A value with its interval (never passes or fails); `predicted` may hold a reference value for display."""
+    return Check(name, float(predicted), float(value), 0.0, "close", note, kind="measurement", ci=_ci(ci),
+                 paper=paper, p_value=p_value)
+
+
+def validate_check(c: Check) -> None:
+    """Raise ValueError when a claim/assumption check is not registered or departs from its spec."""
+    if c.kind not in ("claim", "assumption"):
+        return
+    if not c.id or c.id not in REGISTRY:
+        raise ValueError(f"check {c.name!r} ({c.kind}) has id {c.id!r}, which is not registered in "
+                         "tappa_utils/claims.py; register it (threshold and margin fixed in advance) or make it a "
+                         "measurement")
+    s = REGISTRY[c.id]
+    if s.kind != c.kind:
+        raise ValueError(f"check {c.name!r}: {c.id} is registered as a {s.kind}, the check says {c.kind}")
+    margin = s.margin if c.kind == "claim" else 0.0
+    same_thr = s.threshold is None or math.isclose(float(c.predicted), s.threshold, rel_tol=0, abs_tol=1e-12)
+    if c.relation != s.relation or not same_thr or not math.isclose(float(c.tolerance), margin, abs_tol=1e-12):
+        raise ValueError(f"check {c.name!r}: relation/threshold/margin ({c.relation}, {c.predicted}, {c.tolerance}) "
+                         f"differ from the registered {c.id} ({s.relation}, {s.threshold}, {margin}); thresholds "
+                         "are fixed in the registry, not in the chapter")
+    if c.kind == "claim" and c.ci is None and c.p_value is None and not s.deterministic:
+        raise ValueError(f"claim {c.id} needs a ci or a p-value")
+
+
+def validate_rows(rows: list[dict], source: str = "results") -> None:
+    """`validate_check` for the rows of a results.json (as written by `save_checks`); rows without a kind are
+    old-style measurements."""
+    for r in rows:
+        kind = r.get("kind") or "measurement"
+        if kind not in ("claim", "assumption"):
+            continue
+        try:
+            c = Check(r["name"], r["predicted"], r["measured"], r.get("tolerance", 0.0), r.get("relation", "ge"),
+                      kind=kind, id=r.get("id") or "?", ci=r.get("ci"), p_value=r.get("p_value"))
+        except ValueError as e:
+            raise ValueError(f"{source}: {e}") from None
+        try:
+            validate_check(c)
+        except ValueError as e:
+            raise ValueError(f"{source}: {e}") from None

@@ -1,0 +1,145 @@
+"""The claims registry, the kinds of checks and their status rules, and save_checks' refusal of unregistered rows."""
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import pytest
+
+from tappa_utils import claims as C
+from tappa_utils.results import KINDS, Check, checks_table, claim_status, save_checks
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_registry_is_consistent():
+    assert len(C.REGISTRY) == len(C.SPECS) >= 20
+    stems = {p.stem for p in (ROOT / "notebooks").glob("*.ipynb")}
+    for s in C.SPECS:
+        assert s.chapter in stems, f"{s.id}: no notebook {s.chapter}"
+        assert s.id.startswith(f"ch{s.chapter[:2]}.") and s.statement and s.paper and s.notes
+        assert s.threshold is None or math.isfinite(s.threshold)
+        assert s.kind == "claim" or s.margin == 0  # assumptions: a threshold, no margin
+        for a in s.assumptions:
+            assert a in C.REGISTRY
+    kinds = {s.kind for s in C.SPECS}
+    assert kinds == {"claim", "assumption"}
+    # the claims the issue lists are registered
+    for need in ("ch03.qsim_predictability_corr", "ch03.trained_beats_null", "ch03.jump_proposition",
+                 "ch04.low_freq_share", "ch04.V1_query_continuity", "ch05.D1_query_continuity",
+                 "ch05.D2_key_continuity", "ch05.natural_periodic_diagonals", "ch06.S1_query_periodicity",
+                 "ch07.tappa_vs_snapkv", "ch07.tappa_vs_expected_attention", "ch07.kv_win_over_null",
+                 "ch08.tappa_beats_shortgpt"):
+        assert need in C.REGISTRY, need
+    assert C.spec("ch08.tappa_beats_shortgpt").margin > 0  # superiority, not non-inferiority
+    assert [s.id for s in C.by_chapter("05")] == [s.id for s in C.SPECS if s.chapter == "05_diagonal"]
+
+
+_USE = re.compile(r"""\b(?:claim|assumption)\(\s*["']([A-Za-z0-9_.]+)["']""")
+
+
+def _sources():
+    for nb in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        cells = json.loads(nb.read_text())["cells"]
+        yield nb.name, "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
+    for py in sorted((ROOT / "tappa_utils").rglob("*.py")):
+        if py.name != "claims.py":
+            yield str(py.relative_to(ROOT)), py.read_text()
+
+
+def test_every_claim_or_assumption_used_in_the_code_is_registered():
+    used = {(where, i) for where, src in _sources() for i in _USE.findall(src)}
+    missing = sorted(f"{where}: {i}" for where, i in used if i not in C.REGISTRY)
+    assert not missing, "unregistered claim/assumption ids: " + ", ".join(missing)
+    assert _USE.findall('C.claim("ch03.x", 1)') == ["ch03.x"]  # the scan itself finds ids
+
+
+def test_results_files_hold_only_registered_claims(tmp_path):
+    """Every results.json of an executed book (when one exists under _build/results) and a written one."""
+    rows = [C.claim("ch03.qsim_predictability_corr", 0.5, ci=(0.3, 0.7), p_value=0.001).to_dict()]
+    (tmp_path / "results.json").write_text(json.dumps(rows))
+    files = [tmp_path / "results.json", *sorted((ROOT / "_build" / "results").glob("*/results.json"))]
+    for f in files:
+        C.validate_rows(json.loads(f.read_text()), source=str(f))
+    bad = [dict(rows[0], id="ch03.unknown")]
+    with pytest.raises(ValueError, match="not registered"):
+        C.validate_rows(bad, source="x")
+
+
+@pytest.mark.parametrize("relation, measured, ci, p, want", [
+    ("ge", 0.5, (0.3, 0.7), 0.001, "supported"),
+    ("ge", 0.5, (0.05, 0.7), 0.001, "inconclusive"),   # significant but the ci reaches below threshold + margin
+    ("ge", 0.5, (0.3, 0.7), 0.2, "inconclusive"),      # beyond the bar but not significant
+    ("ge", 0.05, (0.0, 0.09), 0.03, "not supported"),  # significant, but the whole ci is short of the margin
+    ("ge", -0.5, (-0.7, -0.3), 0.999, "not supported"),
+    ("ge", float("nan"), None, None, "inconclusive"),
+    ("ge", 0.5, None, 0.001, "supported"),
+    ("ge", -0.5, None, 0.999, "not supported"),        # significant in the opposite direction
+    ("ge", 0.05, None, 0.5, "inconclusive"),
+    ("le", -0.5, (-0.7, -0.3), 0.001, "supported"),    # mirrored: bar = 0 - 0.2
+    ("le", 0.1, (-0.1, 0.3), 0.3, "not supported"),    # the whole ci above -0.2
+    ("le", -0.1, (-0.3, 0.1), 0.01, "inconclusive"),
+    ("le", 0.5, (0.3, 0.7), None, "not supported"),
+])
+def test_claim_status_rules(relation, measured, ci, p, want):
+    assert claim_status(measured, 0.0, 0.2 if relation == "le" else 0.1, relation, ci, p) == want
+
+
+def test_constructors_compute_status_from_the_registry():
+    c = C.claim("ch03.qsim_predictability_corr", 0.45, ci=(0.2, 0.7), p_value=0.004)
+    s = C.spec("ch03.qsim_predictability_corr")
+    assert (c.kind, c.predicted, c.tolerance, c.relation, c.paper) == ("claim", s.threshold, s.margin, s.relation,
+                                                                       s.paper)
+    assert c.status == "supported" and c.passed is True
+    assert C.claim("ch03.qsim_predictability_corr", 0.15, ci=(-0.1, 0.4), p_value=0.1).passed is False
+    a = C.assumption("ch04.V1_query_continuity", 0.9)
+    assert a.status == "violated" and a.passed is False
+    assert C.assumption("ch04.V1_query_continuity", 0.3).status == "holds"
+    assert C.assumption("ch04.V2_dominant_channel", float("nan")).status == "violated"
+    assert C.sanity("identity", 1.0, 1.0 + 1e-12, 1e-9).status == "ok"
+    assert C.sanity("identity", 1.0, 1.1, 1e-9).status == "BUG" and C.sanity("x", 1, 1.1, 1e-9).passed is False
+    m = C.measurement("looseness", 0.07, ci=(0.05, 0.09))
+    assert m.status == "reported" and m.passed is None and m.ci == (0.05, 0.09)
+    # deterministic claims go without statistics; others must not
+    assert C.claim("ch05.intervention_interval", 0.03).status == "supported"
+    with pytest.raises(ValueError, match="ci or a p-value"):
+        C.claim("ch03.qsim_predictability_corr", 0.5)
+    with pytest.raises(KeyError, match="not a registered"):
+        C.claim("ch03.made_up", 0.5, ci=(0, 1))
+    with pytest.raises(ValueError, match="registered as an assumption"):
+        C.claim("ch04.V1_query_continuity", 0.5, ci=(0, 1))
+    with pytest.raises(ValueError, match="may not override"):
+        C.claim("ch03.qsim_predictability_corr", 0.5, ci=(0, 1), predicted=0.3)
+
+
+def test_old_style_checks_are_measurements():
+    c = Check("old row", 0.0, 1.0, 0.0, "ge")
+    assert c.kind == "measurement" and c.passed is None and c.status == "reported"
+    with pytest.raises(ValueError, match="kind"):
+        Check("x", 0, 0, kind="verdict")
+    with pytest.raises(ValueError, match="registered id"):
+        Check("x", 0, 1, 0, "ge", kind="claim")
+    assert set(KINDS) == {"claim", "assumption", "sanity", "measurement"}
+
+
+def test_save_checks_writes_kinds_and_refuses_unregistered_rows(tmp_path):
+    checks = [C.claim("ch04.low_freq_share", 0.2, ci=(0.1, 0.3), p_value=0.001, name="L5 H3"),
+              C.assumption("ch05.D1_query_continuity", 0.3), C.sanity("bound holds", 1.0, 1.0),
+              C.measurement("looseness", 0.06, ci=(0.05, 0.07))]
+    path = save_checks(tmp_path, checks)
+    rows = json.loads(path.read_text())
+    for r in rows:
+        assert {"name", "predicted", "measured", "tolerance", "passed", "kind", "id", "ci", "paper", "p_value",
+                "status"} <= set(r)
+    assert [r["status"] for r in rows] == ["supported", "holds", "ok", "reported"]
+    assert rows[0]["ci"] == [0.1, 0.3] and rows[3]["passed"] is None and rows[1]["ci"] is None
+    assert list(checks_table(checks)["kind"]) == ["claim", "assumption", "sanity", "measurement"]
+    for bad in (Check("ad hoc claim", 0.0, 1.0, 0.0, "ge", kind="claim", id="ch03.not_registered", p_value=0.01),
+                Check("moved threshold", 0.0, 0.2, 0.0, "ge", kind="claim", id="ch04.low_freq_share", p_value=0.01),
+                Check("assumption as claim", 0.5, 0.2, 0.0, "le", kind="claim", id="ch04.V1_query_continuity",
+                      p_value=0.01)):
+        with pytest.raises(ValueError):
+            save_checks(tmp_path / "bad", [bad])
+        assert not (tmp_path / "bad" / "results.json").exists()

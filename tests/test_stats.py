@@ -1,0 +1,117 @@
+"""tappa_utils.stats on data where the answer is known: independent data (p roughly uniform, intervals cover 0),
+strong effects (p < 0.01), depth confounds removed by within-group tests, fixed seeds."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.stats import spearmanr
+
+from tappa_utils import stats as S
+
+
+def test_spearman_matches_scipy_and_is_deterministic():
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal(25), rng.standard_normal(25)
+    y[:5] = y[0]  # ties
+    r = S.spearman_test(x, y)
+    assert r.estimate == pytest.approx(spearmanr(x, y).statistic, abs=1e-12)
+    assert S.spearman(x, y) == pytest.approx(r.estimate, abs=1e-12)
+    assert r == S.spearman_test(x, y)  # same seed, same answer
+    assert r.p_value != S.spearman_test(x, y, seed=1).p_value
+    assert r.n == 25 and r.n_resamples == S.N_RESAMPLES and r.ci[0] <= r.estimate <= r.ci[1]
+
+
+def test_spearman_p_roughly_uniform_on_independent_data_and_ci_covers_zero():
+    ps, covers = [], []
+    for seed in range(60):
+        rng = np.random.default_rng(100 + seed)
+        r = S.spearman_test(rng.standard_normal(30), rng.standard_normal(30), n_resamples=500, seed=seed)
+        ps.append(r.p_value)
+        covers.append(r.ci[0] <= 0 <= r.ci[1])
+    ps = np.array(ps)
+    assert 0.35 < ps.mean() < 0.65
+    assert (ps < 0.05).mean() <= 0.15 and (ps < 0.5).mean() == pytest.approx(0.5, abs=0.2)
+    assert np.mean(covers) >= 0.85
+
+
+def test_spearman_strong_correlation_is_significant():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal(30)
+    r = S.spearman_test(x, x + 0.3 * rng.standard_normal(30))
+    assert r.p_value < 0.01 and r.ci[0] > 0.5
+    neg = S.spearman_test(x, -x + 0.3 * rng.standard_normal(30))
+    assert neg.p_value > 0.99  # "greater" on a negative correlation
+    assert S.spearman_test(x, -x + 0.3 * rng.standard_normal(30), alternative="less").p_value < 0.01
+    assert S.spearman_test(x, -x, alternative="two-sided").p_value < 0.01
+    assert S.permutation_p(10.0, np.zeros(2000)) == pytest.approx(1 / 2001)  # never 0
+
+
+def test_within_group_test_removes_a_depth_confound():
+    """x and y both grow with the layer but are independent inside each layer: the pooled correlation is
+    significant, the within-layer one is not; and a real within-layer relation is found."""
+    rng = np.random.default_rng(2)
+    layer = np.repeat(np.arange(6), 8)
+    x = layer + 0.3 * rng.standard_normal(48)
+    y = layer + 0.3 * rng.standard_normal(48)
+    assert S.spearman_test(x, y).p_value < 0.01
+    within = S.spearman_test(x, y, groups=layer)
+    assert within.p_value > 0.05 and within.ci[0] < 0 < within.ci[1]
+    y2 = layer + (x - layer) + 0.1 * rng.standard_normal(48)
+    assert S.spearman_test(x, y2, groups=layer).p_value < 0.01
+    # permutations really stay inside groups: a group label per pair is required
+    with pytest.raises(ValueError, match="groups"):
+        S.spearman_test(x, y, groups=layer[:10])
+    idx = S._within_group_permutations(layer, 50, np.random.default_rng(0))
+    assert (layer[idx] == layer[None, :]).all() and (np.sort(idx, 1) == np.arange(48)).all()
+
+
+def test_spearman_difference_trained_vs_null():
+    rng = np.random.default_rng(3)
+    layer = np.repeat(np.arange(4), 6)
+    x = rng.standard_normal(24)
+    trained_y = x + 0.3 * rng.standard_normal(24)
+    null_x, null_y = rng.standard_normal(24), rng.standard_normal(24)
+    d = S.spearman_difference(x, trained_y, null_x, null_y, layer, layer)
+    assert d.estimate == pytest.approx(S.spearman(x, trained_y, layer) - S.spearman(null_x, null_y, layer))
+    assert d.p_value < 0.01 and d.ci[0] > 0
+    same = S.spearman_difference(x, trained_y, x, trained_y, layer, layer)
+    assert same.estimate == 0 and same.ci[0] < 0 < same.ci[1] and same.p_value > 0.2
+
+
+def test_paired_and_two_sample_differences():
+    rng = np.random.default_rng(4)
+    a = rng.standard_normal(40)
+    noise = S.paired_difference(a + 0.5 * rng.standard_normal(40), a)
+    assert noise.p_value > 0.05 and noise.ci[0] < 0 < noise.ci[1]
+    shifted = S.paired_difference(a + 0.3 + 0.2 * rng.standard_normal(40), a)
+    assert shifted.p_value < 0.01 and 0.15 < shifted.ci[0] < 0.3 < shifted.ci[1] < 0.45
+    assert S.paired_difference(a, a + 0.3, alternative="less").p_value < 0.01
+    x, y = rng.normal(1.0, 1, 30), rng.normal(0.0, 1, 30)
+    r = S.two_sample(x, y)
+    assert r.estimate == pytest.approx(x.mean() - y.mean()) and r.p_value < 0.01 and r.ci[0] > 0
+    same = S.two_sample(rng.standard_normal(30), rng.standard_normal(30))
+    assert same.ci[0] < 0 < same.ci[1] and same.p_value > 0.05
+    with pytest.raises(ValueError, match="same length"):
+        S.paired_difference([1, 2, 3], [1, 2])
+    with pytest.raises(ValueError, match="alternative"):
+        S.two_sample(x, y, alternative="bigger")
+
+
+def test_bootstrap_ci_and_sign_test():
+    rng = np.random.default_rng(5)
+    v = rng.normal(2.0, 1.0, 200)
+    lo, hi = S.bootstrap_ci(v, lambda b: b.mean(1))
+    assert lo < 2.0 < hi and hi - lo == pytest.approx(2 * 1.96 / np.sqrt(200), rel=0.25)
+    assert S.sign_test([0.1] * 10) < 0.01 and S.sign_test([0.1, -0.1] * 5) > 0.5
+    with pytest.raises(ValueError, match="at least 2"):
+        S.bootstrap_ci([1.0], lambda b: b.mean(1))
+
+
+def test_null_seed_never_equals_the_seed():
+    seeds = range(2000)
+    derived = [S.null_seed(s) for s in seeds]
+    assert all(d != s for d, s in zip(derived, seeds))
+    assert derived == [S.null_seed(s) for s in seeds]  # deterministic
+    assert len(set(derived)) == len(derived) and all(0 <= d < 2**31 for d in derived)
+    with pytest.raises(ValueError, match="non-negative"):
+        S.null_seed(-1)
