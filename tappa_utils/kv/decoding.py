@@ -1,8 +1,8 @@
 """Running a model on a compressed cache whose layers hold different numbers of tokens (batch size 1 helpers).
 
 Transformers builds ONE attention mask per forward from layer 0's cache length; `attention_patch` (installed when
-this module is imported) fits it to every layer, so eager and sdpa both work. Positions must continue from the
-ORIGINAL sequence length (`position_ids`, `cache_position`), not from the compressed cache length.
+this module is imported) fits it to every layer, so eager and sdpa both work. RoPE positions must continue from the
+ORIGINAL sequence length (`position_ids`), not from the compressed cache length.
 """
 from __future__ import annotations
 
@@ -47,7 +47,9 @@ def continue_forward(model, cache, input_ids: torch.Tensor, start: int) -> torch
     ids = _check_single(input_ids).to(model.device)
     n = ids.shape[1]
     pos = torch.arange(start, start + n, device=model.device)
-    out = model(ids, past_key_values=cache, position_ids=pos.unsqueeze(0), cache_position=pos, use_cache=True)
+    # only position_ids: cache_position is left to the model (layer 0's cache length + arange), which is what its
+    # causal mask is built from; original positions there would let the fed tokens see each other's future
+    out = model(ids, past_key_values=cache, position_ids=pos.unsqueeze(0), use_cache=True)
     return out.logits[0]
 
 

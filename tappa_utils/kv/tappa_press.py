@@ -268,6 +268,11 @@ class TAPPAPress(BasePress):
                                   "one layer alone; use it directly, in ComposedPress or as PrefillDecodingPress's "
                                   "prefilling_press")
 
+    def score(self, *args, **kwargs):
+        """Not available: TAPPAPress is not a ScorerPress (its per-token scores are only the ranking inside a layer)."""
+        raise NotImplementedError(f"{type(self).__name__} is not a ScorerPress; wrappers that need `score` take its "
+                                  "token scorer instead, e.g. CAKEScorePress() or press.scorer")
+
     @contextmanager
     def __call__(self, model) -> Generator:
         """kvpress hooks (one forward hook per attention layer), always removed; state reset on exit."""
