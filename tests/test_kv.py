@@ -143,7 +143,8 @@ def test_cake_preference_and_alpha():
     press = TAPPAPress(compression_ratio=0.5, alpha=2.0, tau1=1.6, tau2=0.4)
     cache, _ = prefill(model, _ids(), press)
     w = press.window
-    attn = model(_ids(), output_attentions=True).attentions
+    with torch.no_grad():
+        attn = model(_ids(), output_attentions=True).attentions
     for layer, a in enumerate(attn):
         a = a[0, :, -w:, :-w].double()  # (H, W, T - W)
         d = -(a * torch.log(a + 1e-10)).sum()

@@ -46,8 +46,13 @@ def fit_mask(mask, key: torch.Tensor):
 
 def _wrap(func):
     def wrapper(module, query, key, value, attention_mask, *args, **kwargs):
-        inner = func if func is not None else sys.modules[type(module).__module__].eager_attention_forward
-        return inner(module, query, key, value, fit_mask(attention_mask, key), *args, **kwargs)
+        mask = fit_mask(attention_mask, key)
+        if func is not None:
+            return func(module, query, key, value, mask, *args, **kwargs)
+        if args:  # interface convention (..., attention_mask, dropout, **kwargs); model eager: (..., scaling, dropout)
+            kwargs["dropout"], args = args[0], args[1:]
+        eager = sys.modules[type(module).__module__].eager_attention_forward
+        return eager(module, query, key, value, mask, *args, **kwargs)
 
     setattr(wrapper, _MARK, True)
     return wrapper
@@ -60,6 +65,7 @@ def patch_attention_functions() -> None:
     default); the wrapper registered under that name calls the model file's own function, so eager models keep
     their exact eager code.
     """
+    import kvpress  # noqa: F401  (kvpress patches on import; importing it first puts our fit outermost)
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
     for name in ("sdpa", "eager"):
