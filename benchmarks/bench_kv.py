@@ -1,7 +1,8 @@
-"""Benchmark (on demand): TAPPAPress prefill overhead vs SnapKVPress at the same budget, and decoding time per token
-on the compressed (25 % kept) cache vs the full cache. Prints a table.
+"""Benchmark (on demand): TAPPAPress prefill time vs SnapKVPress at the same budget (P4: <= 1.1x at T=1024 and
+T=4096), and decoding time per token on the compressed (25 % kept) cache vs the full cache (P4: not slower).
+Prints a table and the P4 verdicts.
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_kv.py [--model tappa-tiny] [--seq-len 1024] [--reps 5]
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_kv.py [--model tappa-tiny] [--seq-len 1024 4096] [--reps 5]
 """
 from __future__ import annotations
 
@@ -15,16 +16,18 @@ from tappa_utils import load_model
 from tappa_utils.kv.decoding import continue_forward, prefill
 from tappa_utils.kv.evaluate import make_press
 
+PREFILL_METHODS = ("full", "snapkv", "tappa", "tappa_proportional", "tappa_cake")
 
-def timed(fn, reps: int) -> float:
-    """Median wall time of `fn()` over `reps` runs (after one warm-up), in seconds."""
-    fn()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+
+def decode_per_token(model, ids, press, n_tokens: int) -> float:
+    """Seconds per greedy token after prefilling `ids` under `press` (None: full cache)."""
+    cache, last = prefill(model, ids, press)
+    tok = torch.tensor([[int(last.argmax())]])
+    t = ids.shape[1]
+    t0 = time.perf_counter()
+    for i in range(n_tokens):
+        tok = continue_forward(model, cache, tok, t + i)[-1:].argmax(-1, keepdim=True).T
+    return (time.perf_counter() - t0) / n_tokens
 
 
 def main() -> None:
@@ -32,38 +35,40 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="tappa-tiny")
     p.add_argument("--attn", default="sdpa")
-    p.add_argument("--seq-len", type=int, default=1024)
+    p.add_argument("--seq-len", type=int, nargs="+", default=[1024, 4096])
     p.add_argument("--keep", type=float, default=0.25)
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--decode-tokens", type=int, default=64)
     args = p.parse_args()
     torch.manual_seed(0)
     model, _ = load_model(args.model, attn_implementation=args.attn)
-    ids = torch.randint(0, 256, (1, args.seq_len))
-    rows = []
-    prefill_t = {}
-    for method in ("full", "snapkv", "tappa", "tappa_cake"):
-        prefill_t[method] = timed(lambda: prefill(model, ids, make_press(method, args.keep)), args.reps)
-        rows.append((f"prefill {method}", prefill_t[method] * 1e3, prefill_t[method] / prefill_t["snapkv"]
-                     if "snapkv" in prefill_t else float("nan")))
-    for method in ("full", "tappa"):
-        def decode():
-            cache, last = prefill(model, ids, make_press(method, args.keep))
-            tok = torch.tensor([[int(last.argmax())]])
-            t0 = time.perf_counter()
-            for i in range(args.decode_tokens):
-                tok = continue_forward(model, cache, tok, args.seq_len + i)[-1:].argmax(-1, keepdim=True).T
-            return (time.perf_counter() - t0) / args.decode_tokens
-        decode()
-        per_tok = statistics.median(decode() for _ in range(args.reps))
-        rows.append((f"decode/token {method}", per_tok * 1e3, float("nan")))
-    full_dec, tappa_dec = rows[-2][1], rows[-1][1]
-    print(f"model={args.model} attn={args.attn} seq_len={args.seq_len} keep={args.keep:.0%} "
-          f"threads={torch.get_num_threads()} reps={args.reps}")
-    print(f"{'measurement':<26}{'ms':>10}{'x SnapKV':>10}")
-    for name, ms, ratio in rows:
-        print(f"{name:<26}{ms:>10.2f}{'' if ratio != ratio else f'{ratio:>10.2f}'}")
-    print(f"decode speed-up compressed vs full: {full_dec / tappa_dec:.2f}x")
+    print(f"model={args.model} attn={args.attn} keep={args.keep:.0%} threads={torch.get_num_threads()} "
+          f"reps={args.reps}")
+    print(f"{'T':>6}  {'measurement':<30}{'ms':>10}{'x SnapKV':>10}")
+    verdicts = []
+    for t in args.seq_len:
+        ids = torch.randint(0, 256, (1, t))
+        times = {m: [] for m in PREFILL_METHODS}
+        dec_times = {m: [] for m in ("full", "tappa")}
+        for m in PREFILL_METHODS:  # warm-up
+            prefill(model, ids, make_press(m, args.keep))
+        for _ in range(args.reps):  # methods interleaved within each repetition: shared-CPU drift hits all alike
+            for m in PREFILL_METHODS:
+                t0 = time.perf_counter()
+                prefill(model, ids, make_press(m, args.keep))
+                times[m].append(time.perf_counter() - t0)
+            for m in dec_times:
+                dec_times[m].append(decode_per_token(model, ids, make_press(m, args.keep), args.decode_tokens))
+        ms = {m: 1e3 * statistics.median(v) for m, v in times.items()}
+        for m in PREFILL_METHODS:
+            print(f"{t:>6}  {'prefill ' + m:<30}{ms[m]:>10.2f}{ms[m] / ms['snapkv']:>10.2f}")
+        dec = {m: 1e3 * statistics.median(v) for m, v in dec_times.items()}
+        for m in dec:
+            print(f"{t:>6}  {'decode/token ' + m:<30}{dec[m]:>10.3f}")
+        verdicts.append((f"P4 prefill tappa <= 1.1x snapkv at T={t}", ms["tappa"] / ms["snapkv"], 1.1))
+        verdicts.append((f"P4 decode/token tappa {args.keep:.0%} <= full at T={t}", dec["tappa"] / dec["full"], 1.0))
+    for name, ratio, limit in verdicts:
+        print(f"{name}: ratio {ratio:.2f} (limit {limit}) {'PASS' if ratio <= limit else 'FAIL'}")
 
 
 if __name__ == "__main__":

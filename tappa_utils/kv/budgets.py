@@ -62,3 +62,66 @@ def allocate_budgets(preferences: Sequence[float], total: int, cap: int, floor: 
             short -= 1
         i += 1
     return budgets
+
+
+def adjust_budgets(budgets: Sequence[float], total: int, cap: int) -> list[int]:
+    """The official TAPPA/CAKE budget fix-up, ported rule for rule (MIRALab-USTC/LLM-TAPPA, KVCache/cake/utils.py,
+    `adjust_budgets`; the same function ships with CAKE).
+
+    1. integer truncation of the float shares (numpy `astype(int)`, towards zero);
+    2. cap every layer at `cap`; the excess is spread evenly over the layers still under the cap (the remainder,
+       one token each, to the first of them in layer order);
+    3. the difference to `total` is spread the same way (over layers under the cap when short, over layers with
+       more than 1 token when over).
+    As in the reference, steps 2-3 do not re-check the cap, so a layer can end above it; `reference_budgets`
+    then clamps, exactly as the reference's caller (`CakeprefillKVCache.__call__`) does.
+    """
+    import numpy as np
+
+    b = np.array(budgets, dtype=float).astype(int)
+    excess = np.maximum(b - cap, 0)
+    b = np.minimum(b, cap)
+    total_excess = int(excess.sum())
+    if total_excess > 0:
+        valid = b < cap
+        n_valid = int(valid.sum())
+        if n_valid > 0:
+            b[valid] += total_excess // n_valid
+            b[np.where(valid)[0][: total_excess % n_valid]] += 1
+    diff = int(total - b.sum())
+    if diff != 0:
+        valid = b < cap if diff > 0 else b > 1
+        n_valid = int(valid.sum())
+        if n_valid > 0:
+            step, rem = abs(diff) // n_valid, abs(diff) % n_valid
+            sign = 1 if diff > 0 else -1
+            b[valid] += sign * step
+            b[np.where(valid)[0][:rem]] += sign
+    return [int(x) for x in b]
+
+
+def reference_budgets(preferences: Sequence[float], total: int, seq_len: int, window: int) -> list[int]:
+    """Per-layer kept tokens as the official code computes them (KVCache/cake/cake_cache.py, CakeprefillKVCache).
+
+    `total` kept tokens summed over layers (the reference's `cache_size * num_layers`) minus the window in every
+    layer, i.e. `total - window * L` non-window tokens, are split in proportion to the preferences
+    (`pref / sum(pref) * (total - window * L)`, floats), fixed up by `adjust_budgets` with the cap
+    `seq_len - window`, clamped at that cap, and then the window is added to every layer. Deviation: all-zero
+    preferences (undefined 0/0 in the reference) give equal shares.
+    """
+    prefs = [float(p) for p in preferences]
+    n = len(prefs)
+    if n == 0:
+        raise ValueError("preferences is empty: need one preference per layer")
+    if any(not math.isfinite(p) or p < 0 for p in prefs):
+        raise ValueError(f"preferences must be finite and >= 0, got {prefs}")
+    if not 0 <= window <= seq_len:
+        raise ValueError(f"need 0 <= window <= seq_len, got window={window}, seq_len={seq_len}")
+    non_window = total - window * n
+    cap = seq_len - window
+    if not 0 <= non_window <= cap * n:
+        raise ValueError(f"total budget {total} over {n} layers must lie in [{window * n}, {seq_len * n}] "
+                         f"(window {window} to seq_len {seq_len} per layer)")
+    weight = sum(prefs)
+    shares = [p / weight * non_window for p in prefs] if weight > 0 else [non_window / n] * n
+    return [min(b, cap) + window for b in adjust_budgets(shares, non_window, cap)]

@@ -1,51 +1,16 @@
-"""Running a model on a compressed cache whose layers hold different numbers of tokens (batch size 1).
+"""Running a model on a compressed cache whose layers hold different numbers of tokens (batch size 1 helpers).
 
-Transformers builds ONE attention mask per forward from layer 0's cache length; after per-layer eviction the other
-layers have other lengths, which breaks eager attention (and sdpa as soon as more than one query is fed). The
-`per_layer_masks` context manager rebuilds the mask inside every attention layer from that layer's own cache length,
-so eager and sdpa both work, and positions continue from the ORIGINAL sequence length (`position_ids`,
-`cache_position`), not from the compressed cache length (`model.generate` gets this wrong, so we never use it).
+Transformers builds ONE attention mask per forward from layer 0's cache length; `attention_patch` (installed when
+this module is imported) fits it to every layer, so eager and sdpa both work. RoPE positions must continue from the
+ORIGINAL sequence length (`position_ids`), not from the compressed cache length.
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
-from typing import Iterator
-
 import torch
 
-from ..models import decoder_layers
+from .attention_patch import patch_attention_functions
 
-
-def _mask_pre_hook(module, args, kwargs):
-    """Replace the layer's attention mask by one built from this layer's cache length (batch 1, no padding)."""
-    cache = kwargs.get("past_key_values")
-    hidden = kwargs.get("hidden_states", args[0] if args else None)
-    if cache is None or hidden is None or hidden.shape[0] != 1:
-        return None
-    past = cache.get_seq_length(module.layer_idx) if module.layer_idx < len(cache.layers) else 0
-    if past == 0:
-        return None  # prefill: the model's own mask is right
-    q = hidden.shape[1]
-    if q == 1:
-        kwargs["attention_mask"] = None  # one query attends to every cached key
-    else:
-        mask = torch.zeros(1, 1, q, past + q, dtype=hidden.dtype, device=hidden.device)
-        future = torch.triu(torch.ones(q, q, dtype=torch.bool, device=hidden.device), diagonal=1)
-        mask[0, 0, :, past:].masked_fill_(future, torch.finfo(hidden.dtype).min)
-        kwargs["attention_mask"] = mask
-    return args, kwargs
-
-
-@contextmanager
-def per_layer_masks(model) -> Iterator[None]:
-    """Inside the block every attention layer masks against its own cache length (hooks always removed)."""
-    handles = [layer.self_attn.register_forward_pre_hook(_mask_pre_hook, with_kwargs=True)
-               for layer in decoder_layers(model)]
-    try:
-        yield
-    finally:
-        for h in handles:
-            h.remove()
+patch_attention_functions()
 
 
 def _check_single(ids: torch.Tensor) -> torch.Tensor:
@@ -82,8 +47,9 @@ def continue_forward(model, cache, input_ids: torch.Tensor, start: int) -> torch
     ids = _check_single(input_ids).to(model.device)
     n = ids.shape[1]
     pos = torch.arange(start, start + n, device=model.device)
-    with per_layer_masks(model):
-        out = model(ids, past_key_values=cache, position_ids=pos.unsqueeze(0), cache_position=pos, use_cache=True)
+    # only position_ids: cache_position is left to the model (layer 0's cache length + arange), which is what its
+    # causal mask is built from; original positions there would let the fed tokens see each other's future
+    out = model(ids, past_key_values=cache, position_ids=pos.unsqueeze(0), use_cache=True)
     return out.logits[0]
 
 

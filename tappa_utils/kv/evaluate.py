@@ -9,7 +9,11 @@ teacher-forced after it (positions continue from the original length, per-layer 
   copying from the first occurrence predicts it: top-1 accuracy (and NLL).
 Per (task, method, keep): mean and 95 % normal-approximation confidence interval over samples (fixed seeds: every
 method sees the same samples), and TAPPA's paired difference with every other method (win / tie / lose by whether
-the paired 95 % interval excludes 0).
+the paired 95 % interval excludes 0). Methods: "tappa" (official budget rule, `allocation="reference"`),
+"tappa_proportional" (whole budget split in proportion), "tappa_cake" (CAKE + alpha * TAPPA preference), "cake"
+(CAKE's preference alone) and kvpress baselines. Also recorded per sample: every layer's cache length
+(`layer_lengths.csv`) and the time each press takes to compress a recorded prefill (scores, budgets, eviction;
+`cost.csv` compares it with SnapKV's).
 """
 from __future__ import annotations
 
@@ -23,7 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-METHODS = ("full", "tappa", "tappa_cake", "snapkv", "pyramidkv", "streamingllm", "expected_attention", "knorm")
+METHODS = ("full", "tappa", "tappa_proportional", "tappa_cake", "cake", "snapkv", "pyramidkv", "streamingllm",
+           "expected_attention", "knorm")
 TASKS = ("loss", "retrieval")
 
 
@@ -81,6 +86,7 @@ def make_press(method: str, keep: float, window: int = 32, cake_alpha: float = 1
     """The press for `method` keeping a fraction `keep` of the cache (None for the full cache)."""
     from kvpress import (ExpectedAttentionPress, KnormPress, PyramidKVPress, SnapKVPress, StreamingLLMPress)
 
+    from .cake_press import CAKEPress
     from .tappa_press import TAPPAPress
 
     ratio = 1.0 - keep
@@ -88,7 +94,9 @@ def make_press(method: str, keep: float, window: int = 32, cake_alpha: float = 1
         return None
     factories = {
         "tappa": lambda: TAPPAPress(compression_ratio=ratio, window=window),
+        "tappa_proportional": lambda: TAPPAPress(compression_ratio=ratio, window=window, allocation="proportional"),
         "tappa_cake": lambda: TAPPAPress(compression_ratio=ratio, window=window, alpha=cake_alpha),
+        "cake": lambda: CAKEPress(compression_ratio=ratio, window=window),
         "snapkv": lambda: SnapKVPress(compression_ratio=ratio, window_size=window),
         "pyramidkv": lambda: PyramidKVPress(compression_ratio=ratio, window_size=window),
         "streamingllm": lambda: StreamingLLMPress(compression_ratio=ratio, n_sink=4),
@@ -103,7 +111,8 @@ def make_press(method: str, keep: float, window: int = 32, cake_alpha: float = 1
 def _text_tokens(tokenizer, text_file: str | None) -> np.ndarray:
     from ..data import load_text
 
-    return np.asarray(tokenizer(load_text(text_file=text_file), add_special_tokens=False)["input_ids"], dtype=np.int64)
+    ids = tokenizer(load_text(text_file=text_file), add_special_tokens=False, verbose=False)["input_ids"]  # cut below
+    return np.asarray(ids, dtype=np.int64)
 
 
 def make_samples(tokens: np.ndarray, bos: int, cfg: KVEvalConfig, task: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -132,12 +141,15 @@ def make_samples(tokens: np.ndarray, bos: int, cfg: KVEvalConfig, task: str) -> 
 
 
 @torch.no_grad()
-def compressed_caches(model, context: torch.Tensor, presses: dict) -> tuple[dict, torch.Tensor]:
+def compressed_caches(model, context: torch.Tensor, presses: dict, timings: dict | None = None
+                      ) -> tuple[dict, torch.Tensor]:
     """One full prefill, then every press replayed on its own copy of the cache -> ({name: cache}, last logits).
 
-    kvpress presses compress layer l from layer l's inputs and full cache only, and the prefill itself always sees
-    the full cache, so replaying each press's forward hook on recorded (hidden states, kwargs, attention output)
-    gives exactly the cache that `with press(model): model(context)` gives (tested), at the cost of one forward.
+    kvpress presses compress layer l from layer l's inputs and full cache only (TAPPAPress records each layer and
+    evicts at the last one), and the prefill itself always sees the full cache, so replaying each press's forward
+    hook on recorded (hidden states, kwargs, attention output) gives exactly the cache that
+    `with press(model): model(context)` gives (tested), at the cost of one forward. `timings`, if given, receives
+    each press's replay time in seconds (scores, budgets and eviction: the compression's own cost).
     """
     from transformers import DynamicCache
 
@@ -166,13 +178,14 @@ def compressed_caches(model, context: torch.Tensor, presses: dict) -> tuple[dict
             press.post_init_from_model(model)
             for layer in layers:
                 layer.self_attn.rotary_emb = base.rotary_emb
-            if hasattr(press, "_model_pre_hook"):  # TAPPAPress: reset, per-layer statistics, then evict
-                press._pending = {}
+            t0 = time.perf_counter()
             for i in sorted(records):
                 module, kwargs, output = records[i]
                 press.forward_hook(module, (), {**kwargs, "past_key_values": cache}, output)
-            if hasattr(press, "_model_pre_hook") and press._pending:
-                press._evict()
+            if timings is not None:
+                timings[name] = time.perf_counter() - t0
+        elif timings is not None:
+            timings[name] = 0.0
         caches[name] = cache
     return caches, last
 
@@ -196,11 +209,12 @@ def score_sample(model, context: torch.Tensor, target: torch.Tensor, press=None,
     nll = torch.nn.functional.cross_entropy(logits.float(), tgt).item()
     acc = (logits.argmax(-1) == tgt).float().mean().item()
     return {"nll": nll, "accuracy": acc, "kept_fraction": sum(kept) / (len(kept) * t), "cache_bytes": size,
-            "min_layer_len": min(kept), "max_layer_len": max(kept)}
+            "min_layer_len": min(kept), "max_layer_len": max(kept), "layer_lengths": " ".join(map(str, kept))}
 
 
 def run_kv_eval(model, tokenizer, cfg: KVEvalConfig, progress: bool = False):
-    """Per-sample results (pandas DataFrame: task, method, keep, sample, nll, accuracy, kept_fraction, ...)."""
+    """Per-sample results (pandas DataFrame: task, method, keep, sample, nll, accuracy, kept_fraction, press_ms,
+    layer_lengths (every layer's cached tokens, space-separated), ...)."""
     import pandas as pd
 
     cfg.validate()
@@ -211,10 +225,12 @@ def run_kv_eval(model, tokenizer, cfg: KVEvalConfig, progress: bool = False):
         for i, (ctx, tgt) in enumerate(samples):
             presses = {(m, k): make_press(m, k, cfg.window, cfg.cake_alpha)
                        for m in cfg.methods for k in ([1.0] if m == "full" else cfg.keep)}
-            caches, last = compressed_caches(model, ctx, presses)
+            timings = {}
+            caches, last = compressed_caches(model, ctx, presses, timings)
             for (method, keep), cache in caches.items():
                 res = score_sample(model, ctx, tgt, cache=cache, last=last)
-                rows.append({"task": task, "method": method, "keep": keep, "sample": i, **res})
+                rows.append({"task": task, "method": method, "keep": keep, "sample": i,
+                             "press_ms": 1e3 * timings[(method, keep)], **res})
             if progress:
                 print(f"{task}: sample {i + 1}/{len(samples)}", file=sys.stderr, flush=True)
     return pd.DataFrame(rows)
@@ -235,8 +251,28 @@ def summarize(samples):
             rows.append({"task": task, "method": method, "keep": k, "n": len(g),
                          "nll": g.nll.mean(), "nll_ci95": _ci(g.nll.values),
                          "accuracy": g.accuracy.mean(), "accuracy_ci95": _ci(g.accuracy.values),
-                         "kept_fraction": g.kept_fraction.mean(), "cache_bytes": g.cache_bytes.mean()})
+                         "kept_fraction": g.kept_fraction.mean(), "cache_bytes": g.cache_bytes.mean(),
+                         **({"press_ms": g.press_ms.mean()} if "press_ms" in g else {})})
     return pd.DataFrame(rows)
+
+
+def layer_lengths(samples):
+    """Every layer's cached tokens per (task, method, keep, sample): long table with columns layer, length."""
+    import pandas as pd
+
+    rows = [{"task": r.task, "method": r.method, "keep": r.keep, "sample": r.sample, "layer": layer, "length": int(n)}
+            for r in samples.itertuples() for layer, n in enumerate(str(r.layer_lengths).split())]
+    return pd.DataFrame(rows)
+
+
+def compression_cost(samples, baseline: str = "snapkv"):
+    """Mean time to compress one recorded prefill (scores, budgets, eviction) per (method, keep), and its ratio
+    to `baseline`'s at the same keep (NaN when the baseline was not run)."""
+    g = samples[samples.method != "full"].groupby(["method", "keep"]).press_ms.agg(["mean", "std", "count"])
+    g = g.rename(columns={"mean": "press_ms", "std": "press_ms_std", "count": "n"}).reset_index()
+    base = g[g.method == baseline].set_index("keep").press_ms
+    g[f"x_{baseline}"] = g.press_ms / g.keep.map(base)
+    return g
 
 
 def compare(samples, method: str = "tappa"):
@@ -365,11 +401,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def write_results(out_dir, cfg: KVEvalConfig, samples, seconds: float | None = None) -> None:
-    """Write run_info.json, samples.csv, summary.csv, comparisons.csv, summary.json and the quality plot."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """Write run_info.json, samples.csv, summary.csv, comparisons.csv, layer_lengths.csv, cost.csv, summary.json
+    and the quality plot."""
+    import matplotlib.pyplot as plt  # no backend switch: the caller's (inline in notebooks, headless default else)
 
     from ..results import save_figure, save_json, save_run_info, save_table
 
@@ -378,8 +412,15 @@ def write_results(out_dir, cfg: KVEvalConfig, samples, seconds: float | None = N
     save_table(samples, out_dir, "samples.csv")
     save_table(summary, out_dir, "summary.csv")
     save_table(comp, out_dir, "comparisons.csv")
+    extra = {}
+    if "layer_lengths" in samples:
+        save_table(layer_lengths(samples), out_dir, "layer_lengths.csv")
+    if "press_ms" in samples:
+        cost = compression_cost(samples)
+        save_table(cost, out_dir, "cost.csv")
+        extra["compression_cost"] = cost.to_dict(orient="records")
     save_json(out_dir, "summary.json", {"summary": summary.to_dict(orient="records"),
-                                        "comparisons": comp.to_dict(orient="records")})
+                                        "comparisons": comp.to_dict(orient="records"), **extra})
     fig = plot_quality(summary)
     save_figure(fig, out_dir, "quality_vs_budget.png")
     plt.close(fig)

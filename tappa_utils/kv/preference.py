@@ -21,14 +21,19 @@ def qsim_consecutive(q: torch.Tensor) -> torch.Tensor:
 
 
 def cake_preference(window_attention: torch.Tensor, tau1: float = 1.0, tau2: float = 1.0) -> float:
-    """CAKE's layer preference entropy^(1/tau1) * variance^(1/tau2) of the observation window's attention.
+    """CAKE's layer preference `D^(1/tau1) * V^(1/tau2)` as the official TAPPA code computes it.
 
-    window_attention (B, H, W, T) (rows = the last W queries, probabilities over all T keys). Entropy of the
-    window-mean attention distribution (spatial dispersion) and the sum over keys of the variance across the window
-    queries (temporal shift), both averaged over heads and batch, as in CAKE (Qin et al., ICLR 2025).
+    window_attention (B, H, W, T): the last W queries' attention over all T keys. Only the keys before the window
+    count (`[..., :T - W]`). D = -sum p log(p + 1e-10) over heads, rows and keys (float32); V = unbiased variance
+    over the W rows, summed over heads and keys (KVCache/tappa/model/llama_forward.py, `calculate_entropy` in
+    KVCache/cake/utils.py). Deviation: the reference also sums over the batch; we average over it, so a layer's
+    preference does not grow with the batch size (identical at batch 1).
     """
-    a = window_attention.float()
-    mean = a.mean(-2)
-    entropy = -(mean * torch.log(mean.clamp_min(1e-12))).sum(-1).mean()
-    variance = a.var(-2, unbiased=False).sum(-1).mean()
+    w, t = window_attention.shape[-2:]
+    a = window_attention[..., : t - w]
+    b = a.shape[0]
+    a32 = a.float()
+    entropy = -(a32 * torch.log(a32 + 1e-10)).sum() / b
+    dev = (a - a.mean(-2, keepdim=True)).square_()  # unbiased variance by hand (torch.var is slow on CPU)
+    variance = (dev.sum(-2) / (a.shape[-2] - 1)).sum().float() / b
     return float(entropy.clamp_min(0) ** (1.0 / tau1) * variance.clamp_min(0) ** (1.0 / tau2))

@@ -1,79 +1,91 @@
 """`TAPPAPress`: per-layer KV budgets from q-similarity (TAPPA, Section 6), with real eviction, as a kvpress press.
 
-Design (lazy eviction after the forward, option (b)). A budget needs every layer's q-similarity, but layers run in
-order, so layer 0 cannot be evicted when it finishes. During the prefill forward a hook on each attention layer
-records, from the observation window (the last `window` queries), the layer's q-similarity, optionally CAKE's
-preference, and the scorer's per-token scores (kvpress `ScorerPress.score`, SnapKV by default). The cache stays full
-during the forward, so the prefill output is that of the full model (as with any kvpress press: compression only
-affects what later tokens see). A forward hook on the decoder stack (`model.model`) then fires once, right after
-the last layer, still inside the same `model(...)` call: it turns preferences into budgets that sum to the requested
-total (capped at the sequence length, excess redistributed), and gathers each layer's kept keys/values, so the
-cache tensors really shrink, to different lengths per layer. This costs one (B, H_kv, T) score tensor per layer
-until the end of the forward, and no second pass over the model. A pre-pass (option (a)) would need a second
-forward over the first layers.
+Design. A budget needs every layer's preference, but layers run in order, so layer l cannot be evicted when it
+finishes. During the prefill each attention layer's forward hook records, from the observation window (the last
+`window` queries), the layer's q-similarity, its preference and the per-token scores. The cache stays full during the
+forward, so the prefill output is that of the full model (as with any kvpress press: compression only affects what
+later tokens see). The LAST layer's hook then turns the preferences into budgets and gathers each layer's kept keys
+and values, so the cache tensors really shrink, to different lengths per layer, still inside the same forward. Since
+everything happens in `forward_hook`, the press also works inside kvpress wrappers that call it (ComposedPress,
+PrefillDecodingPress); wrappers that call `compress` or `score` instead get a clear error, never a silent no-op.
 
-Inside `with press(model):` attention masks are rebuilt per layer (see `decoding.per_layer_masks`), so decoding
-with eager or sdpa works inside the block; outside it use `tappa_utils.kv.decoding.continue_forward`. Positions must
-continue from the original length. Batch size 1 only (a clear error otherwise).
+Layers of different lengths need per-layer attention masks: `attention_patch` (installed on import, as kvpress
+installs its own) fits transformers' single mask to each layer, so decoding, `model.generate` and kvpress's
+pipeline (one or several questions) work on eager and sdpa. Positions continue from the original length.
 
-kvpress's `kv-press-text-generation` pipeline feeds the question and the answer tokens after leaving the press's
-context, with one mask for all layers, which fails on per-layer lengths (PyramidKV fails there too). TAPPAPress
-therefore derives from kvpress's `PrefillDecodingPress` (with no inner presses): the pipeline then also enters the
-press around decoding, where only the per-layer masks act. Consequence: one question per pipeline call.
+Faithfulness to the official code (MIRALab-USTC/LLM-TAPPA, KVCache/): q-similarity of the post-RoPE window queries
+(all pairs, cosine), the CAKE preference (`preference.cake_preference`), the CAKE token score
+(`CAKEScorePress`, gamma 200, pooling 5) and `allocation="reference"` (`budgets.reference_budgets`). Deliberate
+deviations: (1) the reference skips compression when `seq_len <= cache_size + window`; we always apply the
+requested ratio, as every kvpress press does; (2) the protected window shrinks to `total // L` tokens per layer when
+the budget cannot hold it (recorded in `protected_window`); (3) with a batch, q-similarity and the CAKE preference
+are averaged over the sequences (the reference reads sequence 0 / sums), budgets are shared by the batch and tokens
+chosen per sequence.
 """
 from __future__ import annotations
 
+import logging
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Generator, Optional
 
 import torch
-from kvpress import ScorerPress, SnapKVPress
+from kvpress import BasePress, ScorerPress
 from kvpress.presses.base_press import is_prefilling
-from kvpress.presses.prefill_decoding_press import PrefillDecodingPress
 from kvpress.utils import get_prerope_query_states
-from transformers.models.llama.modeling_llama import repeat_kv, rotate_half
+from transformers.models.llama.modeling_llama import rotate_half
 
-from ..models import check_supported, decoder_layers
-from .budgets import allocate_budgets
-from .decoding import _mask_pre_hook
+from ..models import check_supported
+from .attention_patch import patch_attention_functions
+from .budgets import allocate_budgets, reference_budgets
+from .cake_score_press import CAKEScorePress, cake_token_scores, window_attention
 from .preference import cake_preference, qsim_all_pairs, qsim_consecutive
+
+logger = logging.getLogger(__name__)
+patch_attention_functions()
+
+ALLOCATIONS = ("reference", "proportional")
 
 
 @dataclass
-class TAPPAPress(PrefillDecodingPress):
-    """TAPPAPress: per-layer KV budgets from q-similarity, `P_l = 1 - qsim_l` (TAPPA, Section 6, arXiv 2601.21709).
+class TAPPAPress(BasePress):
+    """TAPPA: per-layer KV budgets from the predictability of the queries, `P_l = 1 - qsim_l`.
 
-    Layers whose window queries are self-similar (predictable attention) keep fewer tokens. Inside a layer tokens are
-    ranked by `scorer`. Budgets count every kept token, window and sinks included. Design notes: module docstring.
+    Layers whose window queries are similar (predictable, periodic attention) need fewer tokens. Paper: "Why Attention
+    Patterns Exist" (Yang et al., ICLR 2026, https://arxiv.org/abs/2601.21709), Section 6.
 
     Parameters
     ----------
-    compression_ratio : float, default 0.0
-        Fraction of the cache removed over all layers, in [0, 1) (as in kvpress).
+    compression_ratio : float, default=0.0
+        Fraction of the cache removed, over all layers together (kvpress convention); any value in [0, 1).
     token_budget : int, optional
-        Average kept tokens per layer; overrides `compression_ratio`.
-    window : int, default 32
-        Observation window: the last `window` queries give q-similarity and the scorer's scores; always kept.
-    rope : {"post", "pre"}, default "post"
-        q-similarity of the queries after RoPE (the reference code) or before.
-    qsim : {"all_pairs", "consecutive"}, default "all_pairs"
-        Mean cosine over all pairs of window queries (the reference code) or over consecutive ones.
-    alpha : float, default math.inf
-        `math.inf`: pure TAPPA preference; finite: CAKE's preference plus `alpha * (1 - qsim_l)`.
-    tau1, tau2 : float, default 1.0
-        CAKE's temperatures of the entropy and variance terms (used when `alpha` is finite).
-    scorer : kvpress ScorerPress, optional
-        Ranks tokens inside a layer; default `SnapKVPress(window_size=window)`.
-    n_sink : int, default 0
-        First tokens always kept.
+        Average kept tokens per layer (the reference's `max_capacity_prompts`); overrides `compression_ratio`.
+    window : int, default=32
+        Observation window: the last queries that give q-similarity, preference and token scores; these tokens
+        are always kept (fewer when the budget cannot hold them, see `protected_window`).
+    allocation : str, default="reference"
+        "reference": budgets as the official code (`budgets.reference_budgets`: window + truncated proportional
+        share of the rest, capped, redistributed); "proportional": the whole budget split in proportion with the
+        window as a floor (`budgets.allocate_budgets`).
+    rope : str, default="post"
+        Queries for q-similarity after ("post", as the reference) or before ("pre") RoPE.
+    qsim : str, default="all_pairs"
+        "all_pairs" (as the reference) or "consecutive" query similarity.
+    alpha : float, default=math.inf
+        inf: pure TAPPA; finite: CAKE's preference plus `alpha * (1 - qsim)` (the paper's combined score).
+    tau1, tau2 : float, default=1.0
+        CAKE's temperatures (finite alpha only).
+    scorer : ScorerPress, optional
+        Ranks tokens inside a layer; default `CAKEScorePress(window_size=window)` (the official score); any
+        kvpress ScorerPress is accepted.
+    n_sink : int, default=0
+        First tokens always kept (inside the budget).
 
-    Attributes
-    ----------
-    budgets, layer_qsim, layer_preference, kept_indices, seq_len
-        Set by each prefill: kept tokens, q-similarity and preference per layer, the kept positions per layer
-        ((B, H_kv, budget), sorted) and the context length.
+    Notes
+    -----
+    After a prefill: `budgets` (kept tokens per layer), `layer_qsim`, `layer_preference`, `kept_indices` (per layer,
+    (B, H_kv, budget), sorted; None when nothing was evicted), `seq_len`, `total_budget`, `protected_window`.
 
     Examples
     --------
@@ -86,17 +98,12 @@ class TAPPAPress(PrefillDecodingPress):
     >>> cache, logits = prefill(model, ids, press)
     >>> sum(cache_lengths(cache)) == 6 * 256 // 2, cache_lengths(cache) == press.budgets  # 6 layers, half kept
     (True, True)
-    >>> TAPPAPress(compression_ratio=1.5)
-    Traceback (most recent call last):
-    ...
-    ValueError: compression_ratio must be in [0, 1), got 1.5
     """
 
-    prefilling_press: None = field(default=None, init=False, repr=False)
-    decoding_press: None = field(default=None, init=False, repr=False)
     compression_ratio: float = 0.0
     token_budget: Optional[int] = None
     window: int = 32
+    allocation: str = "reference"
     rope: str = "post"
     qsim: str = "all_pairs"
     alpha: float = math.inf
@@ -109,6 +116,8 @@ class TAPPAPress(PrefillDecodingPress):
     layer_preference: list = field(default_factory=list, init=False, repr=False)
     kept_indices: list = field(default_factory=list, init=False, repr=False)
     seq_len: int = field(default=0, init=False, repr=False)
+    total_budget: int = field(default=0, init=False, repr=False)
+    protected_window: int = field(default=0, init=False, repr=False)
 
     def __post_init__(self):
         if not isinstance(self.compression_ratio, (int, float)) or not 0 <= self.compression_ratio < 1:
@@ -117,6 +126,8 @@ class TAPPAPress(PrefillDecodingPress):
             raise ValueError(f"token_budget must be a positive integer (tokens per layer) or None, got {self.token_budget!r}")
         if not isinstance(self.window, int) or self.window < 2:
             raise ValueError(f"window must be an integer >= 2 (q-similarity needs 2 queries), got {self.window!r}")
+        if self.allocation not in ALLOCATIONS:
+            raise ValueError(f"allocation must be one of {ALLOCATIONS}, got {self.allocation!r}")
         if self.rope not in ("pre", "post"):
             raise ValueError(f"rope must be 'pre' or 'post', got {self.rope!r}")
         if self.qsim not in ("all_pairs", "consecutive"):
@@ -128,134 +139,158 @@ class TAPPAPress(PrefillDecodingPress):
         if not isinstance(self.n_sink, int) or self.n_sink < 0:
             raise ValueError(f"n_sink must be an integer >= 0, got {self.n_sink!r}")
         if self.scorer is None:
-            self.scorer = SnapKVPress(window_size=self.window)
+            self.scorer = CAKEScorePress(window_size=self.window)
         if not isinstance(self.scorer, ScorerPress):
             raise TypeError(f"scorer must be a kvpress ScorerPress (e.g. SnapKVPress()), got {type(self.scorer).__name__}")
-        self._pending: dict = {}
+        self._records: dict = {}
 
-    # ---- per-layer statistics (prefill only) -------------------------------------------------------------------
-    def _window_queries(self, module, hidden_states, position_embeddings, pre: bool) -> torch.Tensor:
-        q = get_prerope_query_states(module, hidden_states[:, -self.window:])
-        if pre:
+    # ---- one method per job: subclasses override these ---------------------------------------------------------
+    def preference(self, qsim: float, attn: torch.Tensor) -> float:
+        """A layer's preference from its q-similarity and window attention (B, H, W, T): more tokens when larger."""
+        if self.alpha == math.inf:
+            return 1.0 - qsim
+        return cake_preference(attn, self.tau1, self.tau2) + self.alpha * (1.0 - qsim)
+
+    def total_kept(self, seq_len: int, n_layers: int) -> int:
+        """Kept tokens summed over layers for a context of `seq_len` tokens (at least one per layer)."""
+        if self.token_budget is not None:
+            total = min(self.token_budget, seq_len) * n_layers
+        else:
+            total = int(round(seq_len * n_layers * (1 - self.compression_ratio)))
+        return max(total, n_layers)
+
+    def allocate(self, preferences: list[float], total: int, seq_len: int, window: int, floor: int) -> list[int]:
+        """Per-layer budgets summing to `total` (reference: up to the reference's own clamping)."""
+        if self.allocation == "reference":
+            return reference_budgets(preferences, total, seq_len, window)
+        return allocate_budgets(preferences, total, cap=seq_len, floor=floor)
+
+    # ---- per-layer statistics (prefill) -----------------------------------------------------------------------
+    def _window_queries(self, module, hidden_states, position_embeddings, w: int) -> torch.Tensor:
+        q = get_prerope_query_states(module, hidden_states[:, -w:])
+        if self.rope == "pre":
             return q
         cos, sin = position_embeddings
-        cos, sin = cos[:, -self.window:].unsqueeze(1), sin[:, -self.window:].unsqueeze(1)
+        cos, sin = cos[:, -w:].unsqueeze(1), sin[:, -w:].unsqueeze(1)
         return q * cos + rotate_half(q) * sin
 
-    def _window_attention(self, module, q_post: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-        groups = q_post.shape[1] // keys.shape[1]
-        k = repeat_kv(keys, groups)
-        logits = (q_post @ k.transpose(-1, -2)).float() * module.scaling
+    def _stats_window(self, t: int) -> int:
+        return min(self.window, t - 1)
+
+    def _protected(self, t: int, n_layers: int) -> tuple[int, int]:
+        """(protected window, protected sinks) per layer for a context of t tokens."""
+        per_layer = self.total_kept(t, n_layers) // n_layers
+        w = max(1, min(self._stats_window(t), per_layer))
+        return w, min(self.n_sink, max(per_layer - w, 0))
+
+    def _token_scores(self, module, hidden_states, keys, values, output, kwargs, attn, w_protected) -> torch.Tensor:
+        """(B, H_kv, T) scores of every key; the protected window's scores are not used."""
         t = keys.shape[2]
-        w = q_post.shape[2]
-        future = torch.triu(torch.ones(w, w, dtype=torch.bool, device=keys.device), diagonal=1)
-        logits[..., t - w:] = logits[..., t - w:].masked_fill(future, float("-inf"))
-        return logits.softmax(-1)
+        sc = self.scorer
+        if type(sc) is CAKEScorePress and sc.window_size == self.window:  # reuse the window attention
+            s = cake_token_scores(attn, keys.shape[1], t - w_protected, sc.gamma, sc.kernel_size)
+            return torch.nn.functional.pad(s.float(), (0, w_protected))
+        return sc.score(module, hidden_states, keys, values, output[1], kwargs).float()
+
+    @staticmethod
+    def _check_unpadded(mask) -> None:
+        if not isinstance(mask, torch.Tensor) or mask.dim() != 4:
+            return
+        allowed = mask if mask.dtype == torch.bool else mask == 0
+        q, k = allowed.shape[-2:]
+        causal = torch.ones(q, k, dtype=torch.bool, device=mask.device).tril(k - q)
+        if not bool((allowed == causal).all()):
+            raise ValueError("TAPPAPress does not support padded batches (the attention mask holds padding); "
+                             "compress sequences of equal length, or one at a time")
 
     @torch.no_grad()
     def forward_hook(self, module, input, kwargs, output):
-        """Record the layer's q-similarity, preference and token scores during prefill (no eviction here)."""
+        """Record the layer's statistics during prefill; at the last layer, allocate and evict every layer."""
         hidden_states = kwargs["hidden_states"]
         q_len = hidden_states.shape[1]
         if not is_prefilling(kwargs["cache_position"], q_len):
             return output
-        if hidden_states.shape[0] != 1:
-            raise ValueError(f"TAPPAPress supports batch size 1, got {hidden_states.shape[0]}; "
-                             "compress one sequence at a time")
+        idx = module.layer_idx
+        n_layers = module.config.num_hidden_layers
+        if idx == 0:
+            self._records = {}
+            self._check_unpadded(kwargs.get("attention_mask"))
         cache = kwargs["past_key_values"]
-        layer = cache.layers[module.layer_idx]
-        keys, values = layer.keys, layer.values
+        keys, values = cache.layers[idx].keys, cache.layers[idx].values
         t = keys.shape[2]
+        if t != q_len:
+            raise ValueError(f"TAPPAPress must see the full cache of layer {idx} ({q_len} tokens, found {t}): "
+                             "another press pruned it first; TAPPAPress must be the only token-pruning press")
         rec = {"cache": cache, "t": t}
-        if t > self.window:
-            q = self._window_queries(module, hidden_states, kwargs["position_embeddings"], pre=self.rope == "pre")
+        if t >= 3:
+            w = self._stats_window(t)
+            w_protected, _ = self._protected(t, n_layers)
+            q = self._window_queries(module, hidden_states, kwargs["position_embeddings"], w)
             sim = qsim_all_pairs(q) if self.qsim == "all_pairs" else qsim_consecutive(q)
             rec["qsim"] = float(sim.mean())
-            pref = 1.0 - rec["qsim"]
-            if self.alpha != math.inf:
-                qp = q if self.rope == "post" else self._window_queries(module, hidden_states,
-                                                                         kwargs["position_embeddings"], pre=False)
-                attn = self._window_attention(module, qp, keys)
-                pref = cake_preference(attn, self.tau1, self.tau2) + self.alpha * pref
-            rec["preference"] = max(pref, 0.0)
-            rec["scores"] = self.scorer.score(module, hidden_states, keys, values, output[1], kwargs).detach()
-        self._pending[module.layer_idx] = rec
+            attn = window_attention(module, hidden_states, keys, w, kwargs["position_embeddings"])
+            rec["preference"] = max(self.preference(rec["qsim"], attn), 0.0)
+            rec["scores"] = self._token_scores(module, hidden_states, keys, values, output, kwargs, attn, w_protected)
+        self._records[idx] = rec
+        if idx == n_layers - 1:
+            self._evict(n_layers)
         return output
 
-    # ---- budgets and eviction (after the last layer) ----------------------------------------------------------
-    def total_budget(self, seq_len: int, n_layers: int) -> int:
-        """Kept tokens summed over layers for a context of `seq_len` tokens."""
-        if self.token_budget is not None:
-            return min(self.token_budget, seq_len) * n_layers
-        return int(round(seq_len * n_layers * (1 - self.compression_ratio)))
-
-    def _evict(self) -> None:
-        pending, self._pending = self._pending, {}
-        idx = sorted(pending)
-        t = pending[idx[0]]["t"]
+    # ---- budgets and eviction (at the last layer) -------------------------------------------------------------
+    def _evict(self, n_layers: int) -> None:
+        records, self._records = self._records, {}
+        if sorted(records) != list(range(n_layers)):
+            raise ValueError(f"TAPPAPress saw layers {sorted(records)} of {n_layers}: it needs every layer's "
+                             "statistics before evicting")
+        t = records[0]["t"]
         self.seq_len = t
-        self.layer_qsim = [pending[i].get("qsim", float("nan")) for i in idx]
-        self.layer_preference = [pending[i].get("preference", float("nan")) for i in idx]
-        floor = min(t, self.window + self.n_sink)
-        total = self.total_budget(t, len(idx))
-        if t <= self.window + self.n_sink or total >= t * len(idx):
-            self.budgets = [t] * len(idx)
-            self.kept_indices = [None] * len(idx)
+        self.layer_qsim = [records[i].get("qsim", float("nan")) for i in range(n_layers)]
+        self.layer_preference = [records[i].get("preference", float("nan")) for i in range(n_layers)]
+        total = self.total_kept(t, n_layers)
+        self.kept_indices = [None] * n_layers
+        if t < 3 or total >= t * n_layers:
+            self.budgets, self.total_budget, self.protected_window = [t] * n_layers, t * n_layers, t
             return
-        if total < floor * len(idx):
-            raise ValueError(f"budget too small: {total} tokens over {len(idx)} layers cannot keep the window "
-                             f"({self.window}) and sinks ({self.n_sink}) in every layer; lower compression_ratio "
-                             f"or the window")
-        self.budgets = allocate_budgets(self.layer_preference, total, cap=t, floor=floor)
-        self.kept_indices = []
-        for i, budget in zip(idx, self.budgets):
-            rec = pending[i]
-            layer = rec["cache"].layers[i]
-            scores = rec["scores"].float().clone()
-            scores[..., t - self.window:] = math.inf
-            if self.n_sink:
-                scores[..., : self.n_sink] = math.inf
+        w, n_sink = self._protected(t, n_layers)
+        self.protected_window = w
+        self.budgets = self.allocate(self.layer_preference, total, t, w, floor=w + n_sink)
+        self.total_budget = sum(self.budgets)
+        for i, budget in enumerate(self.budgets):
+            layer = records[i]["cache"].layers[i]
+            if layer.keys.shape[2] != t:
+                raise ValueError(f"layer {i} holds {layer.keys.shape[2]} tokens, not the {t} TAPPAPress scored: "
+                                 "another press pruned it after TAPPAPress; TAPPAPress must be the only "
+                                 "token-pruning press")
+            if budget >= t:
+                continue
+            scores = records[i]["scores"].clone()
+            scores[..., t - w:] = math.inf
+            if n_sink:
+                scores[..., :n_sink] = 1e30 * torch.arange(n_sink, 0, -1, device=scores.device)  # earliest first
             kept = scores.topk(budget, dim=-1).indices.sort(dim=-1).values
             gather = kept.unsqueeze(-1).expand(-1, -1, -1, layer.keys.shape[-1])
             layer.keys = layer.keys.gather(2, gather).contiguous()
             layer.values = layer.values.gather(2, gather).contiguous()
-            self.kept_indices.append(kept)
-
-    def _model_hook(self, module, args, kwargs, output):
-        if self._pending:
-            self._evict()
-        return output
-
-    def _model_pre_hook(self, module, args, kwargs):
-        ids = kwargs.get("input_ids", args[0] if args else None)
-        if ids is None:
-            ids = kwargs.get("inputs_embeds")
-        if ids is not None and ids.shape[0] != 1:
-            raise ValueError(f"TAPPAPress supports batch size 1, got {ids.shape[0]}; compress one sequence at a time")
-        mask = kwargs.get("attention_mask")
-        if isinstance(mask, torch.Tensor) and mask.dim() == 2 and not bool(mask.all()):
-            raise ValueError("TAPPAPress does not support padding (attention_mask with zeros); pass one unpadded sequence")
-        self._pending = {}
-        return None
+            self.kept_indices[i] = kept
+        logger.debug(f"Compressed Context Length per layer: {[records[i]['cache'].get_seq_length(i) for i in range(n_layers)]}")
 
     def compress(self, module, hidden_states, keys, values, attentions, kwargs):
-        """Not used: TAPPAPress evicts after the forward (see the module docstring)."""
-        raise NotImplementedError("TAPPAPress evicts after the whole forward; use it as `with press(model): ...`")
+        """Not available: budgets need every layer first (eviction happens in the last layer's `forward_hook`)."""
+        raise NotImplementedError(f"{type(self).__name__} evicts at the last layer of the prefill and cannot compress "
+                                  "one layer alone; use it directly, in ComposedPress or as PrefillDecodingPress's "
+                                  "prefilling_press")
+
+    def score(self, *args, **kwargs):
+        """Not available: TAPPAPress is not a ScorerPress (its per-token scores are only the ranking inside a layer)."""
+        raise NotImplementedError(f"{type(self).__name__} is not a ScorerPress; wrappers that need `score` take its "
+                                  "token scorer instead, e.g. CAKEScorePress() or press.scorer")
 
     @contextmanager
     def __call__(self, model) -> Generator:
-        """Hooks: statistics per attention layer, eviction after the decoder stack, per-layer masks; always removed."""
+        """kvpress hooks (one forward hook per attention layer), always removed; state reset on exit."""
         check_supported(model)
-        base = model.model.language_model if hasattr(model.model, "language_model") else model.model
-        handles = []
         try:
-            handles.append(base.register_forward_pre_hook(self._model_pre_hook, with_kwargs=True))
-            handles.append(base.register_forward_hook(self._model_hook, with_kwargs=True))
-            for layer in decoder_layers(model):
-                handles.append(layer.self_attn.register_forward_hook(self.forward_hook, with_kwargs=True))
-                handles.append(layer.self_attn.register_forward_pre_hook(_mask_pre_hook, with_kwargs=True))
-            yield
+            with super().__call__(model):
+                yield
         finally:
-            for h in handles:
-                h.remove()
-            self._pending = {}
+            self._records = {}

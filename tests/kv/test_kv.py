@@ -8,13 +8,12 @@ import torch
 
 from conftest import make_tiny_model
 
-kvpress = pytest.importorskip("kvpress")
-from kvpress import KnormPress  # noqa: E402
+from kvpress import KnormPress
 
-from tappa_utils.kv.budgets import allocate_budgets  # noqa: E402
-from tappa_utils.kv.decoding import cache_bytes, cache_lengths, continue_forward, prefill  # noqa: E402
-from tappa_utils.kv.preference import qsim_all_pairs, qsim_consecutive  # noqa: E402
-from tappa_utils.kv.tappa_press import TAPPAPress  # noqa: E402
+from tappa_utils.kv.budgets import allocate_budgets
+from tappa_utils.kv.decoding import cache_bytes, cache_lengths, continue_forward, prefill
+from tappa_utils.kv.preference import qsim_all_pairs, qsim_consecutive
+from tappa_utils.kv.tappa_press import TAPPAPress
 
 T = 160
 
@@ -26,9 +25,10 @@ def _ids(seed: int = 0, n: int = T) -> torch.Tensor:
 
 @pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3"])
 @pytest.mark.parametrize("ratio", [0.5, 0.8])
-def test_cache_lengths_equal_budgets_and_memory_shrinks(family, ratio):
+@pytest.mark.parametrize("allocation", ["reference", "proportional"])
+def test_cache_lengths_equal_budgets_and_memory_shrinks(family, ratio, allocation):
     model = make_tiny_model(family)
-    press = TAPPAPress(compression_ratio=ratio)
+    press = TAPPAPress(compression_ratio=ratio, allocation=allocation)
     cache, _ = prefill(model, _ids(), press)
     full, _ = prefill(model, _ids())
     n_layers = len(cache.layers)
@@ -40,13 +40,18 @@ def test_cache_lengths_equal_budgets_and_memory_shrinks(family, ratio):
 
 def test_budgets_follow_q_similarity():
     model = make_tiny_model("llama", layers=4)
-    press = TAPPAPress(compression_ratio=0.5)
+    press = TAPPAPress(compression_ratio=0.5, allocation="proportional")
     prefill(model, _ids(), press)
     pref = press.layer_preference
     assert pref == pytest.approx([1 - q for q in press.layer_qsim])
     total = sum(press.budgets)
     for b, p in zip(press.budgets, pref):  # B_l = P_l / sum(P) * total (no cap active here), up to rounding
         assert abs(b - total * p / sum(pref)) < 1
+    ref = TAPPAPress(compression_ratio=0.5)  # reference: window + share of the non-window tokens
+    prefill(model, _ids(), ref)
+    w, rest = ref.protected_window, sum(ref.budgets) - 4 * ref.protected_window
+    for b, p in zip(ref.budgets, ref.layer_preference):
+        assert 0 <= (b - w) - int(rest * p / sum(ref.layer_preference)) <= 1  # truncation + remainder to the first
 
 
 def test_token_budget_sums_and_caps():
@@ -133,10 +138,19 @@ def test_decoding_on_compressed_cache(attn):
 
 
 def test_cake_preference_and_alpha():
+    """P = D^(1/tau1) V^(1/tau2) + alpha (1 - qsim), D and V from eager's own attention weights, window keys out."""
     model = make_tiny_model("llama")
-    press = TAPPAPress(compression_ratio=0.5, alpha=1.0)
+    press = TAPPAPress(compression_ratio=0.5, alpha=2.0, tau1=1.6, tau2=0.4)
     cache, _ = prefill(model, _ids(), press)
-    assert all(p > 1 - q for p, q in zip(press.layer_preference, press.layer_qsim))  # P_cake > 0 added
+    w = press.window
+    with torch.no_grad():
+        attn = model(_ids(), output_attentions=True).attentions
+    for layer, a in enumerate(attn):
+        a = a[0, :, -w:, :-w].double()  # (H, W, T - W)
+        d = -(a * torch.log(a + 1e-10)).sum()
+        v = a.var(dim=-2, unbiased=True).sum()
+        expected = float(d ** (1 / 1.6) * v ** (1 / 0.4)) + 2.0 * (1 - press.layer_qsim[layer])
+        assert press.layer_preference[layer] == pytest.approx(expected, rel=1e-3)
     assert sum(press.budgets) == round(T * 3 * 0.5) and cache_lengths(cache) == press.budgets
 
 
@@ -181,10 +195,11 @@ def test_bad_inputs_and_hooks_removed():
     with pytest.raises(TypeError, match="ScorerPress"):
         TAPPAPress(scorer=object())
     press = TAPPAPress(compression_ratio=0.5)
-    with pytest.raises(ValueError, match="batch size 1"):
+    ids = torch.randint(3, 300, (2, 64))
+    mask = torch.ones(2, 64, dtype=torch.long)
+    mask[1, :5] = 0
+    with pytest.raises(ValueError, match="padded batches"):
         with press(model):
-            model(torch.randint(3, 300, (2, 64)))
-    with pytest.raises(ValueError, match="budget too small"):
-        prefill(model, _ids(), TAPPAPress(compression_ratio=0.9, window=32))
+            model(ids, attention_mask=mask)
     attn = model.model.layers[0].self_attn
     assert not attn._forward_hooks and not attn._forward_pre_hooks and not model.model._forward_hooks

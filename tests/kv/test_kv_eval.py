@@ -7,11 +7,9 @@ import pandas as pd
 import pytest
 import torch
 
-pytest.importorskip("kvpress")
-
-from tappa_utils.__main__ import main as cli  # noqa: E402
-from tappa_utils.kv.decoding import prefill  # noqa: E402
-from tappa_utils.kv.evaluate import METHODS, KVEvalConfig, compare, compressed_caches, make_press, make_samples  # noqa: E402
+from tappa_utils.__main__ import main as cli
+from tappa_utils.kv.decoding import prefill
+from tappa_utils.kv.evaluate import METHODS, KVEvalConfig, compare, compressed_caches, make_press, make_samples
 
 TINY = ["--seq-len", "160", "--samples", "2", "--keep", "0.25", "0.5", "--cont-len", "8", "--seg-len", "12",
         "--prefix-len", "4", "--distance", "60", "--window", "16", "--quiet"]
@@ -32,6 +30,39 @@ def test_kv_eval_cli_tiny(tmp_path):
     assert {"summary", "comparisons"} <= set(data)
     assert set(pd.read_csv(out / "comparisons.csv").verdict) <= {"win", "tie", "lose"}
     assert (out / "quality_vs_budget.png").stat().st_size > 1000
+    lengths = pd.read_csv(out / "layer_lengths.csv")  # every layer of every (method, keep, sample) is logged
+    n_layers = lengths.layer.max() + 1
+    assert len(lengths) == len(samples) * n_layers
+    per_row = lengths.groupby(["task", "method", "keep", "sample"]).length.sum().reset_index()
+    merged = per_row.merge(samples, on=["task", "method", "keep", "sample"])
+    assert merged.length.tolist() == [round(k * 160 * n_layers) for k in merged.kept_fraction]
+    ref, prop = (samples[(samples.method == m) & (samples.keep == 0.25)].layer_lengths for m in ("tappa", "tappa_proportional"))
+    assert (ref.values != prop.values).any()  # the two allocation rules really differ
+    cost = pd.read_csv(out / "cost.csv")
+    assert (cost.press_ms > 0).all() and cost.set_index(["method", "keep"]).x_snapkv.loc[("snapkv", 0.25)] == 1
+    assert "compression_cost" in data
+
+
+def test_write_results_keeps_the_matplotlib_backend(tmp_path):
+    import matplotlib
+
+    from tappa_utils.kv.evaluate import write_results
+
+    backend = matplotlib.get_backend()
+    rows = [{"task": "loss", "method": m, "keep": k, "sample": i, "nll": 1.0 + i, "accuracy": 0.5, "kept_fraction": k,
+             "cache_bytes": 1, "press_ms": 1.0, "layer_lengths": "3 4"}
+            for i in range(2) for m, k in (("full", 1.0), ("tappa", 0.5), ("snapkv", 0.5))]
+    write_results(tmp_path, KVEvalConfig(), pd.DataFrame(rows))
+    assert matplotlib.get_backend() == backend and (tmp_path / "layer_lengths.csv").exists()
+
+
+def test_long_text_tokenized_without_length_warning(default_model, capfd, caplog):
+    from tappa_utils.kv.evaluate import _text_tokens
+
+    _, tok = default_model
+    assert len(_text_tokens(tok, None)) > tok.model_max_length  # long enough to trigger the warning if enabled
+    out = capfd.readouterr()
+    assert "Token indices sequence length" not in out.err + out.out + caplog.text
 
 
 @pytest.mark.parametrize("argv, match", [
