@@ -39,11 +39,14 @@ GQA: query head h reads KV head h // (H / H_kv) (column `kv_head`).
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import torch
+
+from .capture import causal_mask
 
 PATTERNS = ("vertical", "diagonal", "periodic", "mixed", "unpredictable")
 METRIC_COLUMNS = (
@@ -285,12 +288,114 @@ def head_metrics(record, cfg: MetricConfig | None = None) -> list[dict[str, Any]
     return _finalize(record.layer, record.kv_group, means, cfg)
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# the streaming path: per-head statistics through query blocks, never a full T x T map
+
+BLOCK_BYTES = 2**26  # float32 logits of one query block (all heads): 64 MB
+
+
+def block_rows(num_heads: int, T: int, batch: int = 1, block_bytes: int = BLOCK_BYTES) -> int:
+    """Queries per block so that one block's float32 logits (batch x heads x rows x T) fit in `block_bytes`."""
+    return max(1, min(T, block_bytes // max(1, 4 * batch * num_heads * T)))
+
+
+def _jaccard_consecutive(idx: torch.Tensor) -> torch.Tensor:
+    """Mean Jaccard overlap of the index sets of consecutive rows: idx (..., n, k) -> (...)."""
+    k = idx.shape[-1]
+    inter = (idx[..., :-1, :, None] == idx[..., 1:, None, :]).sum((-1, -2)).double()
+    return (inter / (2 * k - inter)).mean(-1)
+
+
+def block_stats(q_pre: torch.Tensor, q_post: torch.Tensor, k_post: torch.Tensor, scaling: float,
+                cfg: MetricConfig, sliding_window: int | None = None, rows: int | None = None
+                ) -> dict[str, torch.Tensor]:
+    """The statistics of `_record_stats` (scalars (B, H), profile (B, H, n)) from q (B, H, T, D) and post-RoPE
+    k (B, H_kv, T, D), working through blocks of `rows` queries (default: `block_rows`).
+
+    Every attention metric is a sum over query rows, and a row's softmax needs only that row's logits, so each block
+    computes its rows' probabilities (float32, like the model's eager attention), adds its rows to the sums, and is
+    dropped: peak memory is one block (B x H x rows x T), never the layer's T x T maps. Equal to the full path on
+    the same q/k (tests/test_capture.py). Predictability keeps each analysed row's top-k indices (B x H x T x k).
+    """
+    B, H, T, D = q_post.shape
+    Hkv = k_post.shape[1]
+    group = H // Hkv
+    skip = cfg.skip
+    _check_len(T, max(skip, cfg.top_k - 1))
+    rows = rows or block_rows(H, T, B)
+    dev = q_post.device
+    jmax = (T + skip) // 2
+    Dmax = max(0, min(cfg.max_distance, T - 1 - skip))
+    start = max(skip, cfg.top_k - 1)
+    dd = torch.arange(Dmax + 1, device=dev)
+    sink = torch.zeros(B, H, dtype=torch.float64, device=dev)
+    cols = torch.zeros(B, H, jmax + 1, dtype=torch.float64, device=dev)
+    prof = torch.zeros(B, H, Dmax + 1, dtype=torch.float64, device=dev)
+    tops = []
+    kT = k_post.float().transpose(-1, -2)  # (B, Hkv, D, T)
+    qg = q_post.float().reshape(B, Hkv, group, T, D)
+    for t0 in range(skip, T, rows):
+        t1 = min(T, t0 + rows)
+        b = t1 - t0
+        logits = torch.matmul(qg[..., t0:t1, :].reshape(B, Hkv, group * b, D), kT[..., :t1]).reshape(B, H, b, t1)
+        logits.mul_(scaling)
+        logits.masked_fill_(~causal_mask(b, dev, sliding_window, offset=t0), float("-inf"))
+        p = torch.softmax(logits, dim=-1)
+        del logits
+        sink += p[..., 0].sum(-1, dtype=torch.float64)
+        c = min(t1, jmax + 1)
+        cols[..., :c] += p[..., :c].sum(-2, dtype=torch.float64)
+        t = torch.arange(t0, t1, device=dev)[:, None]
+        j = t - dd[None, :]
+        valid = j >= 0
+        vals = torch.gather(p, -1, j.clamp(min=0).expand(B, H, b, Dmax + 1)).double() * valid
+        prof += vals.sum(-2)
+        if t1 > start:
+            tops.append(p[..., max(0, start - t0):, :].topk(cfg.top_k, dim=-1).indices)
+        del p
+    counts = T - torch.clamp(torch.arange(jmax + 1, device=dev), min=skip)
+    tt = torch.arange(skip, T, device=dev)[:, None]
+    nvalid = ((tt - dd[None, :]) >= 0).sum(0)
+    return {
+        "q_sim_consecutive_pre": q_similarity_consecutive(q_pre, skip),
+        "q_sim_consecutive_post": q_similarity_consecutive(q_post, skip),
+        "q_sim_window_pre": q_similarity_window(q_pre, cfg.window),
+        "q_sim_window_post": q_similarity_window(q_post, cfg.window),
+        "sink_mass": sink / (T - skip),
+        "column_mass": (cols / counts).amax(-1),
+        "predictability": _jaccard_consecutive(torch.cat(tops, dim=-2)),
+        "profile": prof / nvalid,
+    }
+
+
+def record_block_stats(record, cfg: MetricConfig, rows: int | None = None) -> dict[str, torch.Tensor]:
+    """`block_stats` of a `LayerRecord` captured with q_pre, q_post and k_post."""
+    for name in ("q_pre", "q_post", "k_post"):
+        if getattr(record, name, None) is None:
+            raise ValueError(f"the layer record lacks {name}; capture with what=('q_pre', 'q_post', 'k_post')")
+    return block_stats(record.q_pre, record.q_post, record.k_post, record.scaling, cfg, record.sliding_window, rows)
+
+
+@contextmanager
+def attention_implementation(model, name: str) -> Iterator:
+    """Inside the block the model runs with attention implementation `name` (e.g. "sdpa"); restored on exit."""
+    old = model.config._attn_implementation
+    model.set_attn_implementation(name)
+    try:
+        yield model
+    finally:
+        model.set_attn_implementation(old)
+
+
 def analyze_heads(model, input_ids: torch.Tensor, cfg: MetricConfig | None = None,
-                  layers: Iterable[int] | int | None = None, progress: bool = False):
+                  layers: Iterable[int] | int | None = None, progress: bool = False, rows: int | None = None):
     """Per-head metrics table (one row per layer and head, averaged over the rows of `input_ids`).
 
-    Streaming: one forward per window, and a `capture` reducer turns each layer's record into small statistics as
-    soon as the layer is done, so at most one layer's attention matrix is alive at a time.
+    Bounded memory: one forward per window through the decoder only (no LM head: its T x vocab logits are not
+    needed), with the model's attention switched to sdpa for that forward so the model never materialises a layer's
+    attention either; a `capture` reducer turns each layer's q/k into statistics through query blocks of `rows`
+    queries (`block_stats`) as soon as the layer is done. Peak extra memory: one layer's q/k plus one block
+    (default 64 MB of logits), not T x T. Metrics are computed in float32/float64 whatever the model's dtype.
     """
     import pandas as pd
 
@@ -307,26 +412,28 @@ def analyze_heads(model, input_ids: torch.Tensor, cfg: MetricConfig | None = Non
 
     def reducer(rec):
         groups[rec.layer] = rec.kv_group
-        return {k: v.sum(0).cpu() for k, v in _record_stats(rec, cfg).items()}
+        return {k: v.sum(0).cpu() for k, v in record_block_stats(rec, cfg, rows).items()}
 
     windows = range(input_ids.shape[0])
     if progress:
         from tqdm.auto import tqdm
 
         windows = tqdm(windows, desc="windows", leave=False)
-    with torch.no_grad(), capture(model, layers, what=("q_pre", "q_post", "probs"), reducer=reducer) as cap:
+    what = ("q_pre", "q_post", "k_post")
+    with torch.no_grad(), attention_implementation(model, "sdpa"), \
+            capture(model, layers, what=what, reducer=reducer) as cap:
         for w in windows:
-            model(input_ids[w : w + 1].to(device), use_cache=False)
+            model.model(input_ids=input_ids[w : w + 1].to(device), use_cache=False)
             for layer in cap.layers():
                 stats = cap.records.pop(layer)
                 acc = sums.setdefault(layer, {k: torch.zeros_like(v) for k, v in stats.items()})
                 for k, v in stats.items():
                     acc[k] += v
     n = input_ids.shape[0]
-    rows = []
+    rows_out = []
     for layer in sorted(sums):
-        rows += _finalize(layer, groups[layer], {k: v / n for k, v in sums[layer].items()}, cfg)
-    return pd.DataFrame(rows, columns=list(HEAD_COLUMNS))
+        rows_out += _finalize(layer, groups[layer], {k: v / n for k, v in sums[layer].items()}, cfg)
+    return pd.DataFrame(rows_out, columns=list(HEAD_COLUMNS))
 
 
 def layer_table(heads_df):
@@ -344,10 +451,16 @@ def layer_table(heads_df):
 
 def null_heads(model, input_ids: torch.Tensor, cfg: MetricConfig | None = None, seed: int = 0,
                layers: Iterable[int] | int | None = None, progress: bool = False):
-    """`analyze_heads` on a random-weight copy of `model` (same architecture, seed `seed`): the null baseline."""
-    from .models import random_weight_copy
+    """`analyze_heads` on the random-weight null of `model` (same architecture, seed `seed`).
 
-    return analyze_heads(random_weight_copy(model, seed), input_ids, cfg, layers, progress)
+    No second model: `models.random_weights` swaps random weights into each module while it runs and restores them
+    (extra memory one module; cost one random draw of the decoder's parameters per window). Pass a seed that
+    differs from the model's own.
+    """
+    from .models import random_weights
+
+    with random_weights(model, seed):
+        return analyze_heads(model, input_ids, cfg, layers, progress)
 
 
 def calibrate_period_threshold(models, input_ids_list, cfg: MetricConfig | None = None, seeds: Iterable[int] = range(5),
