@@ -44,10 +44,10 @@ class UnsupportedModelError(ValueError):
 # ---------------------------------------------------------------------------------------------------------------
 
 # The architecture fields of each checkpoint's config.json on the Hugging Face hub (repo id in "source"), written
-# from the published files as remembered (nothing is downloaded here). Token ids are those of the real tokenizer; `random_model` replaces
-# them by the byte tokenizer's (BOS 256, EOS 257) because it ships that tokenizer instead. "params" is the real
-# checkpoint's total parameter count (tied embeddings counted once; the model cards give it rounded, in the comment),
-# checked against the built model in tests/test_models.py.
+# from the published files as remembered (nothing is downloaded here). Token ids are those of the real tokenizer;
+# `random_model` replaces them by the byte tokenizer's (BOS 256, EOS 257) because it ships that tokenizer instead.
+# "params" is the real checkpoint's total parameter count (tied embeddings counted once; the model cards give it
+# rounded, in the comment), checked against the built model in tests/test_models.py.
 SHAPES: dict[str, dict[str, Any]] = {
     "llama3.2-1b": {
         "source": "meta-llama/Llama-3.2-1B",
@@ -149,7 +149,8 @@ def _reset_rotary(model) -> None:
 
     for mod in model.modules():
         if "RotaryEmbedding" in type(mod).__name__ and hasattr(mod, "inv_freq"):
-            fn = ROPE_INIT_FUNCTIONS[mod.rope_type] if mod.rope_type != "default" else mod.compute_default_rope_parameters
+            default = mod.rope_type == "default"
+            fn = mod.compute_default_rope_parameters if default else ROPE_INIT_FUNCTIONS[mod.rope_type]
             inv, mod.attention_scaling = fn(mod.config, mod.inv_freq.device)
             with torch.no_grad():
                 mod.inv_freq.copy_(inv)

@@ -176,8 +176,8 @@ def layer_summary(df, metrics: Sequence[str]):
     return pd.concat(out, axis=1).reset_index()
 
 
-def plot_layer_summary(df, metrics: Sequence[str], title: str | None = None, panel_size: tuple[float, float] = (4.0, 3.0),
-                       null=None):
+def plot_layer_summary(df, metrics: Sequence[str], title: str | None = None,
+                       panel_size: tuple[float, float] = (4.0, 3.0), null=None):
     """One panel per metric: its per-layer mean over heads (line) and min-max range (band); with `null` (a per-head
     table of the random-weight null) the null's mean in grey. Readable at any number of heads."""
     import matplotlib.pyplot as plt
