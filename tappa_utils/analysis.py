@@ -6,7 +6,8 @@
 Writes DIR/heads.csv (one row per layer and head: layer, head, kv_head, then the metrics of
 `tappa_utils.metrics`), DIR/layers.csv (per-layer means and pattern counts), DIR/summary.json (parameters, model,
 versions, timings, pattern counts) and DIR/gallery.png (attention maps of the heads with the highest and the lowest
-q-similarity). With --null, also null_heads.csv / null_layers.csv for a random-weight copy. Everything is written to
+q-similarity). With --null, also null_heads.csv / null_layers.csv for the random-weight null (weights swapped in
+place, no second model). Everything is written to
 a temporary folder beside DIR and renamed into place at the end, so a failed run leaves no partial files. Bad input
 exits with status 2 and one line on stderr.
 """
@@ -39,7 +40,8 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the `analyze` command."""
     p = _Parser(prog="python -m tappa_utils analyze", description="Per-head attention metrics of a model.")
-    p.add_argument("--model", default="tappa-tiny", help="tappa-tiny (shipped) or a local model folder")
+    p.add_argument("--model", default="tappa-tiny",
+                   help="tappa-tiny (shipped), a local model folder, or random:<shape> (e.g. random:qwen2.5-0.5b)")
     p.add_argument("--text-file", default=None, help="text to analyse (default: the shipped held-out sample)")
     p.add_argument("--seq-len", type=int, default=512, help="tokens per window (BOS included)")
     p.add_argument("--num-windows", type=int, default=4, help="number of consecutive text windows")
@@ -49,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", type=int, nargs="+", default=None, help="layer indices (default: all)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
-    p.add_argument("--null", action="store_true", help="also analyse a random-weight copy of the model")
+    p.add_argument("--null", action="store_true", help="also analyse the model's random-weight null")
     p.add_argument("--seed", type=int, default=0, help="seed of the random-weight copy")
     p.add_argument("--gallery-heads", type=int, default=3, help="heads per row of the gallery (highest / lowest)")
     p.add_argument("--out", required=True, help="output folder (replaced atomically)")
@@ -64,8 +66,8 @@ def _load_checked(args):
     from transformers.utils import logging as hf_logging
 
     from .data import load_text
-    from .models import (SUPPORTED_MODEL_TYPES, UnsupportedModelError, check_supported, context_length, load_model,
-                         resolve_model_path)
+    from .models import (SUPPORTED_MODEL_TYPES, UnsupportedModelError, check_supported, context_length,
+                         is_random_name, load_model, resolve_model_path, shape_name)
 
     for name in ("seq_len", "num_windows", "window", "top_k", "gallery_heads"):
         if getattr(args, name) < 1:
@@ -85,13 +87,17 @@ def _load_checked(args):
                          f"use at least {max(args.skip, args.top_k - 1) + 2}")
     hf_logging.set_verbosity_error()  # no "sequence longer than the model" warning for the whole text
     text = load_text(text_file=args.text_file)
-    path = resolve_model_path(args.model)
-    if not Path(path).is_dir():
-        raise InputError(f"model folder not found: {args.model} (use tappa-tiny or a local model folder)")
-    model_type = getattr(AutoConfig.from_pretrained(path), "model_type", "unknown")
-    if model_type not in SUPPORTED_MODEL_TYPES:
-        raise UnsupportedModelError(f"unsupported architecture {model_type!r}: supported model types: "
-                                    f"{', '.join(SUPPORTED_MODEL_TYPES)}")
+    if is_random_name(args.model):
+        shape_name(args.model)  # an unknown shape fails here, before anything is built
+    else:
+        path = resolve_model_path(args.model)
+        if not Path(path).is_dir():
+            raise InputError(f"model folder not found: {args.model} (use tappa-tiny, a local model folder or "
+                             f"random:<shape>)")
+        model_type = getattr(AutoConfig.from_pretrained(path), "model_type", "unknown")
+        if model_type not in SUPPORTED_MODEL_TYPES:
+            raise UnsupportedModelError(f"unsupported architecture {model_type!r}: supported model types: "
+                                        f"{', '.join(SUPPORTED_MODEL_TYPES)}")
     model, tokenizer = load_model(args.model, device=args.device, dtype=args.dtype)
     check_supported(model)
     ctx = context_length(model)
@@ -115,7 +121,7 @@ def gallery_figure(model, input_ids, heads_df, n: int = 3, metric: str = GALLERY
     n = min(n, len(order))
     picks = [("highest", order.head(n)), ("lowest", order.tail(n).iloc[::-1])]
     layers = sorted({int(r.layer) for _, part in picks for r in part.itertuples()})
-    maps = attention_maps(model, input_ids, layers)
+    maps = attention_maps(model, input_ids, layers, max_tokens=max_tokens)
     fig, axes = plt.subplots(2, n, figsize=(3.0 * n, 6.2), squeeze=False)
     for row, (label, part) in enumerate(picks):
         for col, r in enumerate(part.itertuples()):

@@ -59,11 +59,14 @@ GQA: query head h reads KV head h // (H / H_kv) (column `kv_head`).
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import torch
+
+from .capture import causal_mask
 
 PATTERNS = ("vertical", "diagonal", "periodic", "mixed", "unpredictable", "diffuse")
 METRIC_COLUMNS = (
@@ -235,19 +238,24 @@ def predictability(probs: torch.Tensor, skip: int = 16, top_k: int = 16) -> torc
     """
     T = probs.shape[-1]
     _check_len(probs.shape[-2], skip)
-    a = probs[..., skip : T - 1, :].double()  # rows t
-    b = probs[..., skip + 1 : T, :].double()  # rows t + 1
-    carry = torch.zeros(a.shape[:-1], dtype=torch.float64, device=probs.device)  # mass of key j - 1 still unused
+    matched, total = carried_mass(probs[..., skip : T - 1, :], probs[..., skip + 1 : T, :])
+    return (matched / torch.where(total > 0, total, torch.ones_like(total))).mean(-1)
+
+
+def carried_mass(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For row pairs a (..., n, K) -> b (..., n, K): the mass of b carried over from a with moves {0, +1} (the
+    greedy transport of `predictability`) and b's total mass, both (..., n) float64."""
+    a, b = a.double(), b.double()
+    carry = torch.zeros(a.shape[:-1], dtype=torch.float64, device=a.device)  # mass of key j - 1 still unused
     matched = torch.zeros_like(carry)
-    for j in range(T):
+    for j in range(a.shape[-1]):
         bj = b[..., j]
         u = torch.minimum(bj, carry)  # from key j - 1 (diagonal move): it can serve no later key
         aj = a[..., j]
         v = torch.minimum(bj - u, aj)  # from key j (stays)
         matched += u + v
         carry = aj - v
-    total = b.sum(-1)
-    return (matched / torch.where(total > 0, total, torch.ones_like(total))).mean(-1)
+    return matched, b.sum(-1)
 
 
 def concentration(probs: torch.Tensor, skip: int = 16) -> torch.Tensor:
@@ -256,10 +264,15 @@ def concentration(probs: torch.Tensor, skip: int = 16) -> torch.Tensor:
     T = probs.shape[-1]
     _check_len(probs.shape[-2], skip, 1)
     start = max(skip, 1)
-    p = probs[..., start:, :].double()
+    return row_concentration(probs[..., start:, :], start).mean(-1)
+
+
+def row_concentration(p: torch.Tensor, first_row: int) -> torch.Tensor:
+    """1 - H(row) / log(t + 1) of rows t = first_row, first_row + 1, ...: p (..., n, K) -> (..., n) float64."""
+    p = p.double()
     h = -(p * torch.log(p.clamp_min(1e-300))).sum(-1)
-    n = torch.arange(start, T, dtype=torch.float64, device=probs.device) + 1
-    return (1 - h / torch.log(n)).mean(-1)
+    n = torch.arange(first_row, first_row + p.shape[-2], dtype=torch.float64, device=p.device) + 1
+    return 1 - h / torch.log(n)
 
 
 def _moving_average(x: torch.Tensor, width: int) -> torch.Tensor:
@@ -385,12 +398,118 @@ def head_metrics(record, cfg: MetricConfig | None = None) -> list[dict[str, Any]
     return _finalize(record.layer, record.kv_group, means, cfg)
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# the streaming path: per-head statistics through query blocks, never a full T x T map
+
+BLOCK_BYTES = 2**26  # float32 logits of one query block (all heads): 64 MB
+
+
+def block_rows(num_heads: int, T: int, batch: int = 1, block_bytes: int = BLOCK_BYTES) -> int:
+    """Queries per block so that one block's float32 logits (batch x heads x rows x T) fit in `block_bytes`."""
+    return max(1, min(T, block_bytes // max(1, 4 * batch * num_heads * T)))
+
+
+def block_stats(q_pre: torch.Tensor, q_post: torch.Tensor, k_post: torch.Tensor, scaling: float,
+                cfg: MetricConfig, sliding_window: int | None = None, rows: int | None = None
+                ) -> dict[str, torch.Tensor]:
+    """The statistics of `_record_stats` (scalars (B, H), profile (B, H, n)) from q (B, H, T, D) and post-RoPE
+    k (B, H_kv, T, D), working through blocks of `rows` queries (default: `block_rows`).
+
+    Every attention metric is a sum over query rows, and a row's softmax needs only that row's logits, so each block
+    computes its rows' probabilities (float32, like the model's eager attention), adds its rows to the sums, and is
+    dropped: peak memory is one block (B x H x rows x T), never the layer's T x T maps. Equal to the full path on
+    the same q/k (tests/test_capture.py). Predictability pairs each block's first row with the previous block's last.
+    """
+    B, H, T, D = q_post.shape
+    Hkv = k_post.shape[1]
+    group = H // Hkv
+    skip = cfg.skip
+    _check_len(T, max(skip, 1))
+    rows = rows or block_rows(H, T, B)
+    dev = q_post.device
+    jmax = (T + skip) // 2
+    Dmax = max(0, min(cfg.max_distance, T - 1 - skip))
+    dd = torch.arange(Dmax + 1, device=dev)
+    pred = torch.zeros(B, H, dtype=torch.float64, device=dev)
+    conc = torch.zeros(B, H, dtype=torch.float64, device=dev)
+    last = None  # the previous block's last row: its pair with this block's first row
+    sink = torch.zeros(B, H, dtype=torch.float64, device=dev)
+    cols = torch.zeros(B, H, jmax + 1, dtype=torch.float64, device=dev)
+    prof = torch.zeros(B, H, Dmax + 1, dtype=torch.float64, device=dev)
+    kT = k_post.float().transpose(-1, -2)  # (B, Hkv, D, T)
+    qg = q_post.float().reshape(B, Hkv, group, T, D)
+    for t0 in range(skip, T, rows):
+        t1 = min(T, t0 + rows)
+        b = t1 - t0
+        logits = torch.matmul(qg[..., t0:t1, :].reshape(B, Hkv, group * b, D), kT[..., :t1]).reshape(B, H, b, t1)
+        logits.mul_(scaling)
+        logits.masked_fill_(~causal_mask(b, dev, sliding_window, offset=t0), float("-inf"))
+        p = torch.softmax(logits, dim=-1)
+        del logits
+        sink += p[..., 0].sum(-1, dtype=torch.float64)
+        c = min(t1, jmax + 1)
+        cols[..., :c] += p[..., :c].sum(-2, dtype=torch.float64)
+        t = torch.arange(t0, t1, device=dev)[:, None]
+        j = t - dd[None, :]
+        valid = j >= 0
+        vals = torch.gather(p, -1, j.clamp(min=0).expand(B, H, b, Dmax + 1)).double() * valid
+        prof += vals.sum(-2)
+        c0 = max(0, 1 - t0)  # concentration skips query 0 (one key)
+        conc += row_concentration(p[..., c0:, :], t0 + c0).sum(-1)
+        if last is None:
+            a, nb = p[..., :-1, :], p[..., 1:, :]
+        else:
+            prev = torch.nn.functional.pad(last, (0, t1 - last.shape[-1]))
+            a, nb = torch.cat([prev, p[..., :-1, :]], dim=-2), p
+        if nb.shape[-2]:
+            m, tot = carried_mass(a, nb)
+            pred += (m / torch.where(tot > 0, tot, torch.ones_like(tot))).sum(-1)
+        last = p[..., -1:, :]
+        del p
+    counts = T - torch.clamp(torch.arange(jmax + 1, device=dev), min=skip)
+    tt = torch.arange(skip, T, device=dev)[:, None]
+    nvalid = ((tt - dd[None, :]) >= 0).sum(0)
+    return {
+        "q_sim_consecutive_pre": q_similarity_consecutive(q_pre, skip),
+        "q_sim_consecutive_post": q_similarity_consecutive(q_post, skip),
+        "q_sim_window_pre": q_similarity_window(q_pre, cfg.window),
+        "q_sim_window_post": q_similarity_window(q_post, cfg.window),
+        "sink_mass": sink / (T - skip),
+        "column_mass": (cols / counts).amax(-1),
+        "predictability": pred / max(1, T - 1 - skip),
+        "concentration": conc / (T - max(skip, 1)),
+        "profile": prof / nvalid,
+    }
+
+
+def record_block_stats(record, cfg: MetricConfig, rows: int | None = None) -> dict[str, torch.Tensor]:
+    """`block_stats` of a `LayerRecord` captured with q_pre, q_post and k_post."""
+    for name in ("q_pre", "q_post", "k_post"):
+        if getattr(record, name, None) is None:
+            raise ValueError(f"the layer record lacks {name}; capture with what=('q_pre', 'q_post', 'k_post')")
+    return block_stats(record.q_pre, record.q_post, record.k_post, record.scaling, cfg, record.sliding_window, rows)
+
+
+@contextmanager
+def attention_implementation(model, name: str) -> Iterator:
+    """Inside the block the model runs with attention implementation `name` (e.g. "sdpa"); restored on exit."""
+    old = model.config._attn_implementation
+    model.set_attn_implementation(name)
+    try:
+        yield model
+    finally:
+        model.set_attn_implementation(old)
+
+
 def analyze_heads(model, input_ids: torch.Tensor, cfg: MetricConfig | None = None,
-                  layers: Iterable[int] | int | None = None, progress: bool = False):
+                  layers: Iterable[int] | int | None = None, progress: bool = False, rows: int | None = None):
     """Per-head metrics table (one row per layer and head, averaged over the rows of `input_ids`).
 
-    Streaming: one forward per window, and a `capture` reducer turns each layer's record into small statistics as
-    soon as the layer is done, so at most one layer's attention matrix is alive at a time.
+    Bounded memory: one forward per window through the decoder only (no LM head: its T x vocab logits are not
+    needed), with the model's attention switched to sdpa for that forward so the model never materialises a layer's
+    attention either; a `capture` reducer turns each layer's q/k into statistics through query blocks of `rows`
+    queries (`block_stats`) as soon as the layer is done. Peak extra memory: one layer's q/k plus one block
+    (default 64 MB of logits), not T x T. Metrics are computed in float32/float64 whatever the model's dtype.
     """
     import pandas as pd
 
@@ -407,26 +526,28 @@ def analyze_heads(model, input_ids: torch.Tensor, cfg: MetricConfig | None = Non
 
     def reducer(rec):
         groups[rec.layer] = rec.kv_group
-        return {k: v.sum(0).cpu() for k, v in _record_stats(rec, cfg).items()}
+        return {k: v.sum(0).cpu() for k, v in record_block_stats(rec, cfg, rows).items()}
 
     windows = range(input_ids.shape[0])
     if progress:
         from tqdm.auto import tqdm
 
         windows = tqdm(windows, desc="windows", leave=False)
-    with torch.no_grad(), capture(model, layers, what=("q_pre", "q_post", "probs"), reducer=reducer) as cap:
+    what = ("q_pre", "q_post", "k_post")
+    with torch.no_grad(), attention_implementation(model, "sdpa"), \
+            capture(model, layers, what=what, reducer=reducer) as cap:
         for w in windows:
-            model(input_ids[w : w + 1].to(device), use_cache=False)
+            model.model(input_ids=input_ids[w : w + 1].to(device), use_cache=False)
             for layer in cap.layers():
                 stats = cap.records.pop(layer)
                 acc = sums.setdefault(layer, {k: torch.zeros_like(v) for k, v in stats.items()})
                 for k, v in stats.items():
                     acc[k] += v
     n = input_ids.shape[0]
-    rows = []
+    rows_out = []
     for layer in sorted(sums):
-        rows += _finalize(layer, groups[layer], {k: v / n for k, v in sums[layer].items()}, cfg)
-    return pd.DataFrame(rows, columns=list(HEAD_COLUMNS))
+        rows_out += _finalize(layer, groups[layer], {k: v / n for k, v in sums[layer].items()}, cfg)
+    return pd.DataFrame(rows_out, columns=list(HEAD_COLUMNS))
 
 
 def layer_table(heads_df):
@@ -444,27 +565,18 @@ def layer_table(heads_df):
 
 def null_heads(model, input_ids: torch.Tensor, cfg: MetricConfig | None = None, seed: int = 0,
                layers: Iterable[int] | int | None = None, progress: bool = False):
-    """`analyze_heads` on a random-weight copy of `model` (same architecture): the null baseline.
+    """`analyze_heads` on the random-weight null of `model` (same architecture).
 
-    The copy is initialised with `stats.null_seed(seed)`, never with `seed` itself, so the null of a random-weight
-    model built with `random_weight_copy(model, seed)` is not that very model; a ValueError is raised if the copy's
-    weights still equal the model's.
+    No second model: `models.random_weights` swaps random weights into each module while it runs and restores them
+    (extra memory one module; cost one random draw of the decoder's parameters per window). The null is drawn with
+    `stats.null_seed(seed)`, never with `seed` itself, so the null of a random-weight model built with seed `seed`
+    is not that very model.
     """
-    from .models import random_weight_copy
+    from .models import random_weights
     from .stats import null_seed
 
-    null = random_weight_copy(model, null_seed(seed))
-    if _same_weights(model, null):
-        raise ValueError(f"the random-weight null (seed {null_seed(seed)}) has the same weights as the model; "
-                         "pass another seed")
-    return analyze_heads(null, input_ids, cfg, layers, progress)
-
-
-def _same_weights(a, b) -> bool:
-    """True when every parameter of a equals the corresponding one of b."""
-    pa, pb = list(a.parameters()), list(b.parameters())
-    return len(pa) == len(pb) and all(x.shape == y.shape and torch.equal(x.detach().cpu(), y.detach().cpu())
-                                      for x, y in zip(pa, pb))
+    with random_weights(model, null_seed(seed)):
+        return analyze_heads(model, input_ids, cfg, layers, progress)
 
 
 def null_quantile(models, input_ids_list, column: str, cfg: MetricConfig | None = None,

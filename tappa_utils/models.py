@@ -1,19 +1,36 @@
-"""Loading models: `tappa-tiny` (shipped with the package) or any Hugging Face causal LM, plus the random-weight null.
+"""Loading models: `tappa-tiny` (shipped), any Hugging Face causal LM, random-weight *shapes* of public models, and
+the random-weight null.
 
 Supported for capture and analysis: the Llama, Mistral, Qwen2 and Qwen3 families (separate q/k/v projections,
 rotate-half RoPE). Anything else raises `UnsupportedModelError` naming the architecture and the supported ones.
+
+Shapes: `random_model("qwen2.5-0.5b")` (or `load_model("random:qwen2.5-0.5b")`) builds a model with the exact
+architecture of a public checkpoint and random weights, with the byte tokenizer; nothing is downloaded. It has
+the real model's tensors, memory and cost, so chapters and commands can be timed and sized on it (not its
+patterns: those are the random-weight null's).
+
+Random weights, whether for a shape or for the null, follow `transformers`' own initialisation
+(`PreTrainedModel._init_weights`): Linear and Embedding weights N(0, initializer_range), biases 0, norm weights 1,
+the embedding's padding row 0. Each parameter is drawn from its own generator, seeded from (seed, purpose,
+parameter name), so the same seed gives the same weights whichever way they are built (`random_weight_copy`
+builds a second model, `random_weights` swaps them into the model one module at a time) and a shape and a null
+never share weights even with equal seeds.
 """
 from __future__ import annotations
 
 import copy
 import os
+import zlib
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, Iterator
 
 import torch
 
 DEFAULT_MODEL = "tappa-tiny"
 ASSETS = Path(__file__).parent / "assets"
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+RANDOM_PREFIX = "random:"
 
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
@@ -22,8 +39,139 @@ class UnsupportedModelError(ValueError):
     """The model's architecture is not one that `tappa_utils` can capture."""
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# public configs (shapes)
+# ---------------------------------------------------------------------------------------------------------------
+
+# The architecture fields of each checkpoint's config.json on the Hugging Face hub (repo id in "source"), written
+# from the published files as remembered (nothing is downloaded here). Token ids are those of the real tokenizer;
+# `random_model` replaces them by the byte tokenizer's (BOS 256, EOS 257) because it ships that tokenizer instead.
+# "params" is the real checkpoint's total parameter count (tied embeddings counted once; the model cards give it
+# rounded, in the comment), checked against the built model in tests/test_models.py.
+SHAPES: dict[str, dict[str, Any]] = {
+    "llama3.2-1b": {
+        "source": "meta-llama/Llama-3.2-1B",
+        "params": 1_235_814_400,  # model card: 1.23B
+        "config": dict(
+            model_type="llama", vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
+            num_attention_heads=32, num_key_value_heads=8, head_dim=64, hidden_act="silu",
+            max_position_embeddings=131072, initializer_range=0.02, rms_norm_eps=1e-5, tie_word_embeddings=True,
+            attention_bias=False, mlp_bias=False, rope_theta=500000.0,
+            rope_scaling={"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                          "original_max_position_embeddings": 8192},
+            bos_token_id=128000, eos_token_id=128001),
+    },
+    "llama3.1-8b": {
+        "source": "meta-llama/Llama-3.1-8B",
+        "params": 8_030_261_248,  # model card: 8B
+        "config": dict(
+            model_type="llama", vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+            num_attention_heads=32, num_key_value_heads=8, head_dim=128, hidden_act="silu",
+            max_position_embeddings=131072, initializer_range=0.02, rms_norm_eps=1e-5, tie_word_embeddings=False,
+            attention_bias=False, mlp_bias=False, rope_theta=500000.0,
+            rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                          "original_max_position_embeddings": 8192},
+            bos_token_id=128000, eos_token_id=128001),
+    },
+    "qwen2.5-0.5b": {
+        "source": "Qwen/Qwen2.5-0.5B",
+        "params": 494_032_768,  # model card: 0.49B, 0.36B non-embedding
+        "config": dict(
+            model_type="qwen2", vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+            num_attention_heads=14, num_key_value_heads=2, hidden_act="silu", max_position_embeddings=32768,
+            initializer_range=0.02, rms_norm_eps=1e-6, tie_word_embeddings=True, rope_theta=1000000.0,
+            use_sliding_window=False, sliding_window=32768, max_window_layers=24,
+            bos_token_id=151643, eos_token_id=151643),  # q/k/v biases: built into Qwen2Attention
+    },
+    "qwen3-0.6b": {
+        "source": "Qwen/Qwen3-0.6B",
+        "params": 596_049_920,  # model card: 0.6B, 0.44B non-embedding
+        "config": dict(
+            model_type="qwen3", vocab_size=151936, hidden_size=1024, intermediate_size=3072, num_hidden_layers=28,
+            num_attention_heads=16, num_key_value_heads=8, head_dim=128, hidden_act="silu",
+            max_position_embeddings=40960, initializer_range=0.02, rms_norm_eps=1e-6, tie_word_embeddings=True,
+            attention_bias=False, rope_theta=1000000.0, use_sliding_window=False, sliding_window=None,
+            max_window_layers=28, bos_token_id=151643, eos_token_id=151645),  # q_norm/k_norm: built into Qwen3
+    },
+}
+_ALIASES = {v["source"].lower(): k for k, v in SHAPES.items()}
+
+
+def byte_tokenizer():
+    """The byte-level tokenizer shipped with the default model (256 bytes + BOS/EOS/PAD), loaded offline."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(ASSETS / DEFAULT_MODEL)
+
+
+def shape_name(name: str) -> str:
+    """Canonical shape name from 'qwen2.5-0.5b', 'random:qwen2.5-0.5b' or 'Qwen/Qwen2.5-0.5B' (case-insensitive)."""
+    key = str(name).lower().removeprefix(RANDOM_PREFIX)
+    key = _ALIASES.get(key, key)
+    if key not in SHAPES:
+        raise ValueError(f"unknown model shape {name!r}; available: {', '.join(SHAPES)} (or their hub ids)")
+    return key
+
+
+def shape_config(name: str):
+    """The `transformers` config of a shape (public architecture fields; the byte tokenizer's special ids)."""
+    from transformers import AutoConfig
+
+    tok = byte_tokenizer()
+    BOS_ID, EOS_ID = tok.bos_token_id, tok.eos_token_id
+    fields = dict(SHAPES[shape_name(name)]["config"])
+    model_type = fields.pop("model_type")
+    rope = {"rope_type": "default", **(fields.pop("rope_scaling", None) or {}), "rope_theta": fields.pop("rope_theta")}
+    fields.update(bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=None, rope_parameters=rope)
+    return AutoConfig.for_model(model_type, **fields)
+
+
+def random_model(name: str, dtype: str | torch.dtype = "float32", seed: int = 0, device: str | torch.device = "cpu",
+                 attn_implementation: str = "eager"):
+    """A random-weight model with the exact architecture of a public checkpoint (see `SHAPES`), in eval mode.
+
+    Built on the meta device, then materialised once on `device` in `dtype` and filled with random weights
+    (no float32 detour, no download): peak memory is the weights themselves. `device="meta"` gives the shape only
+    (no memory, no weights), enough to count parameters. Seed `seed`; the null (`random_weights`) with the same
+    seed still draws different weights.
+    """
+    from transformers import AutoModelForCausalLM
+
+    cfg = shape_config(name)
+    cfg._attn_implementation = attn_implementation
+    torch_dtype = parse_dtype(dtype)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(cfg, dtype=torch_dtype, attn_implementation=attn_implementation)
+    if str(device) != "meta":
+        model = model.to_empty(device=device)
+        model.tie_weights()  # to_empty makes new tensors: re-tie the LM head to the embedding where the config says so
+        _randomize(model, seed, "model")
+        _reset_rotary(model)
+    return model.eval()
+
+
+def _reset_rotary(model) -> None:
+    """Recompute every rotary module's inv_freq buffers from its config (as transformers' own init does)."""
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    for mod in model.modules():
+        if "RotaryEmbedding" in type(mod).__name__ and hasattr(mod, "inv_freq"):
+            default = mod.rope_type == "default"
+            fn = mod.compute_default_rope_parameters if default else ROPE_INIT_FUNCTIONS[mod.rope_type]
+            inv, mod.attention_scaling = fn(mod.config, mod.inv_freq.device)
+            with torch.no_grad():
+                mod.inv_freq.copy_(inv)
+                if hasattr(mod, "original_inv_freq"):
+                    mod.original_inv_freq.copy_(inv)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# loading
+# ---------------------------------------------------------------------------------------------------------------
+
+
 def resolve_model_path(name_or_path: str) -> str:
-    """`tappa-tiny` -> the shipped folder; any other string is returned unchanged (local path or hub id)."""
+    """`tappa-tiny` -> the shipped folder; any other string is returned unchanged (local path, hub id, random:...)."""
     if not isinstance(name_or_path, (str, os.PathLike)):
         raise TypeError(f"model must be a name or path string, got {type(name_or_path).__name__}")
     name = str(name_or_path)
@@ -33,6 +181,11 @@ def resolve_model_path(name_or_path: str) -> str:
             raise FileNotFoundError(f"the shipped model is missing at {path}; reinstall tappa_utils")
         return str(path)
     return name
+
+
+def is_random_name(name_or_path) -> bool:
+    """True for 'random:<shape>' model names (random-weight shapes, see `SHAPES`)."""
+    return isinstance(name_or_path, str) and name_or_path.lower().startswith(RANDOM_PREFIX)
 
 
 def load_model(
@@ -45,7 +198,13 @@ def load_model(
     """Load (model, tokenizer) through `AutoModelForCausalLM` / `AutoTokenizer`, in eval mode.
 
     `device_map="auto"` may be passed for models that need several GPUs (then `device` is ignored).
+    `random:<shape>` (e.g. `random:qwen2.5-0.5b`, see `SHAPES`) builds a random-weight model of that public
+    architecture with the byte tokenizer (seed 0), without any download.
     """
+    if is_random_name(name_or_path):
+        name = shape_name(name_or_path)  # fail fast on an unknown shape
+        dev = "cuda" if device_map is not None and torch.cuda.is_available() else device
+        return random_model(name, dtype, seed=0, device=dev, attn_implementation=attn_implementation), byte_tokenizer()
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging
 
@@ -106,13 +265,125 @@ def context_length(model) -> int:
     return int(getattr(model.config, "max_position_embeddings", 0) or 0) or 2**31
 
 
-def random_weight_copy(model, seed: int = 0):
-    """Same architecture and config, freshly initialised weights (the null baseline), in eval mode."""
+def weight_bytes(model) -> int:
+    """Bytes held by the model's parameters (tied tensors counted once)."""
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# random weights (shapes and the null)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _param_seed(seed: int, purpose: str, name: str) -> int:
+    return zlib.crc32(f"{purpose}:{int(seed)}:{name}".encode())
+
+
+def _fill_random(module: torch.nn.Module, local: str, param: torch.Tensor, std: float, seed: int) -> None:
+    """transformers' init rule for one parameter of `module`, drawn from a generator seeded with `seed`."""
+    with torch.no_grad():
+        if "Norm" in type(module).__name__:
+            param.fill_(1.0 if local == "weight" else 0.0)
+        elif local == "bias":
+            param.zero_()
+        else:
+            gen = torch.Generator(device=param.device).manual_seed(seed)
+            param.normal_(0.0, std, generator=gen)
+            pad = getattr(module, "padding_idx", None)
+            if isinstance(module, torch.nn.Embedding) and pad is not None:
+                param[pad].zero_()
+
+
+def _param_units(model) -> list[tuple[torch.nn.Module, list[tuple[str, torch.Tensor, str]]]]:
+    """Leaf-level modules that own parameters, each with (local name, parameter, canonical full name)."""
+    canonical = {}
+    for full, p in model.named_parameters():  # tied tensors appear once, under their first name
+        canonical.setdefault(id(p), full)
+    units = []
+    for mod in model.modules():
+        own = [(local, p, canonical[id(p)]) for local, p in mod.named_parameters(recurse=False)]
+        if own:
+            units.append((mod, own))
+    return units
+
+
+def _randomize(model, seed: int, purpose: str) -> None:
+    std = float(getattr(model.config, "initializer_range", 0.02) or 0.02)
+    for mod, own in _param_units(model):
+        for local, p, full in own:
+            _fill_random(mod, local, p, std, _param_seed(seed, purpose, full))
+
+
+def _check_seed(seed) -> int:
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise TypeError(f"the null's seed must be an integer, got {seed!r}")
+    return seed
+
+
+def random_weight_copy(model, seed: int):
+    """A second model: same architecture and config, random weights (the null baseline, seed `seed`), eval mode.
+
+    Cost: a full second set of weights (1 x the model's memory) and one random draw per parameter. Where that does
+    not fit, use `random_weights(model, seed)`, which gives bit-identical results in place.
+    """
     from transformers import AutoModelForCausalLM
 
-    torch.manual_seed(seed)
-    cfg = copy.deepcopy(model.config)
-    null = AutoModelForCausalLM.from_config(
-        cfg, dtype=next(model.parameters()).dtype, attn_implementation=model.config._attn_implementation
-    )
-    return null.to(next(model.parameters()).device).eval()
+    seed = _check_seed(seed)
+    p0 = next(model.parameters())
+    with torch.device("meta"):
+        null = AutoModelForCausalLM.from_config(copy.deepcopy(model.config), dtype=p0.dtype,
+                                                attn_implementation=model.config._attn_implementation)
+    null = null.to_empty(device=p0.device)
+    null.tie_weights()
+    _randomize(null, seed, "null")
+    _reset_rotary(null)
+    return null.eval()
+
+
+@contextmanager
+def random_weights(model, seed: int) -> Iterator[Any]:
+    """Inside the block, `model` computes as its random-weight null (seed `seed`); its weights are exact on exit.
+
+    No second model: each module that owns parameters (an embedding, a projection, a norm) gets its random weights
+    just before it runs and its own weights back right after, so the extra memory is one module's parameters (the
+    largest is the embedding / LM head: vocab x hidden). The cost is one random draw of every parameter per
+    forward. Results equal `random_weight_copy(model, seed)` bit for bit. Inference only (weights are swapped in
+    place, so nothing may keep them for a backward pass). On exit, also after an exception, every swapped module is
+    restored.
+
+    Parameters
+    ----------
+    model : a supported causal LM
+    seed : int
+        Seed of the null; pass one that differs from the model's own training/creation seed.
+    """
+    seed = _check_seed(seed)
+    std = float(getattr(model.config, "initializer_range", 0.02) or 0.02)
+    saved: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+    handles = []
+
+    for mod, own in _param_units(model):
+        def pre(m, _args, own=own):
+            with torch.no_grad():
+                saved[id(m)] = [(p, p.detach().clone()) for _, p, _ in own]
+                for local, p, full in own:
+                    _fill_random(m, local, p, std, _param_seed(seed, "null", full))
+
+        def post(m, _args, _out):
+            _restore(saved.pop(id(m), []))
+
+        handles += [mod.register_forward_pre_hook(pre), mod.register_forward_hook(post)]
+    try:
+        yield model
+    finally:
+        for h in handles:
+            h.remove()
+        for entries in saved.values():
+            _restore(entries)
+        saved.clear()
+
+
+def _restore(entries: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    with torch.no_grad():
+        for p, orig in entries:
+            p.copy_(orig)

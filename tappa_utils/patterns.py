@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import copy
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 import pandas as pd
 import torch
 
 from . import theory
-from .capture import capture, resolve_layers
-from .rope import channel_frequencies, rope_attention_scaling
+from .capture import _rope_fn, attention_from_qk, capture, resolve_layers
+from .rope import channel_frequencies, rope_attention_scaling, rotary_module
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -52,22 +54,99 @@ def _check_head(model, layer: int, head: int) -> None:
 
 
 def capture_head(model, input_ids: torch.Tensor, layer: int, head: int, probs: bool = True) -> HeadData:
-    """Run the model on `input_ids` (B, T) and return `HeadData` for (layer, head)."""
+    """Run the model on `input_ids` (B, T) and return `HeadData` for (layer, head).
+
+    One capture serves every head: the first call records the pre-RoPE q/k of every layer in one forward and keeps
+    them (see `qk_capture`); later calls on the same model, weights and ids only slice them, so a loop over all the
+    heads of a model costs one forward, not one per head.
+    """
     layer = resolve_layers(model, int(layer))[0]
     _check_head(model, layer, head)
-    what = ("q_pre", "k_pre", "logits", "probs") if probs else ("q_pre", "k_pre")
-    dev = next(model.parameters()).device
-    with torch.no_grad(), capture(model, layer, what=what) as cap:
-        model(input_ids.to(dev))
+    cap = qk_capture(model, input_ids)
     rec = cap[layer]
     kv = head // rec.kv_group
     s = rec.scaling * rope_attention_scaling(model) ** 2
-    return HeadData(
-        layer=layer, head=int(head),
-        q=rec.q_pre[:, head].double().cpu().numpy(), k=rec.k_pre[:, kv].double().cpu().numpy(),
-        logits=rec.logits[:, head].double().cpu().numpy() if probs else None,
-        probs=rec.probs[:, head].double().cpu().numpy() if probs else None,
-        theta=channel_frequencies(model), scale=float(s))
+    q, k = rec.q_pre[:, head : head + 1], rec.k_pre[:, kv : kv + 1]
+    logits = probs_ = None
+    if probs:
+        cos, sin = cap.position_embeddings
+        q_post, k_post = rec.rope_fn(q, k, cos, sin)
+        lg, pr = attention_from_qk(q_post, k_post, rec.scaling, rec.sliding_window)
+        logits, probs_ = lg[:, 0].double().cpu().numpy(), pr[:, 0].double().cpu().numpy()
+    return HeadData(layer=layer, head=int(head), q=q[:, 0].double().cpu().numpy(), k=k[:, 0].double().cpu().numpy(),
+                    logits=logits, probs=probs_, theta=channel_frequencies(model), scale=float(s))
+
+
+@dataclass
+class _QKLayer:
+    q_pre: torch.Tensor  # (B, H, T, D)
+    k_pre: torch.Tensor  # (B, H_kv, T, D)
+    scaling: float
+    kv_group: int
+    sliding_window: int | None
+    rope_fn: object
+
+
+@dataclass
+class QKCapture:
+    """Pre-RoPE q/k of every layer of one forward, the rotary cos/sin, and what identifies that forward."""
+
+    layers: dict[int, _QKLayer]
+    position_embeddings: tuple[torch.Tensor, torch.Tensor]
+    key: tuple
+
+    def __getitem__(self, layer: int) -> _QKLayer:
+        return self.layers[layer]
+
+
+_LAST: dict[str, object] = {}
+
+
+def _weights_key(model) -> tuple:
+    """Identity and in-place version of every parameter and buffer: changes whenever a weight or inv_freq does."""
+    return (id(model), tuple((id(t), t._version) for t in (*model.parameters(), *model.buffers())))
+
+
+def qk_capture(model, input_ids: torch.Tensor) -> QKCapture:
+    """Pre-RoPE q/k of every layer for `input_ids`, from one forward; the last result is kept and reused while the
+    model object, its weights (in-place changes included: interventions, swapped null weights) and the ids are the
+    same. Memory kept: q and k of every layer, 4 x B x T x (H + H_kv) x D bytes in float32 (`clear_qk_capture`)."""
+    import weakref
+
+    if not torch.is_tensor(input_ids) or input_ids.dim() != 2:
+        raise ValueError("input_ids must be a (batch, T) tensor of token ids")
+    key = _weights_key(model)
+    last = _LAST.get("cap")
+    ref = _LAST.get("model")
+    if (last is not None and ref is not None and ref() is model and last.key == key
+            and _LAST["ids"].shape == input_ids.shape and torch.equal(_LAST["ids"], input_ids.cpu())):
+        return last
+    clear_qk_capture()
+    dev = next(model.parameters()).device
+    out: dict[int, _QKLayer] = {}
+    pos: dict[str, tuple] = {}
+
+
+    with torch.no_grad(), capture(model, None, what=("q_pre", "k_pre")) as cap:
+        hook = model.model.rotary_emb.register_forward_hook(lambda _m, _a, o: pos.setdefault("cs", o))
+        try:
+            model.model(input_ids=input_ids.to(dev), use_cache=False)
+        finally:
+            hook.remove()
+    for layer in cap.layers():
+        rec = cap[layer]
+        attn = model.model.layers[layer].self_attn
+        out[layer] = _QKLayer(rec.q_pre.float(), rec.k_pre.float(), rec.scaling, rec.kv_group, rec.sliding_window,
+                              _rope_fn(attn))
+    cos, sin = pos["cs"]
+    result = QKCapture(out, (cos.float(), sin.float()), key)
+    _LAST.update(cap=result, model=weakref.ref(model), ids=input_ids.detach().cpu().clone())
+    return result
+
+
+def clear_qk_capture() -> None:
+    """Forget the kept `qk_capture` result (frees its memory)."""
+    _LAST.clear()
 
 
 def continuity(x: np.ndarray, skip: int = 0) -> float:
@@ -247,45 +326,85 @@ def diagonal_steps(hd: HeadData, offset: int, b: int = 0, skip: int = 16) -> pd.
                          "column_change": s * np.abs(col - a0)})
 
 
-def with_dominant_channel(model, layer: int, head: int, channel: int, factor: float):
-    """A deep copy of `model` where RoPE channel `channel` of (layer, head) is scaled by `factor` in both the
-    query and the key: rows m and m + d/2 of that head's block of q_proj (and of its KV head's block of k_proj),
-    biases included. The KV head is shared by its group, so the key side affects the group's other query heads.
-    For models with q_norm/k_norm (Qwen3) the norm weights are scaled instead (shared by all heads of the layer)."""
+@contextmanager
+def with_dominant_channel(model, layer: int, head: int, channel: int, factor: float) -> Iterator:
+    """Inside the block, RoPE channel `channel` of (layer, head) is scaled by `factor` in both the query and the key;
+    on exit (also after an exception) the touched weights are restored bit for bit. No copy of the model.
+
+    Scaled in place: rows m and m + d/2 of that head's block of q_proj and of its KV head's block of k_proj, biases
+    included (4 rows, 2 bias pairs). The KV head is shared by its group, so the key side affects the group's other
+    query heads. For models with q_norm/k_norm (Qwen3) the norm weights are scaled instead (shared by all heads of
+    the layer). Yields the model.
+
+        with with_dominant_channel(model, 3, 1, channel=2, factor=8.0):
+            hd = capture_head(model, ids, 3, 1)
+    """
     layer = resolve_layers(model, int(layer))[0]
     _check_head(model, layer, head)
-    new = copy.deepcopy(model)
-    attn = new.model.layers[layer].self_attn
+    attn = model.model.layers[layer].self_attn
     d = attn.head_dim
     if not 0 <= channel < d // 2:
         raise IndexError(f"channel {channel} is out of range: head_dim {d} has {d // 2} RoPE channels")
     group = model.config.num_attention_heads // model.config.num_key_value_heads
-    with torch.no_grad():
-        for proj, norm, h in ((attn.q_proj, getattr(attn, "q_norm", None), head),
-                              (attn.k_proj, getattr(attn, "k_norm", None), head // group)):
-            if norm is not None:
-                norm.weight[[channel, channel + d // 2]] *= factor
-                continue
-            rows = [h * d + channel, h * d + channel + d // 2]
-            proj.weight[rows] *= factor
-            if proj.bias is not None:
-                proj.bias[rows] *= factor
-    return new
+    targets: list[tuple[torch.Tensor, list[int]]] = []
+    for proj, norm, h in ((attn.q_proj, getattr(attn, "q_norm", None), head),
+                          (attn.k_proj, getattr(attn, "k_norm", None), head // group)):
+        if norm is not None:
+            targets.append((norm.weight, [channel, channel + d // 2]))
+            continue
+        rows = [h * d + channel, h * d + channel + d // 2]
+        targets += [(proj.weight, rows)] + ([(proj.bias, rows)] if proj.bias is not None else [])
+    saved = [(t, rows, t.detach()[rows].clone()) for t, rows in targets]
+    try:
+        with torch.no_grad():
+            for t, rows in targets:
+                t[rows] *= factor
+        yield model
+    finally:
+        with torch.no_grad():
+            for t, rows, orig in saved:
+                t[rows] = orig
 
 
-def with_rope_base(model, base: float):
-    """A deep copy of `model` whose rotary module is rebuilt with `rope_theta = base` (default RoPE type only)."""
-    if base <= 1:
+@contextmanager
+def with_rope_base(model, base: float) -> Iterator:
+    """Inside the block, the model's RoPE uses `rope_theta = base`; on exit (also after an exception) its rotary
+    frequencies and config are restored bit for bit. No copy of the model.
+
+    What changes: the rotary module's `inv_freq` (and `original_inv_freq`) buffers are overwritten in place with the
+    frequencies the model's own RoPE init function (`transformers.modeling_rope_utils`, by `rope_type`) computes
+    from a copy of its config whose `rope_theta` is `base`; `config.rope_parameters` carries the new base meanwhile.
+    Every scaling rule of the model is kept: for llama3-scaled RoPE the new base's frequencies go through the same
+    wavelength-dependent smoothing (factor, low/high frequency factors, original context). Yields the model.
+    """
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    if not base > 1:
         raise ValueError(f"the RoPE base must be > 1, got {base}")
-    new = copy.deepcopy(model)
-    rp = dict(new.config.rope_parameters)
-    if rp.get("rope_type", "default") != "default":
-        raise ValueError(f"with_rope_base supports rope_type 'default' only, the model has {rp.get('rope_type')!r}")
+    rot = rotary_module(model)
+    rope_type = getattr(rot, "rope_type", "default")
+    fn = rot.compute_default_rope_parameters if rope_type == "default" else ROPE_INIT_FUNCTIONS[rope_type]
+    cfg = copy.deepcopy(rot.config)
+    rp = dict(cfg.rope_parameters)
     rp["rope_theta"] = float(base)
-    new.config.rope_parameters = rp
-    old = new.model.rotary_emb
-    new.model.rotary_emb = type(old)(config=new.config).to(old.inv_freq.device)
-    return new
+    cfg.rope_parameters = rp
+    inv, att = fn(cfg, rot.inv_freq.device)
+    bufs = [b for b in (rot.inv_freq, getattr(rot, "original_inv_freq", None)) if b is not None]
+    saved = [(b, b.detach().clone()) for b in bufs]
+    old_att, old_rp = rot.attention_scaling, model.config.rope_parameters
+    try:
+        with torch.no_grad():
+            for b in bufs:
+                b.copy_(inv)
+        rot.attention_scaling = att
+        model.config.rope_parameters = rp
+        yield model
+    finally:
+        with torch.no_grad():
+            for b, orig in saved:
+                b.copy_(orig)
+        rot.attention_scaling = old_att
+        model.config.rope_parameters = old_rp
 
 
 def distance_profile(A: np.ndarray, max_distance: int, skip: int = 16) -> np.ndarray:
@@ -359,9 +478,9 @@ def interval_experiment(model, input_ids: torch.Tensor, layer: int, head: int, c
     """
     rows = []
     for base in bases:
-        based = with_rope_base(model, base)
         for m in channels:
-            hd = capture_head(with_dominant_channel(based, layer, head, m, factor), input_ids, layer, head)
+            with with_rope_base(model, base), with_dominant_channel(model, layer, head, m, factor):
+                hd = capture_head(model, input_ids, layer, head)
             pred = theory.predicted_diagonal_interval(hd.theta[m])
             prof = distance_profile(hd.logits, max_distance, skip)
             meas = dominant_period(prof)
@@ -475,7 +594,7 @@ def assumption_summary(hd: HeadData, skip: int = 16, max_period: float | None = 
 
 def assumption_table(model, input_ids: torch.Tensor, heads, skip: int = 16,
                      max_period: float | None = None) -> pd.DataFrame:
-    """`assumption_summary` for each (layer, head) in `heads` (one forward per head)."""
+    """`assumption_summary` for each (layer, head) in `heads` (one forward in all, see `capture_head`)."""
     return pd.DataFrame([assumption_summary(capture_head(model, input_ids, layer, head, probs=False), skip, max_period)
                          for layer, head in heads])
 

@@ -1,7 +1,12 @@
-"""Plotting helpers shared by the chapters: attention-map galleries, per-head heat maps, head labels.
+"""Plotting helpers shared by the chapters: attention-map galleries, per-head heat maps, per-layer summaries.
 
-The functions that gather data (`attention_maps`, `head_grid`, `head_title`) are plain logic and tested; the
-`plot_*` functions only draw what they are given and return the matplotlib Figure.
+The functions that gather data (`attention_maps`, `head_grid`, `head_title`, `top_heads`) are plain logic and
+tested; the `plot_*` functions only draw what they are given and return the matplotlib Figure.
+
+Readable at any number of heads: a gallery draws at most `MAX_MAPS` (24) maps (tappa-tiny's 24 heads all fit);
+a per-head heat map drops its cell labels and keeps a bounded size beyond `ANNOTATE_MAX_HEADS` heads per layer or
+`ANNOTATE_MAX_CELLS` cells; `plot_layer_summary` shows each metric's per-layer mean and range, which stays one
+line per metric whether a layer has 4 heads or 32; `top_heads` picks the heads worth drawing.
 """
 from __future__ import annotations
 
@@ -14,17 +19,24 @@ import torch
 from .capture import capture
 
 
+MAX_MAPS = 24
+ANNOTATE_MAX_HEADS = 16
+ANNOTATE_MAX_CELLS = 160
+
+
 def attention_maps(model, input_ids: torch.Tensor, layers: Iterable[int] | int | None = None,
-                   window: int = 0) -> dict[tuple[int, int], np.ndarray]:
+                   window: int = 0, max_tokens: int | None = None) -> dict[tuple[int, int], np.ndarray]:
     """{(layer, head): (T, T) attention probabilities} of one sequence (row `window` of `input_ids`).
 
-    Runs one forward with `capture` in streaming mode, so only one layer's attention is alive at a time.
+    Runs one forward with `capture` in streaming mode, so only one layer's attention is alive at a time. With
+    `max_tokens`, only the first `max_tokens` tokens are fed: under causal attention their (max_tokens x max_tokens)
+    block is the same as in the full sequence, and the maps of a long context cost no more than the crop.
     """
     if input_ids.dim() != 2:
         raise ValueError(f"input_ids must be (batch, T), got shape {tuple(input_ids.shape)}")
     if not 0 <= window < input_ids.shape[0]:
         raise IndexError(f"window {window} is out of range: input_ids has {input_ids.shape[0]} rows")
-    ids = input_ids[window : window + 1].to(next(model.parameters()).device)
+    ids = input_ids[window : window + 1, :max_tokens].to(next(model.parameters()).device)
 
     def keep(rec):
         return rec.probs[0].float().cpu().numpy()
@@ -60,6 +72,15 @@ def head_grid(df, value: str, index: str = "layer", columns: str = "head"):
     return df.pivot_table(index=index, columns=columns, values=value, aggfunc="mean").sort_index()
 
 
+def top_heads(df, metric: str, n: int = MAX_MAPS, ascending: bool = False):
+    """The `n` rows of a per-head table with the highest `metric` (lowest with `ascending`), best first."""
+    if metric not in df.columns:
+        raise KeyError(f"column {metric!r} is not in the table; available: {', '.join(map(str, df.columns))}")
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    return df.sort_values(metric, ascending=ascending, kind="stable").head(n)
+
+
 def gallery_shape(n: int, ncols: int | None = None) -> tuple[int, int]:
     """(rows, cols) of a gallery of n panels; ncols defaults to ceil(sqrt(n))."""
     if n < 1:
@@ -70,17 +91,25 @@ def gallery_shape(n: int, ncols: int | None = None) -> tuple[int, int]:
 
 def plot_attention_gallery(maps: Sequence[np.ndarray], titles: Sequence[str] | None = None, ncols: int | None = None,
                            panel_size: float = 2.2, power: float = 0.5, max_tokens: int | None = None,
-                           suptitle: str | None = None, cmap: str = "magma"):
+                           suptitle: str | None = None, cmap: str = "magma", max_maps: int = MAX_MAPS):
     """Draw attention maps (each (T, T), query rows, key columns) in a grid and return the Figure.
 
     `power` < 1 brightens small probabilities (colour = p**power) so that stripes stay visible; `max_tokens`
-    crops every map to its first queries/keys.
+    crops every map to its first queries/keys. At most `max_maps` maps are drawn (the first ones: pass them best
+    first, e.g. through `top_heads`); the title then says how many were left out.
     """
     import matplotlib.pyplot as plt
 
-    maps = [np.asarray(m, dtype=float) for m in maps]
+    maps = list(maps)
     if titles is not None and len(titles) != len(maps):
         raise ValueError(f"got {len(maps)} maps but {len(titles)} titles")
+    total = len(maps)
+    if total > max_maps:
+        maps, titles = maps[:max_maps], (None if titles is None else list(titles)[:max_maps])
+        note = f"first {max_maps} of {total} maps"
+        suptitle = f"{suptitle} ({note})" if suptitle else note
+        ncols = None if ncols is None or ncols > max_maps else ncols
+    maps = [np.asarray(m, dtype=float) for m in maps]
     for m in maps:
         if m.ndim != 2:
             raise ValueError(f"each map must be 2-D (queries x keys), got shape {m.shape}")
@@ -102,18 +131,71 @@ def plot_attention_gallery(maps: Sequence[np.ndarray], titles: Sequence[str] | N
     return fig
 
 
+def annotate_cells(grid_shape: tuple[int, int]) -> bool:
+    """Whether a (layers x heads) heat map is small enough to print a number in every cell."""
+    rows, cols = grid_shape
+    return cols <= ANNOTATE_MAX_HEADS and rows * cols <= ANNOTATE_MAX_CELLS
+
+
 def plot_head_heatmap(df, value: str, ax=None, cmap: str = "viridis", fmt: str = ".2f", vmin=None, vmax=None,
-                      title: str | None = None, annot: bool = True):
-    """Heat map of one per-head metric, layers as rows and heads as columns; returns the Figure."""
+                      title: str | None = None, annot: bool | None = None):
+    """Heat map of one per-head metric, layers as rows and heads as columns; returns the Figure.
+
+    `annot=None` prints the values only where they stay legible (`annotate_cells`); the default figure size grows
+    with the grid up to 14 x 10 inches, so 24 x 14 or 32 x 32 heads stay one readable picture.
+    """
     import matplotlib.pyplot as plt
     import seaborn as sns
 
     grid = head_grid(df, value)
+    annot = annotate_cells(grid.shape) if annot is None else annot
     if ax is None:
-        fig, ax = plt.subplots(figsize=(1.0 + 0.8 * grid.shape[1], 0.8 + 0.45 * grid.shape[0]))
+        cell_w, cell_h = (0.8, 0.45) if annot else (0.3, 0.3)
+        fig, ax = plt.subplots(figsize=(min(14.0, 1.5 + cell_w * grid.shape[1]),
+                                        min(10.0, 0.8 + cell_h * grid.shape[0])))
     else:
         fig = ax.figure
+    step = max(1, grid.shape[1] // 16)
     sns.heatmap(grid, ax=ax, cmap=cmap, annot=annot, fmt=fmt, vmin=vmin, vmax=vmax, cbar=True,
-                annot_kws={"fontsize": 7})
+                annot_kws={"fontsize": 7}, xticklabels=step, yticklabels=max(1, grid.shape[0] // 32))
     ax.set_title(title or value)
+    return fig
+
+
+def layer_summary(df, metrics: Sequence[str]):
+    """Per layer and metric: mean, min, max and the 90th percentile over the layer's heads (long format)."""
+    import pandas as pd
+
+    for m in metrics:
+        if m not in df.columns:
+            raise KeyError(f"column {m!r} is not in the table; available: {', '.join(map(str, df.columns))}")
+    g = df.groupby("layer")[list(metrics)]
+    parts = {"mean": g.mean(), "min": g.min(), "max": g.max(), "q90": g.quantile(0.9)}
+    out = [t.reset_index().melt(id_vars="layer", var_name="metric", value_name=stat).set_index(["layer", "metric"])
+           for stat, t in parts.items()]
+    return pd.concat(out, axis=1).reset_index()
+
+
+def plot_layer_summary(df, metrics: Sequence[str], title: str | None = None,
+                       panel_size: tuple[float, float] = (4.0, 3.0), null=None):
+    """One panel per metric: its per-layer mean over heads (line) and min-max range (band); with `null` (a per-head
+    table of the random-weight null) the null's mean in grey. Readable at any number of heads."""
+    import matplotlib.pyplot as plt
+
+    summ = layer_summary(df, metrics)
+    nsum = layer_summary(null, metrics) if null is not None else None
+    fig, axes = plt.subplots(1, len(metrics), figsize=(panel_size[0] * len(metrics), panel_size[1]), squeeze=False)
+    for ax, m in zip(axes[0], metrics):
+        s = summ[summ.metric == m]
+        ax.fill_between(s.layer, s["min"], s["max"], alpha=0.25, label="min-max over heads")
+        ax.plot(s.layer, s["mean"], marker="o", ms=3, label="mean")
+        ax.plot(s.layer, s["q90"], ls=":", lw=1, label="90th percentile")
+        if nsum is not None:
+            ns = nsum[nsum.metric == m]
+            ax.plot(ns.layer, ns["mean"], color="grey", ls="--", lw=1, label="null mean")
+        ax.set(xlabel="layer", title=m)
+    axes[0, 0].legend(fontsize=7)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
     return fig

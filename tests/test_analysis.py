@@ -63,7 +63,8 @@ def test_happy_path_writes_tables_summary_and_gallery(tiny_dir, text_file, tmp_p
 
 
 @pytest.mark.parametrize("case", ["missing_file", "empty_text", "beyond_context", "beyond_text", "layer_range",
-                                  "non_numeric", "unsupported", "missing_model", "too_short", "bad_device"])
+                                  "non_numeric", "unsupported", "missing_model", "too_short", "bad_device",
+                                  "unknown_shape"])
 def test_bad_input_exits_2_with_one_line_and_no_files(case, tiny_dir, text_file, tmp_path, capsys):
     out = tmp_path / "res"
     base = ["--model", tiny_dir, "--text-file", text_file, "--seq-len", 64, "--num-windows", 1, "--out", out]
@@ -79,6 +80,7 @@ def test_bad_input_exits_2_with_one_line_and_no_files(case, tiny_dir, text_file,
         "missing_model": ["--model", tmp_path / "no_model", *base[2:]],
         "too_short": [*base[:4], "--seq-len", 10, "--out", out],
         "bad_device": [*base, "--device", "gpu7"],
+        "unknown_shape": ["--model", "random:gpt-17b", *base[2:]],
     }
     if case == "unsupported":
         from transformers import GPT2Config, GPT2LMHeadModel
@@ -94,7 +96,7 @@ def test_bad_input_exits_2_with_one_line_and_no_files(case, tiny_dir, text_file,
     expect = {"missing_file": "not found", "empty_text": "empty", "beyond_context": "context length",
               "beyond_text": "too short", "layer_range": "out of range", "non_numeric": "invalid int",
               "unsupported": "gpt2", "missing_model": "not found", "too_short": "too short",
-              "bad_device": "not a device"}[case]
+              "bad_device": "not a device", "unknown_shape": "unknown model shape"}[case]
     assert expect in lines[0]
     assert not out.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # no partial or temporary files

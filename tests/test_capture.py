@@ -206,3 +206,49 @@ def test_logits_are_lazy_and_absent_unless_asked(tiny_llama):
     torch.testing.assert_close(rec.logits.softmax(-1), manual_layer(tiny_llama, tiny_llama.model.embed_tokens(ids), 0)
                                ["probs"].float(), atol=1e-5, rtol=1e-5)
     assert rec._logits is not None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the streaming path of analyze: query blocks equal the full T x T computation
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3", "llama3_scaled"])
+def test_block_stats_equal_the_full_path(family):
+    from tappa_utils.metrics import MetricConfig, _record_stats, record_block_stats
+
+    model = make_tiny_model(family, layers=2)
+    ids = torch.randint(3, 300, (2, 256), generator=torch.Generator().manual_seed(5))
+    cfg = MetricConfig()
+    with torch.no_grad(), capture(model, what=("q_pre", "q_post", "k_post", "probs")) as cap:
+        model(ids)
+    for layer in cap.layers():
+        full = _record_stats(cap[layer], cfg)
+        blocks = record_block_stats(cap[layer], cfg, rows=64)
+        odd = record_block_stats(cap[layer], cfg, rows=37)  # blocks that do not divide T - skip
+        assert full.keys() == blocks.keys()
+        for k in full:
+            assert full[k].shape == blocks[k].shape, k
+            torch.testing.assert_close(blocks[k], full[k], rtol=0, atol=1e-6, msg=k)
+            torch.testing.assert_close(odd[k], full[k], rtol=0, atol=1e-6, msg=k)
+        assert float(full["sink_mass"].max()) > 1e-3  # the statistics are not trivially zero
+
+
+def test_block_rows_bounds_the_block():
+    from tappa_utils.metrics import block_rows
+
+    assert block_rows(14, 8192) == 2**26 // (4 * 14 * 8192)
+    assert 4 * 14 * block_rows(14, 8192) * 8192 <= 2**26
+    assert block_rows(4, 100) == 100 and block_rows(10**6, 10**6) == 1
+
+
+def test_analyze_heads_block_size_does_not_change_the_table(tiny_llama):
+    from tappa_utils.metrics import MetricConfig, analyze_heads
+
+    ids = torch.randint(3, 300, (2, 200), generator=torch.Generator().manual_seed(6))
+    cfg = MetricConfig(max_distance=100)
+    a = analyze_heads(tiny_llama, ids, cfg)
+    b = analyze_heads(tiny_llama, ids, cfg, rows=50)
+    num = a.select_dtypes("number").columns
+    assert (a[num] - b[num]).abs().max().max() < 1e-6 or a[num].equals(b[num])
+    assert list(a["pattern"]) == list(b["pattern"])
+    assert tiny_llama.config._attn_implementation == "eager"  # the sdpa switch is undone

@@ -65,31 +65,38 @@ def test_capture_head_and_interventions_validate_input(tiny_llama):
     with pytest.raises(IndexError, match="layers"):
         P.capture_head(tiny_llama, ids, 7, 0)
     with pytest.raises(IndexError, match="channels"):
-        P.with_dominant_channel(tiny_llama, 0, 0, 8, 2.0)
+        with P.with_dominant_channel(tiny_llama, 0, 0, 8, 2.0):
+            pass
     with pytest.raises(ValueError, match="base"):
-        P.with_rope_base(tiny_llama, 0.5)
+        with P.with_rope_base(tiny_llama, 0.5):
+            pass
 
 
-def test_with_dominant_channel_scales_only_that_channel(tiny_llama):
+def test_with_dominant_channel_scales_only_that_channel_and_restores(tiny_llama):
     d, m, head = 16, 2, 3
-    new = P.with_dominant_channel(tiny_llama, 1, head, m, 5.0)
-    wq0, wq1 = tiny_llama.model.layers[1].self_attn.q_proj.weight, new.model.layers[1].self_attn.q_proj.weight
-    wk0, wk1 = tiny_llama.model.layers[1].self_attn.k_proj.weight, new.model.layers[1].self_attn.k_proj.weight
+    attn = tiny_llama.model.layers[1].self_attn
+    wq0, wk0 = attn.q_proj.weight.detach().clone(), attn.k_proj.weight.detach().clone()
+    with P.with_dominant_channel(tiny_llama, 1, head, m, 5.0) as net:
+        assert net is tiny_llama
+        wq1, wk1 = attn.q_proj.weight.detach().clone(), attn.k_proj.weight.detach().clone()
     rows_q = [head * d + m, head * d + m + d // 2]
     rows_k = [(head // 2) * d + m, (head // 2) * d + m + d // 2]
     assert torch.allclose(wq1[rows_q], 5 * wq0[rows_q]) and torch.allclose(wk1[rows_k], 5 * wk0[rows_k])
     other_q = [r for r in range(wq0.shape[0]) if r not in rows_q]
     other_k = [r for r in range(wk0.shape[0]) if r not in rows_k]
     assert torch.equal(wq1[other_q], wq0[other_q]) and torch.equal(wk1[other_k], wk0[other_k])
-    assert new.model.layers[1].self_attn.q_proj.weight is not wq0
+    assert torch.equal(attn.q_proj.weight, wq0) and torch.equal(attn.k_proj.weight, wk0)
 
 
-def test_with_rope_base_changes_frequencies_only_on_the_copy(tiny_llama):
+def test_with_rope_base_changes_frequencies_inside_only(tiny_llama):
     before = channel_frequencies(tiny_llama).copy()
-    new = P.with_rope_base(tiny_llama, 100.0)
-    np.testing.assert_allclose(channel_frequencies(new), 100.0 ** (-np.arange(8) * 2 / 16), rtol=1e-6)
+    ids = torch.randint(3, 300, (1, 20))
+    with P.with_rope_base(tiny_llama, 100.0):
+        np.testing.assert_allclose(channel_frequencies(tiny_llama), 100.0 ** (-np.arange(8) * 2 / 16), rtol=1e-6)
+        assert tiny_llama.config.rope_parameters["rope_theta"] == 100.0
+        hd = P.capture_head(tiny_llama, ids, 0, 0)
     np.testing.assert_array_equal(channel_frequencies(tiny_llama), before)
-    hd = P.capture_head(new, torch.randint(3, 300, (1, 20)), 0, 0)
+    assert tiny_llama.config.rope_parameters["rope_theta"] == 10000.0
     low = np.tril(np.ones((20, 20), bool))
     assert np.abs(hd.relative_logits(0)[low] - hd.logits[0][low]).max() < 1e-4  # the model really uses the new base
 
@@ -238,3 +245,83 @@ def test_assumption_summary_reaccessed_key_and_phase_demo():
     assert P.reaccessed_key(hd, skip=4) == 7
     demo = P.phase_term_demo(THETA, L=35, dominant=3)
     assert demo["violates_full"] == 0 and demo["violates_paper"] > 0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# in-place interventions and the shared capture (issue 16)
+
+
+def _logits(model, ids):
+    with torch.no_grad():
+        return model(ids).logits.clone()
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3", "llama3_scaled"])
+def test_interventions_restore_logits_bit_exactly(family):
+    model = make_tiny_model(family)
+    ids = torch.randint(3, 300, (1, 48))
+    before = _logits(model, ids)
+    with P.with_dominant_channel(model, 1, 2, 1, 8.0):
+        inside = _logits(model, ids)
+    assert not torch.equal(inside, before)
+    assert torch.equal(_logits(model, ids), before)
+    with P.with_rope_base(model, 50.0):
+        inside = _logits(model, ids)
+    assert not torch.equal(inside, before)
+    assert torch.equal(_logits(model, ids), before)
+
+
+def test_interventions_restore_after_an_exception(tiny_llama):
+    ids = torch.randint(3, 300, (1, 24))
+    before = _logits(tiny_llama, ids)
+    with pytest.raises(RuntimeError, match="boom"):
+        with P.with_rope_base(tiny_llama, 30.0), P.with_dominant_channel(tiny_llama, 0, 1, 0, 4.0):
+            raise RuntimeError("boom")
+    assert torch.equal(_logits(tiny_llama, ids), before)
+
+
+def test_with_rope_base_on_llama3_scaling_uses_the_models_own_rule():
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    model = make_tiny_model("llama3_scaled")
+    import copy
+
+    cfg = copy.deepcopy(model.config)
+    cfg.rope_parameters = {**cfg.rope_parameters, "rope_theta": 1000.0}
+    expected, _ = ROPE_INIT_FUNCTIONS["llama3"](cfg, None)
+    plain = 1000.0 ** (-np.arange(8) * 2 / 16)
+    with P.with_rope_base(model, 1000.0):
+        got = channel_frequencies(model)
+        hd = P.capture_head(model, torch.randint(3, 300, (1, 30)), 1, 0)
+    np.testing.assert_allclose(got, expected.double().numpy(), rtol=1e-6)
+    assert np.abs(got - plain).max() > 1e-3  # the llama3 smoothing really changed some channels
+    low = np.tril(np.ones((30, 30), bool))
+    assert np.abs(hd.relative_logits(0)[low] - hd.logits[0][low]).max() < 1e-4
+
+
+def test_capture_head_one_forward_serves_every_head(tiny_llama):
+    ids = torch.randint(3, 300, (2, 32))
+    calls = []
+    hook = tiny_llama.model.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        P.clear_qk_capture()
+        hds = [P.capture_head(tiny_llama, ids, layer, head) for layer in range(3) for head in range(4)]
+        assert len(calls) == 1
+        with P.with_dominant_channel(tiny_llama, 0, 0, 0, 3.0):  # changed weights: a new capture
+            P.capture_head(tiny_llama, ids, 0, 0)
+        assert len(calls) == 2
+        again = P.capture_head(tiny_llama, ids, 2, 3)  # restored weights have a new version: captured again
+        assert len(calls) == 3
+    finally:
+        hook.remove()
+    # the same numbers as a capture of that one layer
+    from tappa_utils.capture import capture
+
+    with torch.no_grad(), capture(tiny_llama, 2, what=("q_pre", "k_pre", "logits")) as cap:
+        tiny_llama(ids)
+    rec = cap[2]
+    np.testing.assert_allclose(again.q, rec.q_pre[:, 3].double().numpy(), rtol=0, atol=0)
+    np.testing.assert_allclose(again.k, rec.k_pre[:, 1].double().numpy(), rtol=0, atol=0)
+    low = np.tril(np.ones((32, 32), bool))
+    np.testing.assert_allclose(again.logits[:, low], rec.logits[:, 3].double().numpy()[:, low], atol=1e-5)
+    assert np.array_equal(hds[-1].q, again.q)

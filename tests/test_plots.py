@@ -84,3 +84,66 @@ def test_head_heatmap_has_a_row_per_layer_and_a_column_per_head():
     assert [t.get_text() for t in ax.get_yticklabels()] == ["0", "1"]
     assert [t.get_text() for t in ax.get_xticklabels()] == ["0", "1"]
     assert sorted(t.get_text() for t in ax.texts) == sorted(f"{v:.2f}" for v in _heads()["predictability"])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# readable at hundreds of heads
+
+
+def _many_heads(layers=24, heads=14, seed=0):
+    rng = np.random.default_rng(seed)
+    n = layers * heads
+    return pd.DataFrame({"layer": np.repeat(np.arange(layers), heads), "head": np.tile(np.arange(heads), layers),
+                         "sink_mass": rng.random(n), "predictability": rng.random(n)})
+
+
+def test_attention_maps_max_tokens_equal_the_crop_of_the_full_maps(tiny_llama):
+    ids = torch.randint(0, 300, (1, 40), generator=torch.Generator().manual_seed(3))
+    full = plots.attention_maps(tiny_llama, ids)
+    crop = plots.attention_maps(tiny_llama, ids, max_tokens=16)
+    for key, m in crop.items():
+        assert m.shape == (16, 16)
+        np.testing.assert_allclose(m, full[key][:16, :16], atol=1e-6)
+
+
+def test_top_heads_orders_and_validates():
+    df = _many_heads()
+    top = plots.top_heads(df, "sink_mass", 5)
+    assert list(top["sink_mass"]) == sorted(df["sink_mass"], reverse=True)[:5]
+    assert list(plots.top_heads(df, "sink_mass", 3, ascending=True)["sink_mass"]) == sorted(df["sink_mass"])[:3]
+    with pytest.raises(KeyError, match="not in the table"):
+        plots.top_heads(df, "nope")
+
+
+def test_gallery_is_capped_and_says_so():
+    maps = [np.eye(6) for _ in range(336)]
+    titles = [f"h{i}" for i in range(336)]
+    fig = plots.plot_attention_gallery(maps, titles)
+    visible = [ax for ax in fig.axes if ax.axison]
+    assert len(visible) == plots.MAX_MAPS and visible[-1].get_title() == f"h{plots.MAX_MAPS - 1}"
+    assert "first 24 of 336 maps" in fig._suptitle.get_text()
+    fig24 = plots.plot_attention_gallery(maps[:24], titles[:24], ncols=4)  # tappa-tiny's 24 heads: all drawn
+    assert len([ax for ax in fig24.axes if ax.axison]) == 24 and fig24._suptitle is None
+
+
+def test_head_heatmap_drops_cell_labels_and_bounds_its_size_at_scale():
+    fig = plots.plot_head_heatmap(_many_heads(), "sink_mass")
+    ax = fig.axes[0]
+    assert len(ax.texts) == 0 and fig.get_size_inches()[0] <= 14 and fig.get_size_inches()[1] <= 10
+    assert plots.annotate_cells((6, 4)) and not plots.annotate_cells((24, 14)) and not plots.annotate_cells((32, 32))
+    small = plots.plot_head_heatmap(_many_heads(6, 4), "sink_mass")
+    assert len(small.axes[0].texts) == 24  # tappa-tiny's grid keeps its numbers
+
+
+def test_layer_summary_values_and_plot():
+    df = _many_heads(3, 5)
+    s = plots.layer_summary(df, ["sink_mass"]).set_index(["layer", "metric"])
+    for layer in range(3):
+        v = df[df.layer == layer]["sink_mass"]
+        row = s.loc[(layer, "sink_mass")]
+        assert row["mean"] == pytest.approx(v.mean()) and row["max"] == v.max() and row["min"] == v.min()
+        assert row["q90"] == pytest.approx(v.quantile(0.9))
+    fig = plots.plot_layer_summary(df, ["sink_mass", "predictability"], null=_many_heads(3, 5, seed=1))
+    assert len(fig.axes) == 2 and fig.axes[0].get_title() == "sink_mass"
+    with pytest.raises(KeyError):
+        plots.layer_summary(df, ["missing"])
