@@ -80,8 +80,9 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 def run_cli(prog: str, body: Callable[[], int | None], usage_errors: tuple[type[BaseException], ...] = ()) -> int:
     """Run a command's `body`; return its exit status.
 
-    `UsageError` (and any type in `usage_errors`) -> 2 and one line `prog: error: ...` on stderr; Ctrl-C -> 130 and
-    SIGTERM -> 143 with one line `prog: interrupted ...`; `SystemExit` (e.g. `--help`) -> its code.
+    `UsageError` (and any type in `usage_errors`) -> 2 and one line `prog: error: ...` on stderr; any other
+    OSError (disk full...) -> 1 and one line; Ctrl-C -> 130 and SIGTERM -> 143 with one line `prog: interrupted
+    ...`; `SystemExit` (e.g. `--help`) -> its code.
     """
     try:
         with _sigterm_as_interrupt():
@@ -91,6 +92,9 @@ def run_cli(prog: str, body: Callable[[], int | None], usage_errors: tuple[type[
     except (UsageError, *usage_errors) as e:
         print(f"{prog}: error: {one_line(e)}", file=sys.stderr, flush=True)
         return 2
+    except OSError as e:  # a failure while reading or writing (disk full...): the earlier results are intact
+        print(f"{prog}: error: {one_line(e)}", file=sys.stderr, flush=True)
+        return 1
     except KeyboardInterrupt as e:
         what = "terminated" if isinstance(e, Terminated) else "interrupted"
         print(f"{prog}: {what}; earlier results are unchanged", file=sys.stderr, flush=True)
