@@ -86,17 +86,17 @@ def read_marker(folder: str | os.PathLike) -> dict | None:
 
 
 def foreign_entries(folder: str | os.PathLike, command: str, legacy: Iterable[str] = (),
-                    signature: str | None = None) -> list[str]:
+                    signature: str | None = None, keep: Iterable[str] = ()) -> list[str]:
     """Entries of `folder` that `command` did not write there (sorted); empty when the folder may be replaced.
 
     With a marker: the entries it does not list (all of them when another command wrote the folder). Without one
     (results of an older version): entries not matching a `legacy` glob pattern -- all of them when `signature`
-    is given and absent.
+    is given and absent. Names in `keep` (files other tools add beside, carried over by `ResultDir`) never count.
     """
     folder = Path(folder)
     if not folder.is_dir():
         return []
-    entries = sorted(e for e in os.listdir(folder) if e != MARKER)
+    entries = sorted(e for e in os.listdir(folder) if e != MARKER and e not in set(keep))
     marker = read_marker(folder)
     if marker is not None:
         if marker.get("command") != command:
@@ -209,15 +209,19 @@ class ResultDir(os.PathLike):
         Glob patterns of what older versions wrote there without a marker (accepted as the command's own).
     signature : str, optional
         File that must be present for `legacy` to apply (e.g. "run_info.json").
+    keep : iterable of str
+        Files that other tools add to the folder (e.g. a model card): accepted, and carried over into the new result
+        when it does not write them itself.
     option : str
         Name of the option in error messages ("--out", "out_dir").
     """
 
     def __init__(self, out: str | os.PathLike, command: str, legacy: Iterable[str] = (),
-                 signature: str | None = None, option: str = "--out"):
+                 signature: str | None = None, keep: Iterable[str] = (), option: str = "--out"):
         from .preflight import check_out_dir
 
         self.command, self.legacy, self.signature, self.option = command, tuple(legacy), signature, option
+        self.keep = tuple(keep)
         self.out = check_out_dir(out, option)
         self._check_foreign()
         recover(self.out)
@@ -236,7 +240,7 @@ class ResultDir(os.PathLike):
     def _check_foreign(self) -> None:
         from .preflight import UsageError
 
-        foreign = foreign_entries(self.out, self.command, self.legacy, self.signature)
+        foreign = foreign_entries(self.out, self.command, self.legacy, self.signature, self.keep)
         if foreign:
             shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
             raise UsageError(f"{self.option} {self.out} holds files that {self.command} did not write ({shown}); "
@@ -258,6 +262,9 @@ class ResultDir(os.PathLike):
         """Write the marker and swap the built folder in at `out`; returns `out`."""
         if self.committed:
             return self.out
+        for name in self.keep:
+            if (self.out / name).is_file() and not (self.tmp / name).exists():
+                shutil.copy2(self.out / name, self.tmp / name)
         files = sorted(e for e in os.listdir(self.tmp) if e != MARKER)
         atomic_write_json(self.tmp / MARKER, {"command": self.command, "files": files,
                                               "written": time.strftime("%Y-%m-%dT%H:%M:%S")})
