@@ -179,6 +179,7 @@ def check_text_file(path: str | os.PathLike | None, option: str = "--text-file",
     except OSError as e:
         raise UsageError(f"{option} {path}: cannot read it ({e.strerror or one_line(e)})") from e
     text, n = decode_counting(raw)
+    text = text.replace("\r\n", "\n").replace("\r", "\n")  # universal newlines, as `Path.read_text` reads
     if not text.strip():
         raise UsageError(f"{option} {path}: the text is empty; pass a non-empty text file")
     if n and warn:
