@@ -7,8 +7,9 @@ Writes DIR/heads.csv (one row per layer and head: layer, head, kv_head, then the
 `tappa_utils.metrics`), DIR/layers.csv (per-layer means and pattern counts), DIR/summary.json (parameters, model,
 versions, timings, pattern counts) and DIR/gallery.png (attention maps of the heads with the highest and the lowest
 q-similarity). With --null, also null_heads.csv / null_layers.csv for a random-weight copy. Everything is written to
-a temporary folder beside DIR and renamed into place at the end, so a failed run leaves no partial files. Bad input
-exits with status 2 and one line on stderr.
+a temporary folder beside DIR and swapped into place at the end, so a failed run leaves no partial files and the
+previous result intact; a DIR holding files that `analyze` did not write is refused. Bad input exits with status 2
+and one line on stderr, before anything is loaded.
 """
 from __future__ import annotations
 

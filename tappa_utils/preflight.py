@@ -375,9 +375,9 @@ def check_out_dir(out: str | os.PathLike, option: str = "--out", command: str | 
         parent = parent.parent
     if not parent.is_dir():
         raise UsageError(f"{option} {out}: {parent} is a file, not a folder")
-    if not _writable(parent if not out.exists() else out.parent):
-        raise UsageError(f"{option} {out}: cannot write in {parent if not out.exists() else out.parent} "
-                         "(permission denied); choose a writable folder")
+    for folder in ((out.parent, out) if out.exists() else (parent,)):  # the folder, and its parent for the swap
+        if not _writable(folder):
+            raise UsageError(f"{option} {out}: cannot write in {folder} (permission denied); choose a writable folder")
     if command is not None and out.is_dir():
         foreign = foreign_entries(out, command, legacy, signature)
         if foreign:
