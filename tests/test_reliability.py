@@ -514,9 +514,9 @@ def test_11_every_chapter_builds_aside_and_commits_last(path):
     import nbformat
 
     cells = [c for c in nbformat.read(str(path), as_version=4).cells if c.cell_type == "code"]
-    setup = next(c.source for c in cells if "params = dict(" in c.source)
+    setup = next(c.source for c in cells if "params = " in c.source and "out_dir" in c.source)
     assert "out_dir = result_dir(out_dir)" in setup
-    assert setup.index("params = dict(") < setup.index("out_dir = result_dir(out_dir)")  # run_info keeps the path
+    assert setup.index("params = ") < setup.index("out_dir = result_dir(out_dir)")  # run_info keeps the path
     writes = [i for i, c in enumerate(cells) if "save_run_info(" in c.source]
     assert writes and all("result_dir(out_dir)" in cells[i].source for i in writes)
     assert "out_dir.commit()" in cells[-1].source and "remove-cell" in cells[-1].metadata.get("tags", [])

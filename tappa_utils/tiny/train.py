@@ -31,7 +31,7 @@ import torch
 from .corpus import BOS_ID, EOS_ID, MIXTURES, PAD_ID, VOCAB_SIZE, copy_test_batch, load_corpus, sample_batch
 from ..io import MARKER, ResultDir, atomic_torch_save, atomic_write_json, atomic_write_text
 from ..preflight import Parser, UsageError, check_out_dir, check_positive, one_line, run_cli
-from .card import copy_test
+from .measure import copy_test
 
 RUN_FILES = ("ckpt.pt", "training_log.jsonl", "corpus_manifest.json", "train_args.json")
 EXPORT_FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
@@ -113,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--eval-every", type=int, default=100)
     ap.add_argument("--ckpt-every", type=int, default=100)
     ap.add_argument("--mixture", choices=sorted(MIXTURES), default="base",
-                    help="data mixture of this phase (logged with every record; see tappa_utils.corpus)")
+                    help="data mixture of this phase (logged with every record; see tappa_utils.tiny.corpus)")
     ap.add_argument("--export", type=Path, default=None, help="export the checkpoint as a HF folder and exit")
     ap.add_argument("--until", type=int, default=None,
                     help="end this phase after this step (checkpointed); the schedule still runs to --steps")
