@@ -84,7 +84,7 @@ def no_loading(monkeypatch):
 def _main(command: str):
     from tappa_utils import analysis
     from tappa_utils.kv import evaluate as kv
-    from tappa_utils.prune import evaluate as pe
+    from tappa_utils.prune import cli as pe
     from tappa_utils.tiny import card, train
 
     return {"analyze": analysis.main, "kv-eval": kv.main, "prune-eval": pe.main, "model-card": card.main,
@@ -523,12 +523,12 @@ def test_11_every_chapter_builds_aside_and_commits_last(path):
 
 
 def test_11_book_execute_of_a_chapter_without_notebook(tmp_path, capsys, monkeypatch):
-    from tappa_utils import book
+    from tappa_utils.book.__main__ import main
 
     (tmp_path / "notebooks").mkdir()
     (tmp_path / "_toc.yml").write_text("format: jb-book\nroot: intro\nchapters:\n  - file: book/executed/01_gone\n")
     monkeypatch.chdir(tmp_path)
-    rc = book.main(["execute", "01_gone"])
+    rc = main(["execute", "01_gone"])
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
     assert rc == 2
     assert_one_line(err, "book", "01_gone", "notebooks/01_gone.ipynb", "do not exist")
