@@ -223,6 +223,12 @@ class ResultDir(os.PathLike):
         self.command, self.legacy, self.signature, self.option = command, tuple(legacy), signature, option
         self.keep = tuple(keep)
         self.out = check_out_dir(out, option)
+        cwd = Path.cwd().resolve()
+        if cwd == self.out or self.out in cwd.parents:
+            from .preflight import UsageError
+
+            raise UsageError(f"{option} {self.out} contains the current folder, which the swap would remove; "
+                             "choose another folder")
         self._check_foreign()
         recover(self.out)
         self.out.parent.mkdir(parents=True, exist_ok=True)

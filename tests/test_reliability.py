@@ -268,6 +268,17 @@ def test_6_out_dot_is_refused(models, texts, tmp_path, capsys, monkeypatch, no_l
     assert sorted(os.listdir(tmp_path)) == ["paper.md"]
 
 
+def test_6_out_holding_the_current_folder_is_refused(models, texts, tmp_path, capsys, monkeypatch, no_loading):
+    out = tmp_path / "res"
+    previous_result(out, "analyze", {"heads.csv": "layer\n0\n"})
+    monkeypatch.chdir(out)
+    before = snapshot(out)
+    rc, err = run(capsys, "analyze", argv_for("analyze", models["good"], texts, "."))
+    assert rc == 2
+    assert_one_line(err, "analyze", "contains the current folder")
+    assert snapshot(out) == before and staging_leftovers(tmp_path) == []
+
+
 def test_6_results_of_another_command_are_not_replaced(models, texts, tmp_path, capsys, no_loading):
     out = tmp_path / "res"
     before = previous_result(out, "kv-eval", {"summary.csv": "method\nfull\n"})
