@@ -1,6 +1,7 @@
 """Command line: `python -m tappa_utils <command> ...` (also installed as `tappa`).
 
-Each command lives in its own module with `main(argv)`; bad input exits with status 2 and one clear line.
+Each command lives in its own module with `main(argv)`; bad input exits with status 2 and one clear line
+(`tappa_utils.preflight`), Ctrl-C with 130; results are built aside and swapped in whole (`tappa_utils.io.ResultDir`).
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
         print(usage())
         return 0
     if argv[0] not in COMMANDS:
-        print(f"error: unknown command {argv[0]!r}\n{usage()}", file=sys.stderr)
+        print(f"tappa: error: unknown command {argv[0]!r}; choose one of {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
     module = importlib.import_module(COMMANDS[argv[0]][0])
     return module.main(argv[1:]) or 0

@@ -8,38 +8,31 @@ Writes DIR/heads.csv (one row per layer and head: layer, head, kv_head, then the
 versions, timings, pattern counts) and DIR/gallery.png (attention maps of the heads with the highest and the lowest
 q-similarity). With --null, also null_heads.csv / null_layers.csv for the random-weight null (weights swapped in
 place, no second model). Everything is written to
-a temporary folder beside DIR and renamed into place at the end, so a failed run leaves no partial files. Bad input
-exits with status 2 and one line on stderr.
+a temporary folder beside DIR and swapped into place at the end, so a failed run leaves no partial files and the
+previous result intact; a DIR holding files that `analyze` did not write is refused. Bad input exits with status 2
+and one line on stderr, before anything is loaded.
 """
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from .preflight import Parser, UsageError
+
 GALLERY_METRIC = "q_sim_consecutive_post"
 
 
-class InputError(ValueError):
-    """Bad command-line input (reported as one line, exit status 2)."""
+InputError = UsageError  # bad command-line input (one line, exit status 2); kept under its old name
 
-
-class _Parser(argparse.ArgumentParser):
-    """argparse that raises InputError instead of printing usage and exiting."""
-
-    def error(self, message: str):  # noqa: D401 - argparse hook
-        """Raise instead of exiting."""
-        raise InputError(message)
+LEGACY_FILES = ("heads.csv", "layers.csv", "null_heads.csv", "null_layers.csv", "summary.json", "gallery.png")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the `analyze` command."""
-    p = _Parser(prog="python -m tappa_utils analyze", description="Per-head attention metrics of a model.")
+    p = Parser(prog="python -m tappa_utils analyze", description="Per-head attention metrics of a model.")
     p.add_argument("--model", default="tappa-tiny",
                    help="tappa-tiny (shipped), a local model folder, or random:<shape> (e.g. random:qwen2.5-0.5b)")
     p.add_argument("--text-file", default=None, help="text to analyse (default: the shipped held-out sample)")
@@ -60,49 +53,36 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _load_checked(args):
-    """Validate the inputs and load text, model and tokenizer; raise InputError/ValueError on bad input."""
-    from transformers import AutoConfig
+def _check(args):
+    """The front door: every input checked before anything is loaded; the checked model (UsageError otherwise)."""
+    from . import preflight as pf
+
+    for name in ("seq_len", "num_windows", "window", "top_k", "gallery_heads"):
+        pf.check_positive(getattr(args, name), f"--{name.replace('_', '-')}")
+    pf.check_positive(args.skip, "--skip", minimum=0)
+    if args.seq_len < max(args.skip, args.top_k - 1) + 2:
+        raise UsageError(f"--seq-len {args.seq_len} is too short for --skip {args.skip} and --top-k {args.top_k}: "
+                         f"use at least {max(args.skip, args.top_k - 1) + 2}")
+    pf.check_device(args.device)
+    pf.check_dtype(args.dtype)
+    pf.check_text_file(args.text_file)
+    info = pf.check_model(args.model)
+    pf.check_context(args.seq_len, info)
+    pf.check_out_dir(args.out, command="analyze", legacy=LEGACY_FILES)
+    return info
+
+
+def _load_checked(args, info):
+    """Load text, model and tokenizer of checked inputs."""
     from transformers.utils import logging as hf_logging
 
     from .data import load_text
-    from .models import (SUPPORTED_MODEL_TYPES, UnsupportedModelError, check_supported, context_length,
-                         is_random_name, load_model, resolve_model_path, shape_name)
+    from .models import check_supported, load_model
 
-    for name in ("seq_len", "num_windows", "window", "top_k", "gallery_heads"):
-        if getattr(args, name) < 1:
-            raise InputError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
-    import torch
-
-    try:
-        dev = torch.device(args.device)
-    except RuntimeError as e:
-        raise InputError(f"--device {args.device!r} is not a device (use cpu, cuda, cuda:0 ...)") from e
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"--device {args.device}: CUDA is not available on this machine; use --device cpu")
-    if args.skip < 0:
-        raise InputError(f"--skip must be >= 0, got {args.skip}")
-    if args.seq_len < max(args.skip, args.top_k - 1) + 2:
-        raise InputError(f"--seq-len {args.seq_len} is too short for --skip {args.skip} and --top-k {args.top_k}: "
-                         f"use at least {max(args.skip, args.top_k - 1) + 2}")
     hf_logging.set_verbosity_error()  # no "sequence longer than the model" warning for the whole text
     text = load_text(text_file=args.text_file)
-    if is_random_name(args.model):
-        shape_name(args.model)  # an unknown shape fails here, before anything is built
-    else:
-        path = resolve_model_path(args.model)
-        if not Path(path).is_dir():
-            raise InputError(f"model folder not found: {args.model} (use tappa-tiny, a local model folder or "
-                             f"random:<shape>)")
-        model_type = getattr(AutoConfig.from_pretrained(path), "model_type", "unknown")
-        if model_type not in SUPPORTED_MODEL_TYPES:
-            raise UnsupportedModelError(f"unsupported architecture {model_type!r}: supported model types: "
-                                        f"{', '.join(SUPPORTED_MODEL_TYPES)}")
-    model, tokenizer = load_model(args.model, device=args.device, dtype=args.dtype)
+    model, tokenizer = load_model(str(info.path), device=args.device, dtype=args.dtype)
     check_supported(model)
-    ctx = context_length(model)
-    if args.seq_len > ctx:
-        raise InputError(f"--seq-len {args.seq_len} exceeds the model's context length {ctx}")
     return text, model, tokenizer
 
 
@@ -185,45 +165,26 @@ def run(args, out_tmp: Path, text, model, tokenizer) -> dict[str, Any]:
     return summary
 
 
-def _replace_dir(tmp: Path, out: Path) -> None:
-    """Move the finished temporary folder onto `out` (an existing `out` is replaced)."""
-    old = None
-    if out.exists():
-        if not out.is_dir():
-            raise InputError(f"--out {out} exists and is not a folder")
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
-        os.replace(out, old / out.name)
-    os.replace(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of `python -m tappa_utils analyze`; returns the exit status (2 on bad input)."""
+    """Entry point of `python -m tappa_utils analyze`; returns the exit status (2 on bad input, 130 on Ctrl-C)."""
+    from .io import ResultDir
     from .models import UnsupportedModelError
+    from .preflight import run_cli
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    tmp = None
-    try:
+
+    def body() -> int:
         args = build_parser().parse_args(argv)
-        out = Path(args.out).resolve()
-        text, model, tokenizer = _load_checked(args)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp.", dir=out.parent))
+        info = _check(args)
         t0 = time.perf_counter()
-        summary = run(args, tmp, text, model, tokenizer)
-        _replace_dir(tmp, out)
-        tmp = None
-        print(f"wrote {out} ({len(summary['layers'])} layers, {time.perf_counter() - t0:.1f} s): "
+        with ResultDir(args.out, "analyze", legacy=LEGACY_FILES) as tmp:
+            text, model, tokenizer = _load_checked(args, info)
+            summary = run(args, tmp, text, model, tokenizer)
+        print(f"wrote {Path(args.out).resolve()} ({len(summary['layers'])} layers, {time.perf_counter() - t0:.1f} s): "
               + ", ".join(f"{k} {v}" for k, v in summary["patterns"].items()))
         return 0
-    except (InputError, UnsupportedModelError, ValueError, TypeError, IndexError, FileNotFoundError, OSError) as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        print(f"error: {msg}", file=sys.stderr)
-        return 2
-    finally:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
+
+    return run_cli("analyze", body, (UnsupportedModelError, ValueError, TypeError, IndexError, OSError))
 
 
 if __name__ == "__main__":

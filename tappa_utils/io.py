@@ -1,12 +1,18 @@
-"""Atomic writes: results go to a temporary file in the same folder, then are renamed into place."""
+"""Atomic writes of files, and result folders that are built aside and swapped in whole (`ResultDir`)."""
 from __future__ import annotations
 
+import atexit
+import fnmatch
 import json
 import os
+import re
+import secrets
+import shutil
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 
 @contextmanager
@@ -55,3 +61,249 @@ def _to_builtin(x: Any) -> Any:
     if isinstance(x, Path):
         return str(x)
     raise TypeError(f"cannot serialise {type(x).__name__}")
+
+
+
+# ------------------------------------------------------------------------------------------------ result folders
+# A result folder is built whole in a hidden sibling `.NAME.tappa-tmp.PID.RAND` and swapped in at the end (an
+# atomic exchange of the two folders where the kernel supports it), so the previous complete result survives any
+# failure or signal. The folder gets a marker file listing what the command wrote; a folder holding anything else
+# is never replaced. Leftovers of a killed run (dead PID) are removed -- or, when the folder itself went missing
+# mid-swap, the previous result is put back -- by the next run on the same folder.
+
+MARKER = ".tappa-result"
+_STAGING = re.compile(r"^\.(?P<name>.+)\.tappa-(?P<kind>tmp|old)\.(?P<pid>\d+)\.[0-9a-f]+$")
+_ACTIVE: set[str] = set()  # staging folders of this process that are still being built
+
+
+def read_marker(folder: str | os.PathLike) -> dict | None:
+    """The marker of a result folder ({"command", "files", ...}), or None when there is none or it is unreadable."""
+    try:
+        data = json.loads((Path(folder) / MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and isinstance(data.get("files"), list) else None
+
+
+def foreign_entries(folder: str | os.PathLike, command: str, legacy: Iterable[str] = (),
+                    signature: str | None = None, keep: Iterable[str] = ()) -> list[str]:
+    """Entries of `folder` that `command` did not write there (sorted); empty when the folder may be replaced.
+
+    With a marker: the entries it does not list (all of them when another command wrote the folder). Without one
+    (results of an older version): entries not matching a `legacy` glob pattern -- all of them when `signature`
+    is given and absent. Names in `keep` (files other tools add beside, carried over by `ResultDir`) never count.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    entries = sorted(e for e in os.listdir(folder) if e != MARKER and e not in set(keep))
+    marker = read_marker(folder)
+    if marker is not None:
+        if marker.get("command") != command:
+            return [f"the results of {marker.get('command')}"] + entries
+        return [e for e in entries if e not in set(marker["files"])]
+    if (folder / MARKER).exists():
+        return [MARKER] + entries
+    if signature is not None and signature not in entries:
+        return entries
+    return [e for e in entries if not any(fnmatch.fnmatchcase(e, pat) for pat in legacy)]
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def recover(out: str | os.PathLike) -> list[Path]:
+    """Clean what killed runs left beside `out`; when `out` went missing mid-swap, restore the previous result.
+
+    Staging folders of live processes (runs in progress) are left alone. Returns the paths removed or restored.
+    """
+    out = Path(out)
+    if not out.parent.is_dir():
+        return []
+    leftovers = []
+    for entry in os.listdir(out.parent):
+        m = _STAGING.match(entry)
+        if not m or m["name"] != out.name:
+            continue
+        path, pid = out.parent / entry, int(m["pid"])
+        if str(path) in _ACTIVE or (pid != os.getpid() and _pid_alive(pid)):
+            continue
+        leftovers.append((m["kind"], path))
+    done = []
+    if not out.exists():  # killed between the two renames of a non-atomic swap: the previous result comes back
+        olds = sorted((p for kind, p in leftovers if kind == "old"), key=lambda p: p.stat().st_mtime)
+        if olds:
+            os.rename(olds[-1], out)
+            done.append(out)
+            leftovers = [(k, p) for k, p in leftovers if p != olds[-1]]
+    for _, path in leftovers:
+        shutil.rmtree(path, ignore_errors=True)
+        done.append(path)
+    return done
+
+
+def _sibling_name(out: Path, kind: str) -> Path:
+    return out.parent / f".{out.name}.tappa-{kind}.{os.getpid()}.{secrets.token_hex(4)}"
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically exchange two paths (Linux renameat2 with RENAME_EXCHANGE); False when not supported here."""
+    import ctypes
+    import errno
+
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EPERM):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def swap_in(tmp: Path, out: Path) -> None:
+    """Put the finished folder `tmp` at `out`, replacing a previous `out` as a whole.
+
+    With an atomic exchange `out` exists at every instant; otherwise (two renames) a crash in between leaves the
+    previous result in `.NAME.tappa-old.*`, which `recover` puts back.
+    """
+    if not out.exists():
+        os.rename(tmp, out)
+        return
+    if _exchange(tmp, out):
+        shutil.rmtree(tmp, ignore_errors=True)  # tmp now holds the previous result
+        return
+    old = _sibling_name(out, "old")
+    os.rename(out, old)
+    os.rename(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+class ResultDir(os.PathLike):
+    """A result folder built in a hidden temporary sibling and swapped in whole by `commit()`.
+
+    Creating it checks `out` (see `tappa_utils.preflight.check_out_dir`: a folder holding files that `command` did
+    not write is refused with `UsageError`) and cleans what killed runs left. Write into the object as into a folder
+    (it is path-like: `Path(rd)`, `rd / "x.csv"`); nothing appears at `out` until `commit()`, which adds the marker
+    and replaces the previous result. Used as a context manager, it yields the temporary folder and commits on
+    success, discards on any exception (Ctrl-C included). An uncommitted folder is also removed at interpreter exit.
+
+    Parameters
+    ----------
+    out : str or path
+        The result folder.
+    command : str
+        Recorded in the marker; a folder written by another command counts as foreign.
+    legacy : iterable of str
+        Glob patterns of what older versions wrote there without a marker (accepted as the command's own).
+    signature : str, optional
+        File that must be present for `legacy` to apply (e.g. "run_info.json").
+    keep : iterable of str
+        Files that other tools add to the folder (e.g. a model card): accepted, and carried over into the new result
+        when it does not write them itself.
+    option : str
+        Name of the option in error messages ("--out", "out_dir").
+    """
+
+    def __init__(self, out: str | os.PathLike, command: str, legacy: Iterable[str] = (),
+                 signature: str | None = None, keep: Iterable[str] = (), option: str = "--out"):
+        from .preflight import check_out_dir
+
+        self.command, self.legacy, self.signature, self.option = command, tuple(legacy), signature, option
+        self.keep = tuple(keep)
+        self.out = check_out_dir(out, option)
+        cwd = Path.cwd().resolve()
+        if cwd == self.out or self.out in cwd.parents:
+            from .preflight import UsageError
+
+            raise UsageError(f"{option} {self.out} contains the current folder, which the swap would remove; "
+                             "choose another folder")
+        self._check_foreign()
+        recover(self.out)
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(100):
+            self.tmp = _sibling_name(self.out, "tmp")
+            try:
+                self.tmp.mkdir()  # mode 0777 & ~umask, unlike mkdtemp's 0700
+                break
+            except FileExistsError:
+                continue
+        _ACTIVE.add(str(self.tmp))
+        atexit.register(self.discard)
+        self.committed = False
+
+    def _check_foreign(self) -> None:
+        from .preflight import UsageError
+
+        foreign = foreign_entries(self.out, self.command, self.legacy, self.signature, self.keep)
+        if foreign:
+            shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+            raise UsageError(f"{self.option} {self.out} holds files that {self.command} did not write ({shown}); "
+                             "choose a new or empty folder")
+
+    def __fspath__(self) -> str:
+        return str(self.tmp)
+
+    def __str__(self) -> str:
+        return str(self.tmp)
+
+    def __repr__(self) -> str:
+        return f"ResultDir({str(self.out)!r}, building in {self.tmp.name})"
+
+    def __truediv__(self, name: str) -> Path:
+        return self.tmp / name
+
+    def commit(self) -> Path:
+        """Write the marker and swap the built folder in at `out`; returns `out`."""
+        if self.committed:
+            return self.out
+        for name in self.keep:
+            if (self.out / name).is_file() and not (self.tmp / name).exists():
+                shutil.copy2(self.out / name, self.tmp / name)
+        files = sorted(e for e in os.listdir(self.tmp) if e != MARKER)
+        atomic_write_json(self.tmp / MARKER, {"command": self.command, "files": files,
+                                              "written": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        self._check_foreign()  # someone may have put files there while we computed
+        swap_in(self.tmp, self.out)
+        self._forget()
+        self.committed = True
+        return self.out
+
+    def discard(self) -> None:
+        """Remove the temporary folder (nothing at `out` changes)."""
+        if not self.committed:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+        self._forget()
+
+    def _forget(self) -> None:
+        _ACTIVE.discard(str(self.tmp))
+        atexit.unregister(self.discard)
+
+    def __enter__(self) -> Path:
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.discard()
+
+
+def result_dir(out: str | os.PathLike, command: str = "notebook", **kwargs) -> ResultDir:
+    """`ResultDir(out, command, ...)`: what the chapters call on `out_dir` (and `.commit()` in their last cell)."""
+    kwargs.setdefault("option", "out_dir")
+    if command == "notebook":
+        kwargs.setdefault("legacy", ("*.csv", "*.json", "*.png", "*.md"))
+        kwargs.setdefault("signature", "run_info.json")
+    return ResultDir(out, command, **kwargs)

@@ -41,7 +41,7 @@ def test_happy_path_writes_tables_summary_and_gallery(tiny_dir, text_file, tmp_p
     rc, cap = _run(capsys, "--model", tiny_dir, "--text-file", text_file, "--seq-len", 64, "--num-windows", 2,
                    "--skip", 8, "--top-k", 4, "--out", out, "--null", "--gallery-heads", 2)
     assert rc == 0, cap.err
-    assert sorted(p.name for p in out.iterdir()) == ["gallery.png", "heads.csv", "layers.csv", "null_heads.csv",
+    assert sorted(p.name for p in out.iterdir()) == [".tappa-result", "gallery.png", "heads.csv", "layers.csv", "null_heads.csv",
                                                      "null_layers.csv", "summary.json"]
     heads = pd.read_csv(out / "heads.csv")
     assert list(heads.columns) == list(HEAD_COLUMNS)
@@ -92,7 +92,7 @@ def test_bad_input_exits_2_with_one_line_and_no_files(case, tiny_dir, text_file,
     rc, cap = _run(capsys, *argv[case])
     assert rc == 2
     lines = [line for line in cap.err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), cap.err
+    assert len(lines) == 1 and lines[0].startswith("analyze: error: "), cap.err
     expect = {"missing_file": "not found", "empty_text": "empty", "beyond_context": "context length",
               "beyond_text": "too short", "layer_range": "out of range", "non_numeric": "invalid int",
               "unsupported": "gpt2", "missing_model": "not found", "too_short": "too short",

@@ -12,7 +12,7 @@ import argparse
 import sys
 
 from .execute import execute_chapters
-from .layout import BookError, chapter_stems, existing_chapters, find_root
+from .layout import BookError, chapter_stems, existing_chapters, find_root, notebook_path
 from .params import params_table, update_readme
 from .reference import write_reference
 from .render import build
@@ -20,7 +20,9 @@ from .render import build
 
 def build_parser() -> argparse.ArgumentParser:
     """The options of `python -m tappa_utils.book`."""
-    p = argparse.ArgumentParser(prog="python -m tappa_utils.book", description="Build the TAPPA Book.")
+    from ..preflight import Parser
+
+    p = Parser(prog="python -m tappa_utils.book", description="Build the TAPPA Book.")
     sub = p.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build", help="execute every chapter (papermill), write the reference, render the HTML")
     b.add_argument("--only", nargs="+", metavar="STEM", help="execute only these chapters (others: reuse earlier runs)")
@@ -37,33 +39,42 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Command line entry point (see the module docstring); exit status 1 on a failed build, 2 on bad input."""
-    args = build_parser().parse_args(argv)
-    try:
-        root = find_root()
-        known = chapter_stems(root)
-        bad = [s for s in (getattr(args, "only", None) or getattr(args, "stems", None) or []) if s not in known]
-        if bad:
-            print(f"error: unknown chapter(s) {bad}; _toc.yml lists {known}", file=sys.stderr)
-            return 2
-        if args.cmd == "build":
-            build(root, only=args.only, skip_execute=args.skip_execute, timeout=args.timeout)
-        elif args.cmd == "execute":
-            stems = [s for s in existing_chapters(root) if not args.stems or s in args.stems]
-            failures = execute_chapters(root, stems, timeout=args.timeout)
-            if failures:
-                print(f"{len(failures)} notebook(s) failed", file=sys.stderr)
-                return 1
-        elif args.cmd == "params-table":
-            if args.update_readme:
-                print("README.md updated" if update_readme(root) else "README.md already up to date")
-            else:
-                sys.stdout.write(params_table(root))
-        elif args.cmd == "reference":
-            print(write_reference(root))
-    except BookError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+    from ..preflight import UsageError, run_cli
+
+    def body() -> int:
+        args = build_parser().parse_args(argv)
+        try:
+            root = find_root()
+            known = chapter_stems(root)
+            asked = getattr(args, "only", None) or getattr(args, "stems", None) or []
+            bad = [s for s in asked if s not in known]
+            if bad:
+                raise UsageError(f"unknown chapter(s) {bad}; _toc.yml lists {known}")
+            missing = [s for s in asked if not notebook_path(s, root).is_file()]
+            if missing:
+                raise UsageError(f"chapter(s) {missing} are listed in _toc.yml but their notebooks do not exist "
+                                 f"({', '.join(str(notebook_path(s, root).relative_to(root)) for s in missing)})")
+            if args.cmd == "build":
+                build(root, only=args.only, skip_execute=args.skip_execute, timeout=args.timeout)
+            elif args.cmd == "execute":
+                stems = [s for s in existing_chapters(root) if not args.stems or s in args.stems]
+                failures = execute_chapters(root, stems, timeout=args.timeout)
+                if failures:
+                    print(f"{len(failures)} notebook(s) failed", file=sys.stderr)
+                    return 1
+            elif args.cmd == "params-table":
+                if args.update_readme:
+                    print("README.md updated" if update_readme(root) else "README.md already up to date")
+                else:
+                    sys.stdout.write(params_table(root))
+            elif args.cmd == "reference":
+                print(write_reference(root))
+        except BookError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        return 0
+
+    return run_cli("book", body)
 
 
 if __name__ == "__main__":

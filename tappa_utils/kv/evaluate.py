@@ -17,7 +17,6 @@ the paired 95 % interval excludes 0). Methods: "tappa" (official budget rule, `a
 """
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 import time
@@ -346,8 +345,14 @@ def plot_quality(summary):
     return fig
 
 
+LEGACY_FILES = ("run_info.json", "samples.csv", "summary.csv", "comparisons.csv", "summary.json",
+                "quality_vs_budget.png")
+
+
 def _parse(argv):
-    p = argparse.ArgumentParser(prog="python -m tappa_utils kv-eval", description=__doc__.splitlines()[0])
+    from ..preflight import Parser
+
+    p = Parser(prog="python -m tappa_utils kv-eval", description=__doc__.splitlines()[0])
     d = KVEvalConfig()
     p.add_argument("--model", default=d.model)
     p.add_argument("--device", default=d.device)
@@ -372,32 +377,44 @@ def _parse(argv):
 
 
 def main(argv: list[str] | None = None) -> int:
-    """CLI entry point: run, write samples.csv, summary.csv, comparisons.csv, summary.json, quality_vs_budget.png."""
-    try:
-        args = _parse(argv)
-    except SystemExit as e:
-        return int(e.code or 0)
-    cfg = KVEvalConfig(model=args.model, device=args.device, dtype=args.dtype, attn=args.attn, seq_len=args.seq_len,
-                       keep=tuple(args.keep), methods=tuple(args.methods), tasks=tuple(args.tasks),
-                       samples=args.samples, cont_len=args.cont_len, seg_len=args.seg_len,
-                       prefix_len=args.prefix_len, distance=args.distance, window=args.window,
-                       cake_alpha=args.cake_alpha, seed=args.seed, text_file=args.text_file)
-    try:
-        cfg.validate()
-        if args.text_file is not None and not Path(args.text_file).is_file():
-            raise FileNotFoundError(f"text file not found: {args.text_file}")
-        from ..models import load_model
+    """CLI entry point: run, write samples.csv, summary.csv, comparisons.csv, summary.json, quality_vs_budget.png.
 
-        model, tok = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype, attn_implementation=cfg.attn)
-        t0 = time.perf_counter()
-        samples = run_kv_eval(model, tok, cfg, progress=not args.quiet)
-    except (ValueError, TypeError, FileNotFoundError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    write_results(args.out, cfg, samples, seconds=time.perf_counter() - t0)
-    if not args.quiet:
-        print(summarize(samples).to_string(index=False))
-    return 0
+    Every input (options, model folder, device, text, --out) is checked before the model is loaded; the results are
+    built in a temporary folder and swapped in whole at the end (`tappa_utils.io.ResultDir`).
+    """
+    from .. import preflight as pf
+    from ..io import ResultDir
+    from ..models import UnsupportedModelError, check_supported, load_model
+
+    def body() -> int:
+        args = _parse(argv)
+        cfg = KVEvalConfig(model=args.model, device=args.device, dtype=args.dtype, attn=args.attn,
+                           seq_len=args.seq_len, keep=tuple(args.keep), methods=tuple(args.methods),
+                           tasks=tuple(args.tasks), samples=args.samples, cont_len=args.cont_len,
+                           seg_len=args.seg_len, prefix_len=args.prefix_len, distance=args.distance,
+                           window=args.window, cake_alpha=args.cake_alpha, seed=args.seed, text_file=args.text_file)
+        cfg.validate()
+        pf.check_device(cfg.device)
+        pf.check_dtype(cfg.dtype)
+        pf.check_text_file(cfg.text_file)
+        info = pf.check_model(cfg.model)
+        target = max(cfg.cont_len if "loss" in cfg.tasks else 0,
+                     cfg.seg_len - cfg.prefix_len if "retrieval" in cfg.tasks else 0)
+        if info.context_length and cfg.seq_len + target > info.context_length:
+            raise pf.UsageError(f"--seq-len {cfg.seq_len} plus {target} target tokens exceeds the model's context "
+                                f"length {info.context_length}; use --seq-len <= {info.context_length - target}")
+        pf.check_out_dir(args.out, command="kv-eval", legacy=LEGACY_FILES, signature="run_info.json")
+        with ResultDir(args.out, "kv-eval", legacy=LEGACY_FILES, signature="run_info.json") as tmp:
+            model, tok = load_model(str(info.path), device=cfg.device, dtype=cfg.dtype, attn_implementation=cfg.attn)
+            check_supported(model)
+            t0 = time.perf_counter()
+            samples = run_kv_eval(model, tok, cfg, progress=not args.quiet)
+            write_results(tmp, cfg, samples, seconds=time.perf_counter() - t0)
+        if not args.quiet:
+            print(summarize(samples).to_string(index=False))
+        return 0
+
+    return pf.run_cli("kv-eval", body, (UnsupportedModelError, ValueError, TypeError, FileNotFoundError))
 
 
 def write_results(out_dir, cfg: KVEvalConfig, samples, seconds: float | None = None) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import asdict
-from pathlib import Path
 
 from . import evaluate
 from . import scores as P
@@ -12,10 +11,7 @@ from .evaluate import PAPER_TASKS, PruneEvalConfig, run_pruning_eval
 from .report import save_results, summary_table
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one clear line, exit status 2
-        print(f"prune-eval: error: {message}", file=sys.stderr)
-        raise SystemExit(2)
+LEGACY_FILES = ("*.json", "*.csv", "*.png")  # what older versions wrote without a marker (with run_info.json)
 
 
 def _floats(s: str) -> tuple:
@@ -27,8 +23,10 @@ def _floats(s: str) -> tuple:
 
 def build_parser() -> argparse.ArgumentParser:
     """The `prune-eval` command-line options."""
+    from ..preflight import Parser
+
     d = PruneEvalConfig()
-    ap = _Parser(prog="python -m tappa_utils prune-eval", description=evaluate.__doc__.split("\n\n")[0])
+    ap = Parser(prog="python -m tappa_utils prune-eval", description=evaluate.__doc__.split("\n\n")[0])
     ap.add_argument("--out", required=True, help="output folder")
     ap.add_argument("--model", default=d.model, help="tappa-tiny, a local folder or a hub id")
     ap.add_argument("--device", default=d.device)
@@ -57,36 +55,45 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`prune-eval` entry point: 0 on success, 2 with one line on stderr for bad input (nothing written)."""
-    try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as e:  # --help (0) or a bad option (2, one line already printed)
-        return int(e.code or 0)
-    out = Path(args.out)
-    cfg = PruneEvalConfig(
-        model=args.model, device=args.device, dtype=args.dtype, seed=args.seed, seq_len=args.seq_len,
-        calib_chunks=args.calib_chunks, calib_stride=args.calib_stride, calib_text_file=args.calib_text_file,
-        eval_text_file=args.eval_text_file, eval_windows=args.eval_windows, copy_windows=args.copy_windows,
-        copy_seg_len=args.copy_seg_len, max_removed=args.max_removed, betas=args.betas, beta_grid=args.beta_grid,
-        qsim_rope=args.qsim_rope, qsim_mode=args.qsim_mode, bi_kind=args.bi_kind, batch_size=args.batch_size,
-        lm_eval_tasks=tuple(t for t in args.lm_eval_tasks.split(",") if t.strip()), lm_eval_limit=args.lm_eval_limit)
-    if out.exists() and not out.is_dir():
-        print(f"prune-eval: error: --out {out} exists and is not a folder", file=sys.stderr)
-        return 2
-    try:
-        cfg.validate()
-        res = run_pruning_eval(cfg, progress=lambda s: print(s, file=sys.stderr))
-    except (ValueError, TypeError, IndexError, FileNotFoundError, OSError) as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        print(f"prune-eval: error: {msg}", file=sys.stderr)
-        return 2
+    """`prune-eval` entry point: 0 on success, 2 with one line on stderr for bad input (nothing written).
+
+    Every input is checked before the model is loaded; results are built aside and swapped in whole at the end, so
+    a second run into the same folder never mixes with the first (`tappa_utils.io.ResultDir`).
+    """
+    from .. import preflight as pf
+    from ..io import ResultDir
+    from ..models import UnsupportedModelError, load_model
     from ..results import save_run_info
 
-    save_results(res, out, figures=not args.no_figures)
-    save_run_info(out, asdict(cfg), timings=res.timings, best_beta=res.best_beta)
-    print(summary_table(res).round(4).to_string())
-    print(f"best beta on calibration data: {res.best_beta:g}; results in {out}")
-    return 0
+    def body() -> int:
+        args = build_parser().parse_args(argv)
+        cfg = PruneEvalConfig(
+            model=args.model, device=args.device, dtype=args.dtype, seed=args.seed, seq_len=args.seq_len,
+            calib_chunks=args.calib_chunks, calib_stride=args.calib_stride, calib_text_file=args.calib_text_file,
+            eval_text_file=args.eval_text_file, eval_windows=args.eval_windows, copy_windows=args.copy_windows,
+            copy_seg_len=args.copy_seg_len, max_removed=args.max_removed, betas=args.betas,
+            beta_grid=args.beta_grid, qsim_rope=args.qsim_rope, qsim_mode=args.qsim_mode, bi_kind=args.bi_kind,
+            batch_size=args.batch_size, lm_eval_tasks=tuple(t for t in args.lm_eval_tasks.split(",") if t.strip()),
+            lm_eval_limit=args.lm_eval_limit)
+        out = pf.check_out_dir(args.out, command="prune-eval", legacy=LEGACY_FILES, signature="run_info.json")
+        cfg.validate()
+        pf.check_device(cfg.device)
+        pf.check_dtype(cfg.dtype)
+        pf.check_text_file(cfg.calib_text_file, "--calib-text-file")
+        pf.check_text_file(cfg.eval_text_file, "--eval-text-file")
+        info = pf.check_model(cfg.model)
+        pf.check_context(cfg.seq_len, info)
+        with ResultDir(out, "prune-eval", legacy=LEGACY_FILES, signature="run_info.json") as tmp:
+            model, tok = load_model(str(info.path), device=cfg.device, dtype=cfg.dtype)
+            res = run_pruning_eval(cfg, model, tok, progress=lambda s: print(s, file=sys.stderr))
+            save_results(res, tmp, figures=not args.no_figures)
+            save_run_info(tmp, asdict(cfg), timings=res.timings, best_beta=res.best_beta)
+        print(summary_table(res).round(4).to_string())
+        print(f"best beta on calibration data: {res.best_beta:g}; results in {out}")
+        return 0
+
+    return pf.run_cli("prune-eval", body, (UnsupportedModelError, ValueError, TypeError, IndexError,
+                                           FileNotFoundError))
 
 
 if __name__ == "__main__":

@@ -173,12 +173,6 @@ def _jsonable(x):
 # command line
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one clear line, status 2
-        print(f"error: model-card: {message}", file=sys.stderr)
-        raise SystemExit(2)
-
-
 def _positive(name: str):
     def parse(s: str) -> int:
         try:
@@ -193,9 +187,10 @@ def _positive(name: str):
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m tappa_utils model-card`: measure, check the targets, write MODEL_CARD.md + model_card.json."""
-    from ..models import DEFAULT_MODEL, context_length, load_model, resolve_model_path
+    from .. import preflight as pf
+    from ..models import DEFAULT_MODEL, UnsupportedModelError, load_model
 
-    ap = _Parser(prog="python -m tappa_utils model-card", description=__doc__,
+    ap = pf.Parser(prog="python -m tappa_utils model-card", description=__doc__,
                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=DEFAULT_MODEL, help="model folder (default: the shipped tappa-tiny)")
     ap.add_argument("--windows", type=_positive("--windows"), default=16, help="held-out windows (default 16)")
@@ -206,28 +201,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0, help="seed of the copy test and of the random-weight copy")
     ap.add_argument("--out", default=None, help="folder for MODEL_CARD.md and model_card.json (default: the model folder)")
     ap.add_argument("--device", default="cpu")
-    try:
-        args = ap.parse_args(argv)
-    except SystemExit as e:  # --help (0) or a bad option (2, one line already printed)
-        return int(e.code or 0)
 
-    try:
-        path = Path(resolve_model_path(args.model))
-        if not (path / "config.json").is_file():
-            raise ValueError(f"no model folder at {args.model!r} (config.json missing); pass --model DIR")
+    def body() -> int:
+        args = ap.parse_args(argv)
+        pf.check_positive(args.seed, "--seed", minimum=0)
         if args.seq_len < 32:
-            raise ValueError(f"--seq-len {args.seq_len} is too short: the metrics skip the first 16 queries; use >= 32")
-        if args.text_file is not None and not Path(args.text_file).is_file():
-            raise ValueError(f"--text-file {args.text_file!r} does not exist")
-        out = Path(args.out) if args.out else path
-        if out.exists() and not out.is_dir():
-            raise ValueError(f"--out {str(out)!r} exists and is not a folder")
+            raise pf.UsageError(f"--seq-len {args.seq_len} is too short: the metrics skip the first 16 queries; "
+                                "use >= 32")
+        pf.check_device(args.device)
+        pf.check_text_file(args.text_file)
+        info = pf.check_model(args.model)
+        pf.check_context(args.seq_len, info)
+        pf.check_context(args.copy_seq_len, info, "--copy-seq-len")
+        path = info.path
+        out = pf.check_out_dir(args.out if args.out else path)  # two files written beside the others, nothing removed
         from transformers.utils import logging as hf_logging
 
         hf_logging.set_verbosity_error()  # the whole text is tokenised at once: silence the length warning
         model, tokenizer = load_model(str(path), device=args.device)
-        if args.seq_len > context_length(model):
-            raise ValueError(f"--seq-len {args.seq_len} exceeds the model's context {context_length(model)}")
         cfg = CardConfig(windows=args.windows, seq_len=args.seq_len, copy_windows=args.copy_windows,
                          copy_seq_len=args.copy_seq_len, seed=args.seed, text_file=args.text_file)
         command = "python -m tappa_utils model-card" + (f" --model {args.model}" if args.model != DEFAULT_MODEL else "")
@@ -241,15 +232,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.out:
             command += f" --out {args.out}"
         card = build_card(model, tokenizer, path, cfg, null_seed=args.seed, command=command)
-    except (ValueError, FileNotFoundError, OSError, KeyError) as e:
-        msg = str(e).replace("\n", " ")
-        print(f"error: model-card: {msg}", file=sys.stderr)
-        return 2
-    md, js = write_card(card, out)
-    met = sum(c["passed"] for c in card["targets"])
-    print(f"wrote {md} and {js}: {met}/{len(card['targets'])} targets met; held-out loss "
-          f"{card['trained']['heldout_loss']:.3f} vs random {card['random']['heldout_loss']:.3f} nats/byte")
-    return 0
+        md, js = write_card(card, out)
+        met = sum(c["passed"] for c in card["targets"])
+        print(f"wrote {md} and {js}: {met}/{len(card['targets'])} targets met; held-out loss "
+              f"{card['trained']['heldout_loss']:.3f} vs random {card['random']['heldout_loss']:.3f} nats/byte")
+        return 0
+
+    return pf.run_cli("model-card", body, (UnsupportedModelError, ValueError, FileNotFoundError, KeyError))
 
 
 if __name__ == "__main__":

@@ -9,14 +9,19 @@ The shipped model was trained in two phases (the second resumes from the first's
 The data mixture rewards the mechanisms the book studies: plain code (previous-token / diagonal heads), windows
 where a random segment re-occurs (copying, induction), periodic stretches (seasonal heads), always after BOS
 (sinks).  Uses CUDA when present; everything else in the project runs on the CPU.
+
+Every option is checked before anything is written; `--out` is this run's folder (resumed when it holds
+`ckpt.pt`; a folder holding other files is refused); `--export` needs a trained checkpoint and replaces only a
+folder that is an export (its model card is kept). Checkpoints are loaded with `weights_only=True`.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import math
-import os
+import pickle
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -24,9 +29,14 @@ import numpy as np
 import torch
 
 from .corpus import BOS_ID, EOS_ID, MIXTURES, PAD_ID, VOCAB_SIZE, copy_test_batch, load_corpus, sample_batch
-from ..io import atomic_torch_save, atomic_write_json, atomic_write_text
+from ..io import MARKER, ResultDir, atomic_torch_save, atomic_write_json, atomic_write_text
+from ..preflight import Parser, UsageError, check_out_dir, check_positive, one_line, run_cli
 from .measure import copy_test
 
+RUN_FILES = ("ckpt.pt", "training_log.jsonl", "corpus_manifest.json", "train_args.json")
+EXPORT_FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
+                "tokenizer_config.json", "special_tokens_map.json", *RUN_FILES[1:])
+CARD_FILES = ("MODEL_CARD.md", "model_card.json")  # written into an export by `model-card`; kept on re-export
 DEFAULT_ARCH = dict(
     hidden_size=128, num_hidden_layers=6, num_attention_heads=4, num_key_value_heads=2, head_dim=32,
     intermediate_size=384, max_position_embeddings=4096, rope_theta=10000.0,
@@ -73,27 +83,25 @@ def evaluate(model, corpus, device, n: int = 16, seq_len: int = 512, seed: int =
 
 
 def export(model, out: Path, ckpt_dir: Path) -> None:
-    """Write a Hugging Face folder (config, safetensors, tokenizer, training log, corpus manifest) atomically."""
+    """Write a Hugging Face folder (config, safetensors, tokenizer, training log, corpus manifest), swapped in whole.
+
+    A previous export's model card is kept; a folder that is not an export is refused (`UsageError`).
+    """
     from .tokenizer import build_tokenizer
 
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    build_tokenizer().save_pretrained(tmp)
-    for f in ("training_log.jsonl", "corpus_manifest.json", "train_args.json"):
-        if (ckpt_dir / f).exists():
-            shutil.copy(ckpt_dir / f, tmp / f)
-    if out.exists():
-        card = out / "MODEL_CARD.md"
-        if card.exists():
-            shutil.copy(card, tmp / "MODEL_CARD.md")
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+    with ResultDir(out, "train-tiny --export", legacy=EXPORT_FILES, signature="config.json", keep=CARD_FILES,
+                   option="--export") as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        build_tokenizer().save_pretrained(tmp)
+        for f in RUN_FILES[1:]:
+            if (ckpt_dir / f).exists():
+                shutil.copy(ckpt_dir / f, tmp / f)
 
 
-def main(argv=None) -> None:
-    """Train (resuming from `--out/ckpt.pt` when present) or, with `--export`, write the Hugging Face folder."""
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> argparse.ArgumentParser:
+    """The `train-tiny` command-line options."""
+    ap = Parser(prog="python -m tappa_utils train-tiny", description=__doc__,
+                formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("runs/tappa-tiny"), help="checkpoint folder (resumed if present)")
     ap.add_argument("--steps", type=int, default=6000, help="total optimizer steps (schedule length)")
     ap.add_argument("--batch", type=int, default=16)
@@ -110,13 +118,60 @@ def main(argv=None) -> None:
     ap.add_argument("--until", type=int, default=None,
                     help="end this phase after this step (checkpointed); the schedule still runs to --steps")
     ap.add_argument("--max-minutes", type=float, default=None, help="stop (after a checkpoint) after this long")
-    args = ap.parse_args(argv)
+    return ap
 
+
+def check_args(args) -> Path:
+    """The front door of `train-tiny`: numbers, --out (a run folder) and --export; the checked --out folder."""
+    for name in ("steps", "batch", "seq_len", "threads", "eval_every", "ckpt_every"):
+        check_positive(getattr(args, name), f"--{name.replace('_', '-')}")
+    check_positive(args.warmup, "--warmup", minimum=0)
+    check_positive(args.seed, "--seed", minimum=0)
+    if args.until is not None:
+        check_positive(args.until, "--until")
+    if not (math.isfinite(args.lr) and args.lr > 0):
+        raise UsageError(f"--lr must be a positive number, got {args.lr}")
+    if args.max_minutes is not None and not args.max_minutes > 0:
+        raise UsageError(f"--max-minutes must be a positive number, got {args.max_minutes}")
+    if not 2 <= args.seq_len <= DEFAULT_ARCH["max_position_embeddings"]:
+        raise UsageError(f"--seq-len must lie in [2, {DEFAULT_ARCH['max_position_embeddings']}] (the model's "
+                         f"context), got {args.seq_len}")
+    out = check_out_dir(args.out, command="train-tiny", legacy=RUN_FILES)
+    if args.export is not None:
+        if not (out / "ckpt.pt").is_file():
+            raise UsageError(f"--export needs a trained checkpoint: {out / 'ckpt.pt'} does not exist; train with "
+                             f"--out {args.out} first")
+        check_out_dir(args.export, "--export", command="train-tiny --export", legacy=EXPORT_FILES + CARD_FILES,
+                      signature="config.json")
+    return out
+
+
+def load_checkpoint(path: Path, device) -> dict:
+    """The training state saved at `path`, unpickled with `weights_only=True` (tensors and plain values only)."""
+    try:
+        ck = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise UsageError(f"--out {path} holds objects other than tensors and plain values; refusing to unpickle it "
+                         "(weights_only=True)") from e
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise UsageError(f"--out {path} cannot be read ({one_line(e)}); delete it to start over") from e
+    if not isinstance(ck, dict) or not {"model", "opt", "step", "rng", "torch_rng"} <= set(ck):
+        raise UsageError(f"--out {path} is not a train-tiny checkpoint (keys model, opt, step, rng, torch_rng)")
+    return ck
+
+
+def main(argv=None) -> int:
+    """Train (resuming from `--out/ckpt.pt` when present) or, with `--export`, write the Hugging Face folder."""
+    return run_cli("train-tiny", lambda: _main(argv))
+
+
+def _main(argv) -> int:
+    args = build_parser().parse_args(argv)
+    args.out = check_args(args)
     from transformers import LlamaForCausalLM
 
     torch.set_num_threads(args.threads)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    args.out.mkdir(parents=True, exist_ok=True)
     ckpt_path = args.out / "ckpt.pt"
     torch.manual_seed(args.seed)
     model = LlamaForCausalLM(make_config()).to(device)
@@ -124,7 +179,7 @@ def main(argv=None) -> None:
     rng = np.random.default_rng(args.seed)
     step = 0
     if ckpt_path.exists():
-        ck = torch.load(ckpt_path, map_location=device, weights_only=False)
+        ck = load_checkpoint(ckpt_path, device)
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["opt"])
         rng.bit_generator.state = ck["rng"]
@@ -134,8 +189,11 @@ def main(argv=None) -> None:
     if args.export is not None:
         export(model.cpu(), args.export, args.out)
         print(f"exported step {step} to {args.export}")
-        return
+        return 0
 
+    args.out.mkdir(parents=True, exist_ok=True)
+    if not (args.out / MARKER).exists():
+        atomic_write_json(args.out / MARKER, {"command": "train-tiny", "files": list(RUN_FILES)})
     corpus = load_corpus()
     atomic_write_json(args.out / "corpus_manifest.json", corpus.manifest)
     phases_path = args.out / "train_args.json"
@@ -178,7 +236,9 @@ def main(argv=None) -> None:
                                           "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state()})
         if out_of_time:
             break
+    log.close()
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

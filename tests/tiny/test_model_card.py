@@ -183,7 +183,7 @@ def test_tokenizer_round_trip(default_model):
     (["--windows", "0"], "--windows must be >= 1"),
     (["--seq-len", "abc"], "--seq-len must be an integer"),
     (["--seq-len", "8"], "too short"),
-    (["--model", "/nonexistent/model"], "config.json missing"),
+    (["--model", "/nonexistent/model"], "model folder not found"),
     (["--seq-len", "5000"], "exceeds the model's context"),
     (["--windows", "100000"], "text too short"),
 ])

@@ -1,0 +1,407 @@
+"""The front door of every command: check the inputs before any computation, report bad ones in one line.
+
+Each check raises `UsageError` whose message names the option and the cause (and, where there is one, the fix);
+`run_cli` turns it into exit status 2 with one line on stderr, and Ctrl-C / SIGTERM into 130 / 143 with one line.
+
+    >>> check_positive(0, "--batch")
+    Traceback (most recent call last):
+    ...
+    tappa_utils.preflight.UsageError: --batch must be a positive integer, got 0
+
+Checks: `check_model` (config readable, supported family, weights complete -- a truncated safetensors file is found
+from its header and size without loading it --, tokenizer files present; a hub id without network fails at once),
+`check_device`, `check_dtype`, `check_positive`, `check_text_file` (says how many bytes were not UTF-8) and
+`check_out_dir` (not a file, not under a file, writable, holding no files the command did not write).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import signal
+import socket
+import struct
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")  # kept equal to models.SUPPORTED_MODEL_TYPES (tested)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.model", "vocab.txt")
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
+
+
+class UsageError(ValueError):
+    """Bad input to a command: one line naming the option and the cause (exit status 2)."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM received while a command ran (handled like Ctrl-C; exit status 143)."""
+
+
+def one_line(exc: BaseException | str) -> str:
+    """The first non-empty line of an exception's message (or its type name)."""
+    text = str(exc).strip()
+    return text.splitlines()[0].strip() if text else type(exc).__name__
+
+
+# ------------------------------------------------------------------------------------------------ command line
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that raises `UsageError` (one line) instead of printing the usage block and exiting."""
+
+    def error(self, message: str):  # noqa: D401 - argparse hook
+        """Raise instead of exiting."""
+        raise UsageError(message)
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM raises `Terminated`, so that `finally` clauses (clean-up) run."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise Terminated()
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def run_cli(prog: str, body: Callable[[], int | None], usage_errors: tuple[type[BaseException], ...] = ()) -> int:
+    """Run a command's `body`; return its exit status.
+
+    `UsageError` (and any type in `usage_errors`) -> 2 and one line `prog: error: ...` on stderr; any other
+    OSError (disk full...) -> 1 and one line; Ctrl-C -> 130 and SIGTERM -> 143 with one line `prog: interrupted
+    ...`; `SystemExit` (e.g. `--help`) -> its code.
+    """
+    try:
+        with _sigterm_as_interrupt():
+            return int(body() or 0)
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
+    except (UsageError, *usage_errors) as e:
+        print(f"{prog}: error: {one_line(e)}", file=sys.stderr, flush=True)
+        return 2
+    except OSError as e:  # a failure while reading or writing (disk full...): the earlier results are intact
+        print(f"{prog}: error: {one_line(e)}", file=sys.stderr, flush=True)
+        return 1
+    except KeyboardInterrupt as e:
+        what = "terminated" if isinstance(e, Terminated) else "interrupted"
+        print(f"{prog}: {what}; earlier results are unchanged", file=sys.stderr, flush=True)
+        return 143 if isinstance(e, Terminated) else 130
+
+
+# ------------------------------------------------------------------------------------------------ numbers, device
+
+
+def check_positive(value, option: str, minimum: int = 1) -> int:
+    """`value` as an int >= `minimum`, else UsageError naming `option`."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise UsageError(f"{option} must be {what}, got {value!r}")
+    return value
+
+
+def check_device(device: str, option: str = "--device"):
+    """The torch.device named by `device`, or UsageError when it is not a device or not available here."""
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise UsageError(f"{option} {device!r} is not a device (use cpu, cuda, cuda:0 ...)") from e
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"{option} {device}: CUDA is not available on this machine; use {option} cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UsageError(f"{option} {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise UsageError(f"{option} {device}: MPS is not available on this machine; use {option} cpu")
+    elif dev.type != "cpu":
+        raise UsageError(f"{option} {device!r} is not a device this command runs on (use cpu or cuda)")
+    return dev
+
+
+def check_dtype(dtype: str, option: str = "--dtype"):
+    """The torch dtype named by `dtype`, or UsageError listing the allowed names."""
+    from .models import parse_dtype
+
+    try:
+        return parse_dtype(dtype)
+    except ValueError as e:
+        raise UsageError(f"{option} {dtype!r} is not supported; use float32, bfloat16 or float16") from e
+
+
+# ------------------------------------------------------------------------------------------------ text
+
+
+@dataclass
+class TextInfo:
+    """A checked text file: its decoded text and how many bytes were not valid UTF-8 (replaced by U+FFFD)."""
+
+    path: Path
+    text: str
+    replaced_bytes: int
+
+
+_SURROGATE = re.compile("[\udc80-\udcff]")
+
+
+def decode_counting(raw: bytes) -> tuple[str, int]:
+    """Decode UTF-8 like `errors="replace"` does; also return how many bytes were invalid."""
+    escaped = raw.decode("utf-8", errors="surrogateescape")
+    n = len(_SURROGATE.findall(escaped))
+    return (raw.decode("utf-8", errors="replace") if n else escaped), n
+
+
+def check_text_file(path: str | os.PathLike | None, option: str = "--text-file", warn: bool = True) -> TextInfo | None:
+    """Check a text file (None: the shipped sample, nothing to check); warn on stderr about non-UTF-8 bytes."""
+    if path is None:
+        return None
+    p = Path(path)
+    if not p.exists():
+        raise UsageError(f"{option} {path}: file not found")
+    if not p.is_file():
+        raise UsageError(f"{option} {path}: not a file")
+    try:
+        raw = p.read_bytes()
+    except OSError as e:
+        raise UsageError(f"{option} {path}: cannot read it ({e.strerror or one_line(e)})") from e
+    text, n = decode_counting(raw)
+    text = text.replace("\r\n", "\n").replace("\r", "\n")  # universal newlines, as `Path.read_text` reads
+    if not text.strip():
+        raise UsageError(f"{option} {path}: the text is empty; pass a non-empty text file")
+    if n and warn:
+        print(f"warning: {option} {path}: {n} of {len(raw)} bytes are not valid UTF-8 and were replaced by U+FFFD",
+              file=sys.stderr, flush=True)
+    return TextInfo(p, text, n)
+
+
+# ------------------------------------------------------------------------------------------------ model
+
+
+@dataclass
+class ModelInfo:
+    """A checked model: the local folder to load from, its model type and its context length (0: unknown)."""
+
+    name: str
+    path: Path
+    model_type: str
+    context_length: int
+
+
+def safetensors_problem(path: Path) -> str | None:
+    """Why a safetensors file cannot be read (truncated, bad header), from its header and size; None when fine."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                return f"{path.name} is truncated ({size} bytes)"
+            (n,) = struct.unpack("<Q", head)
+            if n > min(size - 8, 100 * 2**20):
+                return f"{path.name} has a corrupt header (or is truncated: {size} bytes)"
+            header = json.loads(f.read(n))
+    except (OSError, ValueError, UnicodeDecodeError) as e:
+        return f"{path.name} cannot be read ({one_line(e)})"
+    ends = [int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)
+            and "data_offsets" in v]
+    expected = 8 + n + max(ends, default=0)
+    if size < expected:
+        return f"{path.name} is truncated ({size} of {expected} bytes)"
+    return None
+
+
+def weights_problem(folder: Path) -> str | None:
+    """Why the weights in `folder` cannot be loaded (missing, truncated shard...); None when they look complete."""
+    import zipfile
+
+    for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        index = folder / index_name
+        if index.is_file():
+            try:
+                shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            except (OSError, ValueError, KeyError, AttributeError) as e:
+                return f"{index_name} cannot be read ({one_line(e)})"
+            for shard in shards:
+                if not (folder / shard).is_file():
+                    return f"weight shard {shard} (listed in {index_name}) is missing"
+                if shard.endswith(".safetensors") and (why := safetensors_problem(folder / shard)):
+                    return why
+            return None
+    if (folder / "model.safetensors").is_file():
+        return safetensors_problem(folder / "model.safetensors")
+    if (folder / "pytorch_model.bin").is_file():
+        if not zipfile.is_zipfile(folder / "pytorch_model.bin"):
+            return "pytorch_model.bin is truncated or not a torch checkpoint"
+        return None
+    return f"no weights ({' or '.join(WEIGHT_FILES[::2])})"
+
+
+def _network_available(timeout: float = 2.0) -> bool:
+    """Whether the Hugging Face hub (or the configured proxy) accepts a connection; False when HF_HUB_OFFLINE is set."""
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return False
+    proxy = next((os.environ[k] for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy") if os.environ.get(k)),
+                 None)
+    url = urlparse(proxy or os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme in ("https", "") else 80)
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _looks_like_path(name: str) -> bool:
+    return name.startswith(("/", ".", "~")) or name.endswith("/") or name.count("/") > 1 or os.sep != "/" and os.sep in name
+
+
+def _resolve_hub(name: str, option: str) -> Path | None:
+    """The local snapshot of a hub id (from the cache, or None when it must be downloaded and the network is up)."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(name, local_files_only=True))
+    except Exception:  # noqa: BLE001 - not cached (or not a valid id): decided below
+        pass
+    if not _network_available():
+        raise UsageError(f"{option} {name}: cannot download {name}: no network; pass a local folder")
+    return None
+
+
+def check_model(name: str, option: str = "--model") -> ModelInfo:
+    """Check a model name (`tappa-tiny`), folder or hub id before loading; the folder to load from.
+
+    Local folders (and cached hub snapshots) are checked completely: config.json readable with a supported
+    model_type, weights present and not truncated, tokenizer files present. A hub id that is not cached fails at
+    once without network; with network only its config is checked (the weights are downloaded when loading).
+    """
+    from .models import DEFAULT_MODEL, SHAPES, is_random_name, resolve_model_path, shape_name
+
+    if not isinstance(name, (str, os.PathLike)) or not str(name).strip():
+        raise UsageError(f"{option} must name a model (tappa-tiny, a local folder or a hub id)")
+    name = str(name)
+    if is_random_name(name):  # a random-weight public shape: built locally, nothing to read
+        try:
+            key = shape_name(name)
+        except ValueError as e:
+            raise UsageError(f"{option} {name}: {one_line(e)}") from e
+        cfg = SHAPES[key]["config"]
+        return ModelInfo(name, Path(name), cfg["model_type"], int(cfg.get("max_position_embeddings") or 0))
+    try:
+        path = Path(resolve_model_path(name)).expanduser()
+    except FileNotFoundError as e:
+        raise UsageError(f"{option} {name}: {one_line(e)}") from e
+    if not path.exists():
+        if name == DEFAULT_MODEL or _looks_like_path(name):
+            raise UsageError(f"{option} {name}: model folder not found (use tappa-tiny, a local folder or a hub id)")
+        cached = _resolve_hub(name, option)
+        if cached is None:  # network up: check the config only
+            return _check_remote_config(name, option)
+        path = cached
+    if not path.is_dir():
+        raise UsageError(f"{option} {name}: not a folder (a model folder holds config.json, weights and tokenizer)")
+    cfg_path = path / "config.json"
+    if not cfg_path.is_file():
+        raise UsageError(f"{option} {name}: not a model folder (config.json missing)")
+    try:
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+        if not isinstance(cfg, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as e:
+        raise UsageError(f"{option} {name}: config.json cannot be read ({one_line(e)})") from e
+    model_type = str(cfg.get("model_type", "unknown"))
+    _check_family(name, model_type, option)
+    why = weights_problem(path)
+    if why:
+        raise UsageError(f"{option} {name}: {why}; re-download or re-export the model")
+    if not any((path / f).is_file() for f in TOKENIZER_FILES):
+        raise UsageError(f"{option} {name}: no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}); "
+                         "copy them from the original model")
+    ctx = int(cfg.get("max_position_embeddings") or 0)
+    return ModelInfo(name, path, model_type, ctx)
+
+
+def _check_family(name: str, model_type: str, option: str) -> None:
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise UsageError(f"{option} {name}: unsupported architecture {model_type!r}; supported model types: "
+                         f"{', '.join(SUPPORTED_MODEL_TYPES)}")
+
+
+def _check_remote_config(name: str, option: str) -> ModelInfo:
+    try:
+        from transformers import AutoConfig
+
+        cfg = AutoConfig.from_pretrained(name)
+    except Exception as e:  # noqa: BLE001 - any hub failure is a bad --model
+        raise UsageError(f"{option} {name}: cannot read its config from the hub ({one_line(e)})") from e
+    model_type = str(getattr(cfg, "model_type", "unknown"))
+    _check_family(name, model_type, option)
+    return ModelInfo(name, Path(name), model_type, int(getattr(cfg, "max_position_embeddings", 0) or 0))
+
+
+def check_context(seq_len: int, info: ModelInfo, option: str = "--seq-len") -> None:
+    """UsageError when `seq_len` exceeds the model's declared context length."""
+    if info.context_length and seq_len > info.context_length:
+        raise UsageError(f"{option} {seq_len} exceeds the model's context length {info.context_length}")
+
+
+# ------------------------------------------------------------------------------------------------ output
+
+
+def check_out_dir(out: str | os.PathLike, option: str = "--out", command: str | None = None,
+                  legacy: tuple[str, ...] = (), signature: str | None = None) -> Path:
+    """Check an output folder before computing; its absolute path (symbolic links resolved).
+
+    It must not be a file or lie under a file, its nearest existing parent must be writable, and (when `command`
+    is given) it must hold only what `command` wrote there before (see `tappa_utils.io.foreign_entries`).
+    """
+    from .io import foreign_entries
+
+    if not str(out).strip():
+        raise UsageError(f"{option} must name a folder")
+    out = Path(out).expanduser().resolve()
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"{option} {out} is a file, not a folder")
+    parent = out.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UsageError(f"{option} {out}: {parent} is a file, not a folder")
+    for folder in ((out.parent, out) if out.exists() else (parent,)):  # the folder, and its parent for the swap
+        if not _writable(folder):
+            raise UsageError(f"{option} {out}: cannot write in {folder} (permission denied); choose a writable folder")
+    if command is not None and out.is_dir():
+        foreign = foreign_entries(out, command, legacy, signature)
+        if foreign:
+            shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+            raise UsageError(f"{option} {out} holds files that {command} did not write ({shown}); "
+                             "choose a new or empty folder")
+    return out
+
+
+def _writable(folder: Path) -> bool:
+    """Whether a folder can be created in `folder` (tried, so that read-only file systems count too)."""
+    probe = folder / f".tappa-probe.{os.getpid()}"
+    try:
+        probe.mkdir()
+        probe.rmdir()
+        return True
+    except FileExistsError:
+        return True
+    except OSError:
+        return False
