@@ -76,6 +76,24 @@ def variant_agreement(df: pd.DataFrame, variants: Sequence[str] = QSIM_VARIANTS)
     return df[list(variants)].corr(method="spearman")
 
 
+def within_layer_spearman(df: pd.DataFrame, x: str, y: str, layer: str = "layer") -> float:
+    """Spearman correlation of columns x and y across heads after removing each layer's mean from both.
+
+    NaN when fewer than 3 heads or a column is constant.
+    """
+    for col in (x, y, layer):
+        if col not in df.columns:
+            raise KeyError(f"column {col!r} is not in the table")
+    sub = df[[layer, x, y]].dropna()
+    if len(sub) < 3:
+        return float("nan")
+    rx = sub[x] - sub.groupby(layer)[x].transform("mean")
+    ry = sub[y] - sub.groupby(layer)[y].transform("mean")
+    if rx.std() == 0 or ry.std() == 0:
+        return float("nan")
+    return float(rx.corr(ry, method="spearman"))
+
+
 def variant_separation(trained: pd.DataFrame, null: pd.DataFrame | None = None,
                        variants: Sequence[str] = QSIM_VARIANTS, target: str = "predictability") -> pd.DataFrame:
     """How well each q-similarity variant ranks heads by `target`: one row per variant.
@@ -83,8 +101,6 @@ def variant_separation(trained: pd.DataFrame, null: pd.DataFrame | None = None,
     Columns: within-layer Spearman (each layer's mean removed) and across-all-heads Spearman for the trained
     model, the same for the random-weight null when given, and `excess` = trained - null (within layers).
     """
-    from .model_card import within_layer_spearman
-
     rows = []
     for v in variants:
         row = {"variant": v, "within_layer": within_layer_spearman(trained, v, target),

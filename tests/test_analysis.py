@@ -14,7 +14,7 @@ from tappa_utils.metrics import HEAD_COLUMNS, PATTERNS
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
     """A tiny random Llama with the byte tokenizer, saved like a reader's model folder."""
-    from tappa_utils.tokenizer_bytes import build_tokenizer
+    from tappa_utils.tiny.tokenizer import build_tokenizer
 
     path = tmp_path_factory.mktemp("models") / "tiny"
     model = make_tiny_model("llama", layers=2)

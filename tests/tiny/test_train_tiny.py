@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from tappa_utils.corpus import BOS_ID, MIXTURES, copy_test_batch, induction_window, sample_batch
-from tappa_utils.train_tiny import lr_at, main
+from tappa_utils.tiny.corpus import BOS_ID, MIXTURES, copy_test_batch, induction_window, sample_batch
+from tappa_utils.tiny.train import lr_at, main
 
 
 def test_lr_schedule_warmup_cosine_floor():

@@ -30,7 +30,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Iterable
 
-from .io import atomic_path, atomic_write_text
+from ..io import atomic_path, atomic_write_text
 
 EXECUTED_DIR = "book/executed"
 GENERATED_DIR = "book/generated"
@@ -86,7 +86,7 @@ def find_root(start: str | Path | None = None) -> Path:
     for folder in (here, *here.parents):
         if (folder / "_toc.yml").is_file() and (folder / NOTEBOOKS_DIR).is_dir():
             return folder
-    package_parent = Path(__file__).resolve().parent.parent
+    package_parent = Path(__file__).resolve().parents[2]
     if (package_parent / "_toc.yml").is_file():
         return package_parent
     raise BookError(f"no _toc.yml found at or above {here}; run this from the repository root")
@@ -262,7 +262,7 @@ def params_table(root: Path | None = None, stems: Iterable[str] | None = None) -
 def readme_params_table(readme: str) -> str:
     """The table between the README's params-table markers (BookError if the markers are missing)."""
     if README_START not in readme or README_END not in readme:
-        raise BookError("README.md lacks the params-table markers; see tappa_utils/book.py README_START/README_END")
+        raise BookError("README.md lacks the params-table markers; see tappa_utils/book README_START/README_END")
     return readme.split(README_START, 1)[1].split(README_END, 1)[0].strip("\n") + "\n"
 
 
@@ -446,8 +446,8 @@ def command_help(command: str, module_name: str) -> str:
 
 def reference_markdown(root: Path | None = None) -> str:
     """The reference page: API (by introspection), command line, notebook parameters, models, versions."""
-    from . import __main__ as cli
-    from . import models
+    from .. import __main__ as cli
+    from .. import models
 
     root = root or find_root()
     modules, errors = package_modules()
@@ -493,7 +493,7 @@ def reference_markdown(root: Path | None = None) -> str:
     req = root / "requirements.txt"
     out += [line for line in (req.read_text().splitlines() if req.exists() else []) if line.strip()]
     out += ["```", ""]
-    from .results import versions
+    from ..results import versions
 
     out += ["Installed when this page was built: " + ", ".join(f"{k} {v}" for k, v in versions().items()) + ".", ""]
     return "\n".join(out)

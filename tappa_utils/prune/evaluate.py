@@ -25,7 +25,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from . import pruning as P
+from . import scores as P
 
 DEFAULT_BETAS = (0.1, 0.2, 0.3)
 DEFAULT_BETA_GRID = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
@@ -120,7 +120,7 @@ class EvalData:
 
 def token_bytes(tokenizer, ids: torch.Tensor) -> int:
     """UTF-8 bytes the tokens stand for: exact for byte-level (GPT-2 alphabet) tokenizers, else by decoding rows."""
-    from .tokenizer_bytes import _bytes_to_unicode
+    from ..tiny.tokenizer import _bytes_to_unicode
 
     alphabet = set(_bytes_to_unicode().values())
     special = set(getattr(tokenizer, "all_special_ids", []) or [])
@@ -137,8 +137,8 @@ def token_bytes(tokenizer, ids: torch.Tensor) -> int:
 
 def eval_data(tokenizer, cfg: PruneEvalConfig, text: str | None = None) -> EvalData:
     """Held-out windows and the copy test (random segments inserted into evaluation text) for `cfg`."""
-    from .corpus import copy_test_batch
-    from .data import load_text, token_windows
+    from ..tiny.corpus import copy_test_batch
+    from ..data import load_text, token_windows
 
     text = load_text(text=text, text_file=None if text is not None else cfg.eval_text_file)
     ids = token_windows(tokenizer, text, cfg.seq_len, cfg.eval_windows)
@@ -315,8 +315,8 @@ class PruneEvalResult:
 def run_pruning_eval(cfg: PruneEvalConfig, model=None, tokenizer=None,
                      progress: Callable[[str], None] | None = None) -> PruneEvalResult:
     """Scores on calibration text, beta chosen on calibration text, orders evaluated on the evaluation text."""
-    from .data import load_text
-    from .models import check_supported, load_model, num_layers
+    from ..data import load_text
+    from ..models import check_supported, load_model, num_layers
 
     cfg.validate()
     t0 = time.time()
@@ -393,7 +393,7 @@ def summary_table(res: PruneEvalResult):
 
 def save_results(res: PruneEvalResult, out_dir: str | Path, figures: bool = True) -> list[Path]:
     """Write scores and orders (reference-code fields), tables, results JSON and figures under `out_dir`."""
-    from .results import save_figure, save_json, save_table
+    from ..results import save_figure, save_json, save_table
 
     out = Path(out_dir)
     ch = res.scores.chunking
@@ -570,7 +570,7 @@ def main(argv: list[str] | None = None) -> int:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         print(f"prune-eval: error: {msg}", file=sys.stderr)
         return 2
-    from .results import save_run_info
+    from ..results import save_run_info
 
     save_results(res, out, figures=not args.no_figures)
     save_run_info(out, asdict(cfg), timings=res.timings, best_beta=res.best_beta)

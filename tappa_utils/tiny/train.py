@@ -24,8 +24,8 @@ import numpy as np
 import torch
 
 from .corpus import BOS_ID, EOS_ID, MIXTURES, PAD_ID, VOCAB_SIZE, copy_test_batch, load_corpus, sample_batch
-from .io import atomic_torch_save, atomic_write_json, atomic_write_text
-from .model_card import copy_test
+from ..io import atomic_torch_save, atomic_write_json, atomic_write_text
+from .card import copy_test
 
 DEFAULT_ARCH = dict(
     hidden_size=128, num_hidden_layers=6, num_attention_heads=4, num_key_value_heads=2, head_dim=32,
@@ -74,7 +74,7 @@ def evaluate(model, corpus, device, n: int = 16, seq_len: int = 512, seed: int =
 
 def export(model, out: Path, ckpt_dir: Path) -> None:
     """Write a Hugging Face folder (config, safetensors, tokenizer, training log, corpus manifest) atomically."""
-    from .tokenizer_bytes import build_tokenizer
+    from .tokenizer import build_tokenizer
 
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)

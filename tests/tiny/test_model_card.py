@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import torch
 
-from tappa_utils import model_card as mc
+from tappa_utils.tiny import card as mc
 from tappa_utils.models import ASSETS, load_model, random_weight_copy
 
 SHIPPED = ASSETS / "tappa-tiny"

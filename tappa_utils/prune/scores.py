@@ -28,10 +28,10 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
-from .capture import capture
-from .io import atomic_write_json
-from .metrics import q_similarity_consecutive, q_similarity_window
-from .models import decoder_layers
+from ..capture import capture
+from ..io import atomic_write_json
+from ..metrics import q_similarity_consecutive, q_similarity_window
+from ..models import decoder_layers
 
 QSIM_ROPE = ("pre", "post")
 QSIM_MODES = ("all_pairs", "consecutive")
@@ -52,11 +52,11 @@ def calibration_text(n_bytes: int = 200_000, seed: int = 0, text_file: str | Pat
     The training split of `tappa_utils.corpus` never overlaps the held-out evaluation text.
     """
     if text_file is not None:
-        from .data import load_text
+        from ..data import load_text
 
         return load_text(text_file=text_file)
     _check_int("n_bytes", n_bytes, 1)
-    from .corpus import load_corpus
+    from ..tiny.corpus import load_corpus
 
     train = load_corpus().train
     n = min(n_bytes, len(train))
@@ -69,7 +69,7 @@ def calibration_ids(tokenizer, seq_len: int = 512, n_chunks: int = 8, stride: in
     """(n_chunks, seq_len) ids: overlapping chunks (`stride` apart, each after BOS) of the calibration text."""
     for name, v in (("seq_len", seq_len), ("n_chunks", n_chunks), ("stride", stride)):
         _check_int(name, v, 1)
-    from .data import token_windows
+    from ..data import token_windows
 
     need = 4 * ((n_chunks - 1) * stride + seq_len) + 1024  # generous: a byte or more per token
     text = calibration_text(n_bytes=need, seed=seed, text_file=text_file)

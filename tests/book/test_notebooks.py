@@ -9,7 +9,7 @@ import pytest
 
 from tappa_utils import book
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 STEMS = [p.stem for p in NOTEBOOKS]
 

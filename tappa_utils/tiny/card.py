@@ -24,8 +24,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .io import atomic_write_json, atomic_write_text
-from .results import Check
+from ..io import atomic_write_json, atomic_write_text
+from ..results import Check
+from ..time_series import within_layer_spearman
 
 QSIM_COLUMNS = ("q_sim_consecutive_pre", "q_sim_consecutive_post", "q_sim_window_pre", "q_sim_window_post")
 HEAD_COLUMNS = ("layer", "head", "sink_mass", "diag_offset", "diag_mass", *QSIM_COLUMNS, "predictability", "pattern")
@@ -112,24 +113,6 @@ def copy_test(model, ids: torch.Tensor, first: slice, second: slice) -> dict[str
     return {"copy_first": l1, "copy_second": l2, "copy_ratio": l2 / l1}
 
 
-def within_layer_spearman(df: pd.DataFrame, x: str, y: str, layer: str = "layer") -> float:
-    """Spearman correlation of columns x and y across heads after removing each layer's mean from both.
-
-    NaN when fewer than 3 heads or a column is constant.
-    """
-    for col in (x, y, layer):
-        if col not in df.columns:
-            raise KeyError(f"column {col!r} is not in the table")
-    sub = df[[layer, x, y]].dropna()
-    if len(sub) < 3:
-        return float("nan")
-    rx = sub[x] - sub.groupby(layer)[x].transform("mean")
-    ry = sub[y] - sub.groupby(layer)[y].transform("mean")
-    if rx.std() == 0 or ry.std() == 0:
-        return float("nan")
-    return float(rx.corr(ry, method="spearman"))
-
-
 def patterned_mask(df: pd.DataFrame, cfg: CardConfig) -> pd.Series:
     """Heads that are sink heads (sink mass >= threshold) or diagonal heads (diagonal mass >= threshold)."""
     return (df["sink_mass"] >= cfg.sink_threshold) | ((df["diag_mass"] >= cfg.diag_threshold) & df["diag_offset"].between(1, 8))
@@ -176,8 +159,8 @@ def targets(trained: dict[str, Any], null: dict[str, Any], cfg: CardConfig) -> l
 
 def measure(model, tokenizer, cfg: CardConfig, progress: bool = False) -> dict[str, Any]:
     """Measure one model: held-out loss, per-head metrics table (`heads_table`), head summary, copy test."""
-    from .data import load_text, token_windows
-    from .metrics import MetricConfig, analyze_heads
+    from ..data import load_text, token_windows
+    from ..metrics import MetricConfig, analyze_heads
 
     text = load_text(text_file=cfg.text_file)
     ids = token_windows(tokenizer, text, cfg.seq_len, cfg.windows)
@@ -344,7 +327,7 @@ def corpus_summary(model_dir: str | Path) -> dict[str, Any] | None:
 def build_card(model, tokenizer, model_dir: str | Path | None, cfg: CardConfig, null_seed: int = 0,
                command: str = "", progress: bool = False) -> dict[str, Any]:
     """Everything the card shows, as a JSON-able dict (per-head tables as lists of records)."""
-    from .models import random_weight_copy
+    from ..models import random_weight_copy
 
     null = random_weight_copy(model, seed=null_seed)
     trained_m, null_m = measure(model, tokenizer, cfg, progress), measure(null, tokenizer, cfg, progress)
@@ -510,7 +493,7 @@ def _positive(name: str):
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m tappa_utils model-card`: measure, check the targets, write MODEL_CARD.md + model_card.json."""
-    from .models import DEFAULT_MODEL, context_length, load_model, resolve_model_path
+    from ..models import DEFAULT_MODEL, context_length, load_model, resolve_model_path
 
     ap = _Parser(prog="python -m tappa_utils model-card", description=__doc__,
                  formatter_class=argparse.RawDescriptionHelpFormatter)

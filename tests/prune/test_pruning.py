@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import FAMILIES, make_tiny_model
-from tappa_utils import pruning as P
+from tappa_utils.prune import scores as P
 
 
 def _ids(seed=0, n=2, T=20, vocab=300):

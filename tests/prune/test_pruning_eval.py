@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from conftest import make_tiny_model
-from tappa_utils import pruning as P
-from tappa_utils import pruning_eval as E
+from tappa_utils.prune import scores as P
+from tappa_utils.prune import evaluate as E
 
 TINY = ["--seq-len", "80", "--calib-chunks", "2", "--calib-stride", "40", "--eval-windows", "2",
         "--copy-windows", "2", "--copy-seg-len", "8", "--max-removed", "2", "--beta-grid", "0,0.5,5",
