@@ -5,6 +5,7 @@
     python -m tappa_utils.book params-table       # print the README's notebook parameter table
     python -m tappa_utils.book params-table --update-readme
     python -m tappa_utils.book reference          # write book/generated/reference.md
+    python -m tappa_utils.book check-html         # check the rendered _build/html (also the end of `build`)
 
 `_toc.yml` (at the repository root) is the single list of chapters: an entry `book/executed/<stem>` is the
 papermill-executed copy of `notebooks/<stem>.ipynb`. Chapters whose notebook does not exist yet are left out of
@@ -31,6 +32,7 @@ from types import ModuleType
 from typing import Iterable
 
 from ..io import atomic_path, atomic_write_text
+from . import html_check
 
 EXECUTED_DIR = "book/executed"
 GENERATED_DIR = "book/generated"
@@ -524,8 +526,11 @@ def render_html(root: Path, toc: Path) -> Path:
 
 
 def build(root: Path | None = None, only: list[str] | None = None, skip_execute: bool = False,
-          timeout: int | None = None) -> Path:
-    """Execute the chapters, write the reference page and the effective toc, render the HTML; the index path."""
+          timeout: int | None = None, check: bool = True, browser_check: bool = False) -> Path:
+    """Execute the chapters, write the reference page and the effective toc, render the HTML, check it; the index.
+
+    The check (`tappa_utils.book.html_check`) raises BookError listing every problem of the rendered pages.
+    """
     root = root or find_root()
     stems = existing_chapters(root)
     if only:
@@ -544,6 +549,12 @@ def build(root: Path | None = None, only: list[str] | None = None, skip_execute:
     toc = write_effective_toc(root, rendered)
     index = render_html(root, toc)
     print(f"\nThe book is at {index}\n  (open file://{index} in a browser)")
+    if check:
+        problems = html_check.check_html(index.parent, browser=browser_check)
+        html_check.report(problems)
+        if problems:
+            raise BookError(f"the rendered book has {len(problems)} problem(s), listed above (page: rule: detail); "
+                            f"fix them at their cause (rules: tappa_utils/book/html_check.py)")
     return index
 
 
@@ -554,6 +565,12 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--only", nargs="+", metavar="STEM", help="execute only these chapters (others: reuse earlier runs)")
     b.add_argument("--skip-execute", action="store_true", help="render the already executed notebooks only")
     b.add_argument("--timeout", type=int, default=None, help="per-cell timeout in seconds (default: none)")
+    b.add_argument("--no-check", action="store_true", help="do not check the rendered HTML (see check-html)")
+    b.add_argument("--browser-check", action="store_true",
+                   help="also check the maths as MathJax renders it, in headless Chromium (check-html --browser)")
+    c = sub.add_parser("check-html", help="check the rendered book: raw TeX, MathJax errors, tracebacks, warnings, "
+                                          "absolute paths, missing images and figures, over-wide tables/formulas")
+    html_check.add_arguments(c)
     e = sub.add_parser("execute", help="execute chapters into book/executed/ (all existing ones by default)")
     e.add_argument("stems", nargs="*", metavar="STEM")
     e.add_argument("--timeout", type=int, default=None, help="per-cell timeout in seconds (default: none)")
@@ -566,6 +583,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Command line entry point (see the module docstring); exit status 1 on a failed build, 2 on bad input."""
     args = _parser().parse_args(argv)
+    if args.cmd == "check-html":
+        return html_check.run(args.html_root, browser=args.browser)
     try:
         root = find_root()
         known = chapter_stems(root)
@@ -574,7 +593,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: unknown chapter(s) {bad}; _toc.yml lists {known}", file=sys.stderr)
             return 2
         if args.cmd == "build":
-            build(root, only=args.only, skip_execute=args.skip_execute, timeout=args.timeout)
+            build(root, only=args.only, skip_execute=args.skip_execute, timeout=args.timeout,
+                  check=not args.no_check, browser_check=args.browser_check)
         elif args.cmd == "execute":
             stems = [s for s in existing_chapters(root) if not args.stems or s in args.stems]
             failures = execute_chapters(root, stems, timeout=args.timeout)
