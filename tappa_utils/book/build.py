@@ -6,6 +6,7 @@
     python -m tappa_utils.book params-table --update-readme
     python -m tappa_utils.book reference          # write book/generated/reference.md
     python -m tappa_utils.book check-html         # check the rendered _build/html (also the end of `build`)
+    python -m tappa_utils.book lab                # JupyterLab on notebooks/ (what `make lab` runs)
 
 `_toc.yml` (at the repository root) is the single list of chapters: an entry `book/executed/<stem>` is the
 papermill-executed copy of `notebooks/<stem>.ipynb`. Chapters whose notebook does not exist yet are left out of
@@ -32,7 +33,7 @@ from types import ModuleType
 from typing import Iterable
 
 from ..io import atomic_path, atomic_write_text
-from . import html_check
+from . import html_check, lab
 
 EXECUTED_DIR = "book/executed"
 GENERATED_DIR = "book/generated"
@@ -568,6 +569,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--no-check", action="store_true", help="do not check the rendered HTML (see check-html)")
     b.add_argument("--browser-check", action="store_true",
                    help="also check the maths as MathJax renders it, in headless Chromium (check-html --browser)")
+    lab_parser = sub.add_parser("lab", help="open the notebooks in JupyterLab with this environment (`make lab`)")
+    lab.add_arguments(lab_parser)
     c = sub.add_parser("check-html", help="check the rendered book: raw TeX, MathJax errors, tracebacks, warnings, "
                                           "absolute paths, missing images and figures, over-wide tables/formulas")
     html_check.add_arguments(c)
@@ -592,6 +595,8 @@ def main(argv: list[str] | None = None) -> int:
         if bad:
             print(f"error: unknown chapter(s) {bad}; _toc.yml lists {known}", file=sys.stderr)
             return 2
+        if args.cmd == "lab":
+            return lab.run(root, port=args.port, no_browser=args.no_browser)
         if args.cmd == "build":
             build(root, only=args.only, skip_execute=args.skip_execute, timeout=args.timeout,
                   check=not args.no_check, browser_check=args.browser_check)
