@@ -1,6 +1,8 @@
 """Attention as a time series: channel contributions sum to the model's logits; trajectories; variant comparisons."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -86,3 +88,19 @@ def test_pick_heads():
     assert h_hi == int(sub.loc[sub.predictability.idxmax(), "head"]) and h_lo == int(sub.loc[sub.predictability.idxmin(), "head"])
     with pytest.raises(ValueError, match="no heads in layer 9"):
         ts.pick_heads(df, layer=9)
+
+
+def test_within_layer_spearman_removes_layer_means():
+    # inside each layer y rises with x, but layers with a larger x have a smaller y: raw correlation is negative
+    rows = []
+    for layer in range(3):
+        for h in range(4):
+            rows.append({"layer": layer, "x": 10 * layer + h, "y": -10 * layer + h + 0.1 * (h % 2)})
+    df = pd.DataFrame(rows)
+    assert df["x"].corr(df["y"], method="spearman") < 0
+    assert ts.within_layer_spearman(df, "x", "y") > 0.9
+    df["y2"] = -df["y"]
+    assert ts.within_layer_spearman(df, "x", "y2") < -0.9
+    assert math.isnan(ts.within_layer_spearman(df.head(2), "x", "y"))
+    with pytest.raises(KeyError, match="nope"):
+        ts.within_layer_spearman(df, "x", "nope")

@@ -1,8 +1,26 @@
 """Building the TAPPA Book: execute the chapters with papermill, generate the reference page, render the HTML.
 
-Only the command line (`python -m tappa_utils.book ...`, `make book`) and the tests use this package.
+`layout` (the root, `_toc.yml`, the effective toc), `params` (the chapters' `parameters` cells and the README
+table), `execute` (papermill, failures reported with their cell), `reference` (the generated reference page and the
+docstring checks), `render` (jupyter-book), `html_check` (the rendered pages' check), `lab` (`make lab`) and
+`__main__` (`python -m tappa_utils.book build | execute | params-table | reference | check-html | lab`).
+Only that command line and the tests use this package; the names below are re-exported.
 """
 from __future__ import annotations
 
-from .build import *  # noqa: F401,F403
-from .build import REQUIRED_PARAMETERS, README_START, README_END, main  # noqa: F401
+from .execute import HIDDEN_TAGS, NotebookFailure, execute_chapters, execute_notebook, hide_parameter_cells
+from .layout import (EXECUTED_DIR, FAILED_DIR, GENERATED_DIR, NOTEBOOKS_DIR, RESULTS_DIR, BookError, chapter_stems,
+                     effective_toc, existing_chapters, find_root, notebook_path, toc_files, write_effective_toc)
+from .params import (README_END, README_START, REQUIRED_PARAMETERS, Parameter, notebook_parameters, parameters_cell,
+                     params_table, parse_parameters, readme_params_table, update_readme)
+from .reference import (command_help, missing_docstrings, package_modules, public_objects, reference_markdown,
+                        write_reference)
+from .render import build, render_html
+
+__all__ = ["EXECUTED_DIR", "FAILED_DIR", "GENERATED_DIR", "HIDDEN_TAGS", "NOTEBOOKS_DIR", "README_END",
+           "README_START", "REQUIRED_PARAMETERS", "RESULTS_DIR", "BookError", "NotebookFailure", "Parameter", "build",
+           "chapter_stems", "command_help", "effective_toc", "execute_chapters", "execute_notebook",
+           "existing_chapters", "find_root", "hide_parameter_cells", "missing_docstrings", "notebook_parameters",
+           "notebook_path", "package_modules", "params_table", "parameters_cell", "parse_parameters",
+           "public_objects", "readme_params_table", "reference_markdown", "render_html", "toc_files",
+           "update_readme", "write_effective_toc", "write_reference"]

@@ -3,22 +3,19 @@
     python -m tappa_utils prune-eval --out _build/results/prune-eval [--model tappa-tiny] [--max-removed 3]
 
 Scores (block influence, q-similarity) and the choice of the best beta use the calibration text only (the
-training split of `tappa_utils.corpus`, or `--calib-text-file`); quality is measured on the evaluation text (the
+training split of `tappa_utils.tiny.corpus`, or `--calib-text-file`); quality is measured on the evaluation text (the
 held-out sample, or `--eval-text-file`): loss in nats per byte, next-token accuracy, and the copy test (loss on the
 second occurrence of a random segment divided by the loss on the first).  With `lm-eval` installed and
 `--lm-eval-tasks` given, the paper's zero-shot tasks run too, with a sample limit.
 
-Function API for the chapter: `PruneEvalConfig`, `run_pruning_eval(cfg) -> PruneEvalResult`, `save_results`,
-`plot_layer_scores`, `plot_results`.
+Function API for the chapter: `PruneEvalConfig`, `run_pruning_eval(cfg) -> PruneEvalResult`; the tables, files
+and figures are in `tappa_utils.prune.report`, the command line in `tappa_utils.prune.cli`.
 """
 from __future__ import annotations
 
-import argparse
 import importlib.util
-import math
-import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -26,6 +23,7 @@ import numpy as np
 import torch
 
 from . import scores as P
+from .removal import layers_removed
 
 DEFAULT_BETAS = (0.1, 0.2, 0.3)
 DEFAULT_BETA_GRID = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
@@ -205,7 +203,7 @@ def select_beta(model, scores: P.LayerScores, calib_ids: torch.Tensor, max_remov
         for k in range(1, max_removed + 1):
             key = tuple(sorted(order[:k]))
             if key not in cache:
-                with P.layers_removed(model, list(key)) as pruned:
+                with layers_removed(model, list(key)) as pruned:
                     cache[key] = calibration_loss(pruned, calib_ids, batch_size)
             rows.append({"beta": float(beta), "n_removed": k, "removed": list(key), "calib_loss": cache[key]})
     df = pd.DataFrame(rows)
@@ -240,7 +238,7 @@ def evaluate_orders(model, orders: dict[str, dict], data: EvalData, max_removed:
             if key not in cache:
                 if progress:
                     progress(f"evaluating without layers {list(key)}")
-                with P.layers_removed(model, list(key)) as pruned:
+                with layers_removed(model, list(key)) as pruned:
                     cache[key] = lm_quality(pruned, data, batch_size, per_window=True)
             q, w = cache[key]
             rows.append({"method": name, "beta": spec["beta"], "n_removed": k, "removed": list(key), **q})
@@ -355,12 +353,12 @@ def run_pruning_eval(cfg: PruneEvalConfig, model=None, tokenizer=None,
         if lm["available"]:
             for name, spec in orders.items():
                 for k in range(1, cfg.max_removed + 1):
-                    with P.layers_removed(model, spec["order"][:k]) as pruned:
+                    with layers_removed(model, spec["order"][:k]) as pruned:
                         lm[f"{name} k={k}"] = run_lm_eval(pruned, tokenizer, cfg.lm_eval_tasks, cfg.lm_eval_limit)
         else:
             lm["note"] = "lm-eval is not installed: zero-shot tasks skipped"
     timings["total_s"] = time.time() - t0
-    calib_desc = cfg.calib_text_file or f"tappa_utils.corpus training split, seeded stretch (seed {cfg.seed})"
+    calib_desc = cfg.calib_text_file or f"tappa_utils.tiny.corpus training split, seeded stretch (seed {cfg.seed})"
     eval_desc = cfg.eval_text_file or "tappa_utils held-out sample (assets/heldout_sample.txt)"
     return PruneEvalResult(cfg, str(cfg.model), L, scores, best, sel, orders, results, lm, timings, calib_desc,
                            eval_desc, calib, per_window)
@@ -383,201 +381,3 @@ def _overlaps(calib: torch.Tensor, ids: torch.Tensor, n: int = 64, max_fraction:
     seen = {tuple(r[i : i + n]) for r in ids[:, 1:].tolist() for i in range(0, len(r) - n + 1)}
     probes = [tuple(r[i : i + n]) for r in calib[:, 1:].tolist() for i in range(0, len(r) - n + 1, n)]
     return bool(probes) and sum(p in seen for p in probes) / len(probes) > max_fraction
-
-
-def summary_table(res: PruneEvalResult):
-    """Results pivoted for reading: one row per method, one column per (metric, n_removed)."""
-    df = res.results
-    return df.pivot_table(index="method", columns="n_removed", values=list(METRICS), sort=False)
-
-
-def save_results(res: PruneEvalResult, out_dir: str | Path, figures: bool = True) -> list[Path]:
-    """Write scores and orders (reference-code fields), tables, results JSON and figures under `out_dir`."""
-    from ..results import save_figure, save_json, save_table
-
-    out = Path(out_dir)
-    ch = res.scores.chunking
-    written = []
-    bi_rec = P.score_record(f"block_influence_{res.scores.bi_kind}", res.model_name, res.calib_data, ch, res.scores.bi)
-    q_rec = P.score_record(f"qsim_{res.scores.qsim_rope}_rope_{res.scores.qsim_mode}", res.model_name,
-                           res.calib_data, ch, res.scores.qsim, order=P.prune_order(-res.scores.qsim))
-    written.append(P.save_score_record(out / "scores_bi.json", bi_rec))
-    written.append(P.save_score_record(out / "scores_qsim.json", q_rec))
-    for name, spec in res.orders.items():
-        if spec["beta"] is None:
-            rec = P.score_record("shortgpt", res.model_name, res.calib_data, ch, res.scores.bi, spec["order"])
-            fname = "order_shortgpt.json"
-        else:
-            rec = P.score_record(f"tappa_beta{spec['beta']:g}", res.model_name, res.calib_data, ch,
-                                 P.tappa_scores(res.scores.bi, res.scores.qsim, spec["beta"]), spec["order"])
-            rec["beta"] = spec["beta"]
-            fname = "order_tappa_best.json" if name.startswith("TAPPA best") else f"order_tappa_beta{spec['beta']:g}.json"
-        written.append(P.save_score_record(out / fname, rec))
-    written.append(save_table(res.scores.table(), out, "layer_scores.csv"))
-    written.append(save_table(res.beta_selection, out, "beta_selection.csv"))
-    written.append(save_table(res.results, out, "results.csv"))
-    comparison = None
-    if res.per_window is not None:
-        written.append(save_table(res.per_window, out, "per_window.csv"))
-        comparison = paired_comparison(res.per_window)
-        written.append(save_table(comparison, out, "paired_vs_shortgpt.csv"))
-    written.append(save_json(out, "results.json", {
-        "model": res.model_name, "n_layers": res.n_layers, "calibration_data": res.calib_data,
-        "evaluation_data": res.eval_data_desc, "best_beta": res.best_beta,
-        "best_beta_chosen_on": "calibration loss (mean over 1..max_removed removed layers)",
-        "orders": res.orders, "results": res.results.to_dict(orient="records"),
-        "paired_vs_shortgpt": comparison.to_dict(orient="records") if comparison is not None else None,
-        "lm_eval": res.lm_eval or {"available": lm_eval_available(), "tasks": []}, "timings": res.timings}))
-    if figures:
-        import matplotlib.pyplot as plt
-
-        fig = plot_layer_scores(res.scores)
-        written.append(save_figure(fig, out, "layer_scores.png"))
-        plt.close(fig)
-        fig = plot_results(res.results)
-        written.append(save_figure(fig, out, "results.png"))
-        plt.close(fig)
-    return written
-
-
-def plot_layer_scores(scores: P.LayerScores, null_qsim=None):
-    """Per-layer BI and q-similarity side by side (with `null_qsim`, random weights' beside), normalised terms."""
-    import matplotlib.pyplot as plt
-
-    tab = scores.table()
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
-    axes[0].bar(tab.layer, tab.bi, color="tab:blue")
-    axes[0].set(title=f"block influence ({scores.bi_kind})", xlabel="layer", ylabel="BI")
-    if null_qsim is None:
-        axes[1].bar(tab.layer, tab.qsim, color="tab:orange")
-    else:
-        axes[1].bar(tab.layer - 0.2, tab.qsim, width=0.4, color="tab:orange", label="trained")
-        axes[1].bar(tab.layer + 0.2, np.asarray(null_qsim), width=0.4, color="grey", label="random weights")
-        axes[1].legend(fontsize=8)
-    axes[1].set(title=f"q-similarity ({scores.qsim_rope}-RoPE, {scores.qsim_mode})", xlabel="layer",
-                ylabel="mean cosine")
-    axes[2].plot(tab.layer, tab.bi_norm, "o-", label="BI (norm.)")
-    axes[2].plot(tab.layer, 1 - tab.qsim_norm, "s--", label="1 - q-sim (norm.)")
-    axes[2].set(title="normalised (lower = pruned earlier)", xlabel="layer")
-    axes[2].legend(fontsize=8)
-    for ax in axes:
-        ax.set_xticks(tab.layer)
-    fig.tight_layout()
-    return fig
-
-
-def merge_identical_methods(results):
-    """Rows of methods that removed the same layers at every k merged under one joined label ('A = B')."""
-    import pandas as pd
-
-    groups: dict[tuple, list[str]] = {}
-    for name, g in results.groupby("method", sort=False):
-        key = tuple(tuple(r) for r in g.sort_values("n_removed")["removed"])
-        groups.setdefault(key, []).append(name)
-    rename = {n: " = ".join(names) for names in groups.values() for n in names}
-    keep = [names[0] for names in groups.values()]
-    out = results[results.method.isin(keep)].copy()
-    out["method"] = out.method.map(rename)
-    return pd.DataFrame(out).reset_index(drop=True)
-
-
-def plot_results(results, metrics=METRICS):
-    """Quality vs number of removed layers, one line per distinct order (one panel per metric)."""
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    labels = {"nats_per_byte": "held-out loss (nats/byte)", "next_token_acc": "next-token accuracy",
-              "copy_ratio": "copy test: loss 2nd / 1st copy"}
-    results = merge_identical_methods(results)
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.4 * len(metrics), 3.6))
-    axes = np.atleast_1d(axes)
-    for ax, m in zip(axes, metrics):
-        sns.lineplot(data=results, x="n_removed", y=m, hue="method", style="method", markers=True, dashes=False,
-                     ax=ax, legend=ax is axes[-1])
-        ax.set(xlabel="layers removed", ylabel=labels.get(m, m), xticks=sorted(results.n_removed.unique()))
-    if axes[-1].get_legend() is not None:
-        sns.move_legend(axes[-1], "upper left", bbox_to_anchor=(1.02, 1), fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
-# ------------------------------------------------------------------------------------------------------ CLI
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one clear line, exit status 2
-        print(f"prune-eval: error: {message}", file=sys.stderr)
-        raise SystemExit(2)
-
-
-def _floats(s: str) -> tuple:
-    try:
-        return tuple(float(x) for x in s.split(",") if x.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {s!r}")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The `prune-eval` command-line options."""
-    d = PruneEvalConfig()
-    ap = _Parser(prog="python -m tappa_utils prune-eval", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", required=True, help="output folder")
-    ap.add_argument("--model", default=d.model, help="tappa-tiny, a local folder or a hub id")
-    ap.add_argument("--device", default=d.device)
-    ap.add_argument("--dtype", default=d.dtype)
-    ap.add_argument("--seed", type=int, default=d.seed)
-    ap.add_argument("--seq-len", type=int, default=d.seq_len, help="chunk / window length in tokens")
-    ap.add_argument("--calib-chunks", type=int, default=d.calib_chunks)
-    ap.add_argument("--calib-stride", type=int, default=d.calib_stride)
-    ap.add_argument("--calib-text-file", default=None, help="calibration text (default: training split)")
-    ap.add_argument("--eval-text-file", default=None, help="evaluation text (default: held-out sample)")
-    ap.add_argument("--eval-windows", type=int, default=d.eval_windows)
-    ap.add_argument("--copy-windows", type=int, default=d.copy_windows)
-    ap.add_argument("--copy-seg-len", type=int, default=d.copy_seg_len)
-    ap.add_argument("--max-removed", type=int, default=d.max_removed)
-    ap.add_argument("--betas", type=_floats, default=d.betas, help="comma-separated, e.g. 0.1,0.2,0.3")
-    ap.add_argument("--beta-grid", type=_floats, default=d.beta_grid, help="betas tried on calibration data")
-    ap.add_argument("--qsim-rope", choices=P.QSIM_ROPE, default=d.qsim_rope)
-    ap.add_argument("--qsim-mode", choices=P.QSIM_MODES, default=d.qsim_mode)
-    ap.add_argument("--bi-kind", choices=("cosine", "angular"), default=d.bi_kind,
-                    help="block influence: 1 - cos (ShortGPT) or the angle / pi")
-    ap.add_argument("--batch-size", type=int, default=d.batch_size)
-    ap.add_argument("--lm-eval-tasks", default="", help=f"comma-separated lm-eval tasks, e.g. {','.join(PAPER_TASKS)}")
-    ap.add_argument("--lm-eval-limit", type=int, default=d.lm_eval_limit)
-    ap.add_argument("--no-figures", action="store_true")
-    return ap
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`prune-eval` entry point: 0 on success, 2 with one line on stderr for bad input (nothing written)."""
-    try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as e:  # --help (0) or a bad option (2, one line already printed)
-        return int(e.code or 0)
-    out = Path(args.out)
-    cfg = PruneEvalConfig(
-        model=args.model, device=args.device, dtype=args.dtype, seed=args.seed, seq_len=args.seq_len,
-        calib_chunks=args.calib_chunks, calib_stride=args.calib_stride, calib_text_file=args.calib_text_file,
-        eval_text_file=args.eval_text_file, eval_windows=args.eval_windows, copy_windows=args.copy_windows,
-        copy_seg_len=args.copy_seg_len, max_removed=args.max_removed, betas=args.betas, beta_grid=args.beta_grid,
-        qsim_rope=args.qsim_rope, qsim_mode=args.qsim_mode, bi_kind=args.bi_kind, batch_size=args.batch_size,
-        lm_eval_tasks=tuple(t for t in args.lm_eval_tasks.split(",") if t.strip()), lm_eval_limit=args.lm_eval_limit)
-    if out.exists() and not out.is_dir():
-        print(f"prune-eval: error: --out {out} exists and is not a folder", file=sys.stderr)
-        return 2
-    try:
-        cfg.validate()
-        res = run_pruning_eval(cfg, progress=lambda s: print(s, file=sys.stderr))
-    except (ValueError, TypeError, IndexError, FileNotFoundError, OSError) as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        print(f"prune-eval: error: {msg}", file=sys.stderr)
-        return 2
-    from ..results import save_run_info
-
-    save_results(res, out, figures=not args.no_figures)
-    save_run_info(out, asdict(cfg), timings=res.timings, best_beta=res.best_beta)
-    print(summary_table(res).round(4).to_string())
-    print(f"best beta on calibration data: {res.best_beta:g}; results in {out}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,9 +1,9 @@
-"""Layer pruning: ShortGPT's block influence (BI), TAPPA's q-similarity, the two removal orders, and layer removal.
+"""Layer pruning scores: ShortGPT's block influence (BI), TAPPA's q-similarity and the two removal orders.
 
     ids = calibration_ids(tokenizer, seq_len=512, n_chunks=8, stride=256, seed=0)   # training split, never eval text
     scores = layer_scores(model, ids)                 # per layer: BI and q-similarity (pre-RoPE, all pairs)
     order = tappa_order(scores.bi, scores.qsim, beta=0.2)   # remove order[:k] first
-    small = remove_layers(model, order[:2])           # a consistent copy: cache, generate, save/load all work
+    small = remove_layers(model, order[:2])           # `tappa_utils.prune.removal`: a consistent copy
 
 ShortGPT: `BI_l = mean over tokens of 1 - cos(h_in, h_out)` of decoder layer l, lowest BI removed first.
 TAPPA: `BI'_l = minmax(BI)_l + beta * (1 - minmax(qsim)_l)`, lowest removed first, so layers whose queries are
@@ -16,14 +16,12 @@ has the final norm applied (ShortGPT's code compares against that normed state f
 """
 from __future__ import annotations
 
-import copy
 import json
 import math
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from numbers import Real
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -49,7 +47,7 @@ def _check_int(name: str, v, minimum: int) -> int:
 def calibration_text(n_bytes: int = 200_000, seed: int = 0, text_file: str | Path | None = None) -> str:
     """Calibration text: a seeded random stretch of `n_bytes` of the training split (or the contents of `text_file`).
 
-    The training split of `tappa_utils.corpus` never overlaps the held-out evaluation text.
+    The training split of `tappa_utils.tiny.corpus` never overlaps the held-out evaluation text.
     """
     if text_file is not None:
         from ..data import load_text
@@ -294,87 +292,3 @@ def load_score_record(path: str | Path) -> dict:
         raise ValueError(f"{path} is not a score record: missing fields {sorted(missing)}")
     rec["scores"] = {int(k): v for k, v in rec["scores"].items()}
     return rec
-
-
-# ---------------------------------------------------------------------------------------------- layer removal
-def _check_layers(layers, n: int) -> list[int]:
-    if isinstance(layers, (str, bytes)) or not isinstance(layers, Iterable):
-        raise TypeError(f"layers must be a list of layer indices, got {type(layers).__name__}")
-    layers = list(layers)
-    for x in layers:
-        if isinstance(x, bool) or not isinstance(x, (int, np.integer)):
-            raise TypeError(f"layer indices must be integers, got {x!r} ({type(x).__name__})")
-        if not 0 <= int(x) < n:
-            raise IndexError(f"layer {int(x)} is out of range: the model has {n} layers (0..{n - 1})")
-    layers = [int(x) for x in layers]
-    dup = sorted({x for x in layers if layers.count(x) > 1})
-    if dup:
-        raise ValueError(f"duplicate layer indices {dup}: list each layer to remove once")
-    if len(layers) >= n:
-        raise ValueError(f"cannot remove all {n} layers: keep at least one")
-    return sorted(layers)
-
-
-def remove_layers(model, layers: Iterable[int], inplace: bool = False):
-    """The model without decoder `layers` (indices of the current model), kept consistent for cache and save/load.
-
-    Remaining attention modules get `layer_idx` 0..L'-1; `config.num_hidden_layers` and `config.layer_types` (where
-    present) are updated; `config.tappa_removed_layers` accumulates the removed indices of the original model.
-    A deep copy is pruned unless `inplace=True`.
-    """
-    mods = decoder_layers(model)
-    n = len(mods)
-    drop = _check_layers(layers, n)
-    if not inplace:
-        model = copy.deepcopy(model)
-        mods = decoder_layers(model)
-    keep = [i for i in range(n) if i not in drop]
-    cfg = model.config
-    original = list(getattr(cfg, "tappa_kept_layers", None) or range(n))
-    model.model.layers = torch.nn.ModuleList([mods[i] for i in keep])
-    for new_idx, layer in enumerate(model.model.layers):
-        if hasattr(layer, "self_attn") and hasattr(layer.self_attn, "layer_idx"):
-            layer.self_attn.layer_idx = new_idx
-        if hasattr(layer, "layer_idx"):
-            layer.layer_idx = new_idx
-    cfg.num_hidden_layers = len(keep)
-    if getattr(cfg, "layer_types", None) is not None:
-        cfg.layer_types = [cfg.layer_types[i] for i in keep]
-    if getattr(cfg, "max_window_layers", None) is not None and getattr(cfg, "layer_types", None) is None:
-        cfg.max_window_layers = min(cfg.max_window_layers, len(keep))
-    cfg.tappa_kept_layers = [original[i] for i in keep]
-    cfg.tappa_removed_layers = sorted(set(getattr(cfg, "tappa_removed_layers", None) or []) | {original[i] for i in drop})
-    return model
-
-
-_CONFIG_FIELDS = ("num_hidden_layers", "layer_types", "max_window_layers", "tappa_kept_layers", "tappa_removed_layers")
-
-
-@contextmanager
-def layers_removed(model, layers: Iterable[int]) -> Iterator:
-    """Remove `layers` in place for the duration of the block, then restore the model exactly (no copy made).
-
-    For large models, where `remove_layers`' deep copy would double the memory. Restored even on error.
-    """
-    _check_layers(layers, len(decoder_layers(model)))
-    saved_layers = model.model.layers
-    saved_idx = [(layer.self_attn.layer_idx if hasattr(layer, "self_attn") and hasattr(layer.self_attn, "layer_idx")
-                  else None, getattr(layer, "layer_idx", None)) for layer in saved_layers]
-    missing = object()
-    saved_cfg = {k: getattr(model.config, k, missing) for k in _CONFIG_FIELDS}
-    saved_cfg = {k: v if v is missing else copy.copy(v) for k, v in saved_cfg.items()}
-    try:
-        yield remove_layers(model, layers, inplace=True)
-    finally:
-        model.model.layers = saved_layers
-        for layer, (attn_idx, idx) in zip(saved_layers, saved_idx):
-            if attn_idx is not None:
-                layer.self_attn.layer_idx = attn_idx
-            if idx is not None:
-                layer.layer_idx = idx
-        for k, v in saved_cfg.items():
-            if v is missing:
-                if k in model.config.__dict__:
-                    delattr(model.config, k)
-            else:
-                setattr(model.config, k, v)

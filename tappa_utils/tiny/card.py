@@ -11,318 +11,18 @@ first), checks the targets and writes `MODEL_CARD.md` and `model_card.json` (ato
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
-import torch
 
 from ..io import atomic_write_json, atomic_write_text
-from ..results import Check
-from ..time_series import within_layer_spearman
-
-QSIM_COLUMNS = ("q_sim_consecutive_pre", "q_sim_consecutive_post", "q_sim_window_pre", "q_sim_window_post")
-HEAD_COLUMNS = ("layer", "head", "sink_mass", "diag_offset", "diag_mass", *QSIM_COLUMNS, "predictability", "pattern")
-
-
-@dataclass
-class CardConfig:
-    """What the card measures and the targets' thresholds (defaults: the issue's)."""
-
-    windows: int = 16
-    seq_len: int = 512
-    copy_windows: int = 16
-    copy_seq_len: int = 256
-    copy_seg_len: int = 48
-    seed: int = 0
-    text_file: str | None = None
-    qsim_column: str = "q_sim_consecutive_pre"  # the q-similarity variant the correlation target uses
-    sink_threshold: float = 0.3
-    min_sink_heads: int = 2
-    diag_threshold: float = 0.3
-    min_diag_heads: int = 4
-    min_spearman: float = 0.5
-    max_copy_ratio: float = 0.5
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# measurements
-
-
-@torch.no_grad()
-def heldout_loss(model, input_ids: torch.Tensor, tokenizer=None) -> float:
-    """Mean next-token loss in nats per byte of text over `input_ids` (N, T) (the first token is never predicted).
-
-    With a byte-level tokenizer (or none) a token is a byte; otherwise the summed loss is divided by the number of
-    UTF-8 bytes the predicted tokens decode to.
-    """
-    ids = input_ids.to(next(model.parameters()).device)
-    logits = model(ids).logits.float()
-    nll = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1),
-                                            reduction="sum").item()
-    n_tokens = ids[:, 1:].numel()
-    n_bytes = n_tokens if tokenizer is None or _is_byte_level(tokenizer) else sum(
-        len(tokenizer.decode(row[1:].tolist(), skip_special_tokens=True).encode("utf-8")) for row in input_ids)
-    return nll / max(1, n_bytes)
-
-
-def _is_byte_level(tokenizer) -> bool:
-    """True for the shipped byte tokenizer (ids 0..255 are bytes)."""
-    return tokenizer("a", add_special_tokens=False)["input_ids"] == [ord("a")] and len(tokenizer) <= 259
-
-
-def copy_test_ids(tokenizer, text: str, n: int, seq_len: int, seg_len: int, seed: int = 0):
-    """Copy-test batch (`corpus.copy_test_batch`) on the token ids of `text`, BOS set to the tokenizer's.
-
-    Returns (ids (n, seq_len) LongTensor, first slice, second slice).
-    """
-    from .corpus import copy_test_batch
-
-    data = np.asarray(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=np.int64)
-    if len(data) <= seq_len + 1:
-        raise ValueError(f"text too short for the copy test: {len(data)} tokens, need more than {seq_len + 1}")
-    if seq_len < 2 * seg_len + 56:
-        raise ValueError(f"copy test: seq_len {seq_len} is too short for two segments of {seg_len} (need "
-                         f">= {2 * seg_len + 56})")
-    x, first, second = copy_test_batch(np.random.default_rng(seed), data, n, seq_len=seq_len, seg_len=seg_len)
-    if tokenizer.bos_token_id is not None:
-        x[:, 0] = tokenizer.bos_token_id
-    return torch.from_numpy(x), first, second
-
-
-@torch.no_grad()
-def token_losses(model, ids: torch.Tensor) -> torch.Tensor:
-    """(N, T-1) next-token losses in nats: entry [:, i] is the loss of predicting token i + 1."""
-    ids = ids.to(next(model.parameters()).device)
-    logp = torch.log_softmax(model(ids).logits.float(), -1)
-    return -logp[:, :-1].gather(-1, ids[:, 1:, None])[..., 0].cpu()
-
-
-def copy_test(model, ids: torch.Tensor, first: slice, second: slice) -> dict[str, float]:
-    """Loss on tokens 2.. of the first and of the second occurrence of the segment, and their ratio."""
-    nll = token_losses(model, ids)
-    l1 = nll[:, first.start : first.stop - 1].mean().item()
-    l2 = nll[:, second.start : second.stop - 1].mean().item()
-    return {"copy_first": l1, "copy_second": l2, "copy_ratio": l2 / l1}
-
-
-def patterned_mask(df: pd.DataFrame, cfg: CardConfig) -> pd.Series:
-    """Heads that are sink heads (sink mass >= threshold) or diagonal heads (diagonal mass >= threshold)."""
-    return (df["sink_mass"] >= cfg.sink_threshold) | ((df["diag_mass"] >= cfg.diag_threshold) & df["diag_offset"].between(1, 8))
-
-
-def summarize_heads(df: pd.DataFrame, cfg: CardConfig) -> dict[str, Any]:
-    """Counts and correlations over a per-head table (what the targets are judged on)."""
-    outside0 = df[df["layer"] != df["layer"].min()] if len(df) else df
-    diag = (df["diag_mass"] >= cfg.diag_threshold) & df["diag_offset"].between(1, 8)
-    pat = patterned_mask(df, cfg)
-    return {
-        "n_heads": int(len(df)),
-        "sink_heads_outside_layer0": int((outside0["sink_mass"] >= cfg.sink_threshold).sum()),
-        "max_sink_mass_outside_layer0": float(outside0["sink_mass"].max()) if len(outside0) else float("nan"),
-        "mean_sink_mass": float(df["sink_mass"].mean()),
-        "diagonal_heads": int(diag.sum()),
-        "max_diag_mass": float(df["diag_mass"].max()),
-        "spearman_qsim_predictability": within_layer_spearman(df, cfg.qsim_column, "predictability"),
-        "spearman_by_variant": {c: within_layer_spearman(df, c, "predictability") for c in QSIM_COLUMNS if c in df},
-        "n_patterned": int(pat.sum()),
-        "qsim_patterned": float(df.loc[pat, cfg.qsim_column].mean()) if pat.any() else float("nan"),
-        "qsim_scattered": float(df.loc[~pat, cfg.qsim_column].mean()) if (~pat).any() else float("nan"),
-        "mean_predictability": float(df["predictability"].mean()),
-        "patterns": {k: int(v) for k, v in df["pattern"].value_counts().items()} if "pattern" in df else {},
-    }
-
-
-def targets(trained: dict[str, Any], null: dict[str, Any], cfg: CardConfig) -> list[Check]:
-    """The issue's four targets as `Check`s (measured on the trained model; the null's value in the note)."""
-    t, n = trained, null
-    return [
-        Check("sink heads outside layer 0 (first-token mass >= %.2f)" % cfg.sink_threshold, cfg.min_sink_heads,
-              t["heads"]["sink_heads_outside_layer0"], 0, "ge",
-              note=f"random weights: {n['heads']['sink_heads_outside_layer0']}"),
-        Check("diagonal heads (mass >= %.2f at an offset 1..8)" % cfg.diag_threshold, cfg.min_diag_heads,
-              t["heads"]["diagonal_heads"], 0, "ge", note=f"random weights: {n['heads']['diagonal_heads']}"),
-        Check(f"within-layer Spearman({cfg.qsim_column}, predictability)", cfg.min_spearman,
-              t["heads"]["spearman_qsim_predictability"], 0, "ge",
-              note=f"random weights: {n['heads']['spearman_qsim_predictability']:.3f}"),
-        Check("copy test: second / first occurrence loss", cfg.max_copy_ratio, t["copy"]["copy_ratio"], 0, "le",
-              note=f"random weights: {n['copy']['copy_ratio']:.3f}"),
-    ]
-
-
-def measure(model, tokenizer, cfg: CardConfig, progress: bool = False) -> dict[str, Any]:
-    """Measure one model: held-out loss, per-head metrics table (`heads_table`), head summary, copy test."""
-    from ..data import load_text, token_windows
-    from ..metrics import MetricConfig, analyze_heads
-
-    text = load_text(text_file=cfg.text_file)
-    ids = token_windows(tokenizer, text, cfg.seq_len, cfg.windows)
-    cids, first, second = copy_test_ids(tokenizer, text, cfg.copy_windows, cfg.copy_seq_len, cfg.copy_seg_len, cfg.seed)
-    t0 = time.time()
-    table = analyze_heads(model, ids, MetricConfig(), progress=progress)
-    return {
-        "heldout_loss": heldout_loss(model, ids, tokenizer),
-        "copy": copy_test(model, cids, first, second),
-        "heads_table": table,
-        "heads": summarize_heads(table, cfg),
-        "seconds": time.time() - t0,
-    }
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# what the model is, how it was trained
-
-
-def parameter_count(model) -> int:
-    """Number of distinct parameters (tied embeddings counted once)."""
-    seen, n = set(), 0
-    for p in model.parameters():
-        if id(p) not in seen:
-            seen.add(id(p))
-            n += p.numel()
-    return n
-
-
-def architecture(model, tokenizer) -> dict[str, Any]:
-    """Architecture fields from the config, the parameter count and a description of the tokenizer."""
-    c = model.config
-    rope = getattr(c, "rope_parameters", None) or {}
-    return {
-        "model_type": c.model_type,
-        "architectures": list(getattr(c, "architectures", None) or [type(model).__name__]),
-        "num_hidden_layers": c.num_hidden_layers,
-        "hidden_size": c.hidden_size,
-        "intermediate_size": getattr(c, "intermediate_size", None),
-        "num_attention_heads": c.num_attention_heads,
-        "num_key_value_heads": getattr(c, "num_key_value_heads", c.num_attention_heads),
-        "head_dim": getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads,
-        "vocab_size": c.vocab_size,
-        "rope_type": rope.get("rope_type", "default"),
-        "rope_theta": rope.get("rope_theta", getattr(c, "rope_theta", None)),
-        "max_position_embeddings": getattr(c, "max_position_embeddings", None),
-        "tie_word_embeddings": bool(getattr(c, "tie_word_embeddings", False)),
-        "parameters": parameter_count(model),
-        "tokenizer": {
-            "class": type(tokenizer).__name__,
-            "byte_level": _is_byte_level(tokenizer),
-            "vocab_size": len(tokenizer),
-            "bos": [tokenizer.bos_token, tokenizer.bos_token_id],
-            "eos": [tokenizer.eos_token, tokenizer.eos_token_id],
-            "pad": [tokenizer.pad_token, tokenizer.pad_token_id],
-        },
-    }
-
-
-def read_training_log(model_dir: str | Path) -> pd.DataFrame:
-    """`training_log.jsonl` of a model folder as a DataFrame (one row per step; eval columns NaN between evals).
-
-    Empty DataFrame when the folder has no log (a reader's model).
-    """
-    path = Path(model_dir) / "training_log.jsonl"
-    if not path.is_file():
-        return pd.DataFrame()
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    df = pd.DataFrame(rows)
-    if "step" in df:
-        df = df.drop_duplicates("step", keep="last").sort_values("step").reset_index(drop=True)
-    return df
-
-
-def training_phases(model_dir: str | Path, last_step: int | None = None) -> list[dict[str, Any]]:
-    """Training phases from `train_args.json` (`{"arch", "phases": [...]}`, or the older flat form of one phase).
-
-    Each phase: start and end step (the next phase's start, or `last_step`), batch, seq_len, lr, planned steps, the
-    mixture name and tokens trained in it. A phase restarted at the same step replaces the earlier record.
-    """
-    path = Path(model_dir) / "train_args.json"
-    if not path.is_file():
-        return []
-    raw = json.loads(path.read_text())
-    phases = raw.get("phases") or [{"start_step": 0, **{k: v for k, v in raw.items() if k != "arch"}}]
-    by_start: dict[int, dict] = {}
-    for ph in phases:
-        by_start[int(ph.get("start_step", 0))] = ph
-    starts = sorted(by_start)
-    out = []
-    for i, start in enumerate(starts):
-        ph = by_start[start]
-        end = starts[i + 1] if i + 1 < len(starts) else (last_step if last_step is not None else int(ph.get("steps", start)))
-        if last_step is not None:
-            end = min(end, last_step)
-        batch, seq = int(ph.get("batch", 0) or 0), int(ph.get("seq_len", 0) or 0)
-        out.append({"start_step": start, "end_step": end, "batch": batch or None, "seq_len": seq or None,
-                    "lr": float(ph["lr"]) if "lr" in ph else None,
-                    "planned_steps": int(ph["steps"]) if "steps" in ph else None,
-                    "mixture": ph.get("mixture", "base"), "tokens": max(0, end - start) * batch * seq})
-    return out
-
-
-def mixture_description(name: str) -> list[dict[str, Any]]:
-    """The components of a named mixture of `tappa_utils.corpus.MIXTURES`: name, weight, what the window is."""
-    from .corpus import MIXTURES
-
-    if name not in MIXTURES:
-        return []
-    return [{"name": n, "weight": float(w), "what": (fn.__doc__ or "").strip().splitlines()[0]} for n, w, fn in MIXTURES[name]]
-
-
-def training_summary(model_dir: str | Path) -> dict[str, Any] | None:
-    """Steps, tokens seen, phases and their mixtures, final train loss, last held-out loss / copy ratio; None
-    without a training log."""
-    model_dir = Path(model_dir)
-    log = read_training_log(model_dir)
-    if log.empty:
-        return None
-    last = log.iloc[-1]
-    steps = int(last["step"])
-    phases = training_phases(model_dir, steps)
-    evals = log.dropna(subset=["heldout_loss"]) if "heldout_loss" in log else log.iloc[:0]
-    final = phases[-1] if phases else {}
-    out = {
-        "steps": steps,
-        "planned_steps": final.get("planned_steps"),
-        "batch": final.get("batch"),
-        "seq_len": final.get("seq_len"),
-        "tokens_seen": sum(p["tokens"] for p in phases) if phases and all(p["batch"] and p["seq_len"] for p in phases)
-        else None,
-        "final_train_loss": float(log["loss"].tail(20).mean()),
-        "lr_peak": final.get("lr"),
-        "phases": phases,
-        "mixtures": {p["mixture"]: mixture_description(p["mixture"]) for p in phases},
-    }
-    if len(evals):
-        e = evals.iloc[-1]
-        out |= {"eval_step": int(e["step"]), "eval_heldout_loss": float(e["heldout_loss"]),
-                "eval_copy_ratio": float(e["copy_ratio"]) if "copy_ratio" in e else None}
-    return out
-
-
-def corpus_summary(model_dir: str | Path) -> dict[str, Any] | None:
-    """Files and bytes per split from `corpus_manifest.json`, and the sha256 of that manifest; None without one."""
-    path = Path(model_dir) / "corpus_manifest.json"
-    if not path.is_file():
-        return None
-    manifest = json.loads(path.read_text())
-    df = pd.DataFrame(manifest)
-    by = df.groupby("split").agg(files=("file", "count"), bytes=("bytes", "sum"))
-    return {
-        "files": int(len(df)),
-        "bytes": int(df["bytes"].sum()),
-        "by_split": {k: {"files": int(v["files"]), "bytes": int(v["bytes"])} for k, v in by.iterrows()},
-        "manifest_sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
-    }
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# the card
-
+from .describe import architecture, corpus_summary, training_summary
+from .measure import CardConfig, measure, targets
 
 def build_card(model, tokenizer, model_dir: str | Path | None, cfg: CardConfig, null_seed: int = 0,
                command: str = "", progress: bool = False) -> dict[str, Any]:
@@ -363,7 +63,7 @@ def render_markdown(card: dict[str, Any]) -> str:
     t, r = card["trained"], card["random"]
     name = Path(card["model_dir"]).name if card["model_dir"] else "model"
     L = [f"# {name}: model card", "",
-         "Generated by `tappa_utils.model_card`; do not edit by hand. Regenerate with:", "",
+         "Generated by `tappa_utils.tiny.card`; do not edit by hand. Regenerate with:", "",
          f"    {card['command']}", "",
          "## What it is", "",
          f"A {a['model_type']} causal LM ({', '.join(a['architectures'])}): {a['num_hidden_layers']} layers, hidden size "
@@ -386,7 +86,7 @@ def render_markdown(card: dict[str, Any]) -> str:
         tokens = f"{tr['tokens_seen']:,}" if tr["tokens_seen"] else "n/a"
         L += [f"- {tr['steps']} optimizer steps, batch {tr['batch']} x {tr['seq_len']} tokens: **{tokens} tokens "
               f"seen**; AdamW, peak learning rate {tr['lr_peak']}, warm-up then cosine decay "
-              "(`python -m tappa_utils.train_tiny`).",
+              "(`python -m tappa_utils train-tiny`).",
               f"- Final training loss (mean of the last 20 steps): {_f(tr['final_train_loss'])} nats/byte."]
         if "eval_step" in tr:
             L += [f"- Last evaluation (step {tr['eval_step']}): held-out loss {_f(tr['eval_heldout_loss'])} nats/byte, "
@@ -409,7 +109,7 @@ def render_markdown(card: dict[str, Any]) -> str:
     L += ["## Measurements vs the same network with random weights", "",
           f"{cfg['windows']} held-out windows of {cfg['seq_len']} tokens (`tappa_utils.data.load_text()`, text never "
           f"trained on); copy test: {cfg['copy_windows']} windows of {cfg['copy_seq_len']} tokens with a random "
-          f"{cfg['copy_seg_len']}-byte segment repeated (`corpus.copy_test_batch`, seed {cfg['seed']}). "
+          f"{cfg['copy_seg_len']}-byte segment repeated (`tiny.corpus.copy_test_batch`, seed {cfg['seed']}). "
           f"q-similarity: `{cfg['qsim_column']}`; Spearman correlations are across heads with each layer's mean removed.",
           "", "| measurement | trained | random weights |", "|---|---|---|"]
     th, rh = t["heads"], r["heads"]

@@ -2,9 +2,9 @@
 
 The shipped model was trained in two phases (the second resumes from the first's checkpoint):
 
-    python -m tappa_utils.train_tiny --out runs/tappa-tiny --steps 4000 --until 500 --mixture base
-    python -m tappa_utils.train_tiny --out runs/tappa-tiny --steps 3000 --mixture copy-heavy
-    python -m tappa_utils.train_tiny --out runs/tappa-tiny --export tappa_utils/assets/tappa-tiny
+    python -m tappa_utils train-tiny --out runs/tappa-tiny --steps 4000 --until 500 --mixture base
+    python -m tappa_utils train-tiny --out runs/tappa-tiny --steps 3000 --mixture copy-heavy
+    python -m tappa_utils train-tiny --out runs/tappa-tiny --export tappa_utils/assets/tappa-tiny
 
 The data mixture rewards the mechanisms the book studies: plain code (previous-token / diagonal heads), windows
 where a random segment re-occurs (copying, induction), periodic stretches (seasonal heads), always after BOS
@@ -25,7 +25,7 @@ import torch
 
 from .corpus import BOS_ID, EOS_ID, MIXTURES, PAD_ID, VOCAB_SIZE, copy_test_batch, load_corpus, sample_batch
 from ..io import atomic_torch_save, atomic_write_json, atomic_write_text
-from .card import copy_test
+from .measure import copy_test
 
 DEFAULT_ARCH = dict(
     hidden_size=128, num_hidden_layers=6, num_attention_heads=4, num_key_value_heads=2, head_dim=32,
@@ -105,7 +105,7 @@ def main(argv=None) -> None:
     ap.add_argument("--eval-every", type=int, default=100)
     ap.add_argument("--ckpt-every", type=int, default=100)
     ap.add_argument("--mixture", choices=sorted(MIXTURES), default="base",
-                    help="data mixture of this phase (logged with every record; see tappa_utils.corpus)")
+                    help="data mixture of this phase (logged with every record; see tappa_utils.tiny.corpus)")
     ap.add_argument("--export", type=Path, default=None, help="export the checkpoint as a HF folder and exit")
     ap.add_argument("--until", type=int, default=None,
                     help="end this phase after this step (checkpointed); the schedule still runs to --steps")

@@ -1,4 +1,4 @@
-"""tappa_utils.pruning: scores against independent float64 loops, orders, layer removal consistency, bad input."""
+"""tappa_utils.prune (scores, removal): scores against independent float64 loops, orders, layer removal consistency, bad input."""
 from __future__ import annotations
 
 import math
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import FAMILIES, make_tiny_model
-from tappa_utils.prune import scores as P
+from tappa_utils import prune as P
 
 
 def _ids(seed=0, n=2, T=20, vocab=300):

@@ -1,4 +1,4 @@
-"""tappa_utils.pruning_eval: metrics against direct computations, beta choice on calibration data, CLI files/errors."""
+"""tappa_utils.prune (evaluate, report, cli): metrics against direct computations, beta choice on calibration data, CLI files/errors."""
 from __future__ import annotations
 
 import json
@@ -9,8 +9,10 @@ import pytest
 import torch
 
 from conftest import make_tiny_model
-from tappa_utils.prune import scores as P
+from tappa_utils import prune as P
 from tappa_utils.prune import evaluate as E
+from tappa_utils.prune import report as R
+from tappa_utils.prune.cli import main as cli_main
 
 TINY = ["--seq-len", "80", "--calib-chunks", "2", "--calib-stride", "40", "--eval-windows", "2",
         "--copy-windows", "2", "--copy-seg-len", "8", "--max-removed", "2", "--beta-grid", "0,0.5,5",
@@ -93,7 +95,7 @@ def test_method_orders_and_merge():
     assert orders["TAPPA b=2"]["order"] == P.tappa_order(s.bi, s.qsim, 2.0) != orders["ShortGPT"]["order"]
     rows = [{"method": m, "n_removed": k, "removed": sorted(o["order"][:k]), "nats_per_byte": 1.0}
             for m, o in orders.items() for k in range(3)]
-    merged = E.merge_identical_methods(pd.DataFrame(rows))
+    merged = R.merge_identical_methods(pd.DataFrame(rows))
     assert set(merged.method) == {"ShortGPT = TAPPA b=0.1 = TAPPA best (b=0)", "TAPPA b=2"}
     assert len(merged) == 6
 
@@ -161,7 +163,7 @@ def test_beta_choice_and_scores_ignore_the_evaluation_text(tmp_path, default_mod
 def test_angular_bi_option_and_figures(tmp_path):
     out = tmp_path / "ang"
     argv = [a for a in TINY if a != "--no-figures"]
-    assert E.main(["--out", str(out), *argv, "--bi-kind", "angular"]) == 0
+    assert cli_main(["--out", str(out), *argv, "--bi-kind", "angular"]) == 0
     for f in ("layer_scores.png", "results.png"):
         assert (out / f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rec = json.loads((out / "scores_bi.json").read_text())
@@ -171,7 +173,7 @@ def test_angular_bi_option_and_figures(tmp_path):
 
 def test_cli_tiny_run_writes_files(tmp_path):
     out = tmp_path / "run"
-    rc = E.main(["--out", str(out), *TINY])
+    rc = cli_main(["--out", str(out), *TINY])
     assert rc == 0
     for f in ("scores_bi.json", "scores_qsim.json", "order_shortgpt.json", "order_tappa_beta0.1.json",
               "order_tappa_best.json", "layer_scores.csv", "beta_selection.csv", "results.csv", "results.json",
@@ -206,7 +208,7 @@ def test_cli_tiny_run_writes_files(tmp_path):
 ])
 def test_cli_errors_exit_2_one_line_no_files(tmp_path, capsys, argv, match):
     out = tmp_path / "run"
-    rc = E.main(["--out", str(out), *TINY, *argv])
+    rc = cli_main(["--out", str(out), *TINY, *argv])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2
     assert len(err) == 1 and err[0].startswith("prune-eval: error:") and match in err[0]
@@ -214,4 +216,4 @@ def test_cli_errors_exit_2_one_line_no_files(tmp_path, capsys, argv, match):
 
 
 def test_cli_missing_out(capsys):
-    assert E.main([]) == 2 and "--out" in capsys.readouterr().err
+    assert cli_main([]) == 2 and "--out" in capsys.readouterr().err

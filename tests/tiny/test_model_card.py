@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from tappa_utils.tiny import card as mc
+from tappa_utils.tiny import describe, measure
 from tappa_utils.models import ASSETS, load_model, random_weight_copy
 
 SHIPPED = ASSETS / "tappa-tiny"
@@ -42,11 +43,11 @@ def test_card_numbers_match_the_functions(card_dir):
     text = load_text()
     ids = token_windows(tok, text, 128, 2)
     null = random_weight_copy(model, seed=1)
-    assert card["trained"]["heldout_loss"] == pytest.approx(mc.heldout_loss(model, ids, tok), rel=1e-4)
-    assert card["random"]["heldout_loss"] == pytest.approx(mc.heldout_loss(null, ids, tok), rel=1e-4)
+    assert card["trained"]["heldout_loss"] == pytest.approx(measure.heldout_loss(model, ids, tok), rel=1e-4)
+    assert card["random"]["heldout_loss"] == pytest.approx(measure.heldout_loss(null, ids, tok), rel=1e-4)
 
-    cids, first, second = mc.copy_test_ids(tok, text, 3, 160, 48, seed=1)
-    copy = mc.copy_test(model, cids, first, second)
+    cids, first, second = measure.copy_test_ids(tok, text, 3, 160, 48, seed=1)
+    copy = measure.copy_test(model, cids, first, second)
     for k in ("copy_first", "copy_second", "copy_ratio"):
         assert card["trained"]["copy"][k] == pytest.approx(copy[k], rel=1e-4)
 
@@ -58,7 +59,7 @@ def test_card_numbers_match_the_functions(card_dir):
         np.testing.assert_allclose(got[col].to_numpy(float), heads[col].to_numpy(float), rtol=1e-4, atol=1e-6)
     assert (got["diag_offset"].to_numpy() == heads["diag_offset"].to_numpy()).all()
 
-    summary = mc.summarize_heads(heads, mc.CardConfig())
+    summary = measure.summarize_heads(heads, measure.CardConfig())
     assert card["trained"]["heads"]["diagonal_heads"] == summary["diagonal_heads"]
     assert card["trained"]["heads"]["sink_heads_outside_layer0"] == summary["sink_heads_outside_layer0"]
     assert card["architecture"]["parameters"] == sum(p.numel() for p in model.parameters())
@@ -77,7 +78,7 @@ def test_card_numbers_match_the_functions(card_dir):
 
 def test_card_describes_training_and_corpus(card_dir):
     card = json.loads((card_dir / "model_card.json").read_text())
-    log = mc.read_training_log(card_dir)
+    log = describe.read_training_log(card_dir)
     last = int(log["step"].max())
     assert card["training"]["steps"] == last
     phases = card["training"]["phases"]
@@ -104,7 +105,7 @@ def test_training_summary_on_a_synthetic_log(tmp_path):
     rows.insert(5, {"step": 5, "loss": 9.9})  # a resumed run repeats step 5: the last record wins
     rows[-1] |= {"heldout_loss": 2.5, "copy_ratio": 0.8}
     (tmp_path / "training_log.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    s = mc.training_summary(tmp_path)
+    s = describe.training_summary(tmp_path)
     assert s["steps"] == 7 and s["tokens_seen"] == 7 * 4 * 64 and s["planned_steps"] == 10
     assert [p["mixture"] for p in s["phases"]] == ["base"]
     # phases: 0-3 base at batch 4, a restart at 3 (replaced), 3-7 copy-heavy at batch 2
@@ -112,37 +113,21 @@ def test_training_summary_on_a_synthetic_log(tmp_path):
           {"start_step": 3, "batch": "8", "seq_len": "64", "steps": "10", "mixture": "copy-heavy"},
           {"start_step": 3, "batch": "2", "seq_len": "64", "steps": "10", "mixture": "copy-heavy", "lr": "0.002"}]
     (tmp_path / "train_args.json").write_text(json.dumps({"arch": {}, "phases": ph}))
-    s = mc.training_summary(tmp_path)
+    s = describe.training_summary(tmp_path)
     assert [(p["start_step"], p["end_step"], p["batch"]) for p in s["phases"]] == [(0, 3, 4), (3, 7, 2)]
     assert s["tokens_seen"] == 3 * 4 * 64 + 4 * 2 * 64 and s["lr_peak"] == 0.002
     assert "induction" in {m["name"] for m in s["mixtures"]["copy-heavy"]}
     assert s["eval_step"] == 7 and s["eval_heldout_loss"] == 2.5 and s["eval_copy_ratio"] == 0.8
-    log = mc.read_training_log(tmp_path)
+    log = describe.read_training_log(tmp_path)
     assert log["step"].is_unique and len(log) == 7
-    assert mc.training_summary(tmp_path / "nothing") is None and mc.corpus_summary(tmp_path) is None
-
-
-def test_within_layer_spearman_removes_layer_means():
-    # inside each layer y rises with x, but layers with a larger x have a smaller y: raw correlation is negative
-    rows = []
-    for layer in range(3):
-        for h in range(4):
-            rows.append({"layer": layer, "x": 10 * layer + h, "y": -10 * layer + h + 0.1 * (h % 2)})
-    df = pd.DataFrame(rows)
-    assert df["x"].corr(df["y"], method="spearman") < 0
-    assert mc.within_layer_spearman(df, "x", "y") > 0.9
-    df["y2"] = -df["y"]
-    assert mc.within_layer_spearman(df, "x", "y2") < -0.9
-    assert math.isnan(mc.within_layer_spearman(df.head(2), "x", "y"))
-    with pytest.raises(KeyError, match="nope"):
-        mc.within_layer_spearman(df, "x", "nope")
+    assert describe.training_summary(tmp_path / "nothing") is None and describe.corpus_summary(tmp_path) is None
 
 
 def _table(**cols):
     n = len(next(iter(cols.values())))
     base = {"layer": [0] * n, "head": list(range(n)), "sink_mass": [0.0] * n, "diag_offset": [1] * n,
             "diag_mass": [0.0] * n, "predictability": [0.5] * n, "pattern": ["mixed"] * n}
-    base.update({c: [0.5] * n for c in mc.QSIM_COLUMNS})
+    base.update({c: [0.5] * n for c in measure.QSIM_COLUMNS})
     base.update(cols)
     return pd.DataFrame(base)
 
@@ -150,19 +135,19 @@ def _table(**cols):
 def test_summary_counts_and_targets():
     df = _table(layer=[0, 0, 1, 1, 2, 2], sink_mass=[0.9, 0.9, 0.3, 0.29, 0.5, 0.0],
                 diag_mass=[0.0, 0.0, 0.0, 0.31, 0.0, 0.8], q_sim_consecutive_pre=[0.9, 0.9, 0.8, 0.7, 0.9, 0.2])
-    cfg = mc.CardConfig()
-    s = mc.summarize_heads(df, cfg)
+    cfg = measure.CardConfig()
+    s = measure.summarize_heads(df, cfg)
     assert s["sink_heads_outside_layer0"] == 2  # layer 0's sinks do not count; 0.29 is below the threshold
     assert s["diagonal_heads"] == 2
     assert s["n_patterned"] == 6 - 0  # every head here is a sink or a diagonal head
-    null = {"heads": mc.summarize_heads(_table(layer=[0, 1, 2]), cfg),
+    null = {"heads": measure.summarize_heads(_table(layer=[0, 1, 2]), cfg),
             "copy": {"copy_ratio": 1.0}, "heldout_loss": 5.5}
     trained = {"heads": s, "copy": {"copy_ratio": 0.5}, "heldout_loss": 2.0}
-    checks = mc.targets(trained, null, cfg)
+    checks = measure.targets(trained, null, cfg)
     assert [c.passed for c in checks][0] is True and checks[1].passed is False  # 2 sink heads ok, 2 < 4 diagonal
     assert checks[3].passed is True  # ratio 0.5 <= 0.5
     trained["copy"]["copy_ratio"] = 0.51
-    assert mc.targets(trained, null, cfg)[3].passed is False
+    assert measure.targets(trained, null, cfg)[3].passed is False
 
 
 def test_shipped_weights_are_real(default_model):
@@ -170,8 +155,8 @@ def test_shipped_weights_are_real(default_model):
 
     model, tok = default_model
     ids = token_windows(tok, load_text(), 256, 2)
-    trained = mc.heldout_loss(model, ids, tok)
-    null = mc.heldout_loss(random_weight_copy(model, seed=0), ids, tok)
+    trained = measure.heldout_loss(model, ids, tok)
+    null = measure.heldout_loss(random_weight_copy(model, seed=0), ids, tok)
     assert abs(null - math.log(model.config.vocab_size)) < 0.5  # random weights: about uniform over the vocabulary
     assert trained < 0.7 * null
 
@@ -191,7 +176,7 @@ def test_tokenizer_round_trip(default_model):
         ids = tok(text)["input_ids"]
         assert ids == [256] + list(text.encode("utf-8"))
         assert tok.decode(ids, skip_special_tokens=True) == text
-    assert mc._is_byte_level(tok)
+    assert measure.is_byte_level(tok)
 
 
 @pytest.mark.parametrize("argv, fragment", [
@@ -214,8 +199,8 @@ def test_cli_bad_input(tmp_path, capsys, argv, fragment):
 def test_copy_test_ids_validates(default_model):
     _, tok = default_model
     with pytest.raises(ValueError, match="too short for two segments"):
-        mc.copy_test_ids(tok, "x" * 5000, 2, 100, 48)
-    ids, first, second = mc.copy_test_ids(tok, "abcdefgh" * 500, 2, 160, 48, seed=0)
+        measure.copy_test_ids(tok, "x" * 5000, 2, 100, 48)
+    ids, first, second = measure.copy_test_ids(tok, "abcdefgh" * 500, 2, 160, 48, seed=0)
     assert (ids[:, 0] == tok.bos_token_id).all()
     assert torch.equal(ids[:, first], ids[:, second])  # the segment really repeats
 
@@ -223,7 +208,7 @@ def test_copy_test_ids_validates(default_model):
 def test_token_losses_match_the_models_loss(default_model):
     model, tok = default_model
     ids = tok(["def main():\n    return 0\n"], return_tensors="pt")["input_ids"]
-    nll = mc.token_losses(model, ids)
+    nll = measure.token_losses(model, ids)
     assert nll.shape == (1, ids.shape[1] - 1) and (nll >= 0).all()
     with torch.no_grad():
         ref = model(ids, labels=ids).loss.item()

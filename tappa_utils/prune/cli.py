@@ -1,0 +1,93 @@
+"""`python -m tappa_utils prune-eval`: run a pruning evaluation (`evaluate`) and write its report (`report`)."""
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+from . import evaluate
+from . import scores as P
+from .evaluate import PAPER_TASKS, PruneEvalConfig, run_pruning_eval
+from .report import save_results, summary_table
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one clear line, exit status 2
+        print(f"prune-eval: error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _floats(s: str) -> tuple:
+    try:
+        return tuple(float(x) for x in s.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {s!r}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `prune-eval` command-line options."""
+    d = PruneEvalConfig()
+    ap = _Parser(prog="python -m tappa_utils prune-eval", description=evaluate.__doc__.split("\n\n")[0])
+    ap.add_argument("--out", required=True, help="output folder")
+    ap.add_argument("--model", default=d.model, help="tappa-tiny, a local folder or a hub id")
+    ap.add_argument("--device", default=d.device)
+    ap.add_argument("--dtype", default=d.dtype)
+    ap.add_argument("--seed", type=int, default=d.seed)
+    ap.add_argument("--seq-len", type=int, default=d.seq_len, help="chunk / window length in tokens")
+    ap.add_argument("--calib-chunks", type=int, default=d.calib_chunks)
+    ap.add_argument("--calib-stride", type=int, default=d.calib_stride)
+    ap.add_argument("--calib-text-file", default=None, help="calibration text (default: training split)")
+    ap.add_argument("--eval-text-file", default=None, help="evaluation text (default: held-out sample)")
+    ap.add_argument("--eval-windows", type=int, default=d.eval_windows)
+    ap.add_argument("--copy-windows", type=int, default=d.copy_windows)
+    ap.add_argument("--copy-seg-len", type=int, default=d.copy_seg_len)
+    ap.add_argument("--max-removed", type=int, default=d.max_removed)
+    ap.add_argument("--betas", type=_floats, default=d.betas, help="comma-separated, e.g. 0.1,0.2,0.3")
+    ap.add_argument("--beta-grid", type=_floats, default=d.beta_grid, help="betas tried on calibration data")
+    ap.add_argument("--qsim-rope", choices=P.QSIM_ROPE, default=d.qsim_rope)
+    ap.add_argument("--qsim-mode", choices=P.QSIM_MODES, default=d.qsim_mode)
+    ap.add_argument("--bi-kind", choices=("cosine", "angular"), default=d.bi_kind,
+                    help="block influence: 1 - cos (ShortGPT) or the angle / pi")
+    ap.add_argument("--batch-size", type=int, default=d.batch_size)
+    ap.add_argument("--lm-eval-tasks", default="", help=f"comma-separated lm-eval tasks, e.g. {','.join(PAPER_TASKS)}")
+    ap.add_argument("--lm-eval-limit", type=int, default=d.lm_eval_limit)
+    ap.add_argument("--no-figures", action="store_true")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`prune-eval` entry point: 0 on success, 2 with one line on stderr for bad input (nothing written)."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help (0) or a bad option (2, one line already printed)
+        return int(e.code or 0)
+    out = Path(args.out)
+    cfg = PruneEvalConfig(
+        model=args.model, device=args.device, dtype=args.dtype, seed=args.seed, seq_len=args.seq_len,
+        calib_chunks=args.calib_chunks, calib_stride=args.calib_stride, calib_text_file=args.calib_text_file,
+        eval_text_file=args.eval_text_file, eval_windows=args.eval_windows, copy_windows=args.copy_windows,
+        copy_seg_len=args.copy_seg_len, max_removed=args.max_removed, betas=args.betas, beta_grid=args.beta_grid,
+        qsim_rope=args.qsim_rope, qsim_mode=args.qsim_mode, bi_kind=args.bi_kind, batch_size=args.batch_size,
+        lm_eval_tasks=tuple(t for t in args.lm_eval_tasks.split(",") if t.strip()), lm_eval_limit=args.lm_eval_limit)
+    if out.exists() and not out.is_dir():
+        print(f"prune-eval: error: --out {out} exists and is not a folder", file=sys.stderr)
+        return 2
+    try:
+        cfg.validate()
+        res = run_pruning_eval(cfg, progress=lambda s: print(s, file=sys.stderr))
+    except (ValueError, TypeError, IndexError, FileNotFoundError, OSError) as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"prune-eval: error: {msg}", file=sys.stderr)
+        return 2
+    from ..results import save_run_info
+
+    save_results(res, out, figures=not args.no_figures)
+    save_run_info(out, asdict(cfg), timings=res.timings, best_beta=res.best_beta)
+    print(summary_table(res).round(4).to_string())
+    print(f"best beta on calibration data: {res.best_beta:g}; results in {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

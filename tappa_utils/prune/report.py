@@ -1,0 +1,125 @@
+"""Reporting a pruning evaluation: the summary table, the files written under `out_dir`, the figures."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from . import scores as P
+from .evaluate import METRICS, PruneEvalResult, lm_eval_available, paired_comparison
+
+
+def summary_table(res: PruneEvalResult):
+    """Results pivoted for reading: one row per method, one column per (metric, n_removed)."""
+    df = res.results
+    return df.pivot_table(index="method", columns="n_removed", values=list(METRICS), sort=False)
+
+
+def save_results(res: PruneEvalResult, out_dir: str | Path, figures: bool = True) -> list[Path]:
+    """Write scores and orders (reference-code fields), tables, results JSON and figures under `out_dir`."""
+    from ..results import save_figure, save_json, save_table
+
+    out = Path(out_dir)
+    ch = res.scores.chunking
+    written = []
+    bi_rec = P.score_record(f"block_influence_{res.scores.bi_kind}", res.model_name, res.calib_data, ch, res.scores.bi)
+    q_rec = P.score_record(f"qsim_{res.scores.qsim_rope}_rope_{res.scores.qsim_mode}", res.model_name,
+                           res.calib_data, ch, res.scores.qsim, order=P.prune_order(-res.scores.qsim))
+    written.append(P.save_score_record(out / "scores_bi.json", bi_rec))
+    written.append(P.save_score_record(out / "scores_qsim.json", q_rec))
+    for name, spec in res.orders.items():
+        if spec["beta"] is None:
+            rec = P.score_record("shortgpt", res.model_name, res.calib_data, ch, res.scores.bi, spec["order"])
+            fname = "order_shortgpt.json"
+        else:
+            rec = P.score_record(f"tappa_beta{spec['beta']:g}", res.model_name, res.calib_data, ch,
+                                 P.tappa_scores(res.scores.bi, res.scores.qsim, spec["beta"]), spec["order"])
+            rec["beta"] = spec["beta"]
+            fname = "order_tappa_best.json" if name.startswith("TAPPA best") else f"order_tappa_beta{spec['beta']:g}.json"
+        written.append(P.save_score_record(out / fname, rec))
+    written.append(save_table(res.scores.table(), out, "layer_scores.csv"))
+    written.append(save_table(res.beta_selection, out, "beta_selection.csv"))
+    written.append(save_table(res.results, out, "results.csv"))
+    comparison = None
+    if res.per_window is not None:
+        written.append(save_table(res.per_window, out, "per_window.csv"))
+        comparison = paired_comparison(res.per_window)
+        written.append(save_table(comparison, out, "paired_vs_shortgpt.csv"))
+    written.append(save_json(out, "results.json", {
+        "model": res.model_name, "n_layers": res.n_layers, "calibration_data": res.calib_data,
+        "evaluation_data": res.eval_data_desc, "best_beta": res.best_beta,
+        "best_beta_chosen_on": "calibration loss (mean over 1..max_removed removed layers)",
+        "orders": res.orders, "results": res.results.to_dict(orient="records"),
+        "paired_vs_shortgpt": comparison.to_dict(orient="records") if comparison is not None else None,
+        "lm_eval": res.lm_eval or {"available": lm_eval_available(), "tasks": []}, "timings": res.timings}))
+    if figures:
+        import matplotlib.pyplot as plt
+
+        fig = plot_layer_scores(res.scores)
+        written.append(save_figure(fig, out, "layer_scores.png"))
+        plt.close(fig)
+        fig = plot_results(res.results)
+        written.append(save_figure(fig, out, "results.png"))
+        plt.close(fig)
+    return written
+
+
+def plot_layer_scores(scores: P.LayerScores, null_qsim=None):
+    """Per-layer BI and q-similarity side by side (with `null_qsim`, random weights' beside), normalised terms."""
+    import matplotlib.pyplot as plt
+
+    tab = scores.table()
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
+    axes[0].bar(tab.layer, tab.bi, color="tab:blue")
+    axes[0].set(title=f"block influence ({scores.bi_kind})", xlabel="layer", ylabel="BI")
+    if null_qsim is None:
+        axes[1].bar(tab.layer, tab.qsim, color="tab:orange")
+    else:
+        axes[1].bar(tab.layer - 0.2, tab.qsim, width=0.4, color="tab:orange", label="trained")
+        axes[1].bar(tab.layer + 0.2, np.asarray(null_qsim), width=0.4, color="grey", label="random weights")
+        axes[1].legend(fontsize=8)
+    axes[1].set(title=f"q-similarity ({scores.qsim_rope}-RoPE, {scores.qsim_mode})", xlabel="layer",
+                ylabel="mean cosine")
+    axes[2].plot(tab.layer, tab.bi_norm, "o-", label="BI (norm.)")
+    axes[2].plot(tab.layer, 1 - tab.qsim_norm, "s--", label="1 - q-sim (norm.)")
+    axes[2].set(title="normalised (lower = pruned earlier)", xlabel="layer")
+    axes[2].legend(fontsize=8)
+    for ax in axes:
+        ax.set_xticks(tab.layer)
+    fig.tight_layout()
+    return fig
+
+
+def merge_identical_methods(results):
+    """Rows of methods that removed the same layers at every k merged under one joined label ('A = B')."""
+    import pandas as pd
+
+    groups: dict[tuple, list[str]] = {}
+    for name, g in results.groupby("method", sort=False):
+        key = tuple(tuple(r) for r in g.sort_values("n_removed")["removed"])
+        groups.setdefault(key, []).append(name)
+    rename = {n: " = ".join(names) for names in groups.values() for n in names}
+    keep = [names[0] for names in groups.values()]
+    out = results[results.method.isin(keep)].copy()
+    out["method"] = out.method.map(rename)
+    return pd.DataFrame(out).reset_index(drop=True)
+
+
+def plot_results(results, metrics=METRICS):
+    """Quality vs number of removed layers, one line per distinct order (one panel per metric)."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    labels = {"nats_per_byte": "held-out loss (nats/byte)", "next_token_acc": "next-token accuracy",
+              "copy_ratio": "copy test: loss 2nd / 1st copy"}
+    results = merge_identical_methods(results)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.4 * len(metrics), 3.6))
+    axes = np.atleast_1d(axes)
+    for ax, m in zip(axes, metrics):
+        sns.lineplot(data=results, x="n_removed", y=m, hue="method", style="method", markers=True, dashes=False,
+                     ax=ax, legend=ax is axes[-1])
+        ax.set(xlabel="layers removed", ylabel=labels.get(m, m), xticks=sorted(results.n_removed.unique()))
+    if axes[-1].get_legend() is not None:
+        sns.move_legend(axes[-1], "upper left", bbox_to_anchor=(1.02, 1), fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,161 @@
+"""Measuring a model for its card: held-out loss, the copy test, the per-head summary and the card's targets.
+
+Each measurement is taken on the trained model and on a random-weight copy of it (`tappa_utils.models.
+random_weight_copy`), so every number on the card has its null beside it.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..results import Check
+from ..time_series import within_layer_spearman
+
+QSIM_COLUMNS = ("q_sim_consecutive_pre", "q_sim_consecutive_post", "q_sim_window_pre", "q_sim_window_post")
+HEAD_COLUMNS = ("layer", "head", "sink_mass", "diag_offset", "diag_mass", *QSIM_COLUMNS, "predictability", "pattern")
+
+
+@dataclass
+class CardConfig:
+    """What the card measures and the targets' thresholds (defaults: the issue's)."""
+
+    windows: int = 16
+    seq_len: int = 512
+    copy_windows: int = 16
+    copy_seq_len: int = 256
+    copy_seg_len: int = 48
+    seed: int = 0
+    text_file: str | None = None
+    qsim_column: str = "q_sim_consecutive_pre"  # the q-similarity variant the correlation target uses
+    sink_threshold: float = 0.3
+    min_sink_heads: int = 2
+    diag_threshold: float = 0.3
+    min_diag_heads: int = 4
+    min_spearman: float = 0.5
+    max_copy_ratio: float = 0.5
+
+
+@torch.no_grad()
+def heldout_loss(model, input_ids: torch.Tensor, tokenizer=None) -> float:
+    """Mean next-token loss in nats per byte of text over `input_ids` (N, T) (the first token is never predicted).
+
+    With a byte-level tokenizer (or none) a token is a byte; otherwise the summed loss is divided by the number of
+    UTF-8 bytes the predicted tokens decode to.
+    """
+    ids = input_ids.to(next(model.parameters()).device)
+    logits = model(ids).logits.float()
+    nll = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1),
+                                            reduction="sum").item()
+    n_tokens = ids[:, 1:].numel()
+    n_bytes = n_tokens if tokenizer is None or is_byte_level(tokenizer) else sum(
+        len(tokenizer.decode(row[1:].tolist(), skip_special_tokens=True).encode("utf-8")) for row in input_ids)
+    return nll / max(1, n_bytes)
+
+
+def is_byte_level(tokenizer) -> bool:
+    """True for the shipped byte tokenizer (ids 0..255 are bytes)."""
+    return tokenizer("a", add_special_tokens=False)["input_ids"] == [ord("a")] and len(tokenizer) <= 259
+
+
+def copy_test_ids(tokenizer, text: str, n: int, seq_len: int, seg_len: int, seed: int = 0):
+    """Copy-test batch (`tappa_utils.tiny.corpus.copy_test_batch`) on the token ids of `text`, BOS set to the
+    tokenizer's.
+
+    Returns (ids (n, seq_len) LongTensor, first slice, second slice).
+    """
+    from .corpus import copy_test_batch
+
+    data = np.asarray(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=np.int64)
+    if len(data) <= seq_len + 1:
+        raise ValueError(f"text too short for the copy test: {len(data)} tokens, need more than {seq_len + 1}")
+    if seq_len < 2 * seg_len + 56:
+        raise ValueError(f"copy test: seq_len {seq_len} is too short for two segments of {seg_len} (need "
+                         f">= {2 * seg_len + 56})")
+    x, first, second = copy_test_batch(np.random.default_rng(seed), data, n, seq_len=seq_len, seg_len=seg_len)
+    if tokenizer.bos_token_id is not None:
+        x[:, 0] = tokenizer.bos_token_id
+    return torch.from_numpy(x), first, second
+
+
+@torch.no_grad()
+def token_losses(model, ids: torch.Tensor) -> torch.Tensor:
+    """(N, T-1) next-token losses in nats: entry [:, i] is the loss of predicting token i + 1."""
+    ids = ids.to(next(model.parameters()).device)
+    logp = torch.log_softmax(model(ids).logits.float(), -1)
+    return -logp[:, :-1].gather(-1, ids[:, 1:, None])[..., 0].cpu()
+
+
+def copy_test(model, ids: torch.Tensor, first: slice, second: slice) -> dict[str, float]:
+    """Loss on tokens 2.. of the first and of the second occurrence of the segment, and their ratio."""
+    nll = token_losses(model, ids)
+    l1 = nll[:, first.start : first.stop - 1].mean().item()
+    l2 = nll[:, second.start : second.stop - 1].mean().item()
+    return {"copy_first": l1, "copy_second": l2, "copy_ratio": l2 / l1}
+
+
+def patterned_mask(df: pd.DataFrame, cfg: CardConfig) -> pd.Series:
+    """Heads that are sink heads (sink mass >= threshold) or diagonal heads (diagonal mass >= threshold)."""
+    return (df["sink_mass"] >= cfg.sink_threshold) | ((df["diag_mass"] >= cfg.diag_threshold) & df["diag_offset"].between(1, 8))
+
+
+def summarize_heads(df: pd.DataFrame, cfg: CardConfig) -> dict[str, Any]:
+    """Counts and correlations over a per-head table (what the targets are judged on)."""
+    outside0 = df[df["layer"] != df["layer"].min()] if len(df) else df
+    diag = (df["diag_mass"] >= cfg.diag_threshold) & df["diag_offset"].between(1, 8)
+    pat = patterned_mask(df, cfg)
+    return {
+        "n_heads": int(len(df)),
+        "sink_heads_outside_layer0": int((outside0["sink_mass"] >= cfg.sink_threshold).sum()),
+        "max_sink_mass_outside_layer0": float(outside0["sink_mass"].max()) if len(outside0) else float("nan"),
+        "mean_sink_mass": float(df["sink_mass"].mean()),
+        "diagonal_heads": int(diag.sum()),
+        "max_diag_mass": float(df["diag_mass"].max()),
+        "spearman_qsim_predictability": within_layer_spearman(df, cfg.qsim_column, "predictability"),
+        "spearman_by_variant": {c: within_layer_spearman(df, c, "predictability") for c in QSIM_COLUMNS if c in df},
+        "n_patterned": int(pat.sum()),
+        "qsim_patterned": float(df.loc[pat, cfg.qsim_column].mean()) if pat.any() else float("nan"),
+        "qsim_scattered": float(df.loc[~pat, cfg.qsim_column].mean()) if (~pat).any() else float("nan"),
+        "mean_predictability": float(df["predictability"].mean()),
+        "patterns": {k: int(v) for k, v in df["pattern"].value_counts().items()} if "pattern" in df else {},
+    }
+
+
+def targets(trained: dict[str, Any], null: dict[str, Any], cfg: CardConfig) -> list[Check]:
+    """The issue's four targets as `Check`s (measured on the trained model; the null's value in the note)."""
+    t, n = trained, null
+    return [
+        Check("sink heads outside layer 0 (first-token mass >= %.2f)" % cfg.sink_threshold, cfg.min_sink_heads,
+              t["heads"]["sink_heads_outside_layer0"], 0, "ge",
+              note=f"random weights: {n['heads']['sink_heads_outside_layer0']}"),
+        Check("diagonal heads (mass >= %.2f at an offset 1..8)" % cfg.diag_threshold, cfg.min_diag_heads,
+              t["heads"]["diagonal_heads"], 0, "ge", note=f"random weights: {n['heads']['diagonal_heads']}"),
+        Check(f"within-layer Spearman({cfg.qsim_column}, predictability)", cfg.min_spearman,
+              t["heads"]["spearman_qsim_predictability"], 0, "ge",
+              note=f"random weights: {n['heads']['spearman_qsim_predictability']:.3f}"),
+        Check("copy test: second / first occurrence loss", cfg.max_copy_ratio, t["copy"]["copy_ratio"], 0, "le",
+              note=f"random weights: {n['copy']['copy_ratio']:.3f}"),
+    ]
+
+
+def measure(model, tokenizer, cfg: CardConfig, progress: bool = False) -> dict[str, Any]:
+    """Measure one model: held-out loss, per-head metrics table (`heads_table`), head summary, copy test."""
+    from ..data import load_text, token_windows
+    from ..metrics import MetricConfig, analyze_heads
+
+    text = load_text(text_file=cfg.text_file)
+    ids = token_windows(tokenizer, text, cfg.seq_len, cfg.windows)
+    cids, first, second = copy_test_ids(tokenizer, text, cfg.copy_windows, cfg.copy_seq_len, cfg.copy_seg_len, cfg.seed)
+    t0 = time.time()
+    table = analyze_heads(model, ids, MetricConfig(), progress=progress)
+    return {
+        "heldout_loss": heldout_loss(model, ids, tokenizer),
+        "copy": copy_test(model, cids, first, second),
+        "heads_table": table,
+        "heads": summarize_heads(table, cfg),
+        "seconds": time.time() - t0,
+    }
