@@ -92,9 +92,9 @@ def test_random_model_script_writes_a_loadable_qwen2(tmp_path):
     from tappa_utils.models import check_supported, load_model
 
     out = tmp_path / "random-qwen2"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run([sys.executable, str(ROOT / ".ci" / "random_model.py"), str(out), "--seed", "3"],
-                          capture_output=True, text=True, cwd=tmp_path,
-                          env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])})
+                          capture_output=True, text=True, cwd=tmp_path, env=env)
     assert proc.returncode == 0, proc.stderr
     model, tok = load_model(str(out))
     tiny, tiny_tok = load_model("tappa-tiny")

@@ -44,7 +44,8 @@ def lab_command(root: str | Path, port: int | None = None, token: str | None = N
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of `lab` (shared by the book's command line)."""
     parser.add_argument("--port", type=int, default=None, help="port (default: JupyterLab's, 8888 or the next free)")
-    parser.add_argument("--no-browser", action="store_true", help="do not open a browser (default: only with a display)")
+    parser.add_argument("--no-browser", action="store_true",
+                        help="do not open a browser (default: open one when there is a display)")
 
 
 def run(root: str | Path, port: int | None = None, no_browser: bool = False) -> int:

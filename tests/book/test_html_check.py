@@ -129,8 +129,8 @@ def test_check_on_a_book_rendered_with_the_projects_config(tmp_path):
         _code("tok(text)", new_output("stream", name="stderr", text="Token indices sequence length is longer\n")),
         _code("print(s)", new_output("stream", name="stdout",
                                      text="mass $\\ge$ 0.3 saved to /tmp/run/fig.png\n" + "x" * 120 + "\n")),
-        _code("1/0", new_output("error", ename="ZeroDivisionError", evalue="division by zero",
-                                traceback=["Traceback (most recent call last)", "ZeroDivisionError: division by zero"])),
+        _code("1/0", new_output("error", ename="ZeroDivisionError", evalue="division by zero", traceback=[
+            "Traceback (most recent call last)", "ZeroDivisionError: division by zero"])),
     ])
     cmd = [sys.executable, "-c", "import sys; from jupyter_book.cli.main import main; sys.exit(main())", "build",
            str(tmp_path), "--path-output", str(tmp_path), "-q"]
