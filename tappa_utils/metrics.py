@@ -57,7 +57,40 @@ _SCALARS = ("q_sim_consecutive_pre", "q_sim_consecutive_post", "q_sim_window_pre
 
 @dataclass
 class MetricConfig:
-    """Parameters of the per-head metrics and the thresholds of the pattern labels (see the module docstring)."""
+    """MetricConfig: the windows of the per-head metrics and the thresholds of the pattern labels.
+
+    Definitions of the metrics: module docstring. Every field is checked on construction (a clear ValueError).
+
+    Parameters
+    ----------
+    skip : int, default 16
+        First query positions left out of every metric (they see too few keys to say anything).
+    window : int, default 32
+        The last `window` queries, whose mean off-diagonal cosine is `q_sim_window_*`; at least 2.
+    top_k : int, default 16
+        Keys per query whose overlap between consecutive queries is `predictability`.
+    max_offset : int, default 8
+        Largest diagonal offset searched for the best diagonal.
+    max_distance : int, default 256
+        Largest query-key distance d of the distance profile p(d) (diagonals, periods).
+    min_period, max_period : int, default 2 and 64
+        Range of periods searched in the profile; `min_period >= 2`, `max_period >= min_period`.
+    vertical_threshold, diagonal_threshold : float, default 0.3
+        Sink (or fixed-column) mass and diagonal mass from which a head is labelled vertical, diagonal.
+    period_threshold : float, default 0.5
+        `period_strength` from which a head is labelled periodic (calibration: module docstring).
+    predictable_threshold : float, default 0.5
+        `predictability` from which a head with no pure pattern is labelled mixed rather than unpredictable.
+
+    Examples
+    --------
+    >>> MetricConfig(window=64).window
+    64
+    >>> MetricConfig(min_period=8, max_period=4)
+    Traceback (most recent call last):
+    ...
+    ValueError: max_period (4) must be >= min_period (8)
+    """
 
     skip: int = 16
     window: int = 32

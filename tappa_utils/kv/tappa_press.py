@@ -43,16 +43,53 @@ from .preference import cake_preference, qsim_all_pairs, qsim_consecutive
 
 @dataclass
 class TAPPAPress(PrefillDecodingPress):
-    """kvpress press: layer budgets from `P_l = 1 - qsim_l` (alpha=inf) or `P_cake + alpha (1 - qsim_l)`.
+    """TAPPAPress: per-layer KV budgets from q-similarity, `P_l = 1 - qsim_l` (TAPPA, Section 6, arXiv 2601.21709).
 
-    Parameters: `compression_ratio` (fraction of the cache removed over all layers, as in kvpress) or
-    `token_budget` (average kept tokens per layer; overrides the ratio), `window` (observation window, 32),
-    `rope` ("post" as the reference code, or "pre"), `qsim` ("all_pairs" as the reference code, or "consecutive"),
-    `alpha` (math.inf = pure TAPPA; finite = CAKE preference plus alpha times TAPPA's), `tau1`, `tau2` (CAKE),
-    `scorer` (any kvpress ScorerPress ranking tokens inside a layer; default SnapKV with the same window),
-    `n_sink` (first tokens always kept, 0). Budgets count every kept token, window and sinks included.
-    After a prefill: `budgets`, `layer_qsim`, `layer_preference`, `kept_indices` (per layer, (B, H_kv, budget),
-    sorted), `seq_len`.
+    Layers whose window queries are self-similar (predictable attention) keep fewer tokens. Inside a layer tokens are
+    ranked by `scorer`. Budgets count every kept token, window and sinks included. Design notes: module docstring.
+
+    Parameters
+    ----------
+    compression_ratio : float, default 0.0
+        Fraction of the cache removed over all layers, in [0, 1) (as in kvpress).
+    token_budget : int, optional
+        Average kept tokens per layer; overrides `compression_ratio`.
+    window : int, default 32
+        Observation window: the last `window` queries give q-similarity and the scorer's scores; always kept.
+    rope : {"post", "pre"}, default "post"
+        q-similarity of the queries after RoPE (the reference code) or before.
+    qsim : {"all_pairs", "consecutive"}, default "all_pairs"
+        Mean cosine over all pairs of window queries (the reference code) or over consecutive ones.
+    alpha : float, default math.inf
+        `math.inf`: pure TAPPA preference; finite: CAKE's preference plus `alpha * (1 - qsim_l)`.
+    tau1, tau2 : float, default 1.0
+        CAKE's temperatures of the entropy and variance terms (used when `alpha` is finite).
+    scorer : kvpress ScorerPress, optional
+        Ranks tokens inside a layer; default `SnapKVPress(window_size=window)`.
+    n_sink : int, default 0
+        First tokens always kept.
+
+    Attributes
+    ----------
+    budgets, layer_qsim, layer_preference, kept_indices, seq_len
+        Set by each prefill: kept tokens, q-similarity and preference per layer, the kept positions per layer
+        ((B, H_kv, budget), sorted) and the context length.
+
+    Examples
+    --------
+    >>> from tappa_utils import TAPPAPress, load_model
+    >>> from tappa_utils.data import load_text, token_windows
+    >>> from tappa_utils.kv.decoding import cache_lengths, prefill
+    >>> model, tok = load_model("tappa-tiny")
+    >>> ids = token_windows(tok, load_text(), seq_len=256, num_windows=1)
+    >>> press = TAPPAPress(compression_ratio=0.5)
+    >>> cache, logits = prefill(model, ids, press)
+    >>> sum(cache_lengths(cache)) == 6 * 256 // 2, cache_lengths(cache) == press.budgets  # 6 layers, half kept
+    (True, True)
+    >>> TAPPAPress(compression_ratio=1.5)
+    Traceback (most recent call last):
+    ...
+    ValueError: compression_ratio must be in [0, 1), got 1.5
     """
 
     prefilling_press: None = field(default=None, init=False, repr=False)

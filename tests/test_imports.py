@@ -1,0 +1,93 @@
+"""The import direction of ARCHITECTURE.md, read from the source with `ast` (lazy imports inside functions count).
+
+core (top-level modules) -> core only; kv -> core; tiny -> core; prune -> core and tiny (its calibration text is
+tiny's training split, its copy test tiny's); book -> anything; nothing but book itself imports book. The package
+facade `tappa_utils/__init__.py` may re-export a use (`TAPPAPress`), never book.
+"""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "tappa_utils"
+PARTS = ("kv", "prune", "tiny", "book")
+ALLOWED = {"core": {"core"}, "kv": {"core", "kv"}, "tiny": {"core", "tiny"}, "prune": {"core", "prune", "tiny"},
+           "book": {"core", "kv", "prune", "tiny", "book", "facade", "cli"},
+           "facade": {"core", "kv", "prune", "tiny"}, "cli": {"core"}}
+
+
+def part_of(module: str) -> str:
+    """Which part a dotted tappa_utils module belongs to: core, kv, prune, tiny, book, facade or cli."""
+    parts = module.split(".")
+    if parts == ["tappa_utils"]:
+        return "facade"
+    if parts == ["tappa_utils", "__main__"]:
+        return "cli"
+    return parts[1] if parts[1] in PARTS else "core"
+
+
+def imported_modules(source: str, module: str, is_package: bool = False) -> set[str]:
+    """Absolute names of the tappa_utils modules `source` (the code of `module`) imports, wherever the import is."""
+    out = set()
+    package = module.split(".") if is_package else module.split(".")[:-1]
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package[: len(package) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            if node.module:  # `from . import scores` imports the module scores, not the package's own code
+                out.add(target)
+            out |= {f"{target}.{a.name}" for a in node.names}
+    return {m for m in out if m == "tappa_utils" or m.startswith("tappa_utils.")}
+
+
+def package_sources() -> list[tuple[str, str, bool]]:
+    """(dotted name, source, is a package) of every module of tappa_utils."""
+    out = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        is_pkg = parts[-1] == "__init__"
+        out.append((".".join(parts[:-1] if is_pkg else parts), path.read_text(encoding="utf-8"), is_pkg))
+    return out
+
+
+def violations(sources) -> list[str]:
+    """`importer -> imported` for every import that goes against ALLOWED."""
+    bad = []
+    for module, source, is_pkg in sources:
+        for target in sorted(imported_modules(source, module, is_pkg)):
+            if part_of(target) not in ALLOWED[part_of(module)]:
+                bad.append(f"{module} -> {target}")
+    return bad
+
+
+def test_the_parts_are_all_present():
+    found = {part_of(m) for m, _, _ in package_sources()}
+    assert found == {"core", "kv", "prune", "tiny", "book", "facade", "cli"}
+
+
+def test_imports_follow_the_architecture():
+    assert violations(package_sources()) == []
+
+
+@pytest.mark.parametrize("module, source, is_pkg, expected", [
+    ("tappa_utils.metrics", "def f():\n    from .kv.budgets import allocate_budgets\n", False,
+     ["tappa_utils.metrics -> tappa_utils.kv.budgets", "tappa_utils.metrics -> tappa_utils.kv.budgets.allocate_budgets"]),
+    ("tappa_utils.time_series", "from .tiny import card\n", False,
+     ["tappa_utils.time_series -> tappa_utils.tiny", "tappa_utils.time_series -> tappa_utils.tiny.card"]),
+    ("tappa_utils.kv.evaluate", "import tappa_utils.book\n", False, ["tappa_utils.kv.evaluate -> tappa_utils.book"]),
+    ("tappa_utils.tiny", "from ..prune import scores\n", True,
+     ["tappa_utils.tiny -> tappa_utils.prune", "tappa_utils.tiny -> tappa_utils.prune.scores"]),
+    ("tappa_utils.prune.scores", "from ..tiny.corpus import load_corpus\nfrom ..models import decoder_layers\n",
+     False, []),
+    ("tappa_utils", "from .book import build\n", True,
+     ["tappa_utils -> tappa_utils.book", "tappa_utils -> tappa_utils.book.build"]),
+])
+def test_the_checker_catches_wrong_directions(module, source, is_pkg, expected):
+    assert violations([(module, source, is_pkg)]) == expected
