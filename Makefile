@@ -1,6 +1,7 @@
 # TAPPA Book: two commands, each doing all the set-up on a fresh machine (Python 3.11 + make).
 #   make book   - create .venv if missing, install, execute every chapter with papermill, render the HTML book
 #   make test   - same set-up, then pytest (unit tests + a papermill smoke run of every notebook)
+#   make lab    - same set-up, then JupyterLab on notebooks/ with this environment (no browser without a display)
 # The install is skipped when requirements.txt and pyproject.toml have not changed since the last one
 # (a hash of both is kept in .venv/.tappa-installed).
 
@@ -9,12 +10,14 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.tappa-installed
 PYTEST_ARGS ?=
+LAB_ARGS ?=
 
-.PHONY: all book test venv params-table clean help
+.PHONY: all book test lab venv params-table clean help
 
 help:
 	@echo "make book   # set up .venv, execute the notebooks, build the HTML book into _build/html"
 	@echo "make test   # set up .venv, run the unit tests and the notebook smoke runs"
+	@echo "make lab    # set up .venv, open the notebooks in JupyterLab (LAB_ARGS='--port 8899 --no-browser')"
 	@echo "make clean  # remove _build, book/executed and book/generated (keeps .venv)"
 
 all: test book
@@ -37,6 +40,9 @@ book: venv
 
 test: venv
 	"$(PY)" -m pytest $(PYTEST_ARGS)
+
+lab: venv
+	"$(PY)" -m tappa_utils.book lab $(LAB_ARGS)
 
 params-table: venv
 	"$(PY)" -m tappa_utils.book params-table --update-readme

@@ -2,8 +2,9 @@
 
 `layout` (the root, `_toc.yml`, the effective toc), `params` (the chapters' `parameters` cells and the README
 table), `execute` (papermill, failures reported with their cell), `reference` (the generated reference page and the
-docstring checks), `render` (jupyter-book) and `__main__` (`python -m tappa_utils.book build | execute |
-params-table | reference`). Only that command line and the tests use this package; the names below are re-exported.
+docstring checks), `render` (jupyter-book), `html_check` (the rendered pages' check), `lab` (`make lab`) and
+`__main__` (`python -m tappa_utils.book build | execute | params-table | reference | check-html | lab`).
+Only that command line and the tests use this package; the names below are re-exported.
 """
 from __future__ import annotations
 

@@ -5,12 +5,15 @@
     python -m tappa_utils.book params-table       # print the README's notebook parameter table
     python -m tappa_utils.book params-table --update-readme
     python -m tappa_utils.book reference          # write book/generated/reference.md
+    python -m tappa_utils.book check-html         # check the rendered _build/html (also the end of `build`)
+    python -m tappa_utils.book lab                # JupyterLab on notebooks/ (what `make lab` runs)
 """
 from __future__ import annotations
 
 import argparse
 import sys
 
+from . import html_check, lab
 from .execute import execute_chapters
 from .layout import BookError, chapter_stems, existing_chapters, find_root, notebook_path
 from .params import params_table, update_readme
@@ -28,6 +31,14 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--only", nargs="+", metavar="STEM", help="execute only these chapters (others: reuse earlier runs)")
     b.add_argument("--skip-execute", action="store_true", help="render the already executed notebooks only")
     b.add_argument("--timeout", type=int, default=None, help="per-cell timeout in seconds (default: none)")
+    b.add_argument("--no-check", action="store_true", help="do not check the rendered HTML (see check-html)")
+    b.add_argument("--browser-check", action="store_true",
+                   help="also check the maths as MathJax renders it, in headless Chromium (check-html --browser)")
+    c = sub.add_parser("check-html", help="check the rendered book: raw TeX, MathJax errors, tracebacks, warnings, "
+                                          "absolute paths, missing images and figures, over-wide tables/formulas")
+    html_check.add_arguments(c)
+    lab_parser = sub.add_parser("lab", help="open the notebooks in JupyterLab with this environment (`make lab`)")
+    lab.add_arguments(lab_parser)
     e = sub.add_parser("execute", help="execute chapters into book/executed/ (all existing ones by default)")
     e.add_argument("stems", nargs="*", metavar="STEM")
     e.add_argument("--timeout", type=int, default=None, help="per-cell timeout in seconds (default: none)")
@@ -43,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> int:
         args = build_parser().parse_args(argv)
+        if args.cmd == "check-html":
+            return html_check.run(args.html_root, browser=args.browser)
         try:
             root = find_root()
             known = chapter_stems(root)
@@ -54,8 +67,11 @@ def main(argv: list[str] | None = None) -> int:
             if missing:
                 raise UsageError(f"chapter(s) {missing} are listed in _toc.yml but their notebooks do not exist "
                                  f"({', '.join(str(notebook_path(s, root).relative_to(root)) for s in missing)})")
+            if args.cmd == "lab":
+                return lab.run(root, port=args.port, no_browser=args.no_browser)
             if args.cmd == "build":
-                build(root, only=args.only, skip_execute=args.skip_execute, timeout=args.timeout)
+                build(root, only=args.only, skip_execute=args.skip_execute, timeout=args.timeout,
+                      check=not args.no_check, browser_check=args.browser_check)
             elif args.cmd == "execute":
                 stems = [s for s in existing_chapters(root) if not args.stems or s in args.stems]
                 failures = execute_chapters(root, stems, timeout=args.timeout)

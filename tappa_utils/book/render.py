@@ -1,10 +1,12 @@
-"""Rendering the book: execute the chapters, write the reference page and the effective toc, run jupyter-book."""
+"""Rendering the book: execute the chapters, write the reference page and the effective toc, run jupyter-book,
+check the rendered HTML."""
 from __future__ import annotations
 
 import subprocess
 import sys
 from pathlib import Path
 
+from . import html_check
 from .execute import execute_chapters
 from .layout import EXECUTED_DIR, BookError, chapter_stems, existing_chapters, find_root, write_effective_toc
 from .reference import write_reference
@@ -26,8 +28,11 @@ def render_html(root: Path, toc: Path) -> Path:
 
 
 def build(root: Path | None = None, only: list[str] | None = None, skip_execute: bool = False,
-          timeout: int | None = None) -> Path:
-    """Execute the chapters, write the reference page and the effective toc, render the HTML; the index path."""
+          timeout: int | None = None, check: bool = True, browser_check: bool = False) -> Path:
+    """Execute the chapters, write the reference page and the effective toc, render the HTML, check it; the index.
+
+    The check (`tappa_utils.book.html_check`) raises BookError after listing every problem of the rendered pages.
+    """
     root = root or find_root()
     stems = existing_chapters(root)
     if only:
@@ -46,4 +51,10 @@ def build(root: Path | None = None, only: list[str] | None = None, skip_execute:
     toc = write_effective_toc(root, rendered)
     index = render_html(root, toc)
     print(f"\nThe book is at {index}\n  (open file://{index} in a browser)")
+    if check:
+        problems = html_check.check_html(index.parent, browser=browser_check)
+        html_check.report(problems)
+        if problems:
+            raise BookError(f"the rendered book has {len(problems)} problem(s), listed above (page: rule: detail); "
+                            f"fix them at their cause (rules: tappa_utils/book/html_check.py)")
     return index

@@ -54,7 +54,22 @@ def test_real_toc_lists_the_chapters_in_order():
     assert book.chapter_stems(ROOT) == ["00_reading", "01_default_model", "02_time_series", "03_predictable",
                                         "04_sinks", "05_diagonal", "06_seasonal", "07_kv_cache", "08_pruning"]
     files = book.toc_files(yaml.safe_load((ROOT / "_toc.yml").read_text()))
-    assert files[0] == "book/intro" and files[-1] == "book/generated/reference"
+    assert files[0] == "book/intro" and files[-2:] == ["book/generated/reference", "book/bibliography"]
+
+
+def test_toc_numbers_chapter_nn_as_nn():
+    """Numbered parts are numbered continuously (sphinx-multitoc-numbering): notebooks/NN_x is chapter NN."""
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    number = 0
+    for part in toc["parts"]:
+        for chapter in part["chapters"]:
+            stem = Path(chapter["file"]).name
+            if part.get("numbered"):
+                number += 1
+                assert stem[:2] == f"{number:02d}", f"{stem} would be numbered {number} in the sidebar"
+            elif stem[:2].isdigit():
+                assert stem.startswith("00_"), f"{stem} is in an unnumbered part"
+    assert number == 8
 
 
 def test_effective_toc_drops_missing_chapters_and_empty_parts():
