@@ -143,3 +143,20 @@ def test_save_checks_writes_kinds_and_refuses_unregistered_rows(tmp_path):
         with pytest.raises(ValueError):
             save_checks(tmp_path / "bad", [bad])
         assert not (tmp_path / "bad" / "results.json").exists()
+
+
+def test_what_held_reports_each_status_and_untested_claims():
+    from tappa_utils import verdicts as V
+
+    rows = [C.claim("ch03.qsim_predictability_corr", 0.5, ci=(0.3, 0.7), p_value=0.001).to_dict(),
+            C.claim("ch03.query_logit_jump_corr", -0.4, ci=(-0.6, -0.2), p_value=0.99).to_dict(),
+            C.assumption("ch03.A_nonvacuous", 0.2).to_dict(),
+            C.sanity("bound holds on every step", 1.0, 0.5).to_dict()]
+    text = V.what_held(rows, "03_predictable")
+    assert text.startswith("**Claims on this model:** 1 supported, 1 not supported, 0 inconclusive (of 2 tested; 3 ")
+    assert "✘ BUG: bound holds on every step" in text and "0 of 1 hold" in text
+    assert "not tested here" in text and "ch03.necessity" in text
+    ledger = {r["id"]: r for r in V.ledger_rows({"03": rows})}
+    assert ledger["ch03.qsim_predictability_corr"]["status"] == "supported"
+    assert ledger["ch03.query_logit_jump_corr"]["status"] == "not supported"
+    assert ledger["ch04.low_freq_share"]["status"] == "not run"
