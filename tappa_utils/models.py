@@ -108,18 +108,33 @@ def shape_name(name: str) -> str:
     """Canonical shape name from 'qwen2.5-0.5b', 'random:qwen2.5-0.5b' or 'Qwen/Qwen2.5-0.5B' (case-insensitive)."""
     key = str(name).lower().removeprefix(RANDOM_PREFIX)
     key = _ALIASES.get(key, key)
+    if key == DEFAULT_MODEL:  # the default model's own architecture with random weights: the null book
+        return key
     if key not in SHAPES:
-        raise ValueError(f"unknown model shape {name!r}; available: {', '.join(SHAPES)} (or their hub ids)")
+        raise ValueError(f"unknown model shape {name!r}; available: {', '.join([DEFAULT_MODEL, *SHAPES])} (or their hub ids)")
     return key
+
+
+def shape_facts(name: str) -> tuple[str, int]:
+    """(model_type, context length) of a shape, without building anything."""
+    key = shape_name(name)
+    if key == DEFAULT_MODEL:
+        cfg = shape_config(key)
+        return cfg.model_type, int(cfg.max_position_embeddings)
+    cfg = SHAPES[key]["config"]
+    return cfg["model_type"], int(cfg.get("max_position_embeddings") or 0)
 
 
 def shape_config(name: str):
     """The `transformers` config of a shape (public architecture fields; the byte tokenizer's special ids)."""
     from transformers import AutoConfig
 
+    key = shape_name(name)
+    if key == DEFAULT_MODEL:
+        return AutoConfig.from_pretrained(ASSETS / DEFAULT_MODEL)
     tok = byte_tokenizer()
     BOS_ID, EOS_ID = tok.bos_token_id, tok.eos_token_id
-    fields = dict(SHAPES[shape_name(name)]["config"])
+    fields = dict(SHAPES[key]["config"])
     model_type = fields.pop("model_type")
     rope = {"rope_type": "default", **(fields.pop("rope_scaling", None) or {}), "rope_theta": fields.pop("rope_theta")}
     fields.update(bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=None, rope_parameters=rope)

@@ -290,18 +290,17 @@ def check_model(name: str, option: str = "--model") -> ModelInfo:
     model_type, weights present and not truncated, tokenizer files present. A hub id that is not cached fails at
     once without network; with network only its config is checked (the weights are downloaded when loading).
     """
-    from .models import DEFAULT_MODEL, SHAPES, is_random_name, resolve_model_path, shape_name
+    from .models import DEFAULT_MODEL, is_random_name, resolve_model_path, shape_facts
 
     if not isinstance(name, (str, os.PathLike)) or not str(name).strip():
         raise UsageError(f"{option} must name a model (tappa-tiny, a local folder or a hub id)")
     name = str(name)
     if is_random_name(name):  # a random-weight public shape: built locally, nothing to read
         try:
-            key = shape_name(name)
+            model_type, ctx = shape_facts(name)
         except ValueError as e:
             raise UsageError(f"{option} {name}: {one_line(e)}") from e
-        cfg = SHAPES[key]["config"]
-        return ModelInfo(name, Path(name), cfg["model_type"], int(cfg.get("max_position_embeddings") or 0))
+        return ModelInfo(name, Path(name), model_type, ctx)
     try:
         path = Path(resolve_model_path(name)).expanduser()
     except FileNotFoundError as e:

@@ -99,3 +99,16 @@ def test_shape_and_null_never_share_weights():
     M._randomize(small, 0, "model")
     null = M.random_weight_copy(small, seed=0)
     assert not torch.equal(small.model.layers[0].self_attn.q_proj.weight, null.model.layers[0].self_attn.q_proj.weight)
+
+
+def test_random_default_model_is_the_default_architecture_with_random_weights():
+    from tappa_utils import load_model
+
+    net, tok = load_model("random:tappa-tiny")
+    trained, _ = load_model("tappa-tiny")
+    assert net.config.to_dict()["num_hidden_layers"] == trained.config.num_hidden_layers
+    assert [p.shape for p in net.parameters()] == [p.shape for p in trained.parameters()]
+    w, v = net.model.layers[0].self_attn.q_proj.weight, trained.model.layers[0].self_attn.q_proj.weight
+    assert not torch.equal(w, v)
+    ids = tok("def f(x):\n    return x\n", return_tensors="pt").input_ids
+    assert trained(ids).logits.std() > 5 * net(ids).logits.std()  # trained logits are confident, random ones flat
