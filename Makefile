@@ -1,5 +1,7 @@
 # TAPPA Book: two commands, each doing all the set-up on a fresh machine (Python 3.11 + make).
 #   make book   - create .venv if missing, install, execute every chapter with papermill, render the HTML book
+#                 MODEL=<id or folder> OUT=<folder>: a whole book for another model in OUT (the default book is
+#                 untouched); DEVICE=cuda DTYPE=bfloat16 DEVICE_MAP=auto reach every chapter
 #   make test   - same set-up, then pytest (unit tests + a papermill smoke run of every notebook)
 #   make lab    - same set-up, then JupyterLab on notebooks/ with this environment (no browser without a display)
 # The install is skipped when requirements.txt and pyproject.toml have not changed since the last one
@@ -11,11 +13,19 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.tappa-installed
 PYTEST_ARGS ?=
 LAB_ARGS ?=
+MODEL ?=
+OUT ?=
+DEVICE ?=
+DTYPE ?=
+DEVICE_MAP ?=
+BOOK_ARGS := $(if $(MODEL),--model "$(MODEL)") $(if $(OUT),--out "$(OUT)") $(if $(DEVICE),--device "$(DEVICE)") \
+             $(if $(DTYPE),--dtype "$(DTYPE)") $(if $(DEVICE_MAP),--device-map "$(DEVICE_MAP)")
 
 .PHONY: all book test lab venv params-table clean help
 
 help:
 	@echo "make book   # set up .venv, execute the notebooks, build the HTML book into _build/html"
+	@echo "make book MODEL=Qwen/Qwen2.5-0.5B OUT=books/qwen DEVICE=cuda DTYPE=bfloat16  # a whole book for another model"
 	@echo "make test   # set up .venv, run the unit tests and the notebook smoke runs"
 	@echo "make lab    # set up .venv, open the notebooks in JupyterLab (LAB_ARGS='--port 8899 --no-browser')"
 	@echo "make clean  # remove _build, book/executed and book/generated (keeps .venv)"
@@ -36,7 +46,7 @@ venv:
 	fi
 
 book: venv
-	"$(PY)" -m tappa_utils.book build
+	"$(PY)" -m tappa_utils.book build $(BOOK_ARGS)
 
 test: venv
 	"$(PY)" -m pytest $(PYTEST_ARGS)

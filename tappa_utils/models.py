@@ -212,10 +212,13 @@ def load_model(
 ):
     """Load (model, tokenizer) through `AutoModelForCausalLM` / `AutoTokenizer`, in eval mode.
 
-    `device_map="auto"` may be passed for models that need several GPUs (then `device` is ignored).
-    `random:<shape>` (e.g. `random:qwen2.5-0.5b`, see `SHAPES`) builds a random-weight model of that public
-    architecture with the byte tokenizer (seed 0), without any download.
+    `device_map="auto"` may be passed for models that need several GPUs (then `device` is ignored); when it is
+    not passed, the environment variable `TAPPA_DEVICE_MAP` supplies it (how `make book DEVICE_MAP=auto` reaches
+    every chapter). `random:<shape>` (e.g. `random:qwen2.5-0.5b`, see `SHAPES`) builds a random-weight model of
+    that public architecture with the byte tokenizer (seed 0), without any download.
     """
+    if device_map is None:
+        device_map = os.environ.get("TAPPA_DEVICE_MAP") or None
     if is_random_name(name_or_path):
         name = shape_name(name_or_path)  # fail fast on an unknown shape
         dev = "cuda" if device_map is not None and torch.cuda.is_available() else device

@@ -1,6 +1,9 @@
 """Building the TAPPA Book from the command line (what `make book` and `make params-table` run):
 
     python -m tappa_utils.book build              # what `make book` runs
+    python -m tappa_utils.book build --model Qwen/Qwen2.5-0.5B --out books/qwen --device cuda --dtype bfloat16
+                                                  # a whole book for another model, in its own folder
+    python -m tappa_utils.book ledger             # write book/generated/ledger.md from _build/results
     python -m tappa_utils.book execute 00_reading # execute chapters only (into book/executed/)
     python -m tappa_utils.book params-table       # print the README's notebook parameter table
     python -m tappa_utils.book params-table --update-readme
@@ -12,13 +15,15 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from . import html_check, lab
 from .execute import execute_chapters
-from .layout import BookError, chapter_stems, existing_chapters, find_root, notebook_path
+from .layout import RESULTS_DIR, BookError, chapter_stems, existing_chapters, find_root, notebook_path
+from .ledger import default_ledger_path, write_ledger
 from .params import params_table, update_readme
 from .reference import write_reference
-from .render import build
+from .render import RunOptions, build
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,6 +39,17 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--no-check", action="store_true", help="do not check the rendered HTML (see check-html)")
     b.add_argument("--browser-check", action="store_true",
                    help="also check the maths as MathJax renders it, in headless Chromium (check-html --browser)")
+    b.add_argument("--model", help="run every chapter on this model (hub id, local folder, tappa-tiny or "
+                                   "random:<shape>); with --out, a whole book for it (make book MODEL=...)")
+    b.add_argument("--out", metavar="DIR", help="build the book in this folder (results/, book/, _build/html), "
+                                                "never touching the default book (make book OUT=...)")
+    b.add_argument("--device", help="torch device of every chapter (cpu, cuda, cuda:1; make book DEVICE=...)")
+    b.add_argument("--dtype", help="dtype of every chapter (float32, bfloat16, float16; make book DTYPE=...)")
+    b.add_argument("--device-map", choices=["auto"], help="spread the model over several GPUs in every chapter "
+                                                          "(needs --device cuda; make book DEVICE_MAP=auto)")
+    g = sub.add_parser("ledger", help="write the ledger (every claim's verdict) from existing chapter results")
+    g.add_argument("--results", metavar="DIR", help=f"the chapters' result folders (default: {RESULTS_DIR})")
+    g.add_argument("--output", metavar="FILE", help="where to write it (default: book/generated/ledger.md)")
     c = sub.add_parser("check-html", help="check the rendered book: raw TeX, MathJax errors, tracebacks, warnings, "
                                           "absolute paths, missing images and figures, over-wide tables/formulas")
     html_check.add_arguments(c)
@@ -46,6 +62,22 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--update-readme", action="store_true", help="rewrite the table in README.md instead")
     sub.add_parser("reference", help="write book/generated/reference.md")
     return p
+
+
+def run_options(args: argparse.Namespace) -> RunOptions:
+    """The build's model, device, dtype and device map, checked before any chapter runs (UsageError)."""
+    from ..preflight import UsageError, check_device, check_dtype, check_model
+
+    if args.model:
+        check_model(args.model, option="--model (MODEL)")
+    if args.device:
+        check_device(args.device, option="--device (DEVICE)")
+    if args.dtype:
+        check_dtype(args.dtype, option="--dtype (DTYPE)")
+    if args.device_map and not (args.device or "").startswith("cuda"):
+        raise UsageError("--device-map auto (DEVICE_MAP=auto) needs --device cuda (DEVICE=cuda): the chapters put "
+                         "their inputs on that device")
+    return RunOptions(args.model, args.device, args.dtype, args.device_map)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,8 +102,21 @@ def main(argv: list[str] | None = None) -> int:
             if args.cmd == "lab":
                 return lab.run(root, port=args.port, no_browser=args.no_browser)
             if args.cmd == "build":
+                from ..models import DEFAULT_MODEL
+
+                if args.out is not None and not args.model:
+                    raise UsageError("--out (make book OUT=...) needs --model (MODEL=...): the default model's book "
+                                     "is the repository's own")
+                if args.model and args.model != DEFAULT_MODEL and args.out is None:
+                    raise UsageError(f"--model {args.model} needs --out DIR (make book MODEL=... OUT=...): the "
+                                     f"default book (_build/) stays {DEFAULT_MODEL}'s")
+                options = run_options(args)
                 build(root, only=args.only, skip_execute=args.skip_execute, timeout=args.timeout,
-                      check=not args.no_check, browser_check=args.browser_check)
+                      check=not args.no_check, browser_check=args.browser_check, out=args.out, options=options)
+            elif args.cmd == "ledger":
+                results = Path(args.results) if args.results else root / RESULTS_DIR
+                print(write_ledger(results, existing_chapters(root, warn=False),
+                                   Path(args.output) if args.output else default_ledger_path(root)))
             elif args.cmd == "execute":
                 stems = [s for s in existing_chapters(root) if not args.stems or s in args.stems]
                 failures = execute_chapters(root, stems, timeout=args.timeout)

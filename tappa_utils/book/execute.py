@@ -1,15 +1,21 @@
-"""Executing the chapters with papermill: each into `book/executed/<stem>.ipynb`, a failure reported with its cell."""
+"""Executing the chapters with papermill: each into `book/executed/<stem>.ipynb`, a failure reported with its cell.
+
+Kernels talk to papermill over IPC (local sockets) rather than TCP: nothing is exposed on the network, and ipykernel
+has no reason to warn about unencrypted TCP once per chapter in the build log.
+"""
 from __future__ import annotations
 
+import os
 import sys
 import time
 import traceback
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 from ..io import atomic_path
-from .layout import EXECUTED_DIR, RESULTS_DIR, BookError, notebook_path
+from .layout import BookError, Target, notebook_path
 
 HIDDEN_TAGS = ("parameters", "injected-parameters")
 
@@ -72,12 +78,38 @@ def _failure_from(exc: Exception, notebook: Path, executed: Path | None) -> Note
     return NotebookFailure(str(notebook), index, head, error, str(executed) if executed else None)
 
 
+@contextmanager
+def environment(env: dict[str, str] | None) -> Iterator[None]:
+    """Set environment variables (inherited by the kernels started inside) and restore them on exit."""
+    env = env or {}
+    before = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _ipc_config():
+    """Kernel-manager configuration: IPC transport (local sockets, no TCP port, no unencrypted-TCP warning)."""
+    from traitlets.config import Config
+
+    config = Config()
+    config.KernelManager.transport = "ipc"
+    return config
+
+
 def execute_notebook(notebook: str | Path, output: str | Path, parameters: dict | None = None,
                      cwd: str | Path | None = None, timeout: int | None = None,
-                     kernel_name: str = "python3") -> NotebookFailure | None:
+                     kernel_name: str = "python3", env: dict[str, str] | None = None) -> NotebookFailure | None:
     """Execute `notebook` with papermill into `output` (written only on success); the failure, if any.
 
-    On failure the partially executed copy is kept at `output` + `.failed.ipynb` for inspection.
+    On failure the partially executed copy is kept at `output` + `.failed.ipynb` for inspection. `env`: variables
+    the kernel sees (set for the duration of the run only).
     """
     import papermill as pm
 
@@ -87,9 +119,10 @@ def execute_notebook(notebook: str | Path, output: str | Path, parameters: dict 
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(f".{output.stem}.running.ipynb")
     try:
-        pm.execute_notebook(str(notebook), str(tmp), parameters=parameters or {}, kernel_name=kernel_name,
-                            cwd=str(cwd) if cwd else None, progress_bar=False, execution_timeout=timeout,
-                            request_save_on_cell_execute=False)
+        with environment(env):
+            pm.execute_notebook(str(notebook), str(tmp), parameters=parameters or {}, kernel_name=kernel_name,
+                                cwd=str(cwd) if cwd else None, progress_bar=False, execution_timeout=timeout,
+                                request_save_on_cell_execute=False, config=_ipc_config())
     except Exception as exc:  # noqa: BLE001 - every failure is reported with its cell
         failed = output.with_name(f"{output.stem}.failed.ipynb")
         if tmp.exists():
@@ -100,16 +133,23 @@ def execute_notebook(notebook: str | Path, output: str | Path, parameters: dict 
 
 
 def execute_chapters(root: Path, stems: Iterable[str], timeout: int | None = None,
-                     extra_parameters: dict | None = None) -> list[NotebookFailure]:
-    """Execute each chapter on its default parameters into book/executed/<stem>.ipynb; the failures."""
+                     extra_parameters: dict | None = None, target: Target | None = None,
+                     env: dict[str, str] | None = None) -> list[NotebookFailure]:
+    """Execute each chapter into `<book>/book/executed/<stem>.ipynb` with `out_dir` = `<results>/<stem>` (see
+    `Target`; default: the repository's own book) and `extra_parameters` over its defaults; the failures.
+
+    Each chapter's wall time is printed to the build log (never onto its page).
+    """
+    target = target or Target(root)
     failures = []
     for stem in stems:
-        out_dir = root / RESULTS_DIR / stem
-        output = root / EXECUTED_DIR / f"{stem}.ipynb"
+        out_dir = target.results / stem
+        output = target.executed / f"{stem}.ipynb"
         t0 = time.time()
-        print(f"executing notebooks/{stem}.ipynb -> {output.relative_to(root)}", flush=True)
+        print(f"executing notebooks/{stem}.ipynb -> {_shown(output, root)}", flush=True)
         failure = execute_notebook(notebook_path(stem, root), output,
-                                   {"out_dir": str(out_dir), **(extra_parameters or {})}, cwd=root, timeout=timeout)
+                                   {"out_dir": str(out_dir), **(extra_parameters or {})}, cwd=root, timeout=timeout,
+                                   env=env)
         if failure is None:
             hide_parameter_cells(output)
             print(f"  done in {time.time() - t0:.0f} s", flush=True)
@@ -117,3 +157,11 @@ def execute_chapters(root: Path, stems: Iterable[str], timeout: int | None = Non
             print("  FAILED\n" + failure.describe(), file=sys.stderr, flush=True)
             failures.append(failure)
     return failures
+
+
+def _shown(path: Path, root: Path) -> str:
+    """`path` relative to the root when it lies inside, else as given."""
+    try:
+        return str(path.relative_to(root))
+    except ValueError:
+        return str(path)

@@ -147,7 +147,7 @@ def reference_markdown(root: Path | None = None) -> str:
     return "\n".join(out)
 
 
-def write_reference(root: Path | None = None) -> Path:
-    """Write book/generated/reference.md."""
+def write_reference(root: Path | None = None, path: str | Path | None = None) -> Path:
+    """Write the reference page to `path` (default: book/generated/reference.md under the root)."""
     root = root or find_root()
-    return atomic_write_text(root / GENERATED_DIR / "reference.md", reference_markdown(root))
+    return atomic_write_text(Path(path) if path else root / GENERATED_DIR / "reference.md", reference_markdown(root))

@@ -1,0 +1,165 @@
+"""The ledger (`book/generated/ledger.md`): every claim of the paper, with its verdict on the book's model.
+
+Built from each chapter's `results.json` (rows written by `results.save_checks`) and `run_info.json` (the model it
+ran on), through `tappa_utils.verdicts.ledger_rows`, so it is true of whatever model the chapters ran on and never
+typed by hand. `make book` writes it after executing the chapters; `python -m tappa_utils.book ledger` writes it
+from existing results.
+"""
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..io import atomic_write_text
+from .layout import EXECUTED_DIR, GENERATED_DIR, BookError, find_root
+
+STATUSES = ("supported", "not supported", "inconclusive", "mixed", "not run")
+
+
+@dataclass
+class ChapterResults:
+    """What one chapter left in its result folder: its rows (None: no results.json) and the model it ran on."""
+
+    stem: str
+    rows: list[dict[str, Any]] | None
+    model: str | None = None
+    problems: list[str] = field(default_factory=list)
+
+
+def model_label(name: str | None) -> str:
+    """A model as a reader should see it: a hub id or a built-in name as is, a local folder by its last component
+    (the build machine's absolute paths stay off the pages)."""
+    if not name:
+        return "unknown model"
+    name = str(name).rstrip("/")
+    if "/" in name and (name.startswith(("/", ".", "~")) or Path(name).expanduser().exists()):
+        return Path(name).name
+    return name
+
+
+def read_chapter(folder: Path, stem: str) -> ChapterResults:
+    """The rows and model of one chapter's result folder (`folder/<stem>`); unreadable files become problems."""
+    out = ChapterResults(stem, None)
+    base = folder / stem
+    try:
+        rows = json.loads((base / "results.json").read_text())
+        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+            raise ValueError("not a list of rows")
+        out.rows = rows
+    except FileNotFoundError:
+        pass
+    except (OSError, ValueError) as e:
+        out.problems.append(f"{stem}/results.json cannot be read ({e})")
+    try:
+        info = json.loads((base / "run_info.json").read_text())
+        out.model = (info.get("params") or {}).get("model")
+    except (OSError, ValueError, AttributeError):
+        pass
+    return out
+
+
+def read_results(folder: str | Path, stems: list[str]) -> dict[str, ChapterResults]:
+    """`read_chapter` for each chapter stem, in order."""
+    return {s: read_chapter(Path(folder), s) for s in stems}
+
+
+def claim_status(status: str) -> str:
+    """A ledger row's status (several checks of one claim joined by '; ') as one of `STATUSES`."""
+    parts = {p.strip() for p in status.split(";") if p.strip()}
+    if not parts or parts <= {"not run"}:
+        return "not run"
+    if len(parts) == 1:
+        return parts.pop()
+    if "supported" in parts and "not supported" in parts:
+        return "mixed"
+    return "supported" if parts == {"supported"} else "inconclusive"
+
+
+def _cell(text: Any) -> str:
+    return " ".join(str(text).replace("|", "\\|").split())
+
+
+def ledger_markdown(chapters: dict[str, ChapterResults], linked: set[str] | None = None,
+                    model: str | None = None) -> str:
+    """The ledger page: a header naming the model and counting the claims by status, then one row per claim.
+
+    Parameters
+    ----------
+    chapters
+        Each chapter's results (`read_results`); chapters without results count their claims as "not run".
+    linked
+        Stems whose executed page is in the same book (linked with `{doc}`); the others are named only.
+    model
+        The model to name when no chapter recorded one (e.g. a book whose chapters all failed).
+    """
+    from .. import claims as C
+    from .. import verdicts as V
+
+    linked = linked or set()
+    rows = V.ledger_rows({s: ch.rows for s, ch in chapters.items() if ch.rows is not None})
+    ran = {s for s, ch in chapters.items() if ch.rows is not None}
+    models = Counter(model_label(ch.model) for ch in chapters.values() if ch.rows is not None and ch.model)
+    if not models and model:
+        models[model_label(model)] = 0
+    title = ", ".join(models) if models else "unknown model"
+    counts = Counter(claim_status(r["status"]) for r in rows)
+    out = [f"# Ledger: the paper's claims on {title}", "",
+           "Every claim of the paper that the book tests, with its verdict on this model, generated from the "
+           "chapters' results (`results.json`) by `python -m tappa_utils.book ledger`. A claim is *supported* only "
+           "when its effect clears the margin fixed in advance in `tappa_utils/claims.py` with its interval (and "
+           "p < 0.05); *not supported* when the interval lies on the wrong side; *inconclusive* otherwise.", "",
+           f"**Model:** {title}" + (f" (chapters disagree: {', '.join(f'{m} in {n}' for m, n in models.items())} "
+                                    "chapter(s))" if len(models) > 1 else "") + ".", "",
+           f"**{len(rows)} claims:** " + ", ".join(f"{counts.get(s, 0)} {s}" for s in STATUSES
+                                                  if s != "mixed" or counts.get(s)) + ".", ""]
+    problems = [p for ch in chapters.values() for p in ch.problems]
+    if problems:
+        out += ["**Unreadable results:** " + "; ".join(problems) + ".", ""]
+    missing = [s for s in chapters if s not in ran and C.by_chapter(s)]
+    if missing:
+        out += ["Chapters without results (their claims are *not run*): " + ", ".join(f"`{s}`" for s in missing)
+                + ".", ""]
+    out += ["| chapter | claim | paper | status | effect [interval] | needed | assumptions measured |",
+            "| --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        stem = r["chapter"]
+        chapter = f"{{doc}}`{stem[:2]} <../executed/{stem}>`" if stem in linked else stem[:2]
+        status = r["status"] if stem in ran else "not run"
+        if stem in ran and status == "not run":
+            status = "not tested (the chapter ran without it)"
+        mark = {"mixed": "✔✘"}.get(claim_status(r["status"])) or V.STATUS_MARK.get(claim_status(r["status"]), "·")
+        needed = r["needed"]
+        if needed == "n/a" and r["id"] in C.REGISTRY:  # untested: what the registry will ask of it
+            s = C.REGISTRY[r["id"]]
+            if s.threshold is not None:
+                needed = V.bar_text({"kind": "claim", "relation": s.relation, "predicted": s.threshold,
+                                     "tolerance": s.margin})
+        out.append(f"| {chapter} | {_cell(r['statement'])} | {_cell(r['paper'])} | {mark} {_cell(status)} | "
+                   f"{_cell(r['effect'])} | {_cell(needed)} | {_cell(r['assumptions'])} |")
+    out += ["", "Effects are the measured values with their bootstrap intervals and p-values (see each chapter's "
+                "*What held on this model*); *needed* is what the registry asks of the effect."]
+    return "\n".join(out) + "\n"
+
+
+def linked_chapters(ledger_path: Path, stems: list[str]) -> set[str]:
+    """Stems whose executed notebook sits beside the ledger's folder (`../executed/<stem>.ipynb`)."""
+    executed = ledger_path.parent.parent / Path(EXECUTED_DIR).name
+    return {s for s in stems if (executed / f"{s}.ipynb").is_file()}
+
+
+def write_ledger(results: str | Path, stems: list[str], path: str | Path, model: str | None = None) -> Path:
+    """Write the ledger of the chapters `stems` from `results/<stem>/` to `path`; the path."""
+    results, path = Path(results), Path(path)
+    if not results.is_dir():
+        raise BookError(f"results folder {results} does not exist; run the chapters first (make book) or pass "
+                        "--results DIR")
+    chapters = read_results(results, stems)
+    return atomic_write_text(path, ledger_markdown(chapters, linked_chapters(path, stems), model=model))
+
+
+def default_ledger_path(root: Path | None = None) -> Path:
+    """`book/generated/ledger.md` under the root."""
+    return (root or find_root()) / GENERATED_DIR / "ledger.md"
