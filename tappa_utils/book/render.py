@@ -92,11 +92,12 @@ def prepare_out(target: Target) -> None:
 
     root, out = target.root, target.out
     assert out is not None
-    out = check_out_dir(out, option="OUT", command=BOOK_MARKER_COMMAND)
-    default = {root, root / "_build", root / EXECUTED_DIR, root / GENERATED_DIR, root / "notebooks"}
-    if out in default or any(out.is_relative_to(d) for d in default - {root}) or root.is_relative_to(out):
+    out, root = Path(out).expanduser().resolve(), root.resolve()
+    default = {root / "_build", root / EXECUTED_DIR, root / GENERATED_DIR, root / "notebooks"}
+    if root.is_relative_to(out) or any(out.is_relative_to(d) for d in default):
         raise BookError(f"OUT {out} would overwrite the default book or the sources; choose a folder of its own "
                         "(e.g. books/<model>)")
+    out = check_out_dir(out, option="OUT", command=BOOK_MARKER_COMMAND)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / MARKER, {"command": BOOK_MARKER_COMMAND, "files": list(BOOK_ENTRIES),
                                      "written": time.strftime("%Y-%m-%dT%H:%M:%S")})
