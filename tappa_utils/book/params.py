@@ -73,6 +73,33 @@ def notebook_parameters(path: str | Path) -> list[Parameter]:
         raise BookError(f"{path}: {e}") from None
 
 
+def papermill_mismatches(path: str | Path) -> list[str]:
+    """Where papermill's own reading of a notebook's parameters (`papermill.inspect_notebook`, what `-p` and
+    `--help-notebook` use) differs from ours: a parameter it cannot see (it drops, with "Unable to parse line N", a
+    line holding several `=`, e.g. `>=` in the comment; `-p` then warns "Passed unknown parameter") or reads
+    with another default. Empty when they agree."""
+    import logging
+
+    from papermill.inspection import inspect_notebook
+
+    logger = logging.getLogger("papermill")
+    level = logger.level
+    logger.setLevel(logging.ERROR)  # its "Unable to parse" warning is what this function reports
+    try:
+        theirs = inspect_notebook(str(path))
+    finally:
+        logger.setLevel(level)
+    out = []
+    for p in notebook_parameters(path):
+        if p.name not in theirs:
+            out.append(f"{Path(path).name}: papermill cannot parse parameter {p.name!r} (a line with several '=', "
+                       "e.g. '>=' or '=' in its comment: reword the comment)")
+        elif theirs[p.name]["default"] != p.default:
+            out.append(f"{Path(path).name}: papermill reads {p.name!r} = {theirs[p.name]['default']!r}, not "
+                       f"{p.default!r}")
+    return out
+
+
 def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
