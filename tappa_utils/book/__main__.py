@@ -4,6 +4,7 @@
     python -m tappa_utils.book build --model Qwen/Qwen2.5-0.5B --out books/qwen --device cuda --dtype bfloat16
                                                   # a whole book for another model, in its own folder
     python -m tappa_utils.book ledger             # write book/generated/ledger.md from _build/results
+    python -m tappa_utils.book null --out /tmp/null  # the claim chapters on random:tappa-tiny, verdicts side by side
     python -m tappa_utils.book execute 00_reading # execute chapters only (into book/executed/)
     python -m tappa_utils.book params-table       # print the README's notebook parameter table
     python -m tappa_utils.book params-table --update-readme
@@ -47,6 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--dtype", help="dtype of every chapter (float32, bfloat16, float16; make book DTYPE=...)")
     b.add_argument("--device-map", choices=["auto"], help="spread the model over several GPUs in every chapter "
                                                           "(needs --device cuda; make book DEVICE_MAP=auto)")
+    n = sub.add_parser("null", help="run the claim-bearing chapters' smoke parameters on a random-weight model and "
+                                    "print each claim's verdict beside the book's (the null book)")
+    n.add_argument("--out", metavar="DIR", required=True, help="folder for the runs (results/<stem>, notebooks)")
+    n.add_argument("--model", default=None, help="the random-weight model (default: random:tappa-tiny)")
+    n.add_argument("--workers", type=int, default=2, help="chapters run at once (default: 2)")
+    n.add_argument("--compare", metavar="DIR", help=f"results to show beside (default: {RESULTS_DIR})")
     g = sub.add_parser("ledger", help="write the ledger (every claim's verdict) from existing chapter results")
     g.add_argument("--results", metavar="DIR", help=f"the chapters' result folders (default: {RESULTS_DIR})")
     g.add_argument("--output", metavar="FILE", help="where to write it (default: book/generated/ledger.md)")
@@ -82,7 +89,7 @@ def run_options(args: argparse.Namespace) -> RunOptions:
 
 def main(argv: list[str] | None = None) -> int:
     """Command line entry point (see the module docstring); exit status 1 on a failed build, 2 on bad input."""
-    from ..preflight import UsageError, run_cli
+    from ..preflight import UsageError, check_model, run_cli
 
     def body() -> int:
         args = build_parser().parse_args(argv)
@@ -113,6 +120,22 @@ def main(argv: list[str] | None = None) -> int:
                 options = run_options(args)
                 build(root, only=args.only, skip_execute=args.skip_execute, timeout=args.timeout,
                       check=not args.no_check, browser_check=args.browser_check, out=args.out, options=options)
+            elif args.cmd == "null":
+                from ..preflight import check_out_dir, check_positive
+                from .nullbook import NULL_MODEL, claim_chapters, run_null_book, side_by_side
+
+                model = args.model or NULL_MODEL
+                check_model(model, option="--model")
+                check_positive(args.workers, "--workers")
+                out = check_out_dir(args.out)
+                stems = claim_chapters(root)
+                failures = {s: f for s, f in run_null_book(root, out, stems, model, args.workers).items() if f}
+                for f in failures.values():
+                    print(f.describe(), file=sys.stderr)
+                compare = Path(args.compare) if args.compare else root / RESULTS_DIR
+                sys.stdout.write(side_by_side({"this book": compare, model: out}, stems))
+                if failures:
+                    return 1
             elif args.cmd == "ledger":
                 results = Path(args.results) if args.results else root / RESULTS_DIR
                 print(write_ledger(results, existing_chapters(root, warn=False),
