@@ -1,7 +1,8 @@
 # TAPPA Book: two commands, each doing all the set-up on a fresh machine (Python 3.11 + make).
 #   make book   - create .venv if missing, install, execute every chapter with papermill, render the HTML book
 #                 MODEL=<id or folder> OUT=<folder>: a whole book for another model in OUT (the default book is
-#                 untouched); DEVICE=cuda DTYPE=bfloat16 DEVICE_MAP=auto reach every chapter
+#                 untouched); DEVICE=cuda DTYPE=bfloat16 DEVICE_MAP=auto reach every chapter; JOBS=N chapters
+#                 at once (default 2 for the default book, 1 with OUT)
 #   make test   - same set-up, then pytest (unit tests + a papermill smoke run of every notebook)
 #   make lab    - same set-up, then JupyterLab on notebooks/ with this environment (no browser without a display)
 # The install is skipped when requirements.txt and pyproject.toml have not changed since the last one
@@ -18,8 +19,10 @@ OUT ?=
 DEVICE ?=
 DTYPE ?=
 DEVICE_MAP ?=
+JOBS ?=
 BOOK_ARGS := $(if $(MODEL),--model "$(MODEL)") $(if $(OUT),--out "$(OUT)") $(if $(DEVICE),--device "$(DEVICE)") \
-             $(if $(DTYPE),--dtype "$(DTYPE)") $(if $(DEVICE_MAP),--device-map "$(DEVICE_MAP)")
+             $(if $(DTYPE),--dtype "$(DTYPE)") $(if $(DEVICE_MAP),--device-map "$(DEVICE_MAP)") \
+             $(if $(JOBS),--jobs "$(JOBS)")
 
 .PHONY: all book test lab venv params-table clean help
 

@@ -37,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--only", nargs="+", metavar="STEM", help="execute only these chapters (others: reuse earlier runs)")
     b.add_argument("--skip-execute", action="store_true", help="render the already executed notebooks only")
     b.add_argument("--timeout", type=int, default=None, help="per-cell timeout in seconds (default: none)")
+    b.add_argument("--jobs", type=int, default=None,
+                   help="chapters executed at once (default: 2 for the default book on 2+ cores, 1 with --out; "
+                        "make book JOBS=...)")
     b.add_argument("--no-check", action="store_true", help="do not check the rendered HTML (see check-html)")
     b.add_argument("--browser-check", action="store_true",
                    help="also check the maths as MathJax renders it, in headless Chromium (check-html --browser)")
@@ -89,7 +92,7 @@ def run_options(args: argparse.Namespace) -> RunOptions:
 
 def main(argv: list[str] | None = None) -> int:
     """Command line entry point (see the module docstring); exit status 1 on a failed build, 2 on bad input."""
-    from ..preflight import UsageError, check_model, run_cli
+    from ..preflight import UsageError, check_model, check_positive, run_cli
 
     def body() -> int:
         args = build_parser().parse_args(argv)
@@ -118,10 +121,13 @@ def main(argv: list[str] | None = None) -> int:
                     raise UsageError(f"--model {args.model} needs --out DIR (make book MODEL=... OUT=...): the "
                                      f"default book (_build/) stays {DEFAULT_MODEL}'s")
                 options = run_options(args)
+                if args.jobs is not None:
+                    check_positive(args.jobs, "--jobs (JOBS)")
                 build(root, only=args.only, skip_execute=args.skip_execute, timeout=args.timeout,
-                      check=not args.no_check, browser_check=args.browser_check, out=args.out, options=options)
+                      check=not args.no_check, browser_check=args.browser_check, out=args.out, options=options,
+                      jobs=args.jobs)
             elif args.cmd == "null":
-                from ..preflight import check_out_dir, check_positive
+                from ..preflight import check_out_dir
                 from .nullbook import NULL_MODEL, claim_chapters, run_null_book, side_by_side
 
                 model = args.model or NULL_MODEL

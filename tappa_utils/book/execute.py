@@ -68,7 +68,8 @@ def _failure_from(exc: Exception, notebook: Path, executed: Path | None) -> Note
         error = "".join(traceback.format_exception_only(type(exc), exc)).strip()
     if index is not None and executed is not None and executed.exists():
         try:  # papermill counts its injected-parameters cell; report the index in notebooks/<stem>.ipynb
-            cells = nbformat.read(str(executed), as_version=4).cells
+            cells = [c for c in nbformat.read(str(executed), as_version=4).cells  # without papermill's error banners
+                     if "papermill-error-cell-tag" not in c.metadata.get("tags", [])]
             injected = [i for i, c in enumerate(cells) if "injected-parameters" in c.metadata.get("tags", [])]
             if injected and injected[0] < index:
                 index -= 1
@@ -95,11 +96,19 @@ def environment(env: dict[str, str] | None) -> Iterator[None]:
 
 
 def _ipc_config():
-    """Kernel-manager configuration: IPC transport (local sockets, no TCP port, no unencrypted-TCP warning)."""
+    """Kernel-manager configuration: IPC transport (local sockets, no TCP port, no unencrypted-TCP warning).
+
+    The sockets get a unique prefix in the temporary folder: jupyter-client's default (`kernel-ipc-N` in the
+    working directory) would litter the repository and collide between chapters run at the same time.
+    """
+    import tempfile
+    import uuid
+
     from traitlets.config import Config
 
     config = Config()
     config.KernelManager.transport = "ipc"
+    config.KernelManager.ip = os.path.join(tempfile.gettempdir(), f"tappa-kernel-{uuid.uuid4().hex[:12]}")
     return config
 
 
@@ -132,31 +141,77 @@ def execute_notebook(notebook: str | Path, output: str | Path, parameters: dict 
     return None
 
 
+@dataclass(frozen=True)
+class Job:
+    """One notebook to execute: what `execute_notebook` takes."""
+
+    notebook: str
+    output: str
+    parameters: dict
+    cwd: str
+    timeout: int | None = None
+    env: dict | None = None
+
+
+def _run_job(job: Job) -> tuple[NotebookFailure | None, float]:
+    t0 = time.time()
+    failure = execute_notebook(job.notebook, job.output, job.parameters, cwd=job.cwd, timeout=job.timeout,
+                               env=job.env)
+    return failure, time.time() - t0
+
+
+def run_jobs(jobs: dict[str, Job], workers: int = 1) -> Iterator[tuple[str, NotebookFailure | None, float]]:
+    """Execute the jobs, `workers` at a time (each in its own spawned process when more than one); yields
+    (name, failure or None, seconds) as each finishes.
+
+    With several workers each kernel gets `cpu_count // workers` threads (OMP/MKL), so the runs share the cores
+    instead of oversubscribing them; the single-threaded parts of a chapter (kernel start, imports, plotting)
+    then overlap with another chapter's computation.
+    """
+    if workers <= 1 or len(jobs) <= 1:
+        for name, job in jobs.items():
+            yield (name, *_run_job(job))
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    threads = str(max(1, (os.cpu_count() or 1) // workers))
+    limited = {n: Job(j.notebook, j.output, j.parameters, j.cwd, j.timeout,
+                      {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, **(j.env or {})})
+               for n, j in jobs.items()}
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(_run_job, job): name for name, job in limited.items()}
+        for future in as_completed(futures):
+            yield (futures[future], *future.result())
+
+
 def execute_chapters(root: Path, stems: Iterable[str], timeout: int | None = None,
                      extra_parameters: dict | None = None, target: Target | None = None,
-                     env: dict[str, str] | None = None) -> list[NotebookFailure]:
+                     env: dict[str, str] | None = None, jobs: int = 1) -> list[NotebookFailure]:
     """Execute each chapter into `<book>/book/executed/<stem>.ipynb` with `out_dir` = `<results>/<stem>` (see
-    `Target`; default: the repository's own book) and `extra_parameters` over its defaults; the failures.
+    `Target`; default: the repository's own book) and `extra_parameters` over its defaults, `jobs` chapters at a
+    time (see `run_jobs`); the failures, in book order.
 
     Each chapter's wall time is printed to the build log (never onto its page).
     """
     target = target or Target(root)
-    failures = []
+    stems = list(stems)
+    todo = {}
     for stem in stems:
-        out_dir = target.results / stem
         output = target.executed / f"{stem}.ipynb"
-        t0 = time.time()
-        print(f"executing notebooks/{stem}.ipynb -> {_shown(output, root)}", flush=True)
-        failure = execute_notebook(notebook_path(stem, root), output,
-                                   {"out_dir": str(out_dir), **(extra_parameters or {})}, cwd=root, timeout=timeout,
-                                   env=env)
+        todo[stem] = Job(str(notebook_path(stem, root)), str(output),
+                         {"out_dir": str(target.results / stem), **(extra_parameters or {})}, str(root), timeout, env)
+    print(f"executing {len(stems)} chapter(s)" + (f", {jobs} at a time" if jobs > 1 and len(stems) > 1 else "")
+          + f" into {_shown(target.executed, root)}", flush=True)
+    failures = {}
+    for stem, failure, seconds in run_jobs(todo, jobs):
         if failure is None:
-            hide_parameter_cells(output)
-            print(f"  done in {time.time() - t0:.0f} s", flush=True)
+            hide_parameter_cells(todo[stem].output)
+            print(f"  {stem}: done in {seconds:.0f} s", flush=True)
         else:
-            print("  FAILED\n" + failure.describe(), file=sys.stderr, flush=True)
-            failures.append(failure)
-    return failures
+            print(f"  {stem}: FAILED after {seconds:.0f} s\n" + failure.describe(), file=sys.stderr, flush=True)
+            failures[stem] = failure
+    return [failures[s] for s in stems if s in failures]
 
 
 def _shown(path: Path, root: Path) -> str:

@@ -9,13 +9,10 @@ verdicts back from their `results.json`; `side_by_side` tabulates two books' ver
 from __future__ import annotations
 
 import json
-import multiprocessing
-import os
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from .execute import NotebookFailure, execute_notebook
+from .execute import Job, NotebookFailure, run_jobs
 from .layout import existing_chapters, notebook_path
 from .ledger import claim_status, read_results
 
@@ -36,28 +33,17 @@ def smoke_parameters(root: Path, stem: str) -> dict[str, Any]:
     return dict(meta.get("tappa", {}).get("smoke", {}))
 
 
-def _run_one(job: tuple[str, str, str, dict, int | None, dict]) -> NotebookFailure | None:
-    notebook, output, cwd, parameters, timeout, env = job
-    return execute_notebook(notebook, output, parameters, cwd=cwd, timeout=timeout, env=env)
-
-
 def run_null_book(root: Path, out: str | Path, stems: list[str] | None = None, model: str = NULL_MODEL,
                   workers: int = 2, timeout: int | None = 600) -> dict[str, NotebookFailure | None]:
-    """Execute `stems` (default: `claim_chapters`) on `model` with their smoke parameters, `workers` at a time;
-    each chapter's results in `out/<stem>`, its executed copy in `out/<stem>.ipynb`. The failures by chapter.
-
-    Each kernel gets `cpu_count // workers` threads so that the runs share the machine instead of fighting.
-    """
+    """Execute `stems` (default: `claim_chapters`) on `model` with their smoke parameters, `workers` at a time
+    (`execute.run_jobs`); each chapter's results in `out/<stem>`, its executed copy in `out/<stem>.ipynb`. The
+    failures by chapter (None: it ran)."""
     out = Path(out)
     stems = claim_chapters(root) if stems is None else stems
-    threads = str(max(1, (os.cpu_count() or 1) // max(1, workers)))
-    env = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
-    jobs = [(str(notebook_path(s, root)), str(out / f"{s}.ipynb"), str(root),
-             {**smoke_parameters(root, s), "model": model, "out_dir": str(out / s)}, timeout, env) for s in stems]
-    if workers <= 1 or len(jobs) <= 1:
-        return {s: _run_one(j) for s, j in zip(stems, jobs)}
-    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return dict(zip(stems, pool.map(_run_one, jobs)))
+    jobs = {s: Job(str(notebook_path(s, root)), str(out / f"{s}.ipynb"),
+                   {**smoke_parameters(root, s), "model": model, "out_dir": str(out / s)}, str(root), timeout)
+            for s in stems}
+    return {name: failure for name, failure, _ in run_jobs(jobs, workers)}
 
 
 def claim_statuses(results: str | Path, stems: list[str]) -> dict[str, dict[str, list[str]]]:

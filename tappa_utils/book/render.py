@@ -115,14 +115,24 @@ def prepare_out(target: Target) -> None:
             shutil.copy2(src, (out / page).with_suffix(".md"))
 
 
+def default_jobs(target: Target) -> int:
+    """Chapters executed at once by default: two for the default book on a machine with two cores or more (its
+    model is small; the chapters' single-threaded parts overlap), one for another model's book (two copies of a
+    large model may not fit in memory)."""
+    import os
+
+    return 2 if target.out is None and (os.cpu_count() or 1) >= 2 else 1
+
+
 def build(root: Path | None = None, only: list[str] | None = None, skip_execute: bool = False,
           timeout: int | None = None, check: bool = True, browser_check: bool = False,
-          out: str | Path | None = None, options: RunOptions | None = None) -> Path:
+          out: str | Path | None = None, options: RunOptions | None = None, jobs: int | None = None) -> Path:
     """Execute the chapters, write the reference page, the ledger and the effective toc, render the HTML, check
     it; the index.
 
-    `out` (with `options.model`): build another model's book entirely under that folder (see `Target`). The check
-    (`tappa_utils.book.html_check`) raises BookError after listing every problem of the rendered pages.
+    `out` (with `options.model`): build another model's book entirely under that folder (see `Target`). `jobs`:
+    chapters executed at once (default `default_jobs`). The check (`tappa_utils.book.html_check`) raises BookError
+    after listing every problem of the rendered pages.
     """
     root = root or find_root()
     options = options or RunOptions()
@@ -140,7 +150,8 @@ def build(root: Path | None = None, only: list[str] | None = None, skip_execute:
     to_run = [s for s in stems if not only or s in only]
     if not skip_execute:
         failures = execute_chapters(root, to_run, timeout=timeout, extra_parameters=options.parameters(),
-                                    target=target, env=options.env())
+                                    target=target, env=options.env(),
+                                    jobs=jobs if jobs is not None else default_jobs(target))
         if failures:
             raise BookError(f"{len(failures)} notebook(s) failed:\n" + "\n".join(f.describe() for f in failures))
     rendered = [s for s in stems if (target.executed / f"{s}.ipynb").exists()]

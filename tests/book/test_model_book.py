@@ -148,3 +148,22 @@ def test_load_model_takes_the_device_map_from_the_environment(monkeypatch):
     with pytest.raises(RuntimeError, match="stop"):
         models.load_model("tappa-tiny")
     assert "dtype" in seen and "device_map" not in seen
+
+
+def test_chapters_run_two_at_a_time(tmp_path):
+    """jobs=2: each chapter in its own process with half the cores' threads; a failure still names its cell, and
+    failures come back in book order."""
+    root = _repo(tmp_path)
+    threads = "import json, os, pathlib\npathlib.Path(out_dir).mkdir(parents=True, exist_ok=True)\n" \
+              "(pathlib.Path(out_dir) / 'threads').write_text(os.environ.get('OMP_NUM_THREADS', 'unset'))"
+    _chapter(root / "notebooks" / "03_predictable.ipynb", "Predictable", threads)
+    _chapter(root / "notebooks" / "04_sinks.ipynb", "Sinks", "raise ValueError('sinks fail')")
+    _chapter(root / "notebooks" / "05_diagonal.ipynb", "Diagonal", threads)
+    failures = book.execute_chapters(root, ["03_predictable", "04_sinks", "05_diagonal"], timeout=120, jobs=2)
+    assert [f.notebook.endswith("04_sinks.ipynb") for f in failures] == [True]
+    assert "sinks fail" in failures[0].error and failures[0].cell_index == 2
+    expected = str(max(1, (os.cpu_count() or 1) // 2))
+    for stem in ("03_predictable", "05_diagonal"):
+        assert (root / "_build" / "results" / stem / "threads").read_text() == expected
+        assert (root / "book" / "executed" / f"{stem}.ipynb").is_file()
+    assert not (root / "book" / "executed" / "04_sinks.ipynb").exists()
