@@ -1,7 +1,8 @@
 """Executing the chapters with papermill: each into `book/executed/<stem>.ipynb`, a failure reported with its cell.
 
 Kernels talk to papermill over IPC (local sockets) rather than TCP: nothing is exposed on the network, and ipykernel
-has no reason to warn about unencrypted TCP once per chapter in the build log.
+has no reason to warn about unencrypted TCP once per chapter in the build log. The kernels' own log keeps only
+critical messages (see `KERNEL_ARGUMENTS`).
 """
 from __future__ import annotations
 
@@ -95,6 +96,12 @@ def environment(env: dict[str, str] | None) -> Iterator[None]:
                 os.environ[k] = v
 
 
+# The kernel's own log (not the chapter's output): jupyter-client interrupts every kernel before shutting it down,
+# and ipykernel logs "KeyboardInterrupt caught in kernel" at ERROR when that lands during a message; a cell's error
+# reaches papermill through the notebook, a dead kernel through nbclient, so only critical kernel logs are kept.
+KERNEL_ARGUMENTS = ("--IPKernelApp.log_level=CRITICAL",)
+
+
 def _ipc_config():
     """Kernel-manager configuration: IPC transport (local sockets, no TCP port, no unencrypted-TCP warning).
 
@@ -131,7 +138,8 @@ def execute_notebook(notebook: str | Path, output: str | Path, parameters: dict 
         with environment(env):
             pm.execute_notebook(str(notebook), str(tmp), parameters=parameters or {}, kernel_name=kernel_name,
                                 cwd=str(cwd) if cwd else None, progress_bar=False, execution_timeout=timeout,
-                                request_save_on_cell_execute=False, config=_ipc_config())
+                                request_save_on_cell_execute=False, config=_ipc_config(),
+                                extra_arguments=list(KERNEL_ARGUMENTS))
     except Exception as exc:  # noqa: BLE001 - every failure is reported with its cell
         failed = output.with_name(f"{output.stem}.failed.ipynb")
         if tmp.exists():
