@@ -2,7 +2,8 @@
 #   make book   - create .venv if missing, install, execute every chapter with papermill, render the HTML book
 #                 MODEL=<id or folder> OUT=<folder>: a whole book for another model in OUT (the default book is
 #                 untouched); DEVICE=cuda DTYPE=bfloat16 DEVICE_MAP=auto reach every chapter; JOBS=N chapters
-#                 at once (default 2 for the default book, 1 with OUT)
+#                 at once (default 2 for the default book, 1 with OUT); SMOKE=1 runs every chapter on its small
+#                 parameters (a quick complete book)
 #   make test   - same set-up, then pytest (unit tests + a papermill smoke run of every notebook)
 #   make lab    - same set-up, then JupyterLab on notebooks/ with this environment (no browser without a display)
 # The install is skipped when requirements.txt and pyproject.toml have not changed since the last one
@@ -20,9 +21,10 @@ DEVICE ?=
 DTYPE ?=
 DEVICE_MAP ?=
 JOBS ?=
+SMOKE ?=
 BOOK_ARGS := $(if $(MODEL),--model "$(MODEL)") $(if $(OUT),--out "$(OUT)") $(if $(DEVICE),--device "$(DEVICE)") \
              $(if $(DTYPE),--dtype "$(DTYPE)") $(if $(DEVICE_MAP),--device-map "$(DEVICE_MAP)") \
-             $(if $(JOBS),--jobs "$(JOBS)")
+             $(if $(JOBS),--jobs "$(JOBS)") $(if $(SMOKE),--smoke)
 
 .PHONY: all book test lab venv params-table clean help
 

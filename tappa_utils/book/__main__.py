@@ -40,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--jobs", type=int, default=None,
                    help="chapters executed at once (default: 2 for the default book on 2+ cores, 1 with --out; "
                         "make book JOBS=...)")
+    b.add_argument("--smoke", action="store_true",
+                   help="run every chapter on its small parameters (notebook metadata tappa.smoke): a quick complete "
+                        "book, e.g. to try a model or device first (make book SMOKE=1)")
     b.add_argument("--no-check", action="store_true", help="do not check the rendered HTML (see check-html)")
     b.add_argument("--browser-check", action="store_true",
                    help="also check the maths as MathJax renders it, in headless Chromium (check-html --browser)")
@@ -117,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
                 if args.out is not None and not args.model:
                     raise UsageError("--out (make book OUT=...) needs --model (MODEL=...): the default model's book "
                                      "is the repository's own")
+                if args.smoke and args.out is None:
+                    raise UsageError("--smoke (SMOKE=1) needs --out DIR (OUT=...): the default book is full-size")
                 if args.model and args.model != DEFAULT_MODEL and args.out is None:
                     raise UsageError(f"--model {args.model} needs --out DIR (make book MODEL=... OUT=...): the "
                                      f"default book (_build/) stays {DEFAULT_MODEL}'s")
@@ -125,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
                     check_positive(args.jobs, "--jobs (JOBS)")
                 build(root, only=args.only, skip_execute=args.skip_execute, timeout=args.timeout,
                       check=not args.no_check, browser_check=args.browser_check, out=args.out, options=options,
-                      jobs=args.jobs)
+                      jobs=args.jobs, smoke=args.smoke)
             elif args.cmd == "null":
                 from ..preflight import check_out_dir
                 from .nullbook import NULL_MODEL, claim_chapters, run_null_book, side_by_side

@@ -195,10 +195,11 @@ def run_jobs(jobs: dict[str, Job], workers: int = 1) -> Iterator[tuple[str, Note
 
 def execute_chapters(root: Path, stems: Iterable[str], timeout: int | None = None,
                      extra_parameters: dict | None = None, target: Target | None = None,
-                     env: dict[str, str] | None = None, jobs: int = 1) -> list[NotebookFailure]:
+                     env: dict[str, str] | None = None, jobs: int = 1,
+                     chapter_parameters: dict[str, dict] | None = None) -> list[NotebookFailure]:
     """Execute each chapter into `<book>/book/executed/<stem>.ipynb` with `out_dir` = `<results>/<stem>` (see
-    `Target`; default: the repository's own book) and `extra_parameters` over its defaults, `jobs` chapters at a
-    time (see `run_jobs`); the failures, in book order.
+    `Target`; default: the repository's own book), `chapter_parameters[stem]` then `extra_parameters` over its
+    defaults, `jobs` chapters at a time (see `run_jobs`); the failures, in book order.
 
     Each chapter's wall time is printed to the build log (never onto its page).
     """
@@ -208,7 +209,8 @@ def execute_chapters(root: Path, stems: Iterable[str], timeout: int | None = Non
     for stem in stems:
         output = target.executed / f"{stem}.ipynb"
         todo[stem] = Job(str(notebook_path(stem, root)), str(output),
-                         {"out_dir": str(target.results / stem), **(extra_parameters or {})}, str(root), timeout, env)
+                         {**(chapter_parameters or {}).get(stem, {}), "out_dir": str(target.results / stem),
+                          **(extra_parameters or {})}, str(root), timeout, env)
     print(f"executing {len(stems)} chapter(s)" + (f", {jobs} at a time" if jobs > 1 and len(stems) > 1 else "")
           + f" into {_shown(target.executed, root)}", flush=True)
     failures = {}

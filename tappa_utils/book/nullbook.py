@@ -8,13 +8,13 @@ verdicts back from their `results.json`; `side_by_side` tabulates two books' ver
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from .execute import Job, NotebookFailure, run_jobs
 from .layout import existing_chapters, notebook_path
 from .ledger import claim_status, read_results
+from .params import smoke_parameters
 
 NULL_MODEL = "random:tappa-tiny"
 
@@ -25,12 +25,6 @@ def claim_chapters(root: Path) -> list[str]:
 
     with_claims = {s.chapter for s in C.SPECS if s.kind == "claim"}
     return [s for s in existing_chapters(root, warn=False) if s in with_claims]
-
-
-def smoke_parameters(root: Path, stem: str) -> dict[str, Any]:
-    """A chapter's small parameters (`tappa.smoke` in its notebook metadata)."""
-    meta = json.loads(notebook_path(stem, root).read_text())["metadata"]
-    return dict(meta.get("tappa", {}).get("smoke", {}))
 
 
 def run_null_book(root: Path, out: str | Path, stems: list[str] | None = None, model: str = NULL_MODEL,

@@ -100,6 +100,14 @@ def papermill_mismatches(path: str | Path) -> list[str]:
     return out
 
 
+def smoke_parameters(root: Path, stem: str) -> dict:
+    """A chapter's small parameters (`tappa.smoke` in its notebook metadata; empty when it has none)."""
+    import json
+
+    meta = json.loads(notebook_path(stem, root).read_text()).get("metadata", {})
+    return dict(meta.get("tappa", {}).get("smoke", {}))
+
+
 def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 

@@ -20,6 +20,7 @@ from .execute import execute_chapters
 from .layout import EXECUTED_DIR, GENERATED_DIR, BookError, Target, chapter_stems, existing_chapters, find_root, \
     toc_files, write_effective_toc, _load_yaml
 from .ledger import model_label, write_ledger
+from .params import smoke_parameters
 from .reference import write_reference
 
 BOOK_MARKER_COMMAND = "book"
@@ -126,16 +127,20 @@ def default_jobs(target: Target) -> int:
 
 def build(root: Path | None = None, only: list[str] | None = None, skip_execute: bool = False,
           timeout: int | None = None, check: bool = True, browser_check: bool = False,
-          out: str | Path | None = None, options: RunOptions | None = None, jobs: int | None = None) -> Path:
+          out: str | Path | None = None, options: RunOptions | None = None, jobs: int | None = None,
+          smoke: bool = False) -> Path:
     """Execute the chapters, write the reference page, the ledger and the effective toc, render the HTML, check
     it; the index.
 
     `out` (with `options.model`): build another model's book entirely under that folder (see `Target`). `jobs`:
-    chapters executed at once (default `default_jobs`). The check (`tappa_utils.book.html_check`) raises BookError
-    after listing every problem of the rendered pages.
+    chapters executed at once (default `default_jobs`). `smoke`: every chapter on its small parameters (notebook
+    metadata `tappa.smoke`): a quick complete book, e.g. to try a model or a device first (only with `out`). The
+    check (`tappa_utils.book.html_check`) raises BookError after listing every problem of the rendered pages.
     """
     root = root or find_root()
     options = options or RunOptions()
+    if smoke and out is None:
+        raise BookError("a smoke-size book (SMOKE=1) goes to its own folder (OUT): the default book is full-size")
     if out is not None and not options.model:
         raise BookError("a book in its own folder (OUT) needs a model (MODEL); the default book is built in the "
                         "repository")
@@ -148,10 +153,12 @@ def build(root: Path | None = None, only: list[str] | None = None, skip_execute:
         if unknown:
             raise BookError(f"unknown chapter(s) {unknown}; _toc.yml lists {chapter_stems(root)}")
     to_run = [s for s in stems if not only or s in only]
+    per_chapter = {s: smoke_parameters(root, s) for s in to_run} if smoke else None
     if not skip_execute:
         failures = execute_chapters(root, to_run, timeout=timeout, extra_parameters=options.parameters(),
                                     target=target, env=options.env(),
-                                    jobs=jobs if jobs is not None else default_jobs(target))
+                                    jobs=jobs if jobs is not None else default_jobs(target),
+                                    chapter_parameters=per_chapter)
         if failures:
             raise BookError(f"{len(failures)} notebook(s) failed:\n" + "\n".join(f.describe() for f in failures))
     rendered = [s for s in stems if (target.executed / f"{s}.ipynb").exists()]
@@ -163,7 +170,7 @@ def build(root: Path | None = None, only: list[str] | None = None, skip_execute:
     print(f"reference and ledger written in {time.time() - t0:.0f} s", flush=True)
     toc = write_effective_toc(root, rendered, base=target.base)
     index = render_html(root, toc, source=target.base)
-    _record_build(target, rendered, options)
+    _record_build(target, rendered, options, smoke)
     print(f"\nThe book is at {index}\n  (open file://{index} in a browser)")
     if check:
         problems = html_check.check_html(index.parent, browser=browser_check)
@@ -174,13 +181,13 @@ def build(root: Path | None = None, only: list[str] | None = None, skip_execute:
     return index
 
 
-def _record_build(target: Target, rendered: list[str], options: RunOptions) -> None:
+def _record_build(target: Target, rendered: list[str], options: RunOptions, smoke: bool = False) -> None:
     """`_build/book.json`: what was rendered, for which model and parameters (read by tests and tools)."""
     from ..io import atomic_write_json
 
     atomic_write_json(target.base / "_build" / "book.json", {
         "title": book_title(target.root, target.model), "model": options.model, "chapters": rendered,
-        "parameters": options.parameters(), "device_map": options.device_map,
+        "parameters": options.parameters(), "device_map": options.device_map, "smoke": smoke,
         "written": time.strftime("%Y-%m-%dT%H:%M:%S")})
 
 

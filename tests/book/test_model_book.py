@@ -167,3 +167,24 @@ def test_chapters_run_two_at_a_time(tmp_path):
         assert (root / "_build" / "results" / stem / "threads").read_text() == expected
         assert (root / "book" / "executed" / f"{stem}.ipynb").is_file()
     assert not (root / "book" / "executed" / "04_sinks.ipynb").exists()
+
+
+def test_smoke_book_uses_each_chapters_small_parameters(tmp_path, monkeypatch):
+    """--smoke: each chapter's `tappa.smoke` parameters, under the run options (MODEL, DEVICE, DTYPE win)."""
+    root = _repo(tmp_path)
+    for stem in ("03_predictable", "04_sinks"):
+        path = root / "notebooks" / f"{stem}.ipynb"
+        nb = nbformat.read(str(path), as_version=4)
+        nb.metadata["tappa"] = {"smoke": {"dtype": "float16", "device": "meta"}}
+        nbformat.write(nb, str(path))
+    rendered = []
+    monkeypatch.setattr(book.render, "render_html",
+                        lambda root, toc, source=None: rendered.append(source) or source / "index.html")
+    out = tmp_path / "smoke"
+    book.build(root, out=out, options=book.RunOptions(MODEL, device="cpu"), smoke=True, check=False, jobs=1)
+    for stem in ("03_predictable", "04_sinks"):
+        seen = json.loads((out / "results" / stem / "seen.json").read_text())
+        assert seen == {"model": MODEL, "device": "cpu", "dtype": "float16", "device_map": None}
+    assert rendered == [out.resolve()] and book.read_build_record(out)["smoke"] is True
+    with pytest.raises(book.BookError, match="own folder"):
+        book.build(root, options=book.RunOptions(MODEL), smoke=True)
