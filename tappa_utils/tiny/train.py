@@ -64,16 +64,22 @@ def lr_at(step: int, peak: float, warmup: int, total: int, floor: float = 0.1) -
     return peak * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * p)))
 
 
-@torch.no_grad()
-def evaluate(model, corpus, device, n: int = 16, seq_len: int = 512, seed: int = 1234) -> dict:
-    """Held-out loss (nats/byte) on fixed windows, and the copy-test ratio (second / first occurrence loss)."""
-    model.eval()
-    rng = np.random.default_rng(seed)
+def heldout_windows(rng: np.random.Generator, corpus, n: int, seq_len: int) -> np.ndarray:
+    """`n` windows of held-out bytes, each BOS followed by `seq_len - 1` bytes from a random offset: (n, seq_len)."""
     x = np.empty((n, seq_len), dtype=np.int64)
     x[:, 0] = BOS_ID
     for b in range(n):
         s = int(rng.integers(0, len(corpus.heldout) - seq_len))
         x[b, 1:] = corpus.heldout[s : s + seq_len - 1]
+    return x
+
+
+@torch.no_grad()
+def evaluate(model, corpus, device, n: int = 16, seq_len: int = 512, seed: int = 1234) -> dict:
+    """Held-out loss (nats/byte) on fixed windows, and the copy-test ratio (second / first occurrence loss)."""
+    model.eval()
+    rng = np.random.default_rng(seed)
+    x = heldout_windows(rng, corpus, n, seq_len)
     ids = torch.from_numpy(x).to(device)
     held = model(ids, labels=ids).loss.item()
     cx, first, second = copy_test_batch(rng, corpus.heldout, n)
@@ -85,15 +91,11 @@ def evaluate(model, corpus, device, n: int = 16, seq_len: int = 512, seed: int =
 @torch.no_grad()
 def evaluate_long(model, corpus, device, n: int = 8, seq_len: int = 1024, seed: int = 4321) -> dict:
     """Long-context health on held-out text: loss (nats/byte) on positions [0, seq_len/2) vs [seq_len/2, seq_len),
-    and top-1 accuracy of retrieving a 24-byte random segment planted ~3/4 of the window earlier, after an 8-byte cue
-    (the shape of `kv-eval`'s retrieval task)."""
+    and top-1 accuracy of retrieving a random segment (32 bytes at 1024) planted in the first eighth of the window and
+    cued at its end by the segment's first quarter (the shape of `kv-eval`'s retrieval task, at a longer distance)."""
     model.eval()
     rng = np.random.default_rng(seed)
-    x = np.empty((n, seq_len), dtype=np.int64)
-    x[:, 0] = BOS_ID
-    for b in range(n):
-        s = int(rng.integers(0, len(corpus.heldout) - seq_len))
-        x[b, 1:] = corpus.heldout[s : s + seq_len - 1]
+    x = heldout_windows(rng, corpus, n, seq_len)
     ids = torch.from_numpy(x).to(device)
     logits = model(ids).logits[:, :-1].float()
     nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
