@@ -64,22 +64,56 @@ def lr_at(step: int, peak: float, warmup: int, total: int, floor: float = 0.1) -
     return peak * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * p)))
 
 
-@torch.no_grad()
-def evaluate(model, corpus, device, n: int = 16, seq_len: int = 512, seed: int = 1234) -> dict:
-    """Held-out loss (nats/byte) on fixed windows, and the copy-test ratio (second / first occurrence loss)."""
-    model.eval()
-    rng = np.random.default_rng(seed)
+def heldout_windows(rng: np.random.Generator, corpus, n: int, seq_len: int) -> np.ndarray:
+    """`n` windows of held-out bytes, each BOS followed by `seq_len - 1` bytes from a random offset: (n, seq_len)."""
     x = np.empty((n, seq_len), dtype=np.int64)
     x[:, 0] = BOS_ID
     for b in range(n):
         s = int(rng.integers(0, len(corpus.heldout) - seq_len))
         x[b, 1:] = corpus.heldout[s : s + seq_len - 1]
+    return x
+
+
+@torch.no_grad()
+def evaluate(model, corpus, device, n: int = 16, seq_len: int = 512, seed: int = 1234) -> dict:
+    """Held-out loss (nats/byte) on fixed windows, and the copy-test ratio (second / first occurrence loss)."""
+    model.eval()
+    rng = np.random.default_rng(seed)
+    x = heldout_windows(rng, corpus, n, seq_len)
     ids = torch.from_numpy(x).to(device)
     held = model(ids, labels=ids).loss.item()
     cx, first, second = copy_test_batch(rng, corpus.heldout, n)
     copy = copy_test(model, torch.from_numpy(cx), first, second)
     model.train()
     return {"heldout_loss": held, **copy}
+
+
+@torch.no_grad()
+def evaluate_long(model, corpus, device, n: int = 8, seq_len: int = 1024, seed: int = 4321) -> dict:
+    """Long-context health on held-out text: loss (nats/byte) on positions [0, seq_len/2) vs [seq_len/2, seq_len),
+    and top-1 accuracy of retrieving a random segment (32 bytes at 1024) planted in the first eighth of the window and
+    cued at its end by the segment's first quarter (the shape of `kv-eval`'s retrieval task, at a longer distance)."""
+    model.eval()
+    rng = np.random.default_rng(seed)
+    x = heldout_windows(rng, corpus, n, seq_len)
+    ids = torch.from_numpy(x).to(device)
+    logits = model(ids).logits[:, :-1].float()
+    nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
+    half = seq_len // 2
+    out = {"loss_first_half": nll[:, : half - 1].mean().item(), "loss_second_half": nll[:, half - 1 :].mean().item()}
+    seg_len = min(32, seq_len // 4)
+    cue = max(1, seg_len // 4)
+    r = x.copy()
+    for b in range(n):
+        seg = rng.integers(33, 127, size=seg_len)
+        first = int(rng.integers(1, max(2, seq_len // 8)))
+        r[b, first : first + seg_len] = seg
+        r[b, seq_len - seg_len :] = seg
+    rid = torch.from_numpy(r).to(device)
+    pred = model(rid).logits[:, seq_len - seg_len + cue - 1 : -1].argmax(-1)
+    out["retrieval_acc"] = (pred == rid[:, seq_len - seg_len + cue :]).float().mean().item()
+    model.train()
+    return out
 
 
 def export(model, out: Path, ckpt_dir: Path) -> None:
@@ -118,6 +152,12 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--until", type=int, default=None,
                     help="end this phase after this step (checkpointed); the schedule still runs to --steps")
     ap.add_argument("--max-minutes", type=float, default=None, help="stop (after a checkpoint) after this long")
+    ap.add_argument("--init-from", type=Path, default=None,
+                    help="start a new run (no checkpoint yet) from the weights of an exported folder (fresh optimizer)")
+    ap.add_argument("--schedule-from", type=int, default=0,
+                    help="step at which this phase's warm-up and cosine schedule start (a new phase on a trained model)")
+    ap.add_argument("--long-eval", type=int, default=0,
+                    help="also evaluate long-context loss halves and retrieval at this length (0: off)")
     return ap
 
 
@@ -136,6 +176,10 @@ def check_args(args) -> Path:
     if not 2 <= args.seq_len <= DEFAULT_ARCH["max_position_embeddings"]:
         raise UsageError(f"--seq-len must lie in [2, {DEFAULT_ARCH['max_position_embeddings']}] (the model's "
                          f"context), got {args.seq_len}")
+    check_positive(args.schedule_from, "--schedule-from", minimum=0)
+    check_positive(args.long_eval, "--long-eval", minimum=0)
+    if args.init_from is not None and not (Path(args.init_from) / "model.safetensors").is_file():
+        raise UsageError(f"--init-from {args.init_from}: no model.safetensors there (give an exported tappa-tiny folder)")
     out = check_out_dir(args.out, command="train-tiny", legacy=RUN_FILES)
     if args.export is not None:
         if not (out / "ckpt.pt").is_file():
@@ -186,6 +230,21 @@ def _main(argv) -> int:
         torch.set_rng_state(ck["torch_rng"])
         step = ck["step"]
         print(f"resumed from step {step}")
+    elif args.init_from is not None:
+        from safetensors.torch import load_file
+
+        state = load_file(str(args.init_from / "model.safetensors"))
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if unexpected or [k for k in missing if k != "lm_head.weight"]:
+            raise UsageError(f"--init-from {args.init_from}: weights do not match tappa-tiny ({missing}, {unexpected})")
+        model.tie_weights()
+        args.out.mkdir(parents=True, exist_ok=True)
+        for f in ("training_log.jsonl", "train_args.json"):
+            if (args.init_from / f).exists():
+                shutil.copy(args.init_from / f, args.out / f)
+        log = args.out / "training_log.jsonl"
+        step = max((json.loads(ln)["step"] for ln in log.read_text().splitlines() if ln), default=0) if log.exists() else 0
+        print(f"initialised from {args.init_from} (step {step}); optimizer state starts fresh")
     if args.export is not None:
         export(model.cpu(), args.export, args.out)
         print(f"exported step {step} to {args.export}")
@@ -206,13 +265,16 @@ def _main(argv) -> int:
         kept = [ln for ln in log_path.read_text().splitlines() if ln and json.loads(ln)["step"] <= step]
         atomic_write_text(log_path, "".join(ln + "\n" for ln in kept))
     log = open(log_path, "a")
+    phase_start = step
+    seen = [json.loads(ln).get("tokens_seen") for ln in log_path.read_text().splitlines() if ln] if log_path.exists() else []
+    tokens_before = max([t for t in seen if t] or [0])
     t0 = time.time()
     model.train()
     tokens_since, t_since = 0, time.time()
     last = args.steps if args.until is None else min(args.until, args.steps)
     while step < last:
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, args.lr, args.warmup, args.steps)
+            g["lr"] = lr_at(step - args.schedule_from, args.lr, args.warmup, args.steps - args.schedule_from)
         ids = torch.from_numpy(sample_batch(rng, corpus.train, args.batch, args.seq_len, MIXTURES[args.mixture])).to(device)
         loss = model(ids, labels=ids).loss
         opt.zero_grad(set_to_none=True)
@@ -224,8 +286,10 @@ def _main(argv) -> int:
         rec = {"step": step, "loss": round(loss.item(), 4), "lr": opt.param_groups[0]["lr"], "mixture": args.mixture}
         if step % args.eval_every == 0 or step == last:
             rec |= {k: round(v, 4) for k, v in evaluate(model, corpus, device).items()}
+            if args.long_eval:
+                rec |= {k: round(v, 4) for k, v in evaluate_long(model, corpus, device, seq_len=args.long_eval).items()}
             rec["tokens_per_s"] = round(tokens_since / (time.time() - t_since))
-            rec["tokens_seen"] = step * args.batch * args.seq_len
+            rec["tokens_seen"] = tokens_before + (step - phase_start) * args.batch * args.seq_len
             tokens_since, t_since = 0, time.time()
             print(json.dumps(rec), flush=True)
         log.write(json.dumps(rec) + "\n")

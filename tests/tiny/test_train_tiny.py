@@ -66,3 +66,42 @@ def test_export_loads_through_transformers(tmp_path):
     ck = torch.load(tmp_path / "run" / "ckpt.pt", weights_only=False)
     torch.testing.assert_close(model.state_dict()["model.embed_tokens.weight"], ck["model"]["model.embed_tokens.weight"])
     assert tok("hé").input_ids == [BOS_ID, *"hé".encode()]
+
+
+def test_retrieval_window_repeats_its_segment_at_least_a_quarter_later():
+    from tappa_utils.tiny.corpus import retrieval_window
+
+    rng = np.random.default_rng(0)
+    data = np.full(10_000, ord("a"))  # text without any printable-random byte: the planted segment stands out
+    for n in (64, 511, 1023):
+        x = retrieval_window(rng, data, n)
+        planted = np.flatnonzero(x != ord("a"))
+        first, last = planted.min(), planted.max()
+        seg_len = (len(planted)) // 2  # two copies (a random byte may equal 'a': at most a few missing)
+        assert len(x) == n and abs(len(planted) - 2 * seg_len) <= 1
+        second = planted[len(planted) // 2]
+        assert second - first >= n // 4
+        np.testing.assert_array_equal(x[first:first + 8], x[second:second + 8])
+
+
+def test_init_from_an_export_starts_from_its_weights_and_steps(tmp_path):
+    main(["--out", str(tmp_path / "run"), "--steps", "2", "--batch", "1", "--seq-len", "32", "--threads", "1"])
+    main(["--out", str(tmp_path / "run"), "--export", str(tmp_path / "hf")])
+    args = ["--steps", "3", "--schedule-from", "2", "--batch", "1", "--seq-len", "64", "--threads", "1",
+            "--warmup", "1", "--lr", "1e-9", "--eval-every", "1", "--long-eval", "64", "--mixture", "long"]
+    main(["--out", str(tmp_path / "phase2"), "--init-from", str(tmp_path / "hf"), *args])
+    a = torch.load(tmp_path / "run" / "ckpt.pt", weights_only=True)
+    b = torch.load(tmp_path / "phase2" / "ckpt.pt", weights_only=True)
+    assert b["step"] == 3  # continues the exported run's step count
+    w = "model.layers.0.self_attn.q_proj.weight"
+    torch.testing.assert_close(a["model"][w], b["model"][w], rtol=0, atol=1e-6)  # lr 1e-9: still the export's weights
+    log = [json.loads(line) for line in (tmp_path / "phase2" / "training_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3] and {"retrieval_acc", "loss_second_half"} <= set(log[-1])
+
+
+def test_init_from_a_folder_without_weights_is_refused(tmp_path, capsys):
+    rc = main(["--out", str(tmp_path / "run"), "--init-from", str(tmp_path), "--steps", "2"])
+    assert rc == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--init-from" in err[0] and "model.safetensors" in err[0]
+    assert not (tmp_path / "run").exists()
