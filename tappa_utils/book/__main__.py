@@ -4,7 +4,7 @@
     python -m tappa_utils.book build --model Qwen/Qwen2.5-0.5B --out books/qwen --device cuda --dtype bfloat16
                                                   # a whole book for another model, in its own folder
     python -m tappa_utils.book ledger             # write book/generated/ledger.md from _build/results
-    python -m tappa_utils.book null --out /tmp/null  # the claim chapters on random:tappa-tiny, verdicts side by side
+    python -m tappa_utils.book null --out runs/null # the claim chapters on random:tappa-tiny, verdicts side by side
     python -m tappa_utils.book execute 00_reading # execute chapters only (into book/executed/)
     python -m tappa_utils.book params-table       # print the README's notebook parameter table
     python -m tappa_utils.book params-table --update-readme

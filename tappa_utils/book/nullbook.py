@@ -54,7 +54,7 @@ def claim_statuses(results: str | Path, stems: list[str]) -> dict[str, dict[str,
 
 def side_by_side(books: dict[str, str | Path], stems: list[str]) -> str:
     """A Markdown table of every registered claim of `stems` with its verdict in each book ({label: results
-    folder}), e.g. {"tappa-tiny": "_build/results", "random:tappa-tiny": "/tmp/null"}."""
+    folder}), e.g. {"tappa-tiny": "_build/results", "random:tappa-tiny": "runs/null"}."""
     from .. import claims as C
 
     statuses = {label: claim_statuses(folder, stems) for label, folder in books.items()}
