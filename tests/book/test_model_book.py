@@ -188,3 +188,17 @@ def test_smoke_book_uses_each_chapters_small_parameters(tmp_path, monkeypatch):
     assert rendered == [out.resolve()] and book.read_build_record(out)["smoke"] is True
     with pytest.raises(book.BookError, match="own folder"):
         book.build(root, options=book.RunOptions(MODEL), smoke=True)
+
+
+def test_make_book_passes_the_variables():
+    """`make book MODEL=... OUT=... DEVICE=... DTYPE=... DEVICE_MAP=... JOBS=... SMOKE=1` (dry run: nothing runs)."""
+    import subprocess
+
+    cmd = ["make", "-n", "book", f"MODEL={MODEL}", "OUT=books/r", "DEVICE=cuda", "DTYPE=bfloat16",
+           "DEVICE_MAP=auto", "JOBS=1", "SMOKE=1"]
+    line = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+    assert line.split() == ['".venv/bin/python"', "-m", "tappa_utils.book", "build", "--model", f'"{MODEL}"',
+                            "--out", '"books/r"', "--device", '"cuda"', "--dtype", '"bfloat16"', "--device-map",
+                            '"auto"', "--jobs", '"1"', "--smoke"]
+    plain = subprocess.run(["make", "-n", "book"], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert plain.stdout.strip().splitlines()[-1].split() == ['".venv/bin/python"', "-m", "tappa_utils.book", "build"]
