@@ -386,8 +386,12 @@ class PruneEvalResult:
 
 
 def run_pruning_eval(cfg: PruneEvalConfig, model=None, tokenizer=None,
-                     progress: Callable[[str], None] | None = None) -> PruneEvalResult:
-    """Scores on calibration text, beta chosen on calibration text, orders evaluated on the evaluation text."""
+                     progress: Callable[[str], None] | None = None, compare_betas: bool = True) -> PruneEvalResult:
+    """Scores on calibration text, beta chosen on calibration text, orders evaluated on the evaluation text.
+
+    `compare_betas=False` evaluates only ShortGPT and the calibration-chosen beta (not `cfg.betas`): what a
+    random-weight null needs (`gains_vs_null`), at a fraction of the cost.
+    """
     from ..data import load_text
     from ..models import check_supported, load_model, num_layers
 
@@ -418,7 +422,7 @@ def run_pruning_eval(cfg: PruneEvalConfig, model=None, tokenizer=None,
     say("choosing beta on calibration data")
     best, sel = select_beta(model, scores, calib, cfg.max_removed, cfg.beta_grid, cfg.batch_size)
     timings["select_beta_s"] = time.time() - t
-    orders = method_orders(scores, cfg.betas, best)
+    orders = method_orders(scores, cfg.betas if compare_betas else (), best)
     t = time.time()
     results, per_window = evaluate_orders(model, orders, data, cfg.max_removed, cfg.batch_size, progress)
     timings["evaluate_s"] = time.time() - t
