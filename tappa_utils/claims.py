@@ -136,9 +136,11 @@ SPECS: tuple[Spec, ...] = (
          "calibration windows.",
          "§4, Proposition 1", "ge", -0.05, 0.0, ("ch03.A_query_not_orthogonal", "ch03.A_nonvacuous"),
          "Per head: c1 = quantile of the per-step alignment, c2 = largest per-step RoPE term, both on calibration "
-         "windows; effect = fraction of held-out steps where the inequality holds minus the calibrated fraction "
-         "1 - quantile (must not fall more than 5 points short), mean over heads; bootstrap ci over heads, "
-         "sign-flip p (patterns.held_out_jump). On the calibration steps it holds by construction (a sanity row)."),
+         "windows; effect = fraction of the non-vacuous held-out steps (c1 |dq| > c2: a vacuous step holds trivially, "
+         "so a bound that never bites cannot pass) where the inequality holds, minus the calibrated fraction "
+         "1 - quantile (must not fall more than 5 points short), mean over heads with non-vacuous steps; bootstrap "
+         "ci over heads, sign-flip p (patterns.held_out_jump). On the calibration steps it holds by construction "
+         "(a sanity row)."),
     Spec("ch03.query_logit_jump_corr", "claim", "03_predictable",
          "Steps with larger query jumps have larger logit jumps.",
          "§4, Proposition 1", "ge", 0.0, 0.1, (),
