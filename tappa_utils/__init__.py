@@ -3,6 +3,12 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+import warnings  # noqa: E402
+
+# tqdm.auto (imported by huggingface_hub / transformers) warns "IProgress not found" inside a Jupyter kernel without
+# ipywidgets; the book shows no progress bars (HF_HUB_DISABLE_PROGRESS_BARS), so the notice is noise on every page.
+warnings.filterwarnings("ignore", message="IProgress not found", module="tqdm")
+
 from .models import DEFAULT_MODEL, UnsupportedModelError, load_model, random_weight_copy  # noqa: E402
 from .capture import capture  # noqa: E402
 

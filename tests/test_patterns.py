@@ -325,3 +325,165 @@ def test_capture_head_one_forward_serves_every_head(tiny_llama):
     low = np.tril(np.ones((32, 32), bool))
     np.testing.assert_allclose(again.logits[:, low], rec.logits[:, 3].double().numpy()[:, low], atol=1e-5)
     assert np.array_equal(hds[-1].q, again.q)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# chapter 3 / 4 claims (c0304)
+
+
+def _heads_table(rng, n_layers=4, n_heads=8, relation=1.0, offset=0.0):
+    layer = np.repeat(np.arange(n_layers), n_heads)
+    x = rng.standard_normal(layer.size)
+    df = pd.DataFrame({"layer": layer, "head": np.tile(np.arange(n_heads), n_layers)})
+    for v in P.QSIM_VARIANTS:
+        df[v] = rng.standard_normal(layer.size) + layer * 3.0  # depth drift, no relation
+    df["q_sim_window_post"] = x + layer * 3.0
+    df["predictability"] = 0.5 + 0.01 * rng.standard_normal(layer.size)
+    df["concentration"] = np.clip(0.4 + 0.1 * (relation * x + rng.standard_normal(layer.size) * 0.3) + offset, 0, 1)
+    return P.with_patterned(df)
+
+
+def test_patterned_predictability_separates_uniform_from_patterns():
+    df = pd.DataFrame({"predictability": [1.0, 0.9, 0.06, 0.63], "concentration": [0.0, 0.8, 0.8, 0.05]})
+    pp = P.with_patterned(df)[P.PATTERNED].to_numpy()
+    assert pp[0] == 0.0 and pp[1] > 0.7 and pp[2] < 0.1 and pp[3] < 0.05  # uniform, sink, jumping, noise
+    with pytest.raises(KeyError, match="concentration"):
+        P.with_patterned(df.drop(columns="concentration"))
+
+
+def test_choose_qsim_variant_picks_the_variant_that_beats_the_null():
+    rng = np.random.default_rng(0)
+    trained, null = _heads_table(rng), _heads_table(rng, relation=0.0)
+    v, table = P.choose_qsim_variant(trained, null)
+    assert v == "q_sim_window_post" and table.set_index("variant").loc[v, "excess"] > 0.5
+    # the same relation in the null: no variant beats it by much, the choice may not be forced by depth
+    v2, t2 = P.choose_qsim_variant(trained, trained)
+    assert np.allclose(t2.excess, 0)
+    with pytest.raises(KeyError, match="lacks"):
+        P.choose_qsim_variant(trained.drop(columns="layer"), null)
+
+
+def test_read_qsim_choice_checks_variant_and_model(tmp_path):
+    import json
+
+    f = tmp_path / "qsim_choice.json"
+    assert P.read_qsim_choice(f, "m") is None
+    f.write_text(json.dumps({"variant": "q_sim_window_post"}))
+    assert P.read_qsim_choice(f, "m") == "q_sim_window_post"
+    (tmp_path / "run_info.json").write_text(json.dumps({"params": {"model": "other"}}))
+    assert P.read_qsim_choice(f, "m") is None  # made for another model
+    (tmp_path / "run_info.json").write_text(json.dumps({"params": {"model": "m"}}))
+    assert P.read_qsim_choice(f, "m") == "q_sim_window_post"
+    f.write_text(json.dumps({"variant": "q_sim_bogus"}))
+    assert P.read_qsim_choice(f, "m") is None
+
+
+def test_necessity_test_detects_a_relation_within_layers_and_not_depth():
+    rng = np.random.default_rng(1)
+    df = _heads_table(rng, n_layers=6, n_heads=12)
+    r = P.necessity_test(df["q_sim_window_post"], df[P.PATTERNED], df["layer"])
+    assert r.estimate > 0.8 and r.p_value < 0.01 and r.ci[0] > 0.6
+    # depth alone (q-sim and target both grow with the layer, nothing within layers): near 0.5, not significant
+    r0 = P.necessity_test(df["q_sim_consecutive_pre"], df["layer"] + 0.01 * rng.standard_normal(len(df)),
+                          df["layer"])
+    assert r0.p_value > 0.05 and r0.ci[0] < 0.5 < r0.ci[1]
+    # without removing depth the same data would look like necessity
+    assert P.necessity_test(df["q_sim_consecutive_pre"], df["layer"] + 0.01 * rng.standard_normal(len(df))
+                            ).estimate == pytest.approx(1.0)
+    assert np.isnan(P.necessity_test([1, 2], [1, 2]).estimate)
+
+
+def test_mean_test_on_the_original_scale():
+    r = P.mean_test([0.9, 1.1, 0.95, 1.05, 1.0] * 4, null_value=1.5, alternative="less")
+    assert r.estimate == pytest.approx(1.0) and r.ci[1] < 1.5 and r.p_value < 0.01
+    assert P.mean_test([1.0, 2.0, 3.0], null_value=2.5).p_value > 0.3
+    assert np.isnan(P.mean_test([0.3]).p_value)
+
+
+def test_held_out_jump_calibrates_on_some_windows_and_tests_on_others():
+    rng = np.random.default_rng(7)
+    T_, d = 30, 32
+    k = rng.standard_normal((T_, d))
+    slow = THETA * 1e-3
+    q = np.stack([np.cumsum(rng.standard_normal((T_, d)), 0) for _ in range(6)])
+    hd = P.HeadData(0, 0, q, np.tile(k, (6, 1, 1)), None, None, slow, 0.25)
+    res, steps = P.held_out_jump(hd, [0, 1, 2], [3, 4, 5], skip=2, quantile=0.1)
+    cal = steps[steps.split == "calibration"]
+    assert res.c1 == pytest.approx(np.quantile(cal.alignment, 0.1)) and res.c2 == cal.rotation.max()
+    assert res.calibrated >= res.predicted - 1e-12  # in-sample: by construction
+    assert res.effect == pytest.approx(res.held_out_nonvacuous - res.predicted) and res.effect > -0.1
+    assert res.exact_slack >= -1e-9 and 0 < res.c1_rel <= 1 + 1e-9 and res.nonvacuous > 0.5
+    # held-out queries 100x slower: the bound is vacuous there (c1 |dq| < c2 never bites)
+    q2 = q.copy()
+    q2[3:] = q[3:, :1] + 1e-6 * (q[3:] - q[3:, :1])
+    res2, _ = P.held_out_jump(P.HeadData(0, 0, q2, hd.k, None, None, slow, 0.25), [0, 1, 2], [3, 4, 5], skip=2)
+    assert res2.nonvacuous == 0 and res2.held_out == 1 and np.isnan(res2.effect)  # vacuous: cannot pass
+    with pytest.raises(ValueError, match="disjoint"):
+        P.held_out_jump(hd, [0, 1], [1, 2])
+
+
+def test_vertical_windows_find_the_sink_and_its_low_frequency_carrier():
+    rng = np.random.default_rng(3)
+    T_, d = 64, 32
+    q = np.tile(rng.standard_normal(d), (T_, 1)) + 0.05 * rng.standard_normal((T_, d))
+    q[:, 15] += 3.0
+    k = rng.standard_normal((T_, d)) * 0.3
+    k[0] = 0.0
+    k[0, 15] = 4.0  # key 0 lives in the slowest channel and points at the queries there
+    hd = synthetic_headdata(q, k)
+    A = hd.logits[0]
+    p = np.exp(A - A.max(1, keepdims=True))
+    hd.probs = (p / p.sum(1, keepdims=True))[None]
+    rows, steps, c_key, c_base = P.vertical_windows(hd, period=2000, skip=8, n_baseline_keys=8)
+    r = rows.iloc[0]
+    assert r.key == 0 and r.low_freq_share > 0.9 > r.baseline_share and r.alignment > r.baseline_alignment
+    assert r.holds_chord == 1.0 and 0 < r.looseness <= 1 and r.column_ratio < 1
+    assert c_key.shape == (16,) and c_key.argmax() == 15
+    assert set(steps.key) == {0}
+    hd.probs = None
+    with pytest.raises(ValueError, match="probs"):
+        P.vertical_windows(hd, period=64)
+
+
+def test_first_key_label_from_the_tokenizer():
+    class Tok:
+        bos_token_id, bos_token = 1, "<s>"
+
+    class NoBos:
+        bos_token_id = None
+
+    ids = np.array([[1, 5, 6], [1, 7, 8]])
+    assert "BOS token `<s>`" in P.first_key_label(Tok(), ids)
+    assert "no BOS" in P.first_key_label(NoBos(), ids)
+    assert "not BOS" in P.first_key_label(Tok(), ids[:, 1:])
+
+
+def test_vertical_strength_is_the_larger_column():
+    df = pd.DataFrame({"sink_mass": [0.5, 0.01], "column_mass": [0.5, 0.4]})
+    assert P.vertical_strength(df).tolist() == [0.5, 0.4]
+
+
+def test_gallery_keeps_column_zero_visible():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from tappa_utils.plots import plot_attention_gallery
+
+    m = np.zeros((32, 32))
+    m[:, 0] = 1.0
+    fig = plot_attention_gallery([m])
+    ax = fig.axes[0]
+    assert ax.get_xlim()[0] < -0.5 and not any(s.get_visible() for s in ax.spines.values())
+
+
+def test_logit_jump_steps_equal_the_direct_formula():
+    rng = np.random.default_rng(4)
+    q, k = rng.standard_normal((40, 32)), rng.standard_normal((40, 32))
+    hd = synthetic_headdata(q, k)
+    steps = P.logit_jump_steps(hd, skip=3)
+    A = hd.relative_logits(0)
+    for t in (3, 17, 38):
+        row = steps[steps.t == t].iloc[0]
+        terms = T.logit_jump_terms(q[t], q[t + 1], k[: t + 1], t, THETA)
+        assert row.logit_jump == pytest.approx(np.abs(A[t + 1, : t + 1] - A[t, : t + 1]).max(), rel=1e-9)
+        assert row.alignment * row.query_jump == pytest.approx(0.25 * np.abs(terms["query"]).max(), rel=1e-9)

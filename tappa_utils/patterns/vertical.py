@@ -5,6 +5,7 @@ import numpy as np
 import pandas as pd
 
 from .. import theory
+from .assumptions import reaccessed_key
 from .head import HeadData
 
 
@@ -71,4 +72,72 @@ def column_change(hd: HeadData, b: int = 0, skip: int = 16) -> np.ndarray:
         d = np.abs(A[1:] - A[:-1])  # row t: step t -> t+1 (masked entries give NaN, dropped by `ok`)
         return np.where(ok, d, 0).sum(0) / np.where(ok.sum(0) > 0, ok.sum(0), np.nan)
 
+
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# chapter 4 claims: the vertical heads, per (head, window) measurements, wording of key 0
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def vertical_strength(heads: pd.DataFrame) -> pd.Series:
+    """max(sink_mass, column_mass) per head: the attention one fixed key receives (key 0 or any re-accessed key)."""
+    for c in ("sink_mass", "column_mass"):
+        if c not in heads.columns:
+            raise KeyError(f"column {c!r} missing from the head table (use metrics.analyze_heads)")
+    return heads[["sink_mass", "column_mass"]].max(axis=1)
+
+
+def first_key_label(tokenizer, input_ids) -> str:
+    """How to name key 0 of these windows in prose: the BOS token when the tokenizer has one and every window starts
+    with it (e.g. 'key 0 (the BOS token `<s>`)'), else 'key 0 (the first token of each window; this tokenizer adds
+    no BOS)' (Qwen's tokenizers have none)."""
+    bos = getattr(tokenizer, "bos_token_id", None)
+    first = np.asarray(input_ids)[:, 0]
+    if bos is not None and (first == bos).all():
+        tok = getattr(tokenizer, "bos_token", None)
+        return f"key 0 (the BOS token `{tok}`)" if tok else "key 0 (the BOS token)"
+    if bos is None:
+        return "key 0 (the first token of each window; this tokenizer adds no BOS)"
+    return "key 0 (the first token of each window, not BOS)"
+
+
+def vertical_windows(hd: HeadData, period: float, skip: int = 16, n_baseline_keys: int = 32,
+                     seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray, np.ndarray]:
+    """Per window of one head: the re-accessed key and the chapter's measurements on it against ordinary keys.
+
+    Returns (rows, steps, c_key, c_base): one row per window with `key`, `low_freq_share` / `baseline_share`
+    (`low_frequency_share` on the key / mean over `n_baseline_keys` random ordinary keys in [skip, T/2)),
+    `alignment` / `baseline_alignment` (`key_alignment`), `column_ratio` (the key's mean column change over the
+    median column's, `column_change`), `holds_chord` (fraction of steps where the chord bound holds: true by proof),
+    `change`, `bound_chord`, `looseness` (mean change / mean chord bound), `rotation_vs_arc`; the `column_steps` of
+    every window; and the mean |contribution| per channel on the key and on the ordinary keys (d/2,)."""
+    if hd.probs is None or hd.logits is None:
+        raise ValueError("vertical_windows needs the head's probabilities: capture_head(..., probs=True)")
+    T = hd.q.shape[1]
+    if T // 2 <= skip:
+        raise ValueError(f"seq_len {T} leaves no ordinary keys in [skip={skip}, T/2); use seq_len > {2 * skip}")
+    rng = np.random.default_rng(seed)
+    rows, steps, c_key, c_base = [], [], [], []
+    for b in range(hd.q.shape[0]):
+        key = reaccessed_key(hd, b, skip)
+        others = rng.choice(np.arange(skip, T // 2), size=min(n_baseline_keys, T // 2 - skip), replace=False)
+        s = column_steps(hd, key, b, skip).assign(window=b, key=key)
+        cc = column_change(hd, b, skip)
+        base_c = [np.abs(channel_contributions(hd, int(j), b, int(j))).mean(0) for j in others]
+        c_key.append(np.abs(channel_contributions(hd, key, b, skip)).mean(0))
+        c_base.append(np.mean(base_c, 0))
+        rows.append({"window": b, "key": key, "low_freq_share": low_frequency_share(hd, key, period, b, skip),
+                     "baseline_share": float(np.mean([low_frequency_share(hd, int(j), period, b, int(j))
+                                                      for j in others])),
+                     "alignment": key_alignment(hd, key, b, skip),
+                     "baseline_alignment": float(np.mean([key_alignment(hd, int(j), b, int(j)) for j in others])),
+                     "column_ratio": float(cc[key] / np.nanmedian(np.delete(cc, key))),
+                     "holds_chord": float((s.change <= s.bound_chord + 1e-9).mean()),
+                     "change": float(s.change.mean()), "bound_chord": float(s.bound_chord.mean()),
+                     "looseness": float(s.change.mean() / s.bound_chord.mean()),
+                     "rotation_vs_arc": float(s.rotation_term.mean() / s.rotation_bound_arc.mean())})
+        steps.append(s)
+    rows = pd.DataFrame(rows).assign(layer=hd.layer, head=hd.head)
+    return rows, pd.concat(steps, ignore_index=True), np.mean(c_key, 0), np.mean(c_base, 0)
 

@@ -246,27 +246,102 @@ def evaluate_orders(model, orders: dict[str, dict], data: EvalData, max_removed:
     return pd.DataFrame(rows), pd.DataFrame(win)
 
 
-def paired_comparison(per_window, baseline: str = "ShortGPT", z: float = 1.96):
-    """Each method minus `baseline` on the same held-out windows: mean loss difference (nats/token), its standard
-    error over windows, the `z` interval and a verdict (better / tie / worse: the interval excludes 0 or not).
-    The unpruned rows (n_removed = 0, identical for every method) are left out."""
+BASELINE = "ShortGPT"
+CHOSEN_PREFIX = "TAPPA best"  # the method whose beta was chosen on calibration data (`method_orders`)
+
+
+def _window_losses(per_window, method: str, k: int) -> np.ndarray:
+    g = per_window[(per_window.method == method) & (per_window.n_removed == k)].sort_values("window")
+    return g.nats_per_token.to_numpy(dtype=np.float64)
+
+
+def _paired_gain(base: np.ndarray, other: np.ndarray, seed: int, n_resamples: int):
+    """stats.paired_difference(base, other) (one-sided "greater"), or NaNs when fewer than 2 windows."""
+    from .. import stats as S
+
+    if len(base) < 2:
+        d = float(np.mean(base - other)) if len(base) else float("nan")
+        return d, (float("nan"), float("nan")), float("nan")
+    r = S.paired_difference(base, other, alternative="greater", seed=seed, n_resamples=n_resamples)
+    return r.estimate, r.ci, r.p_value
+
+
+def superiority(results, per_window, baseline: str = BASELINE, seed: int = 0, n_resamples: int | None = None):
+    """TAPPA's gain over `baseline`, each distinct pruned model counted once, paired over held-out windows.
+
+    One row per number of removed layers k >= 1 and distinct set of removed layers among the other methods (methods
+    that remove the same layers at k share a row; `methods` lists them, `chosen` says whether the calibration-chosen
+    beta is among them). `gain` = mean over windows of loss(baseline) - loss(this set) in nats/token (> 0: TAPPA's
+    set hurts less), with `stats.paired_difference`'s bootstrap ci and one-sided sign-flip p. A set equal to the
+    baseline's at that k is a tie by construction (`tie = True`, gain 0 exactly, no test): such rows are no evidence
+    either way and are left out of the claims.
+    """
     import pandas as pd
 
-    base = per_window[per_window.method == baseline].set_index(["n_removed", "window"]).nats_per_token
+    from .. import stats as S
+
+    n_resamples = n_resamples or S.N_RESAMPLES
+    removed = {(r.method, int(r.n_removed)): tuple(r.removed) for r in results.itertuples()}
     rows = []
-    for name, g in per_window[per_window.method != baseline].groupby("method", sort=False):
-        for k, gk in g.groupby("n_removed"):
-            if k == 0:
-                continue
-            d = gk.nats_per_token.to_numpy() - base.loc[k].reindex(gk.window.to_numpy()).to_numpy()
-            n = len(d)
-            mean = float(d.mean())
-            se = float(d.std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan")
-            lo, hi = mean - z * se, mean + z * se
-            verdict = "tie" if not (np.isfinite(se) and (hi < 0 or lo > 0)) else ("better" if hi < 0 else "worse")
-            rows.append({"method": name, "n_removed": int(k), "mean_diff": mean, "se": se, "ci_low": lo,
-                         "ci_high": hi, "n_windows": n, "verdict": verdict})
-    return pd.DataFrame(rows)
+    for k in sorted(int(k) for k in results.n_removed.unique() if k > 0):
+        base_set = removed[(baseline, k)]
+        groups: dict[tuple, list] = {}
+        for name in results.method.unique():
+            if name != baseline and (name, k) in removed:
+                groups.setdefault(removed[(name, k)], []).append(name)
+        base = _window_losses(per_window, baseline, k)
+        for key, names in groups.items():
+            tie = key == base_set
+            if tie:
+                gain, ci, p = 0.0, (0.0, 0.0), float("nan")
+            else:
+                gain, ci, p = _paired_gain(base, _window_losses(per_window, names[0], k), seed, n_resamples)
+            rows.append({"n_removed": k, "removed": list(key), "baseline_removed": list(base_set),
+                         "methods": " = ".join(names), "chosen": any(n.startswith(CHOSEN_PREFIX) for n in names),
+                         "tie": tie, "gain": gain, "ci_low": ci[0], "ci_high": ci[1], "p_value": p,
+                         "n_windows": len(base)})
+    return pd.DataFrame(rows, columns=["n_removed", "removed", "baseline_removed", "methods", "chosen", "tie",
+                                       "gain", "ci_low", "ci_high", "p_value", "n_windows"])
+
+
+def gains_vs_null(res: "PruneEvalResult", null: "PruneEvalResult", baseline: str = BASELINE, seed: int = 0,
+                  n_resamples: int | None = None):
+    """The calibration-chosen TAPPA's gain over `baseline` on the model minus the same on its random-weight null.
+
+    `null` is the same procedure (scores, beta chosen on calibration data, orders, evaluation on the same windows)
+    run on random weights (`models.random_weights(model, stats.null_seed(seed))`). Per k >= 1 where the model's
+    chosen set differs from the baseline's: per window, (loss_baseline - loss_TAPPA) on the model minus the same on
+    the null, paired over windows (`stats.paired_difference`). Columns: n_removed, gain, gain_null, diff, ci_low,
+    ci_high, p_value, null_tie (the null's chosen order removed the baseline's layers: its gain is 0 exactly).
+    """
+    import pandas as pd
+
+    from .. import stats as S
+
+    n_resamples = n_resamples or S.N_RESAMPLES
+    chosen = _chosen_method(res)
+    null_chosen = _chosen_method(null)
+    rows = []
+    for k in sorted(int(k) for k in res.results.n_removed.unique() if k > 0):
+        sets = res.results.set_index(["method", "n_removed"]).removed
+        if list(sets[(chosen, k)]) == list(sets[(baseline, k)]):
+            continue
+        g = _window_losses(res.per_window, baseline, k) - _window_losses(res.per_window, chosen, k)
+        g0 = _window_losses(null.per_window, baseline, k) - _window_losses(null.per_window, null_chosen, k)
+        nsets = null.results.set_index(["method", "n_removed"]).removed
+        d, ci, p = _paired_gain(g, g0, seed, n_resamples)
+        rows.append({"n_removed": k, "gain": float(g.mean()), "gain_null": float(g0.mean()), "diff": d,
+                     "ci_low": ci[0], "ci_high": ci[1], "p_value": p,
+                     "null_tie": list(nsets[(null_chosen, k)]) == list(nsets[(baseline, k)]), "n_windows": len(g)})
+    return pd.DataFrame(rows, columns=["n_removed", "gain", "gain_null", "diff", "ci_low", "ci_high", "p_value",
+                                       "null_tie", "n_windows"])
+
+
+def _chosen_method(res: "PruneEvalResult") -> str:
+    names = [m for m in res.orders if m.startswith(CHOSEN_PREFIX)]
+    if not names:
+        raise ValueError("the results have no calibration-chosen TAPPA order (method_orders(..., best_beta=...))")
+    return names[0]
 
 
 # ------------------------------------------------------------------------------------------------ lm-eval
@@ -311,8 +386,12 @@ class PruneEvalResult:
 
 
 def run_pruning_eval(cfg: PruneEvalConfig, model=None, tokenizer=None,
-                     progress: Callable[[str], None] | None = None) -> PruneEvalResult:
-    """Scores on calibration text, beta chosen on calibration text, orders evaluated on the evaluation text."""
+                     progress: Callable[[str], None] | None = None, compare_betas: bool = True) -> PruneEvalResult:
+    """Scores on calibration text, beta chosen on calibration text, orders evaluated on the evaluation text.
+
+    `compare_betas=False` evaluates only ShortGPT and the calibration-chosen beta (not `cfg.betas`): what a
+    random-weight null needs (`gains_vs_null`), at a fraction of the cost.
+    """
     from ..data import load_text
     from ..models import check_supported, load_model, num_layers
 
@@ -343,7 +422,7 @@ def run_pruning_eval(cfg: PruneEvalConfig, model=None, tokenizer=None,
     say("choosing beta on calibration data")
     best, sel = select_beta(model, scores, calib, cfg.max_removed, cfg.beta_grid, cfg.batch_size)
     timings["select_beta_s"] = time.time() - t
-    orders = method_orders(scores, cfg.betas, best)
+    orders = method_orders(scores, cfg.betas if compare_betas else (), best)
     t = time.time()
     results, per_window = evaluate_orders(model, orders, data, cfg.max_removed, cfg.batch_size, progress)
     timings["evaluate_s"] = time.time() - t

@@ -6,13 +6,51 @@ from pathlib import Path
 import numpy as np
 
 from . import scores as P
-from .evaluate import METRICS, PruneEvalResult, lm_eval_available, paired_comparison
+from .evaluate import METRICS, PruneEvalResult, lm_eval_available, superiority
+
+
+METRIC_LABELS = {"nats_per_byte": "held-out loss (nats/byte)", "next_token_acc": "next-token accuracy",
+                 "copy_ratio": "copy ratio (loss 2nd / 1st copy)"}
 
 
 def summary_table(res: PruneEvalResult):
-    """Results pivoted for reading: one row per method, one column per (metric, n_removed)."""
-    df = res.results
-    return df.pivot_table(index="method", columns="n_removed", values=list(METRICS), sort=False)
+    """Results for reading: one row per (metric, layers removed), one column per distinct removal order.
+
+    Methods that remove the same layers at every k share a column (`merge_identical_methods`), labelled with
+    `short_label`, so the table stays a few columns wide whatever the number of betas.
+    """
+    df = merge_identical_methods(res.results)
+    df["method"] = df.method.map(short_label)
+    long = df.melt(id_vars=["method", "n_removed"], value_vars=list(METRICS), var_name="metric")
+    long["metric"] = long.metric.map(METRIC_LABELS)
+    tab = long.pivot_table(index=["metric", "n_removed"], columns="method", values="value", sort=False)
+    tab.columns.name = None
+    return tab.rename_axis(["metric", "layers removed"])
+
+
+def short_label(joined: str) -> str:
+    """'ShortGPT = TAPPA b=0.1 = TAPPA best (b=0.1)' -> 'ShortGPT = TAPPA β=0.1 (chosen)': a short column label.
+
+    >>> short_label("TAPPA b=0.2 = TAPPA b=0.3 = TAPPA best (b=0.2)")
+    'TAPPA β=0.2, 0.3 (chosen: 0.2)'
+    >>> short_label("TAPPA best (b=0.05)")
+    'TAPPA β=0.05 (chosen on calibration)'
+    """
+    names = joined.split(" = ")
+    betas, chosen = [], None
+    for n in names:
+        if n.startswith("TAPPA best (b="):
+            chosen = n[len("TAPPA best (b="):-1]
+        elif n.startswith("TAPPA b="):
+            betas.append(n[len("TAPPA b="):])
+    head = [n for n in names if not n.startswith("TAPPA")]
+    if betas:
+        tappa = "TAPPA β=" + ", ".join(betas) + (f" (chosen: {chosen})" if chosen is not None else "")
+    elif chosen is not None:
+        tappa = f"TAPPA β={chosen} (chosen on calibration)"
+    else:
+        tappa = ""
+    return " = ".join(head + ([tappa] if tappa else []))
 
 
 def save_results(res: PruneEvalResult, out_dir: str | Path, figures: bool = True) -> list[Path]:
@@ -43,7 +81,7 @@ def save_results(res: PruneEvalResult, out_dir: str | Path, figures: bool = True
     comparison = None
     if res.per_window is not None:
         written.append(save_table(res.per_window, out, "per_window.csv"))
-        comparison = paired_comparison(res.per_window)
+        comparison = superiority(res.results, res.per_window, seed=res.cfg.seed)
         written.append(save_table(comparison, out, "paired_vs_shortgpt.csv"))
     written.append(save_json(out, "results.json", {
         "model": res.model_name, "n_layers": res.n_layers, "calibration_data": res.calib_data,
@@ -84,8 +122,9 @@ def plot_layer_scores(scores: P.LayerScores, null_qsim=None):
     axes[2].plot(tab.layer, 1 - tab.qsim_norm, "s--", label="1 - q-sim (norm.)")
     axes[2].set(title="normalised (lower = pruned earlier)", xlabel="layer")
     axes[2].legend(fontsize=8)
+    step = max(1, -(-len(tab) // 14))  # at most ~14 tick labels per panel (24-28 layer models stay readable)
     for ax in axes:
-        ax.set_xticks(tab.layer)
+        ax.set_xticks(tab.layer[::step])
     fig.tight_layout()
     return fig
 
@@ -106,20 +145,25 @@ def merge_identical_methods(results):
 
 
 def plot_results(results, metrics=METRICS):
-    """Quality vs number of removed layers, one line per distinct order (one panel per metric)."""
+    """Quality vs number of removed layers, one line per distinct order (one panel per metric); the legend below
+    the panels in a readable size."""
     import matplotlib.pyplot as plt
     import seaborn as sns
 
-    labels = {"nats_per_byte": "held-out loss (nats/byte)", "next_token_acc": "next-token accuracy",
-              "copy_ratio": "copy test: loss 2nd / 1st copy"}
     results = merge_identical_methods(results)
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.4 * len(metrics), 3.6))
+    results["method"] = results.method.map(short_label)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.6 * len(metrics), 4.0))
     axes = np.atleast_1d(axes)
     for ax, m in zip(axes, metrics):
         sns.lineplot(data=results, x="n_removed", y=m, hue="method", style="method", markers=True, dashes=False,
-                     ax=ax, legend=ax is axes[-1])
-        ax.set(xlabel="layers removed", ylabel=labels.get(m, m), xticks=sorted(results.n_removed.unique()))
-    if axes[-1].get_legend() is not None:
-        sns.move_legend(axes[-1], "upper left", bbox_to_anchor=(1.02, 1), fontsize=8)
-    fig.tight_layout()
+                     markersize=8, ax=ax, legend=ax is axes[0])
+        ax.set(xlabel="layers removed", ylabel=METRIC_LABELS.get(m, m), xticks=sorted(results.n_removed.unique()))
+        if m == "copy_ratio":
+            ax.axhline(1.0, color="grey", lw=1, ls=":")  # 1 = the second copy is no easier: no copying
+    handles, labels = axes[0].get_legend_handles_labels()
+    axes[0].get_legend().remove()
+    ncol = min(len(labels), 3)
+    fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=12, frameon=False)
+    nrows = -(-len(labels) // ncol)
+    fig.tight_layout(rect=(0, 0.06 + 0.07 * nrows, 1, 1))
     return fig

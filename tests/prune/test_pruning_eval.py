@@ -100,19 +100,99 @@ def test_method_orders_and_merge():
     assert len(merged) == 6
 
 
-def test_paired_comparison():
+def _results_and_windows(sets: dict, losses: dict, n_windows: int = 20):
+    """results / per_window frames for methods given as {method: {k: removed}} and {method: {k: window losses}}."""
+    rows, win = [], []
+    for m, by_k in sets.items():
+        beta = None if m == "ShortGPT" else 0.1
+        for k, removed in by_k.items():
+            v = losses[m][k]
+            rows.append({"method": m, "beta": beta, "n_removed": k, "removed": sorted(removed),
+                         "nats_per_token": float(np.mean(v))})
+            win += [{"method": m, "n_removed": k, "window": i, "nats_per_token": x} for i, x in enumerate(v)]
+    return pd.DataFrame(rows), pd.DataFrame(win)
+
+
+def test_superiority_counts_each_pruned_model_once_and_excludes_ties():
     rng = np.random.default_rng(0)
-    base = rng.normal(2.0, 0.3, 20)
-    rows = []
-    for name, vals in (("ShortGPT", base), ("same", base), ("better", base - 0.1 + rng.normal(0, 0.01, 20)),
-                       ("noisy", base + rng.normal(0, 0.5, 20))):
-        rows += [{"method": name, "n_removed": 1, "window": i, "nats_per_token": v} for i, v in enumerate(vals)]
-    cmp = E.paired_comparison(pd.DataFrame(rows)).set_index("method")
-    assert cmp.loc["same", "verdict"] == "tie" and cmp.loc["same", "mean_diff"] == 0
-    assert cmp.loc["better", "verdict"] == "better" and cmp.loc["better", "mean_diff"] == pytest.approx(-0.1, abs=0.01)
-    d = (pd.DataFrame(rows).query("method == 'noisy'").nats_per_token.to_numpy() - base)
-    assert cmp.loc["noisy", "se"] == pytest.approx(d.std(ddof=1) / np.sqrt(20))
-    assert cmp.loc["noisy", "ci_low"] < cmp.loc["noisy", "mean_diff"] < cmp.loc["noisy", "ci_high"]
+    base = {1: rng.normal(2.0, 0.3, 20), 2: rng.normal(2.5, 0.3, 20)}
+    better = base[1] - 0.1 + rng.normal(0, 0.01, 20)
+    sets = {"ShortGPT": {0: [], 1: [1], 2: [1, 2]},
+            "TAPPA b=0.1": {0: [], 1: [3], 2: [1, 2]},          # k=2: ShortGPT's layers (tie by construction)
+            "TAPPA b=0.2": {0: [], 1: [3], 2: [1, 2]},          # the same pruned models as b=0.1
+            "TAPPA best (b=0.2)": {0: [], 1: [3], 2: [1, 2]}}
+    losses = {m: {0: base[1] * 0 + 1.0, 1: base[1] if m == "ShortGPT" else better, 2: base[2]} for m in sets}
+    results, per_window = _results_and_windows(sets, losses)
+    sup = E.superiority(results, per_window, seed=0)
+    assert len(sup) == 2  # one row per distinct (k, removed set): three methods, one pruned model each
+    r1 = sup[sup.n_removed == 1].iloc[0]
+    assert r1.methods == "TAPPA b=0.1 = TAPPA b=0.2 = TAPPA best (b=0.2)" and r1.chosen and not r1.tie
+    assert r1.gain == pytest.approx(np.mean(base[1] - better))  # loss(ShortGPT) - loss(TAPPA): > 0 = TAPPA better
+    assert r1.ci_low > 0.08 and r1.p_value < 0.01
+    r2 = sup[sup.n_removed == 2].iloc[0]
+    assert r2.tie and r2.gain == 0 and np.isnan(r2.p_value)
+    # a worse TAPPA set gives a negative gain and a large one-sided p
+    worse = {**losses, **{m: {**losses[m], 1: base[1] + 0.2} for m in sets if m != "ShortGPT"}}
+    sup_w = E.superiority(*_results_and_windows(sets, worse), seed=0)
+    assert sup_w.gain.iloc[0] == pytest.approx(-0.2) and sup_w.p_value.iloc[0] > 0.95 and sup_w.ci_high.iloc[0] < 0
+
+
+def test_pruning_claims_from_chosen_beta_only_and_registered_margin():
+    from tappa_utils import claims as C
+    from tappa_utils.prune import checks as K
+
+    rng = np.random.default_rng(1)
+    base = rng.normal(2.0, 0.3, 30)
+    sets = {"ShortGPT": {0: [], 1: [1]}, "TAPPA b=0.3": {0: [], 1: [2]}, "TAPPA best (b=0.1)": {0: [], 1: [3]}}
+    gains = {"ShortGPT": 0.0, "TAPPA b=0.3": 0.5, "TAPPA best (b=0.1)": 0.01}  # chosen gain below the margin
+    losses = {m: {0: np.ones(30), 1: base - g + rng.normal(0, 0.002, 30)} for m, g in gains.items()}
+    results, per_window = _results_and_windows(sets, losses, 30)
+    sup = E.superiority(results, per_window, seed=0)
+    res = type("R", (), {"best_beta": 0.1, "scores": P.LayerScores(np.arange(4.0), np.arange(4.0)),
+                         "results": results})()
+    no_null = pd.DataFrame(columns=["n_removed", "gain", "gain_null", "diff", "ci_low", "ci_high", "p_value",
+                                    "null_tie", "n_windows"])
+    checks = K.pruning_checks(res, sup, no_null)
+    claims = [c for c in checks if c.kind == "claim"]
+    assert len(claims) == 1 and claims[0].id == "ch08.tappa_beats_shortgpt"
+    assert claims[0].tolerance == C.spec("ch08.tappa_beats_shortgpt").margin == 0.02
+    # significant (p < 0.05) but 0.01 nats/token does not clear the 0.02 margin: superiority is not shown
+    assert claims[0].p_value < 0.05 and claims[0].status == "not supported"
+    # the paper's beta (not chosen) gains 0.5 but is only a measurement
+    meas = [c for c in checks if c.kind == "measurement" and "TAPPA b=0.3" in c.name]
+    assert len(meas) == 1 and meas[0].measured == pytest.approx(0.5, abs=0.01) and meas[0].passed is None
+
+
+def test_gains_vs_null_and_its_claim(default_model):
+    """The null claim compares per-window gains with those of the same procedure on random weights."""
+    from tappa_utils import stats as S
+    from tappa_utils.models import random_weights
+    from tappa_utils.prune import checks as K
+
+    model, tok = default_model
+    cfg = _cfg(beta_grid=(0.5,), betas=(0.5,), eval_windows=3)  # force a TAPPA order (no beta 0 to choose)
+    res = E.run_pruning_eval(cfg, model=model, tokenizer=tok)
+    probe = res.calib_ids[:1]
+    before = E.calibration_loss(model, probe)
+    with random_weights(model, S.null_seed(cfg.seed)) as nm:
+        null = E.run_pruning_eval(cfg, model=nm, tokenizer=tok)
+    assert E.calibration_loss(model, probe) == before  # restored exactly
+    assert not np.allclose(null.scores.bi, res.scores.bi)  # the null really is another network
+    vs = E.gains_vs_null(res, null, seed=0)
+    sup = E.superiority(res.results, res.per_window, seed=0)
+    tested = sup[sup.chosen & ~sup.tie]
+    assert len(vs) > 0 and list(vs.n_removed) == list(tested.n_removed)
+    for r in vs.itertuples():
+        k = r.n_removed
+        g = (res.per_window.query("method == 'ShortGPT' and n_removed == @k").nats_per_token.to_numpy()
+             - res.per_window.query("method == 'TAPPA best (b=0.5)' and n_removed == @k").nats_per_token.to_numpy())
+        g0 = (null.per_window.query("method == 'ShortGPT' and n_removed == @k").nats_per_token.to_numpy()
+              - null.per_window.query("method == 'TAPPA best (b=0.5)' and n_removed == @k").nats_per_token.to_numpy())
+        assert r.gain == pytest.approx(g.mean()) and r.gain_null == pytest.approx(g0.mean())
+        assert r.diff == pytest.approx((g - g0).mean())
+    checks = K.pruning_checks(res, sup, vs, restored=(before, before), qsim_null=null.scores.qsim)
+    ids = [c.id for c in checks if c.kind == "claim"]
+    assert ids.count("ch08.gain_over_null") == len(vs) and ids.count("ch08.tappa_beats_shortgpt") == len(tested)
 
 
 def test_config_validation(tmp_path):
@@ -189,7 +269,11 @@ def test_cli_tiny_run_writes_files(tmp_path):
     assert res[res.n_removed == 0].nats_per_byte.nunique() == 1  # unpruned baseline shared by every method
     info = json.loads((out / "results.json").read_text())
     assert info["lm_eval"]["available"] == E.lm_eval_available()
-    assert info["best_beta"] in (0.0, 0.5, 5.0)
+    # the chosen beta is the one with the lowest mean calibration loss in beta_selection.csv (ties: smallest beta)
+    sel = pd.read_csv(out / "beta_selection.csv").groupby("beta").calib_loss.mean()
+    assert info["best_beta"] == sel[sel == sel.min()].index.min()
+    sup = pd.read_csv(out / "paired_vs_shortgpt.csv")
+    assert {"gain", "ci_low", "ci_high", "p_value", "tie", "chosen"} <= set(sup.columns)
     win = pd.read_csv(out / "per_window.csv")
     assert len(win) == len(res) * 2  # eval_windows = 2
     # the per-window losses average to the reported nats/token
