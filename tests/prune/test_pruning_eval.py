@@ -301,3 +301,20 @@ def test_cli_errors_exit_2_one_line_no_files(tmp_path, capsys, argv, match):
 
 def test_cli_missing_out(capsys):
     assert cli_main([]) == 2 and "--out" in capsys.readouterr().err
+
+
+def test_untestable_pruning_claims_are_recorded_inconclusive():
+    import pandas as pd
+
+    from tappa_utils.prune.checks import pruning_checks
+
+    class Res:  # only what pruning_checks reads
+        best_beta = 0.0
+        scores = type("S", (), {"qsim": [0.1, 0.2]})()
+
+    sup = pd.DataFrame({"chosen": [True], "tie": [True], "n_removed": [1], "gain": [0.0], "ci_low": [0.0],
+                        "ci_high": [0.0], "p_value": [1.0], "removed": [[1]], "baseline_removed": [[1]],
+                        "n_windows": [4], "methods": ["TAPPA"]})
+    rows = {c.id: c for c in pruning_checks(Res(), sup, pd.DataFrame(columns=["diff"])) if c.kind == "claim"}
+    assert set(rows) == {"ch08.tappa_beats_shortgpt", "ch08.gain_over_null"}
+    assert all(c.status == "inconclusive" for c in rows.values())
