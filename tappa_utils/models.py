@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import os
+import warnings
 import zlib
 from contextlib import contextmanager
 from pathlib import Path
@@ -220,8 +221,10 @@ def load_model(
         name = shape_name(name_or_path)  # fail fast on an unknown shape
         dev = "cuda" if device_map is not None and torch.cuda.is_available() else device
         return random_model(name, dtype, seed=0, device=dev, attn_implementation=attn_implementation), byte_tokenizer()
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging
+    with warnings.catch_warnings():  # transformers imports tqdm.auto, which warns in a kernel without ipywidgets
+        warnings.filterwarnings("ignore", message="IProgress not found")
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging
 
     logging.disable_progress_bar()
     path = resolve_model_path(name_or_path)

@@ -23,7 +23,7 @@ def periodic_ids(tokenizer, text: str, period: int, seq_len: int, num_windows: i
     token w * stride of the text)."""
     if period < 1 or seq_len < 2:
         raise ValueError(f"need period >= 1 and seq_len >= 2, got period={period}, seq_len={seq_len}")
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    ids = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
     need = (num_windows - 1) * stride + period
     if len(ids) < need:
         raise ValueError(f"text too short: {len(ids)} tokens, {num_windows} windows need {need}")
