@@ -218,7 +218,8 @@ SPECS: tuple[Spec, ...] = (
          "Per (L, window) the relative change mean |a[t+L,i] - a[t,i]| / mean |a[t,i]|; effect = mean log relative "
          "change at the control periods (|delta| >= pi/2) minus at the resonant periods (|delta| <= pi/4), delta the "
          "mismatch of the dominant channel (0.1 = about 10 % smaller at resonance); stats.two_sample (label "
-         "permutation p, bootstrap ci)."),
+         "permutation p, bootstrap ci). A property of RoPE's geometry given a dominant channel and periodic q/k: "
+         "it needs no training, so it is not a claim about trained structure."),
     Spec("ch06.paper_bound_holds", "claim", "06_seasonal",
          "The paper's seasonal bound C1 (eps_q + eps_k) + C2 |delta| (without the non-dominant phase term) holds.",
          "§5.3, Theorem (seasonal)", "ge", 0.99, 0.0, ("ch06.S1_query_periodicity", "ch06.S4_dominant_channel"),

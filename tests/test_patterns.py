@@ -208,7 +208,7 @@ def test_continuity_and_spearman():
 class _Tok:
     bos_token_id = 0
 
-    def __call__(self, text, add_special_tokens=False):
+    def __call__(self, text, add_special_tokens=False, verbose=True):
         return {"input_ids": [ord(c) for c in text]}
 
 
