@@ -217,15 +217,15 @@ def load_model(
     `random:<shape>` (e.g. `random:qwen2.5-0.5b`, see `SHAPES`) builds a random-weight model of that public
     architecture with the byte tokenizer (seed 0), without any download.
     """
-    if is_random_name(name_or_path):
-        name = shape_name(name_or_path)  # fail fast on an unknown shape
-        dev = "cuda" if device_map is not None and torch.cuda.is_available() else device
-        return random_model(name, dtype, seed=0, device=dev, attn_implementation=attn_implementation), byte_tokenizer()
     with warnings.catch_warnings():  # transformers imports tqdm.auto, which warns in a kernel without ipywidgets
         warnings.filterwarnings("ignore", message="IProgress not found")
         from transformers import AutoModelForCausalLM, AutoTokenizer
         from transformers.utils import logging
 
+    if is_random_name(name_or_path):
+        name = shape_name(name_or_path)  # fail fast on an unknown shape
+        dev = "cuda" if device_map is not None and torch.cuda.is_available() else device
+        return random_model(name, dtype, seed=0, device=dev, attn_implementation=attn_implementation), byte_tokenizer()
     logging.disable_progress_bar()
     path = resolve_model_path(name_or_path)
     torch_dtype = parse_dtype(dtype)
