@@ -128,3 +128,11 @@ def test_latex_lines_fit_the_page_and_leave_short_formulas_alone():
         assert max(visible_math_chars(x) for x in _math_lines(tex)) * MATH_PX_PER_CHAR <= COLUMN_PX
     short = T.seasonal_step_identity()
     assert T.latex_lines(short) == short.latex()
+
+
+@pytest.mark.parametrize("period", [6.283, 11.2, 35.3, 54.4])
+def test_sweep_has_resonant_and_control_periods_in_one_window(period):
+    theta = 2 * np.pi / period
+    Ls = P.resonant_periods(theta, period, count=9, spread=0.5)
+    g = P.resonance_groups(T.resonance_mismatch(np.array(Ls), theta))
+    assert (g == "resonant").sum() >= 2 and (g == "control").sum() >= 2

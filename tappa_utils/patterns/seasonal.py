@@ -152,11 +152,14 @@ def candidate_layers(num_layers: int, layers=None) -> list[int]:
 
 
 def resonant_periods(theta_m: float, around: int, count: int = 9, spread: float = 0.5) -> list[int]:
-    """`count` integer periods around `around` (within +-spread of it), always including round(around)."""
+    """`count` integer periods around `around` (within +-spread of it), always including round(around) and the
+    periods round(around * (1 +- 1/16)), inside the resonant band |delta| <= pi/4 (`resonance_groups`), so that a
+    sweep of one window has resonant periods to compare with the control periods."""
     if around < 2:
         raise ValueError(f"around must be >= 2, got {around}")
     lo, hi = max(2, int(math.floor(around * (1 - spread)))), int(math.ceil(around * (1 + spread)))
-    vals = sorted(set(np.linspace(lo, hi, count).round().astype(int).tolist()) | {int(round(around))})
+    near = {int(round(around * f)) for f in (1 - 1 / 16, 1.0, 1 + 1 / 16)}
+    vals = sorted(set(np.linspace(lo, hi, count).round().astype(int).tolist()) | near)
     return vals
 
 
