@@ -199,43 +199,61 @@ SPECS: tuple[Spec, ...] = (
          "Along a diagonal head's offset the logit is nearly a function of t - i: the Toeplitz deviation is "
          "smaller than the column change.",
          "§5.2", "le", 1.0, 0.1, ("ch05.D1_query_continuity", "ch05.D2_key_continuity"),
-         "Mean |a[t+1,i+1] - a[t,i]| / mean |a[t+1,i] - a[t,i]| at the head's offset; bootstrap ci over windows."),
+         "Summed |a[t+1,i+1] - a[t,i]| / summed |a[t+1,i] - a[t,i]| along the offsets of the top diagonal heads; "
+         "bootstrap ci over blocks of 32 consecutive steps (per head and window: neighbouring steps are not "
+         "independent)."),
     Spec("ch05.natural_periodic_diagonals", "claim", "05_diagonal",
-         "Heads with a dominant high-frequency channel show parallel diagonals every 2 pi / theta_m tokens, on "
-         "untouched weights.",
-         "§5.2 (periodic sequential)", "le", 0.1, 0.0, ("ch05.P_dominant_channel",),
-         "Relative error |measured interval - 2 pi/theta_m*| / (2 pi/theta_m*) at natural heads whose dominant "
-         "channel has a period within the profile; bootstrap ci over windows. The intervention (ch05."
-         "intervention_interval) and a no-intervention control are reported beside it."),
+         "On untouched weights, heads with a dominant high-frequency channel have a logit-by-distance profile that "
+         "repeats every 2 pi / theta_m* tokens, more than architecture alone gives.",
+         "§5.2 (periodic sequential)", "ge", 0.0, 0.1, ("ch05.P_dominant_channel",),
+         "patterns.natural_periodicity: R^2 of a sinusoid at theta_m* in the detrended logit-by-distance profile "
+         "(0 = nothing at that period, 1 = pure repeat), over the heads whose dominant channel m* has a period "
+         "<= max_distance / 2; mean over those heads minus the same on " + _NULL + "stats.two_sample. Controls "
+         "(measurements): the same R^2 at each head's strongest other fitting channel, and the intervention head "
+         "without intervention."),
     Spec("ch05.intervention_interval", "claim", "05_diagonal",
          "Making channel m dominant (scaling it in q and k) produces parallel diagonals every 2 pi / theta_m tokens.",
          "§5.2 (intervention)", "le", 0.1, 0.0, (),
-         "Largest relative error of the measured interval over channels and bases; deterministic given the input "
-         "(report the control without intervention as a measurement).", deterministic=True),
+         "Largest relative error of the measured interval over channels and bases; deterministic given the input. "
+         "A demonstration of the mechanism, on any weights (it says nothing about training); the same head "
+         "without intervention is reported beside it as a measurement.", deterministic=True),
     Spec("ch05.D1_query_continuity", "assumption", "05_diagonal",
          "Queries are continuous: |q_t+1 - q_t| / mean |q_t| small.",
-         "§5.2, assumption D1", "le", 0.5, 0.0, (), "patterns.continuity of the queries at the diagonal heads."),
+         "§5.2, assumption D1", "le", 0.5, 0.0, (),
+         "patterns.continuity of the queries at the top diagonal heads (median over those heads)."),
     Spec("ch05.D2_key_continuity", "assumption", "05_diagonal",
          "Keys are continuous: |k_i+1 - k_i| / mean |k_i| small.",
-         "§5.2, assumption D2", "le", 0.5, 0.0, (), "patterns.continuity of the keys at the diagonal heads."),
+         "§5.2, assumption D2", "le", 0.5, 0.0, (),
+         "patterns.continuity of the keys at the top diagonal heads (median over those heads)."),
     Spec("ch05.P_dominant_channel", "assumption", "05_diagonal",
-         "At a periodic-diagonal head one channel dominates |q^m||k^m| (share >= 0.5).",
-         "§5.2 (periodic sequential)", "ge", 0.5, 0.0, (), "theory.dominant_channel_share at the head."),
+         "At the heads tested for periodic diagonals one channel dominates |q^m||k^m| (share >= 0.5).",
+         "§5.2 (periodic sequential)", "ge", 0.5, 0.0, (),
+         "Share of the dominant channel (patterns.natural_periodicity), median over the heads whose dominant "
+         "channel's period fits the profile."),
     # ---- chapter 6: seasonal (section 5.3)
     Spec("ch06.resonance_helps", "claim", "06_seasonal",
-         "On a periodic input of period L, the logit change one period later grows with the resonance mismatch "
-         "|delta| of the dominant channel.",
-         "§5.3", "ge", 0.0, 0.1, ("ch06.S1_query_periodicity", "ch06.S4_dominant_channel"),
-         "Spearman(|delta|, mean |a[t+L,i] - a[t,i]|) over the sweep of L; permutation p-value, bootstrap ci over L."),
+         "On a periodic input of period L, the logits one period later change less when L resonates with the "
+         "dominant channel than at non-resonant periods.",
+         "§5.3", "ge", 0.0, 0.1, ("ch06.S1_query_periodicity", "ch06.S2_key_periodicity",
+                                  "ch06.S4_dominant_channel"),
+         "Per (L, window) the relative change mean |a[t+L,i] - a[t,i]| / mean |a[t,i]|; effect = mean log relative "
+         "change at the control periods (|delta| >= pi/2) minus at the resonant periods (|delta| <= pi/4), delta the "
+         "mismatch of the dominant channel (0.1 = about 10 % smaller at resonance); stats.two_sample (label "
+         "permutation p, bootstrap ci). A property of RoPE's geometry given a dominant channel and periodic q/k: "
+         "it needs no training, so it is not a claim about trained structure."),
     Spec("ch06.paper_bound_holds", "claim", "06_seasonal",
          "The paper's seasonal bound C1 (eps_q + eps_k) + C2 |delta| (without the non-dominant phase term) holds.",
          "§5.3, Theorem (seasonal)", "ge", 0.99, 0.0, ("ch06.S1_query_periodicity", "ch06.S4_dominant_channel"),
-         "Fraction of (t, i) pairs where it holds, worst period L; bootstrap ci over windows. The complete bound "
-         "(with the phase term) is a sanity row."),
+         "Fraction of (t, i) pairs where it holds, pooled over the periods L of the sweep and the windows; bootstrap "
+         "ci over queries t (each query's pairs together). Expected to fail where the phase term matters: the "
+         "complete bound (with the phase term) is a sanity row."),
     Spec("ch06.S1_query_periodicity", "assumption", "06_seasonal",
          "Queries repeat with the input's period: eps_q = mean |q_t+L - q_t| / mean |q| small, at the head used "
          "(never a layer-0 head, whose queries depend on the current token alone).",
-         "§5.3, assumption S1", "le", 0.1, 0.0, (), "Median over the sweep of L."),
+         "§5.3, assumption S1", "le", 0.1, 0.0, (), "Median over the sweep of L, at the head used."),
+    Spec("ch06.S2_key_periodicity", "assumption", "06_seasonal",
+         "Keys repeat with the input's period: eps_k = mean |k_i+L - k_i| / mean |k| small, at the head used.",
+         "§5.3, assumption S2", "le", 0.1, 0.0, (), "Median over the sweep of L, at the head used."),
     Spec("ch06.S4_dominant_channel", "assumption", "06_seasonal",
          "A channel whose period fits the input dominates (share >= 0.5).",
          "§5.3, assumption S4", "ge", 0.5, 0.0, (), "Share of the dominant fitting channel at the head used."),

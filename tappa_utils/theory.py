@@ -19,6 +19,7 @@ functions are the numeric right-hand sides used by the chapters, in float64 nump
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -57,6 +58,57 @@ class Derivation:
         """`lhs rel rhs` as LaTeX (for `IPython.display.Math`)."""
         rel = {"=": "=", ">=": r"\geq", "<=": r"\leq"}[self.relation]
         return f"{sp.latex(self.lhs)} {rel} {sp.latex(self.rhs)}"
+
+
+def _visible(tex: str) -> int:
+    """Rough count of the characters a LaTeX string shows (commands, braces and sizing left out)."""
+    t = re.sub(r"\\(left|right|cdot|,|;|quad)", " ", tex)
+    t = re.sub(r"\\[A-Za-z]+", "x", t)
+    return len(re.sub(r"[{}\s^_]", "", t))
+
+
+def _pieces(expr: sp.Expr, width: int) -> list[str]:
+    """LaTeX pieces of `expr` no wider than `width` where possible: its terms, and a long product's factors."""
+    if isinstance(expr, sp.Add):
+        out = []
+        for i, term in enumerate(sp.Add.make_args(expr)):
+            neg = term.could_extract_minus_sign()
+            body = _pieces(-term if neg else term, width)
+            sign = "- " if neg else ("+ " if i else "")
+            out += [sign + body[0]] + body[1:]
+        return out
+    tex = sp.latex(expr)
+    if isinstance(expr, sp.Mul) and _visible(tex) > width:
+        factors = []
+        for f in expr.args:
+            ft = sp.latex(f)
+            factors.append(rf"\left({ft}\right)" if isinstance(f, sp.Add) else ft)
+        return [factors[0]] + [r"\cdot " + f for f in factors[1:]]
+    return [tex]
+
+
+def latex_lines(d: "Derivation", width: int = 60) -> str:
+    """`d.latex()` broken into an `aligned` block of lines about `width` characters wide (terms, then the factors
+    of a long product), so that a long expanded identity wraps on the page instead of running off its right edge.
+    Short derivations come back unchanged."""
+    one = d.latex()
+    if _visible(one) <= width:
+        return one
+    rel = {"=": "=", ">=": r"\geq", "<=": r"\leq"}[d.relation]
+    lines, cur = [], ""
+    for side, expr in (("lhs", d.lhs), ("rhs", d.rhs)):
+        pieces = _pieces(expr, width) if isinstance(expr, sp.Expr) else [sp.latex(expr)]
+        if side == "rhs":
+            if cur:
+                lines.append(cur)
+            cur = rel + " "
+        for p in pieces:
+            if cur and _visible(cur + p) > width:
+                lines.append(cur)
+                cur = ""
+            cur += p + " "
+    lines.append(cur)
+    return r"\begin{aligned}" + r" \\ ".join("& " + ln.strip() for ln in lines) + r"\end{aligned}"
 
 
 def simplify_all(expr):

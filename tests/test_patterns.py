@@ -208,7 +208,7 @@ def test_continuity_and_spearman():
 class _Tok:
     bos_token_id = 0
 
-    def __call__(self, text, add_special_tokens=False):
+    def __call__(self, text, add_special_tokens=False, verbose=True):
         return {"input_ids": [ord(c) for c in text]}
 
 
@@ -227,7 +227,7 @@ def test_periodic_ids_and_seasonal_pairs():
     assert (pairs.i <= pairs.t).all() and (pairs.t + L < 4 * L).all()
     assert np.all(pairs.change <= pairs.bound + 1e-9)
     assert np.all(pairs.bound_paper <= pairs.bound + 1e-12)
-    assert P.resonant_periods(0.3, 20, count=5) == [10, 15, 20, 25, 30]
+    assert P.resonant_periods(0.3, 20, count=5) == [10, 15, 19, 20, 21, 25, 30]
 
 
 def test_assumption_summary_reaccessed_key_and_phase_demo():

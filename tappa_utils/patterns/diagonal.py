@@ -202,3 +202,145 @@ def interval_experiment(model, input_ids: torch.Tensor, layer: int, head: int, c
     return pd.DataFrame(rows)
 
 
+
+
+def rope_base(model) -> float:
+    """The model's own RoPE base (`rope_theta` of its config's `rope_parameters`)."""
+    from ..rope import rotary_module
+
+    cfg = rotary_module(model).config
+    rp = getattr(cfg, "rope_parameters", None) or {}
+    base = rp.get("rope_theta", getattr(cfg, "rope_theta", None))
+    if base is None:
+        raise ValueError(f"{type(model).__name__}: no rope_theta in its config")
+    return float(base)
+
+
+def default_bases(model, shrink: float = 20.0) -> list[float]:
+    """Bases of the interval experiment when none are given: the model's own base, then one `shrink` times smaller
+    (shorter periods for every channel m > 0)."""
+    b = rope_base(model)
+    return [b, max(b / shrink, 2.0)]
+
+
+def step_blocks(steps: pd.DataFrame, columns, block: int = 32) -> np.ndarray:
+    """(n_units, len(columns)) sums of `columns` over blocks of `block` consecutive steps of each window (column
+    `window`, default one window): the resampling units of a ratio of means, since neighbouring steps are not
+    independent."""
+    if block < 1:
+        raise ValueError(f"block must be >= 1, got {block}")
+    win = steps["window"] if "window" in steps else pd.Series(0, index=steps.index)
+    key = [win.to_numpy(), (steps["t"].to_numpy() - steps["t"].min()) // block]
+    return steps.groupby(key)[list(columns)].sum().to_numpy(dtype=np.float64)
+
+
+def ratio_of_sums(units: np.ndarray, seed: int = 0, n_resamples: int = 2000) -> tuple[float, tuple[float, float]]:
+    """sum(units[:, 0]) / sum(units[:, 1]) and its bootstrap interval over the units (rows)."""
+    from ..stats import bootstrap_ci
+
+    units = np.asarray(units, dtype=np.float64)
+    est = float(units[:, 0].sum() / units[:, 1].sum())
+    ci = bootstrap_ci(units, lambda b: b[..., 0].sum(1) / b[..., 1].sum(1), n_resamples=n_resamples, seed=seed)
+    return est, ci
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# natural periodic diagonals (untouched weights)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def channel_distance_profiles(q: np.ndarray, k: np.ndarray, theta: np.ndarray, max_distance: int,
+                              skip: int = 16) -> np.ndarray:
+    """(..., max_distance + 1, C): channel m's part of the mean pre-scale logit at distance n = t - i,
+    `mean_t Re(q_t^m conj(k_{t-n}^m) e^{i n theta_m})` over queries t >= max(skip, n) and windows.
+
+    q, k: pre-RoPE (B, ..., T, d) with the window axis first (k broadcast against q, e.g. one KV head for several
+    query heads). Summed over channels and multiplied by the head's scale it is `distance_profile` of the logits.
+    """
+    cq, ck = theory._c(q), theory._c(k)
+    T = cq.shape[-2]
+    if max_distance >= T - skip:
+        raise ValueError(f"max_distance {max_distance} too large for T={T} and skip={skip}")
+    theta = np.asarray(theta, dtype=np.float64)
+    out = []
+    for n in range(max_distance + 1):
+        t0 = max(skip, n)
+        prod = (cq[..., t0:, :] * np.conj(ck[..., t0 - n : T - n, :])).mean(-2).mean(0)
+        out.append(np.real(prod * np.exp(1j * n * theta)))
+    return np.stack(out, axis=-2)
+
+
+def periodic_fit(profile: np.ndarray, theta_m: float, start: int = 1) -> float:
+    """Share of the detrended variance of `profile[start:]` explained by a sinusoid of frequency `theta_m`
+    (partial R^2 of cos/sin(n theta_m) over a quadratic trend in n): 1 = the profile repeats every 2 pi / theta_m
+    tokens, 0 = nothing at that period. NaN when the profile is flat after the trend."""
+    y = np.asarray(profile, dtype=np.float64)[start:]
+    if len(y) < 8:
+        raise ValueError("the profile is too short to fit a period (need >= 8 points)")
+    n = np.arange(start, start + len(y), dtype=np.float64)
+    u = n / n[-1]
+    trend = np.stack([np.ones_like(u), u, u ** 2], 1)
+    full = np.concatenate([trend, np.stack([np.cos(theta_m * n), np.sin(theta_m * n)], 1)], 1)
+    rss = [float(((y - X @ np.linalg.lstsq(X, y, rcond=None)[0]) ** 2).sum()) for X in (trend, full)]
+    if rss[0] <= 1e-12 * max(1.0, float((y ** 2).sum())):
+        return float("nan")
+    return float(max(0.0, (rss[0] - rss[1]) / rss[0]))
+
+
+def natural_periodicity(model, input_ids: torch.Tensor, layers=None, max_distance: int = 128,
+                        skip: int = 16) -> pd.DataFrame:
+    """Per head of `layers` (default all), on the model's weights as they are (no intervention): does the logit-by-
+    distance profile repeat with the period of the head's dominant RoPE channel?
+
+    Columns: layer, head; `dominant` (m*, the channel with the largest mean |q^m| x mean |k^m|), `share` (its share
+    of the sum over channels), `period` (2 pi / theta_m*), `fits` (period <= max_distance / 2: two repeats fit in
+    the profile); `r2_dominant` (`periodic_fit` of the profile at theta_m*); the control: `control` (the strongest
+    other channel whose period fits) and `r2_control`; `measured_period` (`dominant_period` of the profile) and
+    `rel_error` against `period`. One forward serves every head (`qk_capture`).
+    """
+    from .head import qk_capture
+    from ..rope import channel_frequencies
+
+    layer_list = resolve_layers(model, layers)
+    cap = qk_capture(model, input_ids)
+    theta = channel_frequencies(model)
+    periods = 2 * np.pi / theta
+    fits = periods <= max_distance / 2
+    rows = []
+    for layer in layer_list:
+        rec = cap[layer]
+        q = rec.q_pre.double().cpu().numpy()  # (B, H, T, D)
+        k = np.repeat(rec.k_pre.double().cpu().numpy(), rec.kv_group, axis=1)
+        cq, ck = np.abs(theory._c(q[:, :, skip:])), np.abs(theory._c(k[:, :, skip:]))
+        amp = cq.mean((0, 2)) * ck.mean((0, 2))  # (H, C)
+        prof_c = channel_distance_profiles(q, k, theta, max_distance, skip)  # (H, N + 1, C)
+        for h in range(q.shape[1]):
+            m = int(np.argmax(amp[h]))
+            others = np.where(fits & (np.arange(len(theta)) != m))[0]
+            c = int(others[np.argmax(amp[h, others])]) if len(others) else -1
+            prof = prof_c[h].sum(-1)
+            meas = dominant_period(prof, max_period=max_distance / 2)
+            rows.append({"layer": layer, "head": h, "dominant": m, "share": float(amp[h, m] / amp[h].sum()),
+                         "period": float(periods[m]), "fits": bool(fits[m]),
+                         "r2_dominant": periodic_fit(prof, theta[m]),
+                         "control": c, "r2_control": periodic_fit(prof, theta[c]) if c >= 0 else float("nan"),
+                         "measured_period": meas, "rel_error": abs(meas - periods[m]) / periods[m]})
+    return pd.DataFrame(rows)
+
+
+def interval_control(model, input_ids: torch.Tensor, layer: int, head: int, channels, max_distance: int = 128,
+                     skip: int = 16) -> pd.DataFrame:
+    """The intervention's control: the same head without intervention, its measured interval (periodogram of the
+    logit-by-distance profile) against 2 pi / theta_m for each channel of the experiment. Same columns as
+    `interval_experiment` (base: the model's own)."""
+    hd = capture_head(model, input_ids, layer, head)
+    prof = distance_profile(hd.logits, max_distance, skip)
+    meas = dominant_period(prof)
+    _, share = theory.dominant_channel_share(hd.q, hd.k)
+    rows = []
+    for m in channels:
+        pred = theory.predicted_diagonal_interval(hd.theta[m])
+        rows.append({"base": rope_base(model), "channel": m, "theta": hd.theta[m], "predicted": pred,
+                     "measured": meas, "autocorr": autocorr_period(prof), "rel_error": abs(meas - pred) / pred,
+                     "dominant_share": float(share)})
+    return pd.DataFrame(rows)

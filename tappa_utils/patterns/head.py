@@ -92,8 +92,12 @@ _LAST: dict[str, object] = {}
 
 
 def _weights_key(model) -> tuple:
-    """Identity and in-place version of every parameter and buffer: changes whenever a weight or inv_freq does."""
-    return (id(model), tuple((id(t), t._version) for t in (*model.parameters(), *model.buffers())))
+    """Identity and in-place version of every parameter and buffer (changes whenever a weight or inv_freq does), and
+    the forward hooks in place: `models.random_weights` swaps weights only while a module runs, from hooks, so
+    inside it the versions alone would still match the model's own capture."""
+    hooks = tuple((id(m), tuple(m._forward_pre_hooks), tuple(m._forward_hooks)) for m in model.modules()
+                  if m._forward_pre_hooks or m._forward_hooks)
+    return (id(model), tuple((id(t), t._version) for t in (*model.parameters(), *model.buffers())), hooks)
 
 
 def qk_capture(model, input_ids: torch.Tensor) -> QKCapture:
