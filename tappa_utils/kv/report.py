@@ -315,7 +315,9 @@ def verdict_counts_text(comp, versus: tuple[str, ...]) -> str:
     for v in versus:
         c = comp[comp.versus == v].verdict.value_counts()
         if c.sum():
-            parts.append(f"against {v}: {c.get('win', 0)} wins, {c.get('tie', 0)} ties, {c.get('lose', 0)} losses")
+            n = [int(c.get(k, 0)) for k in ("win", "tie", "lose")]
+            parts.append(f"against {v}: {n[0]} win{'s' * (n[0] != 1)}, {n[1]} tie{'s' * (n[1] != 1)}, "
+                         f"{n[2]} loss{'es' * (n[2] != 1)}")
     return "; ".join(parts) if parts else "no comparison was run"
 
 
