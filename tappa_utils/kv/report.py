@@ -194,11 +194,14 @@ def kv_checks(samples, null_samples=None, seed: int = 0) -> list:
 
 
 def _palette():
+    """One fixed colour per method (TAPPA's variants in strong colours, the baselines from tab10)."""
     import seaborn as sns
 
     from .evaluate import METHODS
 
-    return dict(zip(METHODS, sns.color_palette("tab20", len(METHODS))))
+    strong = {"tappa": "#1f3a93", "tappa_proportional": "#e67e22", "uniform_cake": "#7f8c8d", "tappa_cake": "#27ae60"}
+    rest = [m for m in METHODS if m not in strong and m != "full"]
+    return {**dict(zip(rest, sns.color_palette("tab10", len(rest)))), **strong}
 
 
 def _keep_axis(ax, keeps) -> None:
