@@ -5,35 +5,37 @@ teacher-forced after it (positions continue from the original length, per-layer 
 - `loss`: the next `cont_len` tokens of held-out text after a `seq_len`-token context: mean NLL (nats/token) and
   top-1 accuracy.
 - `retrieval`: a random printable segment (`seg_len` bytes) is planted `distance` tokens before the end of the
-  context, and the context ends with its first `prefix_len` bytes again; target = the rest of the segment. Only
-  copying from the first occurrence predicts it: top-1 accuracy (and NLL).
-Per (task, method, keep): mean and 95 % normal-approximation confidence interval over samples (fixed seeds: every
-method sees the same samples), and TAPPA's paired difference with every other method (win / tie / lose by whether
-the paired 95 % interval excludes 0). Methods: "tappa" (official budget rule, `allocation="reference"`),
-"tappa_proportional" (whole budget split in proportion), "tappa_cake" (CAKE + alpha * TAPPA preference), "cake"
-(CAKE's preference alone) and kvpress baselines. Also recorded per sample: every layer's cache length
-(`layer_lengths.csv`) and the time each press takes to compress a recorded prefill (scores, budgets, eviction;
-`cost.csv` compares it with SnapKV's).
+  context (default 3/4 of `seq_len`), and the context ends with its first `prefix_len` bytes again; target = the rest
+  of the segment. Only copying from the first occurrence predicts it: top-1 accuracy (and NLL).
+Fixed seeds: every method sees the same samples. Methods: "tappa" (official budget rule, `allocation="reference"`),
+"tappa_proportional" (whole budget split in proportion), "uniform_cake" (uniform budgets, TAPPA's own scorer: the
+control for TAPPA's budgets), "tappa_cake" (CAKE + alpha * TAPPA preference), "cake" (CAKE's preference alone),
+"pyramidkv" (the original pyramid, see `baselines`), "pyramidkv_kvpress" (kvpress's, SnapKV at short contexts) and
+kvpress baselines. Also recorded per sample: every layer's cache length and the time each press takes to compress a
+recorded prefill (scores, budgets, eviction). Summaries, paired comparisons, claims and figures: `report`.
 """
 from __future__ import annotations
 
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from contextlib import contextmanager
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-METHODS = ("full", "tappa", "tappa_proportional", "tappa_cake", "cake", "snapkv", "pyramidkv", "streamingllm",
-           "expected_attention", "knorm")
+from .report import NULL_METHODS, summarize, write_results
+
+METHODS = ("full", "tappa", "tappa_proportional", "uniform_cake", "tappa_cake", "cake", "snapkv", "pyramidkv",
+           "pyramidkv_kvpress", "streamingllm", "expected_attention", "knorm")
 TASKS = ("loss", "retrieval")
 
 
 @dataclass
 class KVEvalConfig:
-    """Parameters of a kv-eval run (see the module docstring); `keep` = fractions of the context cache kept."""
+    """Parameters of a kv-eval run (see the module docstring); `keep` = fractions of the context cache kept,
+    `distance` None = 3/4 of `seq_len` (`planted_distance`)."""
 
     model: str = "tappa-tiny"
     device: str = "cpu"
@@ -47,11 +49,16 @@ class KVEvalConfig:
     cont_len: int = 32
     seg_len: int = 32
     prefix_len: int = 8
-    distance: int = 384
+    distance: int | None = None
     window: int = 32
     cake_alpha: float = 1.0
     seed: int = 0
     text_file: str | None = None
+
+    @property
+    def planted_distance(self) -> int:
+        """Tokens between the planted segment's start and the cue: `distance`, or 3/4 of `seq_len` when None."""
+        return self.distance if self.distance is not None else 3 * self.seq_len // 4
 
     def validate(self) -> None:
         """Raise ValueError naming the bad parameter and what is allowed."""
@@ -72,8 +79,12 @@ class KVEvalConfig:
             raise ValueError(f"unknown task(s) {bad}; choose from {', '.join(TASKS)}")
         if self.prefix_len >= self.seg_len:
             raise ValueError(f"prefix_len ({self.prefix_len}) must be smaller than seg_len ({self.seg_len})")
-        if not self.seg_len + 1 < self.distance < self.seq_len - 1:
-            raise ValueError(f"distance must lie in ({self.seg_len + 1}, {self.seq_len - 1}), got {self.distance}")
+        if self.distance is not None and (not isinstance(self.distance, int) or isinstance(self.distance, bool)):
+            raise ValueError(f"distance must be an integer or None (3/4 of seq_len), got {self.distance!r}")
+        hi = self.seq_len - 1 - self.prefix_len
+        if not self.seg_len < self.planted_distance <= hi:
+            raise ValueError(f"distance must lie in ({self.seg_len}, {hi}] (segment before the cue, inside the "
+                             f"context), got {self.planted_distance}")
         if min(self.keep) * self.seq_len < self.window + 4:
             raise ValueError(f"keep {min(self.keep)} of {self.seq_len} tokens is less than the window ({self.window}) "
                              "plus 4 sinks; raise seq_len or keep")
@@ -85,6 +96,8 @@ def make_press(method: str, keep: float, window: int = 32, cake_alpha: float = 1
     """The press for `method` keeping a fraction `keep` of the cache (None for the full cache)."""
     from kvpress import (ExpectedAttentionPress, KnormPress, PyramidKVPress, SnapKVPress, StreamingLLMPress)
 
+    from .baselines import PyramidKVPress as OriginalPyramidKVPress
+    from .baselines import UniformCAKEPress
     from .cake_press import CAKEPress
     from .tappa_press import TAPPAPress
 
@@ -95,9 +108,11 @@ def make_press(method: str, keep: float, window: int = 32, cake_alpha: float = 1
         "tappa": lambda: TAPPAPress(compression_ratio=ratio, window=window),
         "tappa_proportional": lambda: TAPPAPress(compression_ratio=ratio, window=window, allocation="proportional"),
         "tappa_cake": lambda: TAPPAPress(compression_ratio=ratio, window=window, alpha=cake_alpha),
+        "uniform_cake": lambda: UniformCAKEPress(compression_ratio=ratio, window=window),
         "cake": lambda: CAKEPress(compression_ratio=ratio, window=window),
         "snapkv": lambda: SnapKVPress(compression_ratio=ratio, window_size=window),
-        "pyramidkv": lambda: PyramidKVPress(compression_ratio=ratio, window_size=window),
+        "pyramidkv": lambda: OriginalPyramidKVPress(compression_ratio=ratio, window_size=window),
+        "pyramidkv_kvpress": lambda: PyramidKVPress(compression_ratio=ratio, window_size=window),
         "streamingllm": lambda: StreamingLLMPress(compression_ratio=ratio, n_sink=4),
         "expected_attention": lambda: ExpectedAttentionPress(compression_ratio=ratio),
         "knorm": lambda: KnormPress(compression_ratio=ratio),
@@ -130,7 +145,7 @@ def make_samples(tokens: np.ndarray, bos: int, cfg: KVEvalConfig, task: str) -> 
         else:
             seg = rng.integers(33, 127, size=cfg.seg_len)
             ctx = x[:body]
-            first = body - cfg.prefix_len - cfg.distance
+            first = body - cfg.prefix_len - cfg.planted_distance
             ctx[first:first + cfg.seg_len] = seg
             ctx[body - cfg.prefix_len:] = seg[:cfg.prefix_len]
             tgt = seg[cfg.prefix_len:]
@@ -235,114 +250,70 @@ def run_kv_eval(model, tokenizer, cfg: KVEvalConfig, progress: bool = False):
     return pd.DataFrame(rows)
 
 
-def _ci(x: np.ndarray) -> float:
-    return float(1.96 * x.std(ddof=1) / math.sqrt(len(x))) if len(x) > 1 else float("nan")
+@contextmanager
+def random_weight_null(model, seed: int, max_copy_bytes: int = 2 ** 30):
+    """The random-weight null of `model` (seed `seed`, which must differ from the model's: `stats.null_seed`).
+
+    A second model when the weights take at most `max_copy_bytes` (one random draw, 1 x the weights' memory);
+    otherwise `model` itself computing with random weights in place (`models.random_weights`: no extra memory, one
+    random draw of every parameter per forward). Both give the same numbers.
+    """
+    from ..models import random_weight_copy, random_weights
+
+    size = sum(p.numel() * p.element_size() for p in model.parameters())
+    if size <= max_copy_bytes:
+        null = random_weight_copy(model, seed)
+        try:
+            yield null
+        finally:
+            del null
+    else:
+        with random_weights(model, seed) as m:
+            yield m
 
 
-def summarize(samples):
-    """Mean and 95 % CI per (task, method, keep); the full cache is repeated at every keep for plotting."""
-    import pandas as pd
+def run_null_eval(model, tokenizer, cfg: KVEvalConfig, methods=NULL_METHODS, progress: bool = False):
+    """The same samples and budgets on the model's random-weight null (seed `stats.null_seed(cfg.seed)`), for the
+    methods of `methods` that `cfg` runs: a win of TAPPA that also appears here is not evidence of its mechanism."""
+    import dataclasses
 
-    rows = []
-    keeps = sorted(samples.loc[samples.method != "full", "keep"].unique()) or [1.0]
-    for (task, method, keep), g in samples.groupby(["task", "method", "keep"]):
-        for k in (keeps if method == "full" else [keep]):
-            rows.append({"task": task, "method": method, "keep": k, "n": len(g),
-                         "nll": g.nll.mean(), "nll_ci95": _ci(g.nll.values),
-                         "accuracy": g.accuracy.mean(), "accuracy_ci95": _ci(g.accuracy.values),
-                         "kept_fraction": g.kept_fraction.mean(), "cache_bytes": g.cache_bytes.mean(),
-                         **({"press_ms": g.press_ms.mean()} if "press_ms" in g else {})})
-    return pd.DataFrame(rows)
+    from ..stats import null_seed
 
-
-def layer_lengths(samples):
-    """Every layer's cached tokens per (task, method, keep, sample): long table with columns layer, length."""
-    import pandas as pd
-
-    rows = [{"task": r.task, "method": r.method, "keep": r.keep, "sample": r.sample, "layer": layer, "length": int(n)}
-            for r in samples.itertuples() for layer, n in enumerate(str(r.layer_lengths).split())]
-    return pd.DataFrame(rows)
-
-
-def compression_cost(samples, baseline: str = "snapkv"):
-    """Mean time to compress one recorded prefill (scores, budgets, eviction) per (method, keep), and its ratio
-    to `baseline`'s at the same keep (NaN when the baseline was not run)."""
-    g = samples[samples.method != "full"].groupby(["method", "keep"]).press_ms.agg(["mean", "std", "count"])
-    g = g.rename(columns={"mean": "press_ms", "std": "press_ms_std", "count": "n"}).reset_index()
-    base = g[g.method == baseline].set_index("keep").press_ms
-    g[f"x_{baseline}"] = g.press_ms / g.keep.map(base)
-    return g
-
-
-def compare(samples, method: str = "tappa"):
-    """TAPPA (or `method`) vs every other method, paired by sample: mean difference, 95 % CI, win/tie/lose.
-
-    Better = lower NLL (loss task) or higher accuracy (retrieval task)."""
-    import pandas as pd
-
-    rows = []
-    full = samples[samples.method == "full"]
-    for (task, keep), g in samples[samples.method != "full"].groupby(["task", "keep"]):
-        metric = "nll" if task == "loss" else "accuracy"
-        sign = -1.0 if metric == "nll" else 1.0
-        mine = g[g.method == method].set_index("sample")[metric]
-        if mine.empty:
-            continue
-        others = [(m, gg.set_index("sample")[metric]) for m, gg in g.groupby("method") if m != method]
-        others.append(("full", full[full.task == task].set_index("sample")[metric]))
-        for other, theirs in others:
-            if theirs.empty:
-                continue
-            d = sign * (mine - theirs.reindex(mine.index)).dropna().values
-            ci = _ci(d)
-            verdict = "tie" if not (abs(d.mean()) > ci) else ("win" if d.mean() > 0 else "lose")
-            rows.append({"task": task, "keep": keep, "metric": metric, "method": method, "versus": other,
-                         "advantage": float(d.mean()), "ci95": ci, "verdict": verdict})
-    return pd.DataFrame(rows)
+    c = dataclasses.replace(cfg, methods=tuple(m for m in cfg.methods if m in methods))
+    with random_weight_null(model, null_seed(cfg.seed)) as null:
+        return run_kv_eval(null, tokenizer, c, progress=progress)
 
 
 @torch.no_grad()
-def length_profile(model, tokenizer, lengths=(256, 512, 1024, 2048), n: int = 8, cont_len: int = 32,
-                   seed: int = 0, text_file: str | None = None):
-    """Full-cache NLL of the next `cont_len` tokens after contexts of each length (how far the model generalises)."""
+def length_profile(model, tokenizer, cfg: KVEvalConfig, lengths=(256, 512, 1024, 2048), n: int = 8):
+    """Full-cache quality of both tasks after contexts of each length (how far the model's context reaches).
+
+    The tasks are `cfg`'s (cont_len, seg_len, prefix_len, seed, text) at each length, the segment planted at 3/4 of
+    the length. Returns one row per (context_len, task): nll, accuracy (means over `n` samples) and accuracy_ci95.
+    Lengths beyond the model's `max_position_embeddings` are skipped.
+    """
+    import dataclasses
+
     import pandas as pd
 
-    tokens = _text_tokens(tokenizer, text_file)
+    tokens = _text_tokens(tokenizer, cfg.text_file)
+    max_pos = getattr(model.config, "max_position_embeddings", None) or math.inf
     rows = []
     for L in lengths:
-        cfg = KVEvalConfig(seq_len=L, samples=n, cont_len=cont_len, seed=seed, text_file=text_file,
-                           distance=min(384, L - 2), seg_len=8, prefix_len=4)
-        for i, (ctx, tgt) in enumerate(make_samples(tokens, tokenizer.bos_token_id, cfg, "loss")):
-            rows.append({"context_len": L, "sample": i, **score_sample(model, ctx, tgt)})
+        c = dataclasses.replace(cfg, seq_len=int(L), samples=n, distance=None, methods=("full",))
+        if L + max(c.cont_len, c.seg_len) > max_pos:
+            continue
+        for task in c.tasks:
+            for i, (ctx, tgt) in enumerate(make_samples(tokens, tokenizer.bos_token_id, c, task)):
+                r = score_sample(model, ctx, tgt)
+                rows.append({"context_len": int(L), "task": task, "sample": i, "nll": r["nll"],
+                             "accuracy": r["accuracy"]})
     df = pd.DataFrame(rows)
-    return df.groupby("context_len").agg(nll=("nll", "mean"), accuracy=("accuracy", "mean")).reset_index()
-
-
-def plot_quality(summary):
-    """Quality vs kept fraction, one panel per task (loss: NLL, lower is better; retrieval: accuracy)."""
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    tasks = list(dict.fromkeys(summary.task))
-    fig, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 4.2), squeeze=False)
-    palette = dict(zip(METHODS, sns.color_palette("tab10", len(METHODS))))
-    for ax, task in zip(axes[0], tasks):
-        metric = "nll" if task == "loss" else "accuracy"
-        for method, g in summary[summary.task == task].groupby("method", sort=False):
-            g = g.sort_values("keep")
-            style = dict(lw=2.5, marker="o") if method.startswith("tappa") else dict(lw=1.3, marker=".")
-            if method == "full":
-                style = dict(lw=1.5, ls="--", color="black")
-            ax.errorbar(g.keep, g[metric], yerr=g[f"{metric}_ci95"], label=method, capsize=3,
-                        **({"color": palette[method]} if method != "full" else {}), **style)
-        ax.set_xscale("log")
-        ax.set_xticks(sorted(summary.keep.unique()), [f"{k:.0%}" for k in sorted(summary.keep.unique())])
-        ax.set_xlabel("cache kept (fraction of the context)")
-        ax.set_ylabel("NLL of the continuation (nats/token)" if metric == "nll" else "copy accuracy (top-1)")
-        ax.set_title(f"{task}: {'lower' if metric == 'nll' else 'higher'} is better")
-    axes[0][-1].legend(fontsize=8, loc="best")
-    fig.tight_layout()
-    return fig
+    g = df.groupby(["context_len", "task"])
+    out = g.agg(nll=("nll", "mean"), accuracy=("accuracy", "mean"), n=("nll", "size")).reset_index()
+    out["accuracy_ci95"] = g.accuracy.apply(lambda x: 1.96 * x.std(ddof=1) / math.sqrt(len(x)) if len(x) > 1
+                                            else float("nan")).values
+    return out
 
 
 LEGACY_FILES = ("run_info.json", "samples.csv", "summary.csv", "comparisons.csv", "summary.json",
@@ -366,11 +337,13 @@ def _parse(argv):
     p.add_argument("--cont-len", type=int, default=d.cont_len)
     p.add_argument("--seg-len", type=int, default=d.seg_len)
     p.add_argument("--prefix-len", type=int, default=d.prefix_len)
-    p.add_argument("--distance", type=int, default=d.distance)
+    p.add_argument("--distance", type=int, default=d.distance, help="default: 3/4 of --seq-len")
     p.add_argument("--window", type=int, default=d.window)
     p.add_argument("--cake-alpha", type=float, default=d.cake_alpha)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--text-file", default=None)
+    p.add_argument("--null", action="store_true",
+                   help=f"also run {', '.join(NULL_METHODS[1:])} on a random-weight null (results.json: the claims)")
     p.add_argument("--out", required=True, help="output folder (CSV, JSON, PNG)")
     p.add_argument("--quiet", action="store_true")
     return p.parse_args(argv)
@@ -409,7 +382,12 @@ def main(argv: list[str] | None = None) -> int:
             check_supported(model)
             t0 = time.perf_counter()
             samples = run_kv_eval(model, tok, cfg, progress=not args.quiet)
-            write_results(tmp, cfg, samples, seconds=time.perf_counter() - t0)
+            null = run_null_eval(model, tok, cfg, progress=not args.quiet) if args.null else None
+            write_results(tmp, cfg, samples, seconds=time.perf_counter() - t0, null_samples=null)
+            from ..results import save_checks
+            from .report import kv_checks
+
+            save_checks(tmp, kv_checks(samples, null, seed=cfg.seed))
         if not args.quiet:
             print(summarize(samples).to_string(index=False))
         return 0
@@ -417,27 +395,3 @@ def main(argv: list[str] | None = None) -> int:
     return pf.run_cli("kv-eval", body, (UnsupportedModelError, ValueError, TypeError, FileNotFoundError))
 
 
-def write_results(out_dir, cfg: KVEvalConfig, samples, seconds: float | None = None) -> None:
-    """Write run_info.json, samples.csv, summary.csv, comparisons.csv, layer_lengths.csv, cost.csv, summary.json
-    and the quality plot."""
-    import matplotlib.pyplot as plt  # no backend switch: the caller's (inline in notebooks, headless default else)
-
-    from ..results import save_figure, save_json, save_run_info, save_table
-
-    summary, comp = summarize(samples), compare(samples)
-    save_run_info(out_dir, asdict(cfg), seconds=seconds)
-    save_table(samples, out_dir, "samples.csv")
-    save_table(summary, out_dir, "summary.csv")
-    save_table(comp, out_dir, "comparisons.csv")
-    extra = {}
-    if "layer_lengths" in samples:
-        save_table(layer_lengths(samples), out_dir, "layer_lengths.csv")
-    if "press_ms" in samples:
-        cost = compression_cost(samples)
-        save_table(cost, out_dir, "cost.csv")
-        extra["compression_cost"] = cost.to_dict(orient="records")
-    save_json(out_dir, "summary.json", {"summary": summary.to_dict(orient="records"),
-                                        "comparisons": comp.to_dict(orient="records"), **extra})
-    fig = plot_quality(summary)
-    save_figure(fig, out_dir, "quality_vs_budget.png")
-    plt.close(fig)

@@ -1,15 +1,18 @@
-"""kv-eval: the harness runs end to end with tiny parameters, press replay equals real prefill, errors are clean."""
+"""kv-eval: the harness runs end to end with tiny parameters, press replay equals real prefill, errors are clean;
+the baselines (uniform budgets, original PyramidKV) and the chapter's claims (report.kv_checks)."""
 from __future__ import annotations
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 
 from tappa_utils.__main__ import main as cli
 from tappa_utils.kv.decoding import prefill
-from tappa_utils.kv.evaluate import METHODS, KVEvalConfig, compare, compressed_caches, make_press, make_samples
+from tappa_utils.kv.evaluate import METHODS, KVEvalConfig, compressed_caches, make_press, make_samples
+from tappa_utils.kv.report import compare, kv_checks, verdicts_vs_null
 
 TINY = ["--seq-len", "160", "--samples", "2", "--keep", "0.25", "0.5", "--cont-len", "8", "--seg-len", "12",
         "--prefix-len", "4", "--distance", "60", "--window", "16", "--quiet"]
@@ -17,7 +20,7 @@ TINY = ["--seq-len", "160", "--samples", "2", "--keep", "0.25", "0.5", "--cont-l
 
 def test_kv_eval_cli_tiny(tmp_path):
     out = tmp_path / "kv"
-    assert cli(["kv-eval", *TINY, "--out", str(out)]) == 0
+    assert cli(["kv-eval", *TINY, "--null", "--out", str(out)]) == 0
     samples = pd.read_csv(out / "samples.csv")
     summary = pd.read_csv(out / "summary.csv")
     assert set(samples.method) == set(METHODS) and set(samples.task) == {"loss", "retrieval"}
@@ -41,6 +44,14 @@ def test_kv_eval_cli_tiny(tmp_path):
     cost = pd.read_csv(out / "cost.csv")
     assert (cost.press_ms > 0).all() and cost.set_index(["method", "keep"]).x_snapkv.loc[("snapkv", 0.25)] == 1
     assert "compression_cost" in data
+    null = pd.read_csv(out / "null_samples.csv")  # the null ran the same samples for its methods only
+    assert set(null.method) == {"full", "tappa", "uniform_cake", "expected_attention"}
+    assert not null.merge(samples, on=["task", "method", "keep", "sample"]).nll_x.eq(
+        null.merge(samples, on=["task", "method", "keep", "sample"]).nll_y).any()  # other weights, other losses
+    rows = json.loads((out / "results.json").read_text())
+    ids = {r["id"] for r in rows if r["kind"] == "claim"}
+    assert ids == {"ch07.tappa_vs_snapkv", "ch07.tappa_vs_expected_attention", "ch07.kv_win_over_null"}
+    assert sum(r["id"] == "ch07.tappa_vs_snapkv" for r in rows) == 2 * 2  # one per (task, keep)
 
 
 def test_write_results_keeps_the_matplotlib_backend(tmp_path):
@@ -52,8 +63,9 @@ def test_write_results_keeps_the_matplotlib_backend(tmp_path):
     rows = [{"task": "loss", "method": m, "keep": k, "sample": i, "nll": 1.0 + i, "accuracy": 0.5, "kept_fraction": k,
              "cache_bytes": 1, "press_ms": 1.0, "layer_lengths": "3 4"}
             for i in range(2) for m, k in (("full", 1.0), ("tappa", 0.5), ("snapkv", 0.5))]
-    write_results(tmp_path, KVEvalConfig(), pd.DataFrame(rows))
+    write_results(tmp_path, KVEvalConfig(), pd.DataFrame(rows), null_samples=pd.DataFrame(rows))
     assert matplotlib.get_backend() == backend and (tmp_path / "layer_lengths.csv").exists()
+    assert (tmp_path / "null_comparisons.csv").exists()
 
 
 def test_long_text_tokenized_without_length_warning(default_model, capfd, caplog):
@@ -67,6 +79,7 @@ def test_long_text_tokenized_without_length_warning(default_model, capfd, caplog
 
 @pytest.mark.parametrize("argv, match", [
     (["--methods", "h2o"], "unknown method"), (["--keep", "1.5"], "keep"), (["--distance", "5"], "distance"),
+    (["--distance", "156"], "distance"),
     (["--text-file", "/nonexistent.txt"], "not found")])
 def test_kv_eval_bad_input(tmp_path, capsys, argv, match):
     out = tmp_path / "bad"
@@ -106,3 +119,83 @@ def test_compare_verdicts():
              for i in range(10)]
     v = compare(pd.DataFrame(rows)).set_index("versus").verdict
     assert v["snapkv"] == "win" and v["knorm"] == "tie" and v["full"] == "lose"
+
+
+def test_default_distance_scales_with_seq_len():
+    assert KVEvalConfig(seq_len=1024).planted_distance == 768 and KVEvalConfig(seq_len=512).planted_distance == 384
+    assert KVEvalConfig(seq_len=512, distance=100).planted_distance == 100
+
+
+def _rows(effect_null: float, full_acc: float, n: int = 12):
+    """Synthetic per-sample NLLs: TAPPA better than uniform by 0.2 on the trained model, by `effect_null` on the null."""
+    rng = np.random.default_rng(0)
+    out = {"trained": [], "null": []}
+    for which, gain in (("trained", 0.2), ("null", effect_null)):
+        for task in ("loss", "retrieval"):
+            for i in range(n):
+                base = 2.0 + rng.normal(0, 0.3)
+                noise = rng.normal(0, 0.02)
+                for m, nll in (("full", base - 0.5), ("tappa", base - gain + noise), ("uniform_cake", base),
+                               ("expected_attention", base + 0.3), ("tappa_proportional", base - gain)):
+                    acc = full_acc if m == "full" else 0.3
+                    out[which].append({"task": task, "method": m, "keep": 1.0 if m == "full" else 0.25, "sample": i,
+                                       "nll": nll, "accuracy": acc, "kept_fraction": 1.0 if m == "full" else 0.25})
+    return pd.DataFrame(out["trained"]), pd.DataFrame(out["null"])
+
+
+def test_kv_checks_support_a_real_gain_and_refuse_one_that_random_weights_share():
+    trained, null = _rows(effect_null=0.0, full_acc=0.9)
+    status = {(r.id, r.name.split(",")[1].strip()): r.status for r in kv_checks(trained, null) if r.kind == "claim"}
+    assert status[("ch07.tappa_vs_snapkv", "loss NLL")] == "supported"
+    assert status[("ch07.kv_win_over_null", "trained minus random weights")] == "supported"
+    trained, null = _rows(effect_null=0.2, full_acc=0.9)  # the same gain on random weights: not the mechanism
+    rows = [r for r in kv_checks(trained, null) if r.id == "ch07.kv_win_over_null"]
+    assert rows and all(r.status != "supported" for r in rows)
+
+
+def test_kv_checks_are_inconclusive_when_the_full_cache_cannot_retrieve():
+    trained, null = _rows(effect_null=0.0, full_acc=0.1)
+    checks = kv_checks(trained, null)
+    assert [r.status for r in checks if r.kind == "assumption"] == ["violated"]
+    claims = [r for r in checks if r.kind == "claim"]
+    assert claims and all(r.status == "inconclusive" for r in claims)
+    assert all(r.measured > 0.1 for r in claims if r.id == "ch07.tappa_vs_snapkv")  # the effect is still reported
+
+
+def test_verdicts_vs_null_flags_wins_shared_with_random_weights():
+    comp = pd.DataFrame([{"task": "loss", "keep": 0.25, "versus": v, "advantage": 0.1, "verdict": "win"}
+                         for v in ("a", "b")])
+    null = comp.assign(verdict=["win", "tie"])
+    reading = verdicts_vs_null(comp, null).set_index("versus").reading
+    assert "not evidence" in reading["a"] and reading["b"] == "win on the trained model only"
+
+
+def test_uniform_cake_differs_from_tappa_only_in_the_split(default_model):
+    from tappa_utils.kv.baselines import UniformCAKEPress
+    from tappa_utils.kv.tappa_press import TAPPAPress
+
+    model, _ = default_model
+    ids = torch.randint(0, 256, (1, 300), generator=torch.Generator().manual_seed(1))
+    u, t = UniformCAKEPress(compression_ratio=0.75), TAPPAPress(compression_ratio=0.75)
+    prefill(model, ids, u), prefill(model, ids, t)
+    assert sum(u.budgets) == sum(t.budgets) and max(u.budgets) - min(u.budgets) <= 1
+    assert u.layer_qsim == t.layer_qsim  # same statistics, only the preference (hence the split) differs
+
+
+@pytest.mark.parametrize("seq_len, keep", [(512, 0.1), (512, 0.5), (1024, 0.25)])
+def test_original_pyramid_vs_kvpress_pyramid(default_model, seq_len, keep):
+    """kvpress 0.5.5: SnapKV's uniform budget when budget/beta < window, else (at 50 %) a pyramid whose last layer
+    holds only the window; the original rule: a pyramid at every keep with the window on top in every layer."""
+    model, _ = default_model
+    n = model.config.num_hidden_layers
+    ids = torch.randint(0, 256, (1, seq_len), generator=torch.Generator().manual_seed(2))
+    caches, _ = compressed_caches(model, ids, {m: make_press(m, keep, window=32)
+                                               for m in ("pyramidkv", "pyramidkv_kvpress", "snapkv")})
+    lengths = {m: [layer.keys.shape[2] for layer in c.layers] for m, c in caches.items()}
+    if keep < 0.5:
+        assert lengths["pyramidkv_kvpress"] == lengths["snapkv"]
+    else:
+        assert lengths["pyramidkv_kvpress"][-1] == 32 and lengths["pyramidkv_kvpress"][0] == seq_len - 32
+    p = lengths["pyramidkv"]
+    assert all(a > b for a, b in zip(p, p[1:])) and min(p) > 32  # strictly decreasing, window + some context
+    assert abs(sum(p) - keep * seq_len * n) <= n  # same total up to rounding
