@@ -121,6 +121,14 @@ def plot_attention_gallery(maps: Sequence[np.ndarray], titles: Sequence[str] | N
             continue
         m = maps[i] if max_tokens is None else maps[i][:max_tokens, :max_tokens]
         ax.imshow(np.clip(m, 0, None) ** power, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
+        n = m.shape[-1]
+        pad = max(1.0, 0.02 * n)  # a margin of background around the map: key 0 (a sink stripe) is not hidden by
+        ax.set_xlim(-0.5 - pad, n - 0.5 + pad)  # the frame, which is drawn thin and light
+        ax.set_ylim(m.shape[0] - 0.5 + pad, -0.5 - pad)
+        ax.set_facecolor("white")
+        for sp in ax.spines.values():
+            sp.set_linewidth(0.4)
+            sp.set_color("0.75")
         ax.set_xticks([])
         ax.set_yticks([])
         if titles is not None:
@@ -157,7 +165,7 @@ def plot_head_heatmap(df, value: str, ax=None, cmap: str = "viridis", fmt: str =
         fig = ax.figure
     step = max(1, grid.shape[1] // 16)
     sns.heatmap(grid, ax=ax, cmap=cmap, annot=annot, fmt=fmt, vmin=vmin, vmax=vmax, cbar=True,
-                annot_kws={"fontsize": 7}, xticklabels=step, yticklabels=max(1, grid.shape[0] // 32))
+                annot_kws={"fontsize": 9}, xticklabels=step, yticklabels=max(1, grid.shape[0] // 32))
     ax.set_title(title or value)
     return fig
 
