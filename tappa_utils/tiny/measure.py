@@ -52,13 +52,10 @@ def heldout_loss(model, input_ids: torch.Tensor, tokenizer=None) -> float:
     """Mean next-token loss in nats per byte of text over `input_ids` (N, T) (the first token is never predicted).
 
     With a byte-level tokenizer (or none) a token is a byte; otherwise the summed loss is divided by the number of
-    UTF-8 bytes the predicted tokens decode to.
+    UTF-8 bytes the predicted tokens decode to. One window at a time (a window's logits are T x vocab).
     """
-    ids = input_ids.to(next(model.parameters()).device)
-    logits = model(ids).logits.float()
-    nll = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1),
-                                            reduction="sum").item()
-    n_tokens = ids[:, 1:].numel()
+    nll = float(token_losses(model, input_ids).double().sum())
+    n_tokens = input_ids[:, 1:].numel()
     n_bytes = n_tokens if tokenizer is None or is_byte_level(tokenizer) else sum(
         len(tokenizer.decode(row[1:].tolist(), skip_special_tokens=True).encode("utf-8")) for row in input_ids)
     return nll / max(1, n_bytes)
@@ -91,18 +88,35 @@ def copy_test_ids(tokenizer, text: str, n: int, seq_len: int, seg_len: int, seed
 
 @torch.no_grad()
 def token_losses(model, ids: torch.Tensor) -> torch.Tensor:
-    """(N, T-1) next-token losses in nats: entry [:, i] is the loss of predicting token i + 1."""
-    ids = ids.to(next(model.parameters()).device)
-    logp = torch.log_softmax(model(ids).logits.float(), -1)
-    return -logp[:, :-1].gather(-1, ids[:, 1:, None])[..., 0].cpu()
+    """(N, T-1) next-token losses in nats: entry [:, i] is the loss of predicting token i + 1.
+
+    One window per forward, so the extra memory is one window's T x vocab logits (155 MB at Qwen's 151,936-token
+    vocabulary and T = 256), not N of them.
+    """
+    device = next(model.parameters()).device
+    out = []
+    for row in ids:
+        x = row[None].to(device)
+        logp = torch.log_softmax(model(x).logits[0].float(), -1)
+        out.append(-logp[:-1].gather(-1, x[0, 1:, None])[..., 0].cpu())
+        del logp
+    return torch.stack(out)
+
+
+def copy_stats(nll: torch.Tensor, first: slice, second: slice) -> dict[str, float]:
+    """Copy-test numbers from per-token losses `nll` (N, T-1) (`token_losses`): mean loss on tokens 2.. of the first
+    and of the second occurrence of the segment, their ratio, and the per-window losses (for intervals)."""
+    l1 = nll[:, first.start : first.stop - 1].double().mean(1)
+    l2 = nll[:, second.start : second.stop - 1].double().mean(1)
+    return {"copy_first": l1.mean().item(), "copy_second": l2.mean().item(),
+            "copy_ratio": l2.mean().item() / l1.mean().item(),
+            "first_per_window": l1.tolist(), "second_per_window": l2.tolist()}
 
 
 def copy_test(model, ids: torch.Tensor, first: slice, second: slice) -> dict[str, float]:
     """Loss on tokens 2.. of the first and of the second occurrence of the segment, and their ratio."""
-    nll = token_losses(model, ids)
-    l1 = nll[:, first.start : first.stop - 1].mean().item()
-    l2 = nll[:, second.start : second.stop - 1].mean().item()
-    return {"copy_first": l1, "copy_second": l2, "copy_ratio": l2 / l1}
+    c = copy_stats(token_losses(model, ids), first, second)
+    return {k: c[k] for k in ("copy_first", "copy_second", "copy_ratio")}
 
 
 def patterned_mask(df: pd.DataFrame, cfg: CardConfig) -> pd.Series:
