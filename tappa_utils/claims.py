@@ -101,6 +101,30 @@ _NULL = ("the trained heads against the heads of a random-weight copy of the sam
          "`stats.null_seed(seed)`); ")
 
 SPECS: tuple[Spec, ...] = (
+    # ---- chapters 0-2: the default model's premises (training targets of tappa-tiny, as assumptions of the book)
+    # Chapters 4-5 and 3 study sinks, diagonals and the q-sim / predictability relation: they presuppose a model that
+    # has them. These are goals fixed before training (issue 13), measured as point values on held-out windows by
+    # `tiny.measure.summarize_heads` (chapter 1 and the model card); not claims of the paper, so they never count as
+    # evidence for it. Counts are of heads; a sink head has first-token mass >= 0.3, a diagonal head mass >= 0.3 at
+    # one offset 1..8 (`tiny.measure.CardConfig`).
+    Spec("ch01.T_sink_heads", "assumption", "01_default_model",
+         "The model has at least 2 sink heads outside layer 0 (first-token mass >= 0.3), for chapter 4 to study.",
+         "§5.1 (premise of the book, training target)", "ge", 2.0, 0.0, (),
+         "Number of heads outside the first layer with mean first-token mass >= 0.3 (queries t >= 16)."),
+    Spec("ch01.T_diagonal_heads", "assumption", "01_default_model",
+         "The model has at least 4 diagonal heads (mass >= 0.3 at one offset 1..8), for chapter 5 to study.",
+         "§5.2 (premise of the book, training target)", "ge", 4.0, 0.0, (),
+         "Number of heads whose best offset in 1..8 carries mean mass >= 0.3."),
+    Spec("ch01.T_copying", "assumption", "01_default_model",
+         "The model copies: a repeated random segment costs at most half as much the second time.",
+         "§4 (unpredictable / retrieval heads; premise of the book, training target)", "le", 0.5, 0.0, (),
+         "Copy ratio: mean loss on the second occurrence of a random 48-token segment / on the first."),
+    Spec("ch01.T_qsim_predictability", "assumption", "01_default_model",
+         "Within layers, q-similarity (consecutive, pre-RoPE) ranks heads like their predictability "
+         "(Spearman >= 0.5).",
+         "§4 (premise of the book, training target)", "ge", 0.5, 0.0, (),
+         "tiny.measure.summarize_heads' within-layer Spearman; random weights reach a sizeable value too (a "
+         "mechanical part), so this is a target, not evidence: chapter 3 tests the relation against the null."),
     # ---- chapter 3: predictable vs unpredictable (section 4)
     # Registered before looking at results (issue 12). The new `metrics.predictability` (carried mass) scores
     # uniform attention 1 (it never moves), so predictability alone cannot tell a pattern from diffuse attention,

@@ -171,7 +171,7 @@ def plot_head_heatmap(df, value: str, ax=None, cmap: str = "viridis", fmt: str =
         fig = ax.figure
     step = max(1, grid.shape[1] // 16)
     sns.heatmap(grid, ax=ax, cmap=cmap, annot=annot, fmt=fmt, vmin=vmin, vmax=vmax, cbar=True,
-                annot_kws={"fontsize": 7}, xticklabels=step, yticklabels=max(1, grid.shape[0] // 32))
+                annot_kws={"fontsize": 9}, xticklabels=step, yticklabels=max(1, grid.shape[0] // 32))
     ax.set_title(title or value)
     return fig
 

@@ -120,3 +120,66 @@ def pick_heads(df: pd.DataFrame, layer: int | None = None, by: str = "predictabi
         raise ValueError(f"no heads in layer {layer}; layers available: {sorted(df['layer'].unique())}")
     hi, lo = sub.loc[sub[by].idxmax()], sub.loc[sub[by].idxmin()]
     return int(hi["layer"]), int(hi["head"]), int(lo["layer"]), int(lo["head"])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# choosing the q-similarity variant on calibration windows (chapter 2), tested on held-out windows (chapter 3)
+
+DEFAULT_QSIM = "q_sim_consecutive_pre"  # the paper's description (consecutive queries, before RoPE)
+QSIM_CHOICE_FILE = "qsim_choice.json"
+QSIM_CRITERION = ("within-layer Spearman(variant, predictability) on the model minus the same on its random-weight "
+                  "null (`variant_separation`'s `excess`), on calibration windows; the largest wins, ties in "
+                  "QSIM_VARIANTS order")
+
+
+def qsim_scores(heads_calib: pd.DataFrame, null_calib: pd.DataFrame,
+                variants: Sequence[str] = QSIM_VARIANTS, target: str = "predictability") -> dict[str, float]:
+    """{variant: excess} (`QSIM_CRITERION`) from per-head tables of the model and of its null on calibration windows."""
+    sep = variant_separation(heads_calib, null_calib, variants, target)
+    return {r.variant: float(r.excess) for r in sep.itertuples()}
+
+
+def choose_qsim_variant(heads_calib: pd.DataFrame, null_calib: pd.DataFrame,
+                        variants: Sequence[str] = QSIM_VARIANTS, target: str = "predictability") -> str:
+    """The q-similarity variant that separates predictable from unpredictable heads best beyond the null.
+
+    `heads_calib`, `null_calib`: `metrics.analyze_heads` tables of the model and of its random-weight null on
+    *calibration* windows (the variant is then tested on other, held-out windows). Criterion: `QSIM_CRITERION`.
+    When no variant has a finite score (e.g. one head per layer), `DEFAULT_QSIM` is returned.
+
+    >>> import pandas as pd
+    >>> t = pd.DataFrame({"layer": [0] * 4, "predictability": [.1, .2, .3, .4], "a": [1, 2, 3, 4], "b": [4, 1, 3, 2]})
+    >>> n = pd.DataFrame({"layer": [0] * 4, "predictability": [.1, .2, .3, .4], "a": [1, 3, 2, 4], "b": [2, 1, 4, 3]})
+    >>> choose_qsim_variant(t, n, variants=("a", "b"))
+    'a'
+    """
+    scores = qsim_scores(heads_calib, null_calib, variants, target)
+    finite = [(s, -i, v) for i, (v, s) in enumerate(scores.items()) if np.isfinite(s)]
+    return max(finite)[2] if finite else DEFAULT_QSIM
+
+
+def qsim_choice_record(heads_calib: pd.DataFrame, null_calib: pd.DataFrame, calibration_windows: Sequence[int],
+                       **meta) -> dict:
+    """The record chapter 2 writes to `<out_dir>/qsim_choice.json`: {"variant", "calibration_windows", "score",
+    "scores", "criterion", ...meta} (meta: model, seq_len, text_file, ... so chapter 3 can pick other windows)."""
+    scores = qsim_scores(heads_calib, null_calib)
+    variant = choose_qsim_variant(heads_calib, null_calib)
+    return {"variant": variant, "calibration_windows": [int(w) for w in calibration_windows],
+            "score": scores.get(variant, float("nan")), "scores": scores, "criterion": QSIM_CRITERION, **meta}
+
+
+def load_qsim_choice(path) -> dict | None:
+    """Chapter 2's `qsim_choice.json` (a file or the folder holding it), or None when absent. A file without a known
+    variant is a clear error."""
+    import json
+    from pathlib import Path
+
+    p = Path(path)
+    p = p / QSIM_CHOICE_FILE if p.is_dir() else p
+    if not p.is_file():
+        return None
+    rec = json.loads(p.read_text())
+    if rec.get("variant") not in QSIM_VARIANTS or "calibration_windows" not in rec:
+        raise ValueError(f"{p}: not a q-sim choice (needs 'variant' in {', '.join(QSIM_VARIANTS)} and "
+                         "'calibration_windows'); re-run chapter 02_time_series")
+    return rec

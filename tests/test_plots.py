@@ -147,3 +147,25 @@ def test_layer_summary_values_and_plot():
     assert len(fig.axes) == 2 and fig.axes[0].get_title() == "sink_mass"
     with pytest.raises(KeyError):
         plots.layer_summary(df, ["missing"])
+
+
+def test_gallery_leaves_key_zero_clear_of_the_frame():
+    """A sink stripe (key 0) must not sit under the axes frame: the drawn map has a margin on the left and top."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from tappa_utils.plots import plot_attention_gallery
+
+    m = np.tril(np.full((64, 64), 0.01))
+    m[:, 0] = 1.0
+    fig = plot_attention_gallery([m, m], ["a", "b"])
+    ax = fig.axes[0]
+    assert ax.get_xlim()[0] < -1.0 and ax.get_ylim()[1] < -1.0  # column 0 / row 0 start inside the frame
+    fig.canvas.draw()
+    img = np.asarray(fig.canvas.buffer_rgba())[..., :3].astype(float)
+    bbox = ax.get_window_extent()
+    x0 = int(bbox.x0) + 1 + int((1.0 + 0.5) / (ax.get_xlim()[1] - ax.get_xlim()[0]) * bbox.width)  # inside key 0
+    row = img[img.shape[0] - int((bbox.y0 + bbox.y1) / 2), x0]
+    assert row.mean() > 150  # key 0 is drawn bright (magma at p = 1), not the frame's colour
+    plt.close(fig)

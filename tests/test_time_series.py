@@ -104,3 +104,47 @@ def test_within_layer_spearman_removes_layer_means():
     assert math.isnan(ts.within_layer_spearman(df.head(2), "x", "y"))
     with pytest.raises(KeyError, match="nope"):
         ts.within_layer_spearman(df, "x", "nope")
+
+
+def _heads_with(variant_signal: dict[str, float], n_layers: int = 4, n_heads: int = 6, seed: int = 0):
+    """A per-head table where each q-sim variant tracks predictability with the given strength (0: noise)."""
+    rng = np.random.default_rng(seed)
+    n = n_layers * n_heads
+    pred = rng.uniform(0, 1, n)
+    df = pd.DataFrame({"layer": np.repeat(np.arange(n_layers), n_heads), "head": np.tile(np.arange(n_heads), n_layers),
+                       "predictability": pred})
+    for v in ts.QSIM_VARIANTS:
+        w = variant_signal.get(v, 0.0)
+        df[v] = w * pred + (1 - w) * rng.uniform(0, 1, n)
+    return df
+
+
+def test_choose_qsim_variant_picks_the_variant_that_beats_its_null():
+    # window_post tracks predictability on the model but not on the null; consecutive_post tracks it on both
+    # (mechanical): the excess criterion must pick window_post, although consecutive_post correlates as well.
+    trained = _heads_with({"q_sim_window_post": 0.9, "q_sim_consecutive_post": 0.9}, seed=1)
+    null = _heads_with({"q_sim_consecutive_post": 0.9}, seed=2)
+    scores = ts.qsim_scores(trained, null)
+    assert scores["q_sim_window_post"] > 0.5 and abs(scores["q_sim_consecutive_post"]) < 0.3
+    assert ts.choose_qsim_variant(trained, null) == "q_sim_window_post"
+    # swapping the roles of model and null changes the choice: the null matters
+    assert ts.choose_qsim_variant(null, trained) != "q_sim_window_post"
+    # no finite score (one head per layer): the documented default
+    one = _heads_with({}, n_layers=5, n_heads=1)
+    assert ts.choose_qsim_variant(one, one) == ts.DEFAULT_QSIM
+
+
+def test_qsim_choice_record_round_trip(tmp_path):
+    import json
+
+    trained = _heads_with({"q_sim_window_pre": 0.95}, seed=3)
+    null = _heads_with({}, seed=4)
+    rec = ts.qsim_choice_record(trained, null, range(4), model="m", seq_len=64)
+    assert rec["variant"] == "q_sim_window_pre" and rec["calibration_windows"] == [0, 1, 2, 3]
+    assert rec["score"] == rec["scores"]["q_sim_window_pre"] == max(rec["scores"].values())
+    (tmp_path / ts.QSIM_CHOICE_FILE).write_text(json.dumps(rec))
+    assert ts.load_qsim_choice(tmp_path)["variant"] == "q_sim_window_pre"
+    assert ts.load_qsim_choice(tmp_path / "absent") is None
+    (tmp_path / "bad.json").write_text(json.dumps({"variant": "cosine"}))
+    with pytest.raises(ValueError, match="not a q-sim choice"):
+        ts.load_qsim_choice(tmp_path / "bad.json")

@@ -1,12 +1,19 @@
 """The default model's card: measurements of a model against a random-weight copy, and the issue's targets.
 
-    python -m tappa_utils model-card [--model DIR] [--windows 16] [--seq-len 512] [--out DIR]
+    python -m tappa_utils model-card [--model DIR] [--windows 16] [--seq-len 512] [--out DIR] [--previous JSON]
 
 Measures, on held-out windows, the held-out loss (nats/byte) of the model and of a random-weight copy, every
 head's metrics (`tappa_utils.metrics.analyze_heads`: sink mass, best diagonal offset and its mass, q-similarity
 before/after RoPE, predictability), the copy test (loss on the second occurrence of a repeated random segment vs the
 first), checks the targets and writes `MODEL_CARD.md` and `model_card.json` (atomically) into the model folder or
 `--out`.
+
+Previous version: the card keeps the figures of the model's previous version beside the new ones (a column in the
+measurements and targets tables, and a section on what changed). They come from a frozen summary of the previous
+card, `--previous JSON` (default for the shipped model: `PREVIOUS_CARD`, the card of tappa-tiny v1; `--previous
+none` leaves it out). Before shipping a version N+1, freeze version N's card with
+`python -c "from tappa_utils.tiny import card; card.freeze_card('.../model_card.json', '.../tappa-tiny-vN-card.json',
+'tappa-tiny vN')"` and point `PREVIOUS_CARD` at it.
 """
 from __future__ import annotations
 
@@ -21,15 +28,55 @@ from typing import Any
 import numpy as np
 
 from ..io import atomic_write_json, atomic_write_text
+from ..models import ASSETS
 from .describe import architecture, corpus_summary, training_summary
-from .measure import CardConfig, measure, targets
+from .measure import QSIM_COLUMNS, TARGET_IDS, CardConfig, measure, targets
+
+PREVIOUS_CARD = ASSETS / "tappa-tiny-v1-card.json"  # the shipped model's previous version (see the module docstring)
+FROZEN_KEYS = ("label", "generated", "command", "config", "architecture", "training", "trained", "random", "targets")
+
+
+def frozen_summary(card: dict[str, Any], label: str) -> dict[str, Any]:
+    """What a later card shows of this one: its label, configuration, architecture, training summary (phases and
+    mixtures left out), measurements (trained and random) and targets (by id where they have one). No per-head table."""
+    tr = card.get("training")
+    if tr is not None:
+        tr = {k: v for k, v in tr.items() if k not in ("phases", "mixtures", "args")}
+    return {"label": label, **{k: card.get(k) for k in FROZEN_KEYS if k not in ("label", "training")},
+            "training": tr, "notes": card.get("notes", "")}
+
+
+def freeze_card(card_json: str | Path, out: str | Path, label: str) -> Path:
+    """Write `frozen_summary` of the card at `card_json` to `out` (before a new version replaces it)."""
+    import json
+
+    return atomic_write_json(Path(out), _jsonable(frozen_summary(json.loads(Path(card_json).read_text()), label)))
+
+
+def load_previous(path: str | Path | None) -> dict[str, Any] | None:
+    """The frozen previous card at `path` (None: none). A file that is not a frozen card is a clear error."""
+    import json
+
+    if path is None:
+        return None
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"previous card not found: {p}; pass --previous none to leave it out")
+    prev = json.loads(p.read_text())
+    missing = [k for k in ("label", "trained", "targets") if k not in prev]
+    if missing:
+        raise ValueError(f"{p} is not a frozen model card (missing {', '.join(missing)}); make one with "
+                         "tappa_utils.tiny.card.freeze_card")
+    return prev
 
 def build_card(model, tokenizer, model_dir: str | Path | None, cfg: CardConfig, null_seed: int = 0,
-               command: str = "", progress: bool = False) -> dict[str, Any]:
-    """Everything the card shows, as a JSON-able dict (per-head tables as lists of records)."""
+               command: str = "", progress: bool = False, previous: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Everything the card shows, as a JSON-able dict (per-head tables as lists of records); `previous` (a frozen
+    card, `load_previous`) is kept under "previous" for the old-vs-new columns."""
     from ..models import random_weight_copy
+    from ..stats import null_seed as _null_seed
 
-    null = random_weight_copy(model, seed=null_seed)
+    null = random_weight_copy(model, seed=_null_seed(null_seed))
     trained_m, null_m = measure(model, tokenizer, cfg, progress), measure(null, tokenizer, cfg, progress)
     checks = targets(trained_m, null_m, cfg)
     heads = trained_m["heads_table"].merge(null_m["heads_table"], on=["layer", "head"], suffixes=("", "_random"))
@@ -46,6 +93,7 @@ def build_card(model, tokenizer, model_dir: str | Path | None, cfg: CardConfig, 
         "random": strip(null_m),
         "targets": [c.to_dict() for c in checks],
         "heads": heads.to_dict(orient="records"),
+        "previous": previous,
     }
 
 
@@ -106,35 +154,35 @@ def render_markdown(card: dict[str, Any]) -> str:
               f"Python's standard library `.py` files (present on every machine with Python; split by a hash of the "
               f"file name): {co['files']} files, {co['bytes']:,} bytes ({splits}). The full list with each file's "
               f"sha256 is `corpus_manifest.json` beside this card; its sha256 is `{co['manifest_sha256']}`.", ""]
+    prev = card.get("previous")
+    pl = prev["label"] if prev else None
     L += ["## Measurements vs the same network with random weights", "",
           f"{cfg['windows']} held-out windows of {cfg['seq_len']} tokens (`tappa_utils.data.load_text()`, text never "
           f"trained on); copy test: {cfg['copy_windows']} windows of {cfg['copy_seq_len']} tokens with a random "
           f"{cfg['copy_seg_len']}-byte segment repeated (`tiny.corpus.copy_test_batch`, seed {cfg['seed']}). "
-          f"q-similarity: `{cfg['qsim_column']}`; Spearman correlations are across heads with each layer's mean removed.",
-          "", "| measurement | trained | random weights |", "|---|---|---|"]
-    th, rh = t["heads"], r["heads"]
-    rows = [("held-out loss (nats/byte)", t["heldout_loss"], r["heldout_loss"]),
-            ("copy test: loss, first occurrence", t["copy"]["copy_first"], r["copy"]["copy_first"]),
-            ("copy test: loss, second occurrence", t["copy"]["copy_second"], r["copy"]["copy_second"]),
-            ("copy test: ratio second / first", t["copy"]["copy_ratio"], r["copy"]["copy_ratio"]),
-            (f"sink heads outside layer 0 (mass >= {cfg['sink_threshold']})", th["sink_heads_outside_layer0"],
-             rh["sink_heads_outside_layer0"]),
-            ("max first-token mass outside layer 0", th["max_sink_mass_outside_layer0"], rh["max_sink_mass_outside_layer0"]),
-            (f"diagonal heads (mass >= {cfg['diag_threshold']}, offset 1..8)", th["diagonal_heads"], rh["diagonal_heads"]),
-            ("max diagonal mass", th["max_diag_mass"], rh["max_diag_mass"]),
-            ("within-layer Spearman(q-sim, predictability)", th["spearman_qsim_predictability"],
-             rh["spearman_qsim_predictability"])]
-    rows += [(f"  ... with `{k}`", v, rh["spearman_by_variant"].get(k)) for k, v in th["spearman_by_variant"].items()]
-    rows += [("mean q-sim of patterned heads (sink or diagonal)", th["qsim_patterned"], rh["qsim_patterned"]),
-             ("mean q-sim of scattered heads", th["qsim_scattered"], rh["qsim_scattered"]),
-             ("mean predictability", th["mean_predictability"], rh["mean_predictability"])]
-    L += [f"| {k} | {_f(a_)} | {_f(b_)} |" for k, a_, b_ in rows]
-    L += ["", "## Targets", "", "| target | wanted | measured | met | note |", "|---|---|---|---|---|"]
+          f"q-similarity: `{cfg['qsim_column']}`; Spearman correlations are across heads with each layer's mean removed."
+          + (f" The column *{pl}* repeats the previous version's card for comparison (its own windows and "
+             "settings: see the section on the previous version)." if prev else ""), ""]
+    head = "| measurement | this version | random weights |" + (f" {pl} |" if prev else "")
+    L += [head, "|---|---|---|" + ("---|" if prev else "")]
+    for label, get in measurement_rows(cfg):
+        vals = [get(t), get(r)] + ([get(prev["trained"])] if prev else [])
+        L += [f"| {label} | " + " | ".join(_f(v) for v in vals) + " |"]
+    L += ["", "## Targets", "",
+          "Goals fixed before training (registered as assumptions `ch01.T_*` in `tappa_utils.claims`: the later "
+          "chapters presuppose them); *met* when the measured value satisfies the registered threshold.", "",
+          "| target | wanted | measured | met |" + (f" {pl} |" if prev else "") + " note |",
+          "|---|---|---|---|" + ("---|" if prev else "") + "---|"]
+    old = _previous_targets(prev)
     for c in card["targets"]:
         op = ">=" if c["relation"] == "ge" else "<=" if c["relation"] == "le" else "~"
+        before = ""
+        if prev:
+            o = old.get(c.get("id"))
+            before = (f" {_f(o['measured'])} ({'met' if o['passed'] else 'missed'}) |" if o else " n/a |")
         L += [f"| {c['name']} | {op} {_f(c['predicted'], 2)} | {_f(c['measured'])} | "
-              f"{'**met**' if c['passed'] else 'missed'} | {c['note']} |"]
-    n_met = sum(c["passed"] for c in card["targets"])
+              f"{'**met**' if c['passed'] else 'missed'} |{before} {c['note']} |"]
+    n_met = sum(bool(c["passed"]) for c in card["targets"])
     L += ["", f"{n_met} of {len(card['targets'])} targets met.", "", "## Heads", "",
           "| layer | head | pattern | sink | diag offset | diag mass | q-sim pre | q-sim post | predictability | "
           "sink (random) | diag mass (random) | predictability (random) |",
@@ -144,8 +192,71 @@ def render_markdown(card: dict[str, Any]) -> str:
               f"{_f(h['diag_mass'])} | {_f(h['q_sim_consecutive_pre'])} | {_f(h['q_sim_consecutive_post'])} | "
               f"{_f(h['predictability'])} | {_f(h['sink_mass_random'])} | {_f(h['diag_mass_random'])} | "
               f"{_f(h['predictability_random'])} |"]
+    if prev:
+        L += ["", *previous_section(card, prev)]
     L += ["", f"Machine-readable: `model_card.json`. Generated {card['generated']}.", ""]
     return "\n".join(L)
+
+
+def measurement_rows(cfg: dict[str, Any]) -> list[tuple[str, Any]]:
+    """(label, getter) of each row of the measurements table; a getter takes a card's "trained" / "random" dict
+    (or a previous card's) and returns the value, None where that card has no such field."""
+    def get(*path):
+        def f(m):
+            for k in path:
+                if not isinstance(m, dict) or k not in m:
+                    return None
+                m = m[k]
+            return m
+        return f
+
+    rows = [("held-out loss (nats/byte)", get("heldout_loss")),
+            ("copy test: loss, first occurrence", get("copy", "copy_first")),
+            ("copy test: loss, second occurrence", get("copy", "copy_second")),
+            ("copy test: ratio second / first", get("copy", "copy_ratio")),
+            (f"sink heads outside layer 0 (mass >= {cfg['sink_threshold']})", get("heads", "sink_heads_outside_layer0")),
+            ("max first-token mass outside layer 0", get("heads", "max_sink_mass_outside_layer0")),
+            (f"diagonal heads (mass >= {cfg['diag_threshold']}, offset 1..8)", get("heads", "diagonal_heads")),
+            ("max diagonal mass", get("heads", "max_diag_mass")),
+            ("within-layer Spearman(q-sim, predictability)", get("heads", "spearman_qsim_predictability"))]
+    rows += [(f"  ... with `{k}`", get("heads", "spearman_by_variant", k)) for k in QSIM_COLUMNS]
+    rows += [("mean q-sim of patterned heads (sink or diagonal)", get("heads", "qsim_patterned")),
+             ("mean q-sim of scattered heads", get("heads", "qsim_scattered")),
+             ("mean predictability", get("heads", "mean_predictability"))]
+    return rows
+
+
+def _previous_targets(prev: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """The previous card's targets by registered id (frozen cards from before the ids carry them in `id`)."""
+    if not prev:
+        return {}
+    return {t["id"]: t for t in prev.get("targets", []) if t.get("id") in TARGET_IDS}
+
+
+def previous_section(card: dict[str, Any], prev: dict[str, Any]) -> list[str]:
+    """Markdown lines: the previous version's size, training and settings next to this one's."""
+    a, pa = card["architecture"], prev.get("architecture") or {}
+    tr, ptr = card.get("training") or {}, prev.get("training") or {}
+    cfg, pcfg = card["config"], prev.get("config") or {}
+    rows = [("parameters", a.get("parameters"), pa.get("parameters")),
+            ("layers x hidden size", f"{a.get('num_hidden_layers')} x {a.get('hidden_size')}",
+             f"{pa.get('num_hidden_layers')} x {pa.get('hidden_size')}"),
+            ("context (max positions)", a.get("max_position_embeddings"), pa.get("max_position_embeddings")),
+            ("training steps", tr.get("steps"), ptr.get("steps")),
+            ("tokens seen", tr.get("tokens_seen"), ptr.get("tokens_seen")),
+            ("training window (tokens, last phase)", tr.get("seq_len"), ptr.get("seq_len")),
+            ("final training loss (nats/byte)", tr.get("final_train_loss"), ptr.get("final_train_loss")),
+            ("card: held-out windows x tokens", f"{cfg.get('windows')} x {cfg.get('seq_len')}",
+             f"{pcfg.get('windows')} x {pcfg.get('seq_len')}")]
+    fmt = lambda v: f"{v:,}" if isinstance(v, int) and not isinstance(v, bool) else _f(v)
+    out = [f"## Previous version: {prev['label']}", "",
+           f"Its card was generated {prev.get('generated', 'n/a')} with `{prev.get('command', 'n/a')}`; the figures "
+           f"are kept here (from `{PREVIOUS_CARD.name}` unless `--previous` named another file) so that the two "
+           "versions can be compared.", "", f"| | this version | {prev['label']} |", "|---|---|---|"]
+    out += [f"| {k} | {fmt(v)} | {fmt(w)} |" for k, v, w in rows]
+    if prev.get("notes"):
+        out += ["", f"Note on the previous figures: {prev['notes']}"]
+    return out
 
 
 def write_card(card: dict[str, Any], out_dir: str | Path) -> tuple[Path, Path]:
@@ -201,6 +312,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0, help="seed of the copy test and of the random-weight copy")
     ap.add_argument("--out", default=None, help="folder for MODEL_CARD.md and model_card.json (default: the model folder)")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--previous", default=None,
+                    help="frozen card of the previous version shown beside the new figures (default for the shipped "
+                         f"model: {PREVIOUS_CARD.name}; 'none' to leave it out)")
 
     def body() -> int:
         args = ap.parse_args(argv)
@@ -210,6 +324,11 @@ def main(argv: list[str] | None = None) -> int:
                                 "use >= 32")
         pf.check_device(args.device)
         pf.check_text_file(args.text_file)
+        if args.previous is None:
+            prev_path = PREVIOUS_CARD if args.model == DEFAULT_MODEL and PREVIOUS_CARD.is_file() else None
+        else:
+            prev_path = None if args.previous.lower() == "none" else args.previous
+        previous = load_previous(prev_path)
         info = pf.check_model(args.model)
         pf.check_context(args.seq_len, info)
         pf.check_context(args.copy_seq_len, info, "--copy-seq-len")
@@ -231,9 +350,11 @@ def main(argv: list[str] | None = None) -> int:
             command += f" --text-file {args.text_file}"
         if args.out:
             command += f" --out {args.out}"
-        card = build_card(model, tokenizer, path, cfg, null_seed=args.seed, command=command)
+        if args.previous is not None:
+            command += f" --previous {args.previous}"
+        card = build_card(model, tokenizer, path, cfg, null_seed=args.seed, command=command, previous=previous)
         md, js = write_card(card, out)
-        met = sum(c["passed"] for c in card["targets"])
+        met = sum(bool(c["passed"]) for c in card["targets"])
         print(f"wrote {md} and {js}: {met}/{len(card['targets'])} targets met; held-out loss "
               f"{card['trained']['heldout_loss']:.3f} vs random {card['random']['heldout_loss']:.3f} nats/byte")
         return 0

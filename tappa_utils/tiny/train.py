@@ -64,6 +64,16 @@ def lr_at(step: int, peak: float, warmup: int, total: int, floor: float = 0.1) -
     return peak * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * p)))
 
 
+def tokens_until(phases: list[dict], step: int) -> int:
+    """Tokens trained on before `step`, from the phases of train_args.json (each runs from its start step to the next
+    phase's start, with its own batch and seq_len; a phase restarted at the same step replaces the earlier one)."""
+    by_start = {int(p["start_step"]): p for p in phases}  # later records of one start step win
+    starts = sorted(s for s in by_start if s < step)
+    ends = starts[1:] + [step]
+    return sum((min(e, step) - s) * int(by_start[s].get("batch", 16)) * int(by_start[s].get("seq_len", 512))
+               for s, e in zip(starts, ends))
+
+
 def heldout_windows(rng: np.random.Generator, corpus, n: int, seq_len: int) -> np.ndarray:
     """`n` windows of held-out bytes, each BOS followed by `seq_len - 1` bytes from a random offset: (n, seq_len)."""
     x = np.empty((n, seq_len), dtype=np.int64)
@@ -266,8 +276,7 @@ def _main(argv) -> int:
         atomic_write_text(log_path, "".join(ln + "\n" for ln in kept))
     log = open(log_path, "a")
     phase_start = step
-    seen = [json.loads(ln).get("tokens_seen") for ln in log_path.read_text().splitlines() if ln] if log_path.exists() else []
-    tokens_before = max([t for t in seen if t] or [0])
+    tokens_before = tokens_until(phases[:-1], step)
     t0 = time.time()
     model.train()
     tokens_since, t_since = 0, time.time()

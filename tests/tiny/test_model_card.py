@@ -1,4 +1,5 @@
-"""The model card: its numbers match the functions, the shipped weights are real, loading and tokenizer round trip."""
+"""The model card: its numbers agree with an independent computation, it keeps the previous version's figures,
+the targets are registered assumptions, the shipped weights are real, loading and tokenizer round trip."""
 from __future__ import annotations
 
 import hashlib
@@ -23,57 +24,110 @@ SHIPPED = ASSETS / "tappa-tiny"
 
 @pytest.fixture(scope="module")
 def card_dir(tmp_path_factory):
-    """A tmp copy of the shipped model folder with a card generated on a small sample (2 windows x 128 tokens)."""
+    """A tmp copy of the shipped model folder with a card generated on a small sample (2 windows x 128 tokens),
+    with the frozen v1 card as its previous version."""
     d = tmp_path_factory.mktemp("card") / "tappa-tiny"
     shutil.copytree(SHIPPED, d)
     for f in ("MODEL_CARD.md", "model_card.json"):
         (d / f).unlink(missing_ok=True)
     rc = mc.main(["--model", str(d), "--windows", "2", "--seq-len", "128", "--copy-windows", "3",
-                  "--copy-seq-len", "160", "--seed", "1"])
+                  "--copy-seq-len", "160", "--seed", "1", "--previous", str(mc.PREVIOUS_CARD)])
     assert rc == 0
     return d
 
 
-def test_card_numbers_match_the_functions(card_dir):
+def _eager_attention(model, ids):
+    """(N, L, H, T, T) attention probabilities from transformers' own eager attention (not from `capture`)."""
+    model.config._attn_implementation = "eager"
+    with torch.no_grad():
+        out = model(ids, output_attentions=True)
+    return torch.stack([a.double() for a in out.attentions], 1)
+
+
+def test_card_numbers_agree_with_an_independent_computation(card_dir):
+    """The card's numbers, recomputed by another route: transformers' own loss and eager attention maps, summed by
+    hand; the copy test from per-token log-probabilities; the targets' verdicts from the registry's thresholds."""
+    from tappa_utils import claims
     from tappa_utils.data import load_text, token_windows
-    from tappa_utils.metrics import MetricConfig, analyze_heads
 
     card = json.loads((card_dir / "model_card.json").read_text())
     model, tok = load_model(str(card_dir))
     text = load_text()
     ids = token_windows(tok, text, 128, 2)
-    null = random_weight_copy(model, seed=1)
-    assert card["trained"]["heldout_loss"] == pytest.approx(measure.heldout_loss(model, ids, tok), rel=1e-4)
-    assert card["random"]["heldout_loss"] == pytest.approx(measure.heldout_loss(null, ids, tok), rel=1e-4)
+    with torch.no_grad():  # byte tokenizer: nats per token = nats per byte; equal-length windows: mean of means
+        hf_loss = float(np.mean([model(ids[i : i + 1], labels=ids[i : i + 1]).loss.item() for i in range(len(ids))]))
+    assert card["trained"]["heldout_loss"] == pytest.approx(hf_loss, rel=1e-4)
+    assert card["random"]["heldout_loss"] > 3 * card["trained"]["heldout_loss"]  # the null is not the model
+
+    att = _eager_attention(model, ids).mean(0)  # (L, H, T, T), averaged over windows
+    skip, T = 16, ids.shape[1]
+    got = pd.DataFrame(card["heads"]).sort_values(["layer", "head"]).reset_index(drop=True)
+    L, H = att.shape[:2]
+    assert len(got) == L * H == model.config.num_hidden_layers * model.config.num_attention_heads
+    sink = att[:, :, skip:, 0].mean(-1).reshape(-1).numpy()
+    t_idx = torch.arange(skip, T)
+    diag = np.stack([att[:, :, t_idx, t_idx - o].mean(-1).reshape(-1).numpy() for o in range(1, 9)], 1)
+    np.testing.assert_allclose(got["sink_mass"].to_numpy(float), sink, rtol=1e-3, atol=1e-5)
+    np.testing.assert_allclose(got["diag_mass"].to_numpy(float), diag.max(1), rtol=1e-3, atol=1e-5)
+    outside0 = got["layer"] != got["layer"].min()
+    assert card["trained"]["heads"]["sink_heads_outside_layer0"] == int((sink[outside0.to_numpy()] >= 0.3).sum())
+    assert card["trained"]["heads"]["diagonal_heads"] == int((diag.max(1) >= 0.3).sum())
 
     cids, first, second = measure.copy_test_ids(tok, text, 3, 160, 48, seed=1)
-    copy = measure.copy_test(model, cids, first, second)
-    for k in ("copy_first", "copy_second", "copy_ratio"):
-        assert card["trained"]["copy"][k] == pytest.approx(copy[k], rel=1e-4)
-
-    heads = analyze_heads(model, ids, MetricConfig())
-    got = pd.DataFrame(card["heads"]).sort_values(["layer", "head"]).reset_index(drop=True)
-    heads = heads.sort_values(["layer", "head"]).reset_index(drop=True)
-    assert len(got) == model.config.num_hidden_layers * model.config.num_attention_heads == len(heads)
-    for col in ("sink_mass", "diag_mass", "q_sim_consecutive_pre", "q_sim_window_post", "predictability"):
-        np.testing.assert_allclose(got[col].to_numpy(float), heads[col].to_numpy(float), rtol=1e-4, atol=1e-6)
-    assert (got["diag_offset"].to_numpy() == heads["diag_offset"].to_numpy()).all()
-
-    summary = measure.summarize_heads(heads, measure.CardConfig())
-    assert card["trained"]["heads"]["diagonal_heads"] == summary["diagonal_heads"]
-    assert card["trained"]["heads"]["sink_heads_outside_layer0"] == summary["sink_heads_outside_layer0"]
+    assert torch.equal(cids[:, first], cids[:, second])
+    with torch.no_grad():
+        logp = torch.log_softmax(model(cids).logits.double(), -1)
+    nll = -logp[:, :-1].gather(-1, cids[:, 1:, None])[..., 0]  # nll[:, i] predicts token i + 1
+    l1, l2 = nll[:, first.start : first.stop - 1].mean().item(), nll[:, second.start : second.stop - 1].mean().item()
+    assert card["trained"]["copy"]["copy_ratio"] == pytest.approx(l2 / l1, rel=1e-3)
     assert card["architecture"]["parameters"] == sum(p.numel() for p in model.parameters())
 
+    for t in card["targets"]:  # kind, id and verdict from the registry, not from measure.targets
+        s = claims.spec(t["id"])
+        assert t["kind"] == "assumption" and t["predicted"] == s.threshold and t["relation"] == s.relation
+        ok = t["measured"] is not None and (t["measured"] >= s.threshold if s.relation == "ge" else t["measured"] <= s.threshold)
+        assert t["passed"] is ok and t["status"] == ("holds" if ok else "violated")
+    by_id = {t["id"]: t for t in card["targets"]}
+    assert by_id["ch01.T_copying"]["measured"] == card["trained"]["copy"]["copy_ratio"]
+    assert by_id["ch01.T_diagonal_heads"]["measured"] == int((diag.max(1) >= 0.3).sum())
+
     md = (card_dir / "MODEL_CARD.md").read_text()
-    assert f"| held-out loss (nats/byte) | {card['trained']['heldout_loss']:.3f} | {card['random']['heldout_loss']:.3f} |" in md
     assert f"{card['architecture']['parameters']:,} parameters" in md
     assert "python -m tappa_utils model-card" in md and "--windows 2 --seq-len 128" in md
-    n_met = sum(t["passed"] for t in card["targets"])
-    assert f"{n_met} of 4 targets met" in md
-    # each target's verdict follows from its measured value
-    by_name = {t["name"].split(" (")[0].split(":")[0]: t for t in card["targets"]}
-    assert by_name["copy test"]["passed"] == (card["trained"]["copy"]["copy_ratio"] <= 0.5)
-    assert by_name["diagonal heads"]["passed"] == (summary["diagonal_heads"] >= 4)
+    assert f"{sum(t['passed'] for t in card['targets'])} of 4 targets met" in md
+
+
+def test_card_keeps_the_previous_versions_figures(card_dir):
+    """Old-vs-new columns: each measurement row carries this version, random weights and the frozen v1 value."""
+    card = json.loads((card_dir / "model_card.json").read_text())
+    prev = json.loads(mc.PREVIOUS_CARD.read_text())
+    assert card["previous"]["label"] == prev["label"] == "tappa-tiny v1"
+    md = (card_dir / "MODEL_CARD.md").read_text()
+    t, r, p = card["trained"], card["random"], prev["trained"]
+    assert (f"| held-out loss (nats/byte) | {t['heldout_loss']:.3f} | {r['heldout_loss']:.3f} | "
+            f"{p['heldout_loss']:.3f} |") in md
+    assert f"| copy test: ratio second / first | {t['copy']['copy_ratio']:.3f} |" in md
+    assert f"{p['copy']['copy_ratio']:.3f}" in md
+    assert f"## Previous version: {prev['label']}" in md
+    assert f"| tokens seen | {card['training']['tokens_seen']:,} | {prev['training']['tokens_seen']:,} |" in md
+    v1_sink = next(x for x in prev["targets"] if x["id"] == "ch01.T_sink_heads")
+    sink_row = next(line for line in md.splitlines() if line.startswith("| sink heads outside layer 0 (first-token"))
+    assert f"{v1_sink['measured']} ({'met' if v1_sink['passed'] else 'missed'})" in sink_row
+    # the frozen file is a frozen card, and a non-card file is refused with a clear error
+    assert mc.load_previous(mc.PREVIOUS_CARD)["trained"]["heldout_loss"] == p["heldout_loss"]
+    with pytest.raises(ValueError, match="not a frozen model card"):
+        mc.load_previous(card_dir / "config.json")
+
+
+def test_freeze_card_round_trip(card_dir, tmp_path):
+    out = mc.freeze_card(card_dir / "model_card.json", tmp_path / "v2.json", "tappa-tiny v2")
+    frozen = mc.load_previous(out)
+    card = json.loads((card_dir / "model_card.json").read_text())
+    assert frozen["label"] == "tappa-tiny v2" and "heads" not in frozen and "previous" not in frozen
+    assert frozen["trained"] == card["trained"] and frozen["targets"] == card["targets"]
+    assert "phases" not in frozen["training"] and frozen["training"]["tokens_seen"] == card["training"]["tokens_seen"]
+    md = mc.render_markdown({**card, "previous": frozen})
+    assert "| measurement | this version | random weights | tappa-tiny v2 |" in md
 
 
 def test_card_describes_training_and_corpus(card_dir):
@@ -132,7 +186,7 @@ def _table(**cols):
     return pd.DataFrame(base)
 
 
-def test_summary_counts_and_targets():
+def test_summary_counts_and_targets(tmp_path):
     df = _table(layer=[0, 0, 1, 1, 2, 2], sink_mass=[0.9, 0.9, 0.3, 0.29, 0.5, 0.0],
                 diag_mass=[0.0, 0.0, 0.0, 0.31, 0.0, 0.8], q_sim_consecutive_pre=[0.9, 0.9, 0.8, 0.7, 0.9, 0.2])
     cfg = measure.CardConfig()
@@ -144,10 +198,17 @@ def test_summary_counts_and_targets():
             "copy": {"copy_ratio": 1.0}, "heldout_loss": 5.5}
     trained = {"heads": s, "copy": {"copy_ratio": 0.5}, "heldout_loss": 2.0}
     checks = measure.targets(trained, null, cfg)
-    assert [c.passed for c in checks][0] is True and checks[1].passed is False  # 2 sink heads ok, 2 < 4 diagonal
+    assert [c.kind for c in checks] == ["assumption"] * 4 and [c.id for c in checks] == list(measure.TARGET_IDS)
+    assert checks[0].status == "holds" and checks[1].status == "violated"  # 2 sink heads ok, 2 < 4 diagonal
     assert checks[3].passed is True  # ratio 0.5 <= 0.5
     trained["copy"]["copy_ratio"] = 0.51
     assert measure.targets(trained, null, cfg)[3].passed is False
+    trained["heads"] = {**s, "spearman_qsim_predictability": float("nan")}
+    assert measure.targets(trained, null, cfg)[2].status == "violated"  # NaN never meets a target
+    from tappa_utils.results import save_checks
+    save_checks(tmp_path, checks)  # registered: the registry accepts them
+    with pytest.raises(ValueError, match="register new targets"):
+        measure.targets(trained, null, measure.CardConfig(sink_threshold=0.2))
 
 
 def test_shipped_weights_are_real(default_model):

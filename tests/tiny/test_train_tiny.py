@@ -105,3 +105,14 @@ def test_init_from_a_folder_without_weights_is_refused(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--init-from" in err[0] and "model.safetensors" in err[0]
     assert not (tmp_path / "run").exists()
+
+
+def test_tokens_until_counts_each_phase_with_its_own_shape():
+    from tappa_utils.tiny.train import tokens_until
+
+    phases = [{"start_step": 0, "batch": "16", "seq_len": "512"}, {"start_step": 500, "batch": "16", "seq_len": "512"},
+              {"start_step": 500, "batch": "16", "seq_len": "512"}, {"start_step": 3000, "batch": "8", "seq_len": "1024"},
+              {"start_step": 3100, "batch": "8", "seq_len": "1024"}]
+    assert tokens_until(phases, 3000) == 3000 * 16 * 512
+    assert tokens_until(phases, 3800) == 3000 * 16 * 512 + 800 * 8 * 1024  # the 3000-3100 stretch counts once
+    assert tokens_until(phases, 250) == 250 * 16 * 512
