@@ -101,7 +101,9 @@ def show_derivations(derivations, log: MutableSequence[dict] | None = None, disp
         if display:
             from IPython.display import Math, display as ipy_display
 
-            ipy_display(Math(d.latex()))
+            from .theory import latex_lines
+
+            ipy_display(Math(latex_lines(d)))  # long expansions broken into lines that fit the page
         rows.append({"identity": d.name, "relation": d.relation, "verified by sympy": holds,
                      "assumptions": "; ".join(d.assumptions)})
         if log is not None:

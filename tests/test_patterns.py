@@ -487,3 +487,14 @@ def test_logit_jump_steps_equal_the_direct_formula():
         terms = T.logit_jump_terms(q[t], q[t + 1], k[: t + 1], t, THETA)
         assert row.logit_jump == pytest.approx(np.abs(A[t + 1, : t + 1] - A[t, : t + 1]).max(), rel=1e-9)
         assert row.alignment * row.query_jump == pytest.approx(0.25 * np.abs(terms["query"]).max(), rel=1e-9)
+
+
+def test_read_qsim_choice_refuses_a_choice_calibrated_on_the_held_out_windows(tmp_path):
+    import json
+
+    f = tmp_path / "qsim_choice.json"
+    f.write_text(json.dumps({"variant": "q_sim_window_pre", "calibration_windows": [0, 1, 2, 3], "seq_len": 256,
+                             "text_file": None}))
+    assert P.read_qsim_choice(f, "m", held_out=[1, 2], seq_len=256) is None  # chosen on rows it would be tested on
+    assert P.read_qsim_choice(f, "m", held_out=[4, 5], seq_len=256) == "q_sim_window_pre"
+    assert P.read_qsim_choice(f, "m", held_out=[1, 2], seq_len=512) == "q_sim_window_pre"  # other windows

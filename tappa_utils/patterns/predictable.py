@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterable
 
 import numpy as np
 import pandas as pd
@@ -137,9 +138,14 @@ def choose_qsim_variant(heads_calib: pd.DataFrame, null_calib: pd.DataFrame, tar
     return str(variants[0]), table
 
 
-def read_qsim_choice(path, model: str) -> str | None:
+def read_qsim_choice(path, model: str, held_out: Iterable[int] | None = None, seq_len: int | None = None,
+                     text_file: str | None = None) -> str | None:
     """Chapter 2's q-sim choice (`qsim_choice.json`: {"variant": ...}) if it exists, names a known variant and was
-    made for `model` (checked against the `run_info.json` beside it when there is one); else None."""
+    made for `model` (checked against the `run_info.json` beside it when there is one); else None.
+
+    With `held_out` (the rows of `token_windows(tokenizer, load_text(text_file), seq_len, n)` this chapter tests on),
+    a choice calibrated on any of those same rows (same text and seq_len) is refused: a variant is never tested on
+    the windows that chose it."""
     import json
     from pathlib import Path
 
@@ -147,11 +153,16 @@ def read_qsim_choice(path, model: str) -> str | None:
     if not path.is_file():
         return None
     try:
-        variant = json.loads(path.read_text()).get("variant")
+        record = json.loads(path.read_text())
+        variant = record.get("variant")
     except (ValueError, AttributeError):
         return None
     if variant not in QSIM_VARIANTS:
         return None
+    if held_out is not None:
+        same_rows = record.get("seq_len") == seq_len and record.get("text_file") == text_file
+        if same_rows and set(record.get("calibration_windows") or []) & set(held_out):
+            return None
     info = path.parent / "run_info.json"
     if info.is_file():
         try:
