@@ -72,6 +72,28 @@ def chapter_params(namespace: dict[str, Any], names: Iterable[str] | None = None
     return {n: namespace[n] for n in names}
 
 
+class DisplayMath:
+    r"""A display formula for notebooks and the rendered book: LaTeX for Jupyter, and in HTML a MathJax block inside
+    a horizontally scrolling box, so a formula that cannot be broken (a 2x2 matrix of long entries) scrolls inside
+    its box instead of running off the page.
+
+    >>> print(DisplayMath(r"a^2 < b")._repr_html_())
+    <div class="overflow-x-auto"><div class="math notranslate nohighlight">\[a^2 &lt; b\]</div></div>
+    """
+
+    def __init__(self, latex: str):
+        self.latex = latex
+
+    def _repr_latex_(self) -> str:
+        return f"$$ {self.latex} $$"
+
+    def _repr_html_(self) -> str:
+        import html
+
+        return (f'<div class="overflow-x-auto"><div class="math notranslate nohighlight">'
+                f"\\[{html.escape(self.latex, quote=False)}\\]</div></div>")
+
+
 def show_derivations(derivations, log: MutableSequence[dict] | None = None, display: bool = True):
     """Show each derivation as LaTeX and return a table saying whether sympy verified it.
 
@@ -99,11 +121,11 @@ def show_derivations(derivations, log: MutableSequence[dict] | None = None, disp
     for d in derivations:
         holds = d.holds()
         if display:
-            from IPython.display import Math, display as ipy_display
+            from IPython.display import display as ipy_display
 
             from .theory import latex_lines
 
-            ipy_display(Math(latex_lines(d)))  # long expansions broken into lines that fit the page
+            ipy_display(DisplayMath(latex_lines(d)))  # long expansions broken into lines that fit the page
         rows.append({"identity": d.name, "relation": d.relation, "verified by sympy": holds,
                      "assumptions": "; ".join(d.assumptions)})
         if log is not None:

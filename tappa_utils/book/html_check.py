@@ -137,7 +137,7 @@ def _shorten(text: str, width: int = 70) -> str:
 
 def _context(string) -> str | None:
     """Where a text node sits: math, code (an input), output-pre, output-text, prose; None to skip it."""
-    in_output = in_code = False
+    in_output = in_code = inline_code = False
     for parent in string.parents:
         name, cls = parent.name, _classes(parent)
         if name in ("script", "style", "noscript", "template", "head", "title"):
@@ -148,13 +148,15 @@ def _context(string) -> str | None:
             return "math"
         if "cell_output" in cls:
             in_output = True
-        if name in ("pre", "code") or "highlight" in cls or "cell_input" in cls:
+        if name == "pre" or "highlight" in cls or "cell_input" in cls:
             in_code = True
+        if name == "code":  # inline code in a paragraph: not prose (no raw-TeX check), not a printed line either
+            inline_code = True
         if name == "article":
             break
     if in_output:
-        return "output-pre" if in_code else "output-text"
-    return "code" if in_code else "prose"
+        return "output-pre" if in_code else ("code" if inline_code else "output-text")
+    return "code" if in_code or inline_code else "prose"
 
 
 def _block(string):
