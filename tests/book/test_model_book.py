@@ -192,13 +192,21 @@ def test_smoke_book_uses_each_chapters_small_parameters(tmp_path, monkeypatch):
 
 def test_make_book_passes_the_variables():
     """`make book MODEL=... OUT=... DEVICE=... DTYPE=... DEVICE_MAP=... JOBS=... SMOKE=1` (dry run: nothing runs)."""
+    import os
     import subprocess
 
-    cmd = ["make", "-n", "book", f"MODEL={MODEL}", "OUT=books/r", "DEVICE=cuda", "DTYPE=bfloat16",
+    # Under `make test` the parent make exports MAKELEVEL/MAKEFLAGS, and the child prints "Entering directory" lines.
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")}
+
+    def dry_run(*args: str) -> str:
+        proc = subprocess.run(["make", "--no-print-directory", "-n", *args], cwd=ROOT, env=env,
+                              capture_output=True, text=True, check=True)
+        return proc.stdout.strip().splitlines()[-1]
+
+    cmd = ["book", f"MODEL={MODEL}", "OUT=books/r", "DEVICE=cuda", "DTYPE=bfloat16",
            "DEVICE_MAP=auto", "JOBS=1", "SMOKE=1"]
-    line = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+    line = dry_run(*cmd)
     assert line.split() == ['".venv/bin/python"', "-m", "tappa_utils.book", "build", "--model", f'"{MODEL}"',
                             "--out", '"books/r"', "--device", '"cuda"', "--dtype", '"bfloat16"', "--device-map",
                             '"auto"', "--jobs", '"1"', "--smoke"]
-    plain = subprocess.run(["make", "-n", "book"], cwd=ROOT, capture_output=True, text=True, check=True)
-    assert plain.stdout.strip().splitlines()[-1].split() == ['".venv/bin/python"', "-m", "tappa_utils.book", "build"]
+    assert dry_run("book").split() == ['".venv/bin/python"', "-m", "tappa_utils.book", "build"]
