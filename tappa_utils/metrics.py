@@ -567,8 +567,8 @@ def null_heads(model, input_ids: torch.Tensor, cfg: MetricConfig | None = None, 
                layers: Iterable[int] | int | None = None, progress: bool = False):
     """`analyze_heads` on the random-weight null of `model` (same architecture).
 
-    No second model: `models.random_weights` swaps random weights into each module while it runs and restores them
-    (extra memory one module; cost one random draw of the decoder's parameters per window). The null is drawn with
+    No second model: `models.random_weights` draws random weights into the model and restores its own on exit
+    (they wait in a temporary file; cost one random draw of the parameters and one write and read of the weights). The null is drawn with
     `stats.null_seed(seed)`, never with `seed` itself, so the null of a random-weight model built with seed `seed`
     is not that very model.
     """

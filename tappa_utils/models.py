@@ -13,8 +13,8 @@ Random weights, whether for a shape or for the null, follow `transformers`' own 
 (`PreTrainedModel._init_weights`): Linear and Embedding weights N(0, initializer_range), biases 0, norm weights 1,
 the embedding's padding row 0. Each parameter is drawn from its own generator, seeded from (seed, purpose,
 parameter name), so the same seed gives the same weights whichever way they are built (`random_weight_copy`
-builds a second model, `random_weights` swaps them into the model one module at a time) and a shape and a null
-never share weights even with equal seeds.
+builds a second model, `random_weights` draws them into the model itself and restores its weights on exit) and a
+shape and a null never share weights even with equal seeds.
 """
 from __future__ import annotations
 
@@ -358,24 +358,42 @@ def random_weight_copy(model, seed: int):
     return null.eval()
 
 
+NULL_MODES = ("swap", "per_forward")
+
+
 @contextmanager
-def random_weights(model, seed: int) -> Iterator[Any]:
+def random_weights(model, seed: int, mode: str = "swap", spill_dir: str | Path | None = None) -> Iterator[Any]:
     """Inside the block, `model` computes as its random-weight null (seed `seed`); its weights are exact on exit.
 
-    No second model: each module that owns parameters (an embedding, a projection, a norm) gets its random weights
-    just before it runs and its own weights back right after, so the extra memory is one module's parameters (the
-    largest is the embedding / LM head: vocab x hidden). The cost is one random draw of every parameter per
-    forward. Results equal `random_weight_copy(model, seed)` bit for bit. Inference only (weights are swapped in
-    place, so nothing may keep them for a backward pass). On exit, also after an exception, every swapped module is
-    restored.
+    No second model, two ways (results equal `random_weight_copy(model, seed)` bit for bit either way):
+
+    - `mode="swap"` (default): the model's own weights are written to a temporary file (in `spill_dir`, default
+      the system's temporary folder), the random weights are drawn once, in place, and the weights are read back
+      from the file on exit. Extra memory: one parameter at a time; cost: one random draw of every parameter plus
+      one write and one read of the weights (disk: the weights' size, checked before anything is changed).
+    - `mode="per_forward"`: each module that owns parameters (an embedding, a projection, a norm) gets its random
+      weights just before it runs and its own weights back right after; no disk, extra memory one module, but one
+      random draw of every parameter per forward (slow for decoding: every generated token is a forward).
+
+    Inference only (weights are swapped in place, so nothing may keep them for a backward pass). On exit, also
+    after an exception, every weight is restored.
 
     Parameters
     ----------
     model : a supported causal LM
     seed : int
         Seed of the null; pass one that differs from the model's own training/creation seed.
+    mode : "swap" or "per_forward"
+    spill_dir : folder for the swap file (default: `tempfile.gettempdir()`)
     """
     seed = _check_seed(seed)
+    if mode not in NULL_MODES:
+        raise ValueError(f"mode must be one of {', '.join(NULL_MODES)}, got {mode!r}")
+    if mode == "swap":
+        with _swapped_to_disk(model, spill_dir):
+            _randomize(model, seed, "null")
+            yield model
+        return
     std = float(getattr(model.config, "initializer_range", 0.02) or 0.02)
     saved: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
     handles = []
@@ -399,6 +417,45 @@ def random_weights(model, seed: int) -> Iterator[Any]:
         for entries in saved.values():
             _restore(entries)
         saved.clear()
+
+
+def _raw_bytes(t: torch.Tensor):
+    """A writable numpy byte view of a contiguous CPU tensor (any dtype, bfloat16 included)."""
+    return t.detach().reshape(-1).view(torch.uint8).numpy()
+
+
+@contextmanager
+def _swapped_to_disk(model, spill_dir: str | Path | None = None) -> Iterator[None]:
+    """Save every parameter's bytes to a temporary file; whatever happens in the block, read them back on exit."""
+    import shutil
+    import tempfile
+
+    params = list(dict((id(p), p) for p in model.parameters()).values())  # tied tensors once
+    size = sum(p.numel() * p.element_size() for p in params)
+    folder = Path(spill_dir) if spill_dir is not None else Path(tempfile.gettempdir())
+    if not folder.is_dir():
+        raise ValueError(f"spill_dir {folder} is not a folder; give an existing folder for the null's swap file")
+    free = shutil.disk_usage(folder).free
+    if free < size + 2 ** 28:
+        raise OSError(f"the random-weight null needs {size / 1e9:.2f} GB free in {folder} for the model's weights "
+                      f"(free: {free / 1e9:.2f} GB); pass spill_dir=<a folder with room> or mode='per_forward'")
+    with tempfile.TemporaryFile(dir=folder) as f:
+        with torch.no_grad():
+            for p in params:
+                f.write(_raw_bytes(p if p.device.type == "cpu" else p.cpu().contiguous()))
+        f.flush()
+        try:
+            yield
+        finally:
+            f.seek(0)
+            with torch.no_grad():
+                for p in params:
+                    if p.device.type == "cpu" and p.is_contiguous():
+                        f.readinto(memoryview(_raw_bytes(p)))
+                    else:
+                        host = torch.empty(p.shape, dtype=p.dtype)
+                        f.readinto(memoryview(_raw_bytes(host)))
+                        p.copy_(host)
 
 
 def _restore(entries: list[tuple[torch.Tensor, torch.Tensor]]) -> None:

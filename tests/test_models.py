@@ -56,23 +56,53 @@ def test_load_model_random_name_builds_a_working_model_with_the_byte_tokenizer(m
     assert torch.allclose(model.model.rotary_emb.inv_freq, 1e6 ** (-torch.arange(0, 16, 2) / 16.0))
 
 
+@pytest.mark.parametrize("mode", M.NULL_MODES)
 @pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3", "llama3_scaled"])
-def test_random_weights_in_place_equals_the_copy_and_restores_exactly(family):
+def test_random_weights_in_place_equals_the_copy_and_restores_exactly(family, mode):
     model = make_tiny_model(family)
     ids = torch.randint(3, 300, (2, 24))
     with torch.no_grad():
         before = model(ids).logits.clone()
         copy_logits = M.random_weight_copy(model, seed=3)(ids).logits
-        with M.random_weights(model, seed=3) as null:
+        with M.random_weights(model, seed=3, mode=mode) as null:
             assert null is model
             inside = model(ids).logits.clone()
         after = model(ids).logits
     assert torch.equal(inside, copy_logits)  # same null, built in place or as a second model
     assert not torch.allclose(inside, before)
     assert torch.equal(after, before)
-    with torch.no_grad(), M.random_weights(model, seed=4):
+    with torch.no_grad(), M.random_weights(model, seed=4, mode=mode):
         other = model(ids).logits
     assert not torch.allclose(other, inside)  # the seed matters
+
+
+def test_random_weights_swap_in_bfloat16_matches_per_forward_and_restores_exactly():
+    model = make_tiny_model("qwen2").to(torch.bfloat16)  # the swap file holds raw bytes of any dtype
+    ids = torch.randint(3, 300, (1, 20))
+    params = {n: p.detach().clone() for n, p in model.named_parameters()}
+    with torch.no_grad():
+        with M.random_weights(model, seed=5, mode="swap"):
+            swap = model(ids).logits.clone()
+        with M.random_weights(model, seed=5, mode="per_forward"):
+            per_forward = model(ids).logits.clone()
+    assert torch.equal(swap, per_forward)
+    assert all(torch.equal(p, params[n]) for n, p in model.named_parameters())
+
+
+def test_random_weights_swap_restores_after_an_exception_and_checks_its_folder(tiny_llama, tmp_path):
+    params = {n: p.detach().clone() for n, p in tiny_llama.named_parameters()}
+    with pytest.raises(RuntimeError, match="inside"), M.random_weights(tiny_llama, seed=1, spill_dir=tmp_path):
+        assert not torch.equal(tiny_llama.model.layers[0].self_attn.q_proj.weight, params["model.layers.0.self_attn.q_proj.weight"])
+        raise RuntimeError("inside")
+    assert all(torch.equal(p, params[n]) for n, p in tiny_llama.named_parameters())
+    assert list(tmp_path.iterdir()) == []  # the swap file is gone
+    with pytest.raises(ValueError, match="spill_dir .* is not a folder"):
+        with M.random_weights(tiny_llama, seed=1, spill_dir=tmp_path / "missing"):
+            pass
+    with pytest.raises(ValueError, match="mode must be one of swap, per_forward"):
+        with M.random_weights(tiny_llama, seed=1, mode="copy"):
+            pass
+    assert all(torch.equal(p, params[n]) for n, p in tiny_llama.named_parameters())
 
 
 def test_random_weights_restore_after_an_exception_mid_forward(tiny_llama):
@@ -84,7 +114,8 @@ def test_random_weights_restore_after_an_exception_mid_forward(tiny_llama):
 
     h = tiny_llama.model.layers[1].mlp.register_forward_hook(boom)  # layer 1's attention is swapped when it fires
     try:
-        with pytest.raises(RuntimeError, match="boom"), torch.no_grad(), M.random_weights(tiny_llama, seed=1):
+        with pytest.raises(RuntimeError, match="boom"), torch.no_grad(), \
+                M.random_weights(tiny_llama, seed=1, mode="per_forward"):
             tiny_llama(ids)
     finally:
         h.remove()

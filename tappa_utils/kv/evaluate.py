@@ -255,8 +255,8 @@ def random_weight_null(model, seed: int, max_copy_bytes: int = 2 ** 30):
     """The random-weight null of `model` (seed `seed`, which must differ from the model's: `stats.null_seed`).
 
     A second model when the weights take at most `max_copy_bytes` (one random draw, 1 x the weights' memory);
-    otherwise `model` itself computing with random weights in place (`models.random_weights`: no extra memory, one
-    random draw of every parameter per forward). Both give the same numbers.
+    otherwise `model` itself with random weights drawn in place (`models.random_weights`: its weights wait in a
+    temporary file and come back on exit; one draw, no extra memory). Both give the same numbers.
     """
     from ..models import random_weight_copy, random_weights
 

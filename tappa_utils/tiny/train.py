@@ -94,8 +94,20 @@ def evaluate(model, corpus, device, n: int = 16, seq_len: int = 512, seed: int =
     held = model(ids, labels=ids).loss.item()
     cx, first, second = copy_test_batch(rng, corpus.heldout, n)
     copy = copy_test(model, torch.from_numpy(cx), first, second)
+    sinks = sink_heads(model, ids[:4])
     model.train()
-    return {"heldout_loss": held, **copy}
+    return {"heldout_loss": held, **copy, **sinks}
+
+
+@torch.no_grad()
+def sink_heads(model, ids: torch.Tensor, threshold: float = 0.3) -> dict:
+    """Sinks beyond layer 0 on held-out windows: how many heads put >= `threshold` of their mass on the first token
+    (`metrics.sink_mass`, the model card's measure), and the largest such mass."""
+    from ..metrics import MetricConfig, analyze_heads
+
+    heads = analyze_heads(model, ids, MetricConfig())
+    later = heads[heads.layer > 0].sink_mass
+    return {"sinks_beyond_l0": float((later >= threshold).sum()), "max_sink_beyond_l0": float(later.max())}
 
 
 @torch.no_grad()
@@ -152,6 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--seq-len", type=int, default=512)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--warmup", type=int, default=200)
+    ap.add_argument("--weight-decay", type=float, default=0.1,
+                    help="AdamW's decoupled weight decay (larger values favour attention sinks: Gu et al. 2024)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--eval-every", type=int, default=100)
@@ -181,6 +195,8 @@ def check_args(args) -> Path:
         check_positive(args.until, "--until")
     if not (math.isfinite(args.lr) and args.lr > 0):
         raise UsageError(f"--lr must be a positive number, got {args.lr}")
+    if not (math.isfinite(args.weight_decay) and args.weight_decay >= 0):
+        raise UsageError(f"--weight-decay must be a number >= 0, got {args.weight_decay}")
     if args.max_minutes is not None and not args.max_minutes > 0:
         raise UsageError(f"--max-minutes must be a positive number, got {args.max_minutes}")
     if not 2 <= args.seq_len <= DEFAULT_ARCH["max_position_embeddings"]:
@@ -229,13 +245,15 @@ def _main(argv) -> int:
     ckpt_path = args.out / "ckpt.pt"
     torch.manual_seed(args.seed)
     model = LlamaForCausalLM(make_config()).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.1)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=args.weight_decay)
     rng = np.random.default_rng(args.seed)
     step = 0
     if ckpt_path.exists():
         ck = load_checkpoint(ckpt_path, device)
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["opt"])
+        for g in opt.param_groups:  # the decay of this phase, not the one saved with the optimizer
+            g["weight_decay"] = args.weight_decay
         rng.bit_generator.state = ck["rng"]
         torch.set_rng_state(ck["torch_rng"])
         step = ck["step"]
