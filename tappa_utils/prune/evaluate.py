@@ -17,12 +17,13 @@ import importlib.util
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
 
 from . import scores as P
+from .prefix import PrefixStates, pruned_logits
 from .removal import layers_removed
 
 DEFAULT_BETAS = (0.1, 0.2, 0.3)
@@ -152,27 +153,29 @@ def eval_data(tokenizer, cfg: PruneEvalConfig, text: str | None = None) -> EvalD
     return EvalData(ids, token_bytes(tokenizer, ids[:, 1:]), torch.from_numpy(cx), first, second)
 
 
-def _nll(model, ids: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token negative log-likelihood (N, T-1) (nll[:, i] predicts token i+1) and the argmax hits."""
-    device = next(model.parameters()).device
+def _nll(model, ids: torch.Tensor, batch_size: int, removed: Iterable[int] = (),
+         prefix: PrefixStates | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token negative log-likelihood (N, T-1) (nll[:, i] predicts token i+1) and the argmax hits, of `model`
+    without decoder layers `removed` (none: the model as it is), started from `prefix`'s states where it has them."""
     nll, hit = [], []
-    with torch.no_grad():
-        for i in range(0, ids.shape[0], batch_size):
-            x = ids[i : i + batch_size].to(device)
-            logits = model(x, use_cache=False).logits[:, :-1].float()
-            tgt = x[:, 1:]
-            nll.append(torch.nn.functional.cross_entropy(logits.transpose(1, 2), tgt, reduction="none").cpu())
-            hit.append((logits.argmax(-1) == tgt).cpu())
+    for x, logits in pruned_logits(model, removed, ids, batch_size, prefix):
+        logits = logits[:, :-1].float()
+        tgt = x[:, 1:]
+        nll.append(torch.nn.functional.cross_entropy(logits.transpose(1, 2), tgt, reduction="none").cpu())
+        hit.append((logits.argmax(-1) == tgt).cpu())
     return torch.cat(nll), torch.cat(hit)
 
 
-def lm_quality(model, data: EvalData, batch_size: int = 4, per_window: bool = False):
-    """Held-out loss (nats/token, nats/byte), next-token accuracy, and the copy test (first, second, ratio).
+def lm_quality(model, data: EvalData, batch_size: int = 4, per_window: bool = False, removed: Iterable[int] = (),
+               prefixes: Iterable[PrefixStates] = ()):
+    """Held-out loss (nats/token, nats/byte), next-token accuracy, and the copy test (first, second, ratio), of
+    `model` without decoder layers `removed` (`prefixes`: stored states of `data.ids` / `data.copy_ids`).
 
     With `per_window=True` also returns the (N,) mean loss (nats/token) of each held-out window.
     """
-    nll, hit = _nll(model, data.ids, batch_size)
-    cnll, _ = _nll(model, data.copy_ids, batch_size)
+    own = {id(p.ids): p for p in prefixes}
+    nll, hit = _nll(model, data.ids, batch_size, removed, own.get(id(data.ids)))
+    cnll, _ = _nll(model, data.copy_ids, batch_size, removed, own.get(id(data.copy_ids)))
     # tokens 2.. of each copy (the first token of a random segment is unpredictable)
     c1 = cnll[:, data.first.start : data.first.stop - 1].mean().item()
     c2 = cnll[:, data.second.start : data.second.stop - 1].mean().item()
@@ -182,9 +185,11 @@ def lm_quality(model, data: EvalData, batch_size: int = 4, per_window: bool = Fa
     return (out, nll.double().mean(1).numpy()) if per_window else out
 
 
-def calibration_loss(model, calib_ids: torch.Tensor, batch_size: int = 4) -> float:
-    """Mean next-token loss (nats/token) on the calibration chunks: the only signal used to choose beta."""
-    return _nll(model, calib_ids, batch_size)[0].mean().item()
+def calibration_loss(model, calib_ids: torch.Tensor, batch_size: int = 4, removed: Iterable[int] = (),
+                     prefix: PrefixStates | None = None) -> float:
+    """Mean next-token loss (nats/token) on the calibration chunks of `model` without decoder layers `removed`:
+    the only signal used to choose beta."""
+    return _nll(model, calib_ids, batch_size, removed, prefix)[0].mean().item()
 
 
 # ----------------------------------------------------------------------------------------- beta and orders
@@ -196,16 +201,15 @@ def select_beta(model, scores: P.LayerScores, calib_ids: torch.Tensor, max_remov
     """
     import pandas as pd
 
+    sets = [(float(beta), k, tuple(sorted(P.tappa_order(scores.bi, scores.qsim, beta)[:k])))
+            for beta in grid for k in range(1, max_removed + 1)]
+    prefix = PrefixStates(model, calib_ids, batch_size, {key[0] for _, _, key in sets})
     cache: dict[tuple, float] = {}
     rows = []
-    for beta in grid:
-        order = P.tappa_order(scores.bi, scores.qsim, beta)
-        for k in range(1, max_removed + 1):
-            key = tuple(sorted(order[:k]))
-            if key not in cache:
-                with layers_removed(model, list(key)) as pruned:
-                    cache[key] = calibration_loss(pruned, calib_ids, batch_size)
-            rows.append({"beta": float(beta), "n_removed": k, "removed": list(key), "calib_loss": cache[key]})
+    for beta, k, key in sets:
+        if key not in cache:
+            cache[key] = calibration_loss(model, calib_ids, batch_size, key, prefix)
+        rows.append({"beta": beta, "n_removed": k, "removed": list(key), "calib_loss": cache[key]})
     df = pd.DataFrame(rows)
     mean = df.groupby("beta", sort=True)["calib_loss"].mean()
     best = float(mean.index[int(np.argmin(mean.to_numpy()))])  # argmin takes the first (smallest beta) on ties
@@ -230,6 +234,9 @@ def evaluate_orders(model, orders: dict[str, dict], data: EvalData, max_removed:
     evaluated once."""
     import pandas as pd
 
+    firsts = {min(spec["order"][:k]) for spec in orders.values() for k in range(1, max_removed + 1)}
+    prefixes = [PrefixStates(model, data.ids, batch_size, firsts),
+                PrefixStates(model, data.copy_ids, batch_size, firsts)]
     cache: dict[tuple, tuple] = {}
     rows, win = [], []
     for name, spec in orders.items():
@@ -238,8 +245,7 @@ def evaluate_orders(model, orders: dict[str, dict], data: EvalData, max_removed:
             if key not in cache:
                 if progress:
                     progress(f"evaluating without layers {list(key)}")
-                with layers_removed(model, list(key)) as pruned:
-                    cache[key] = lm_quality(pruned, data, batch_size, per_window=True)
+                cache[key] = lm_quality(model, data, batch_size, per_window=True, removed=key, prefixes=prefixes)
             q, w = cache[key]
             rows.append({"method": name, "beta": spec["beta"], "n_removed": k, "removed": list(key), **q})
             win += [{"method": name, "n_removed": k, "window": i, "nats_per_token": float(v)} for i, v in enumerate(w)]

@@ -1,0 +1,114 @@
+"""Benchmark of every chapter at real model shapes (random weights, exact public configs); prints a table.
+
+    nice -n 2 .venv/bin/python benchmarks/bench_chapters.py [--shapes qwen2.5-0.5b llama3.2-1b]
+        [--dtypes float32] [--seq-len 256] [--chapters 03_predictable 08_pruning] [--json F]
+
+Each chapter runs in a fresh subprocess through the book's own executor (`book.execute.execute_notebook`, papermill)
+with `model="random:<shape>"`, the dtype, `seq_len` and one window (`ONE_WINDOW`: the chapter's window-count
+parameters set to 1 and its long profiles cut to `seq_len`); results go to a temporary folder, nothing of the book
+is touched. Columns: wall time (s), CPU time of the kernel (user + system, s: the fair figure on a shared CPU),
+peak RSS of the kernel (GB, its VmHWM via getrusage of the finished children) and peak RSS over the weights (GB).
+The issue-16 target: every chapter <= 5 min at 256 tokens, one window, peak <= 1.3 x weights + 1.5 GB.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# The chapter parameters for "one window at `seq_len`" (seq_len itself is set for every chapter).
+ONE_WINDOW = {
+    "00_reading": {},
+    "01_default_model": {"num_windows": 1, "copy_windows": 1, "max_new_tokens": 16},
+    "02_time_series": {"num_windows": 1},
+    "03_predictable": {"num_windows": 1},
+    "04_sinks": {"num_windows": 1},
+    "05_diagonal": {"num_windows": 1},
+    "06_seasonal": {"num_windows": 1},
+    "07_kv_cache": {"samples": 2, "profile_lengths": "[{T}]", "profile_samples": 1},
+    "08_pruning": {"num_windows": 1},
+}
+
+CHILD = r"""
+import json, resource, sys, tempfile, time
+from tappa_utils.book.execute import execute_notebook
+stem, params = sys.argv[1], json.loads(sys.argv[2])
+with tempfile.TemporaryDirectory() as tmp:
+    params["out_dir"] = tmp + "/results"
+    t0 = time.perf_counter()
+    failure = execute_notebook(f"notebooks/{stem}.ipynb", tmp + f"/{stem}.ipynb", params, cwd=".")
+    wall = time.perf_counter() - t0
+ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+print(json.dumps({"ok": failure is None, "error": failure.describe()[-400:] if failure else "", "wall_s": wall,
+                  "cpu_s": ru.ru_utime + ru.ru_stime, "peak_rss_gb": ru.ru_maxrss * 1024 / 1e9}))
+"""
+
+
+def chapter_parameters(stem: str, shape: str, dtype: str, seq_len: int) -> dict:
+    """The papermill parameters of one measurement."""
+    extra = {k: (json.loads(v.format(T=seq_len)) if isinstance(v, str) else v) for k, v in ONE_WINDOW[stem].items()}
+    return {"model": f"random:{shape}", "dtype": dtype, "seq_len": seq_len, **extra}
+
+
+def weights_gb(shape: str, dtype: str) -> float:
+    """The weights' size of a shape (counted on the meta device: nothing is allocated)."""
+    from tappa_utils.models import random_model, weight_bytes
+
+    return weight_bytes(random_model(shape, dtype=dtype, device="meta")) / 1e9
+
+
+def measure(stem: str, shape: str, dtype: str, seq_len: int) -> dict:
+    """One chapter in a fresh subprocess."""
+    params = chapter_parameters(stem, shape, dtype, seq_len)
+    out = subprocess.run([sys.executable, "-c", CHILD, stem, json.dumps(params)], capture_output=True, text=True,
+                         cwd=ROOT)
+    if out.returncode != 0:
+        raise RuntimeError(f"{stem} {shape}: {out.stderr.strip()[-400:]}")
+    row = json.loads(out.stdout.strip().splitlines()[-1])
+    w = weights_gb(shape, dtype)
+    return {"chapter": stem, "shape": shape, "dtype": dtype, "tokens": seq_len, "weights_gb": w, **row,
+            "over_weights_gb": row["peak_rss_gb"] - w, "within_memory": row["peak_rss_gb"] <= 1.3 * w + 1.5,
+            "within_time": row["wall_s"] <= 300}
+
+
+def table(rows: list[dict]) -> str:
+    """Markdown table of the measurements."""
+    head = "| chapter | shape | dtype | tokens | wall s | kernel CPU s | peak RSS GB | peak - weights GB | ok |"
+    lines = [head, "|" + "---|" * 9]
+    for r in rows:
+        lines.append(f"| {r['chapter']} | {r['shape']} | {r['dtype']} | {r['tokens']} | {r['wall_s']:.0f} | "
+                     f"{r['cpu_s']:.0f} | {r['peak_rss_gb']:.2f} | {r['over_weights_gb']:.2f} | "
+                     f"{'yes' if r['ok'] else 'FAILED'} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    """Run the measurements and print the table."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--shapes", nargs="+", default=["qwen2.5-0.5b", "llama3.2-1b"])
+    p.add_argument("--dtypes", nargs="+", default=["float32"])
+    p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--chapters", nargs="+", default=list(ONE_WINDOW), choices=list(ONE_WINDOW))
+    p.add_argument("--json", default=None, help="also write the rows to this JSON file (rewritten after each row)")
+    args = p.parse_args(argv)
+    rows = []
+    for shape in args.shapes:
+        for dtype in args.dtypes:
+            for stem in args.chapters:
+                rows.append(measure(stem, shape, dtype, args.seq_len))
+                r = rows[-1]
+                print(f"  {stem} {shape} {dtype}: {r['wall_s']:.0f} s wall, {r['cpu_s']:.0f} s CPU, "
+                      f"peak {r['peak_rss_gb']:.2f} GB{'' if r['ok'] else ' FAILED: ' + r['error']}",
+                      file=sys.stderr, flush=True)
+                if args.json:
+                    Path(args.json).write_text(json.dumps(rows, indent=1))
+    print(table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
