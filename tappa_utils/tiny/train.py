@@ -56,6 +56,20 @@ def make_config(**overrides):
     )
 
 
+def param_groups(model, weight_decay: float, all_params: bool | None = None) -> list[dict]:
+    """AdamW groups: decay on the weight matrices of attention and MLP; none on norms and the (tied) embedding,
+    which may then grow where the model needs large activations (the first token's, which attention sinks use).
+
+    Checkpoints of the first version (one group, decay on everything) resume with their single group:
+    `all_params=True` (set when the saved optimizer has one group)."""
+    params = dict(model.named_parameters())
+    if all_params:
+        return [{"params": list(params.values()), "weight_decay": weight_decay}]
+    decay = [p for n, p in params.items() if p.dim() == 2 and "embed" not in n and "lm_head" not in n]
+    keep = [p for n, p in params.items() if not (p.dim() == 2 and "embed" not in n and "lm_head" not in n)]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": keep, "weight_decay": 0.0}]
+
+
 def lr_at(step: int, peak: float, warmup: int, total: int, floor: float = 0.1) -> float:
     """Linear warm-up then cosine decay to `floor * peak` at `total`; constant floor afterwards."""
     if step < warmup:
@@ -106,8 +120,10 @@ def sink_heads(model, ids: torch.Tensor, threshold: float = 0.3) -> dict:
     from ..metrics import MetricConfig, analyze_heads
 
     heads = analyze_heads(model, ids, MetricConfig())
-    later = heads[heads.layer > 0].sink_mass
-    return {"sinks_beyond_l0": float((later >= threshold).sum()), "max_sink_beyond_l0": float(later.max())}
+    later = heads[heads.layer > 0].sort_values("sink_mass", ascending=False)
+    top = " ".join(f"L{r.layer}H{r.head}:{r.sink_mass:.3f}" for r in later.head(3).itertuples())
+    return {"sinks_beyond_l0": float((later.sink_mass >= threshold).sum()),
+            "max_sink_beyond_l0": float(later.sink_mass.max()), "top_sinks": top}
 
 
 @torch.no_grad()
@@ -245,15 +261,16 @@ def _main(argv) -> int:
     ckpt_path = args.out / "ckpt.pt"
     torch.manual_seed(args.seed)
     model = LlamaForCausalLM(make_config()).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=args.weight_decay)
+    ck = load_checkpoint(ckpt_path, device) if ckpt_path.exists() else None
+    one_group = ck is not None and len(ck["opt"]["param_groups"]) == 1  # a first-version checkpoint
+    opt = torch.optim.AdamW(param_groups(model, args.weight_decay, one_group), lr=args.lr, betas=(0.9, 0.95))
     rng = np.random.default_rng(args.seed)
     step = 0
-    if ckpt_path.exists():
-        ck = load_checkpoint(ckpt_path, device)
+    if ck is not None:
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["opt"])
-        for g in opt.param_groups:  # the decay of this phase, not the one saved with the optimizer
-            g["weight_decay"] = args.weight_decay
+        for g, want in zip(opt.param_groups, param_groups(model, args.weight_decay, one_group)):  # this phase's
+            g["weight_decay"] = want["weight_decay"]
         rng.bit_generator.state = ck["rng"]
         torch.set_rng_state(ck["torch_rng"])
         step = ck["step"]
@@ -312,7 +329,7 @@ def _main(argv) -> int:
         tokens_since += ids.numel()
         rec = {"step": step, "loss": round(loss.item(), 4), "lr": opt.param_groups[0]["lr"], "mixture": args.mixture}
         if step % args.eval_every == 0 or step == last:
-            rec |= {k: round(v, 4) for k, v in evaluate(model, corpus, device).items()}
+            rec |= {k: round(v, 4) if isinstance(v, float) else v for k, v in evaluate(model, corpus, device).items()}
             if args.long_eval:
                 rec |= {k: round(v, 4) for k, v in evaluate_long(model, corpus, device, seq_len=args.long_eval).items()}
             rec["tokens_per_s"] = round(tokens_since / (time.time() - t_since))

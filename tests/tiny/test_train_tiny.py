@@ -116,3 +116,38 @@ def test_tokens_until_counts_each_phase_with_its_own_shape():
     assert tokens_until(phases, 3000) == 3000 * 16 * 512
     assert tokens_until(phases, 3800) == 3000 * 16 * 512 + 800 * 8 * 1024  # the 3000-3100 stretch counts once
     assert tokens_until(phases, 250) == 250 * 16 * 512
+
+
+def test_weight_decay_spares_norms_and_the_embedding_and_old_checkpoints_keep_one_group():
+    from tappa_utils.tiny.train import make_config, param_groups
+    from transformers import LlamaForCausalLM
+
+    model = LlamaForCausalLM(make_config(num_hidden_layers=1))
+    decay, keep = param_groups(model, 0.5)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert decay["weight_decay"] == 0.5 and keep["weight_decay"] == 0.0
+    assert {names[id(p)] for p in keep["params"]} == {"model.embed_tokens.weight", "model.norm.weight",
+                                                      "model.layers.0.input_layernorm.weight",
+                                                      "model.layers.0.post_attention_layernorm.weight"}
+    assert all(p.dim() == 2 for p in decay["params"]) and len(decay["params"]) == 7  # q k v o gate up down
+    (only,) = param_groups(model, 0.1, all_params=True)
+    assert only["weight_decay"] == 0.1 and len(only["params"]) == len(names)
+
+
+def test_sink_heads_counts_heads_beyond_layer_0_whose_mass_sits_on_the_first_token(monkeypatch):
+    import pandas as pd
+
+    from tappa_utils import metrics
+    from tappa_utils.tiny.train import make_config, sink_heads
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(make_config(num_hidden_layers=2)).eval()
+    ids = torch.randint(0, 256, (1, 64))
+    ids[:, 0] = BOS_ID
+    real = sink_heads(model, ids)  # random weights: attention spread out, no sink
+    assert real["sinks_beyond_l0"] == 0 and 0 < real["max_sink_beyond_l0"] < 0.3
+    table = pd.DataFrame({"layer": [0, 1, 1, 2], "head": [0, 0, 1, 3], "sink_mass": [0.9, 0.3, 0.29, 0.5]})
+    monkeypatch.setattr(metrics, "analyze_heads", lambda *a, **k: table)
+    out = sink_heads(model, ids)  # layer 0 does not count; 0.3 does, 0.29 does not
+    assert out == {"sinks_beyond_l0": 2.0, "max_sink_beyond_l0": 0.5, "top_sinks": "L2H3:0.500 L1H0:0.300 L1H1:0.290"}
