@@ -68,6 +68,7 @@ def _check(args):
     pf.check_text_file(args.text_file)
     info = pf.check_model(args.model)
     pf.check_context(args.seq_len, info)
+    pf.check_layers(args.layers, info)
     pf.check_out_dir(args.out, command="analyze", legacy=LEGACY_FILES)
     return info
 

@@ -115,14 +115,14 @@ def shape_name(name: str) -> str:
     return key
 
 
-def shape_facts(name: str) -> tuple[str, int]:
-    """(model_type, context length) of a shape, without building anything."""
+def shape_facts(name: str) -> tuple[str, int, int]:
+    """(model_type, context length, decoder layers) of a shape, without building anything."""
     key = shape_name(name)
     if key == DEFAULT_MODEL:
         cfg = shape_config(key)
-        return cfg.model_type, int(cfg.max_position_embeddings)
+        return cfg.model_type, int(cfg.max_position_embeddings), int(cfg.num_hidden_layers)
     cfg = SHAPES[key]["config"]
-    return cfg["model_type"], int(cfg.get("max_position_embeddings") or 0)
+    return cfg["model_type"], int(cfg.get("max_position_embeddings") or 0), int(cfg["num_hidden_layers"])
 
 
 def shape_config(name: str):

@@ -193,12 +193,14 @@ def check_text_file(path: str | os.PathLike | None, option: str = "--text-file",
 
 @dataclass
 class ModelInfo:
-    """A checked model: the local folder to load from, its model type and its context length (0: unknown)."""
+    """A checked model: the local folder to load from, its model type, its context length and its number of
+    decoder layers (0: unknown)."""
 
     name: str
     path: Path
     model_type: str
     context_length: int
+    num_layers: int = 0
 
 
 def safetensors_problem(path: Path) -> str | None:
@@ -297,10 +299,10 @@ def check_model(name: str, option: str = "--model") -> ModelInfo:
     name = str(name)
     if is_random_name(name):  # a random-weight public shape: built locally, nothing to read
         try:
-            model_type, ctx = shape_facts(name)
+            model_type, ctx, n_layers = shape_facts(name)
         except ValueError as e:
             raise UsageError(f"{option} {name}: {one_line(e)}") from e
-        return ModelInfo(name, Path(name), model_type, ctx)
+        return ModelInfo(name, Path(name), model_type, ctx, n_layers)
     try:
         path = Path(resolve_model_path(name)).expanduser()
     except FileNotFoundError as e:
@@ -332,7 +334,7 @@ def check_model(name: str, option: str = "--model") -> ModelInfo:
         raise UsageError(f"{option} {name}: no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}); "
                          "copy them from the original model")
     ctx = int(cfg.get("max_position_embeddings") or 0)
-    return ModelInfo(name, path, model_type, ctx)
+    return ModelInfo(name, path, model_type, ctx, int(cfg.get("num_hidden_layers") or 0))
 
 
 def _check_family(name: str, model_type: str, option: str) -> None:
@@ -350,7 +352,18 @@ def _check_remote_config(name: str, option: str) -> ModelInfo:
         raise UsageError(f"{option} {name}: cannot read its config from the hub ({one_line(e)})") from e
     model_type = str(getattr(cfg, "model_type", "unknown"))
     _check_family(name, model_type, option)
-    return ModelInfo(name, Path(name), model_type, int(getattr(cfg, "max_position_embeddings", 0) or 0))
+    return ModelInfo(name, Path(name), model_type, int(getattr(cfg, "max_position_embeddings", 0) or 0),
+                     int(getattr(cfg, "num_hidden_layers", 0) or 0))
+
+
+def check_layers(layers, info: ModelInfo, option: str = "--layers") -> None:
+    """UsageError when a layer index lies outside the model's decoder layers (before the weights are loaded)."""
+    if layers is None or not info.num_layers:
+        return
+    bad = [x for x in layers if not -info.num_layers <= int(x) < info.num_layers]
+    if bad:
+        raise UsageError(f"{option} {' '.join(map(str, bad))}: {info.name} has {info.num_layers} decoder layers "
+                         f"(0..{info.num_layers - 1}, or negative from the end)")
 
 
 def check_context(seq_len: int, info: ModelInfo, option: str = "--seq-len") -> None:

@@ -199,6 +199,20 @@ def test_4_device_that_does_not_exist(command, models, texts, tmp_path, capsys, 
     assert not out.exists()
 
 
+def test_4_layers_out_of_range_before_loading(models, texts, tmp_path, capsys, no_loading):
+    out = tmp_path / "out"
+    rc, err = run(capsys, "analyze", argv_for("analyze", models["good"], texts, out) + ["--layers", "0", "7", "-9"])
+    assert rc == 2
+    assert_one_line(err, "analyze", "--layers 7 -9", "decoder layers (0..")
+    assert not out.exists()
+    argv = argv_for("prune-eval", models["good"], texts, out)
+    argv[argv.index("--max-removed") + 1] = "40"
+    rc, err = run(capsys, "prune-eval", argv)
+    assert rc == 2
+    assert_one_line(err, "prune-eval", "max_removed=40 leaves no layer")
+    assert not out.exists()
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_4_cuda_without_cuda(models, texts, tmp_path, capsys, no_loading):
     out = tmp_path / "out"

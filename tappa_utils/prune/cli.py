@@ -83,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         pf.check_text_file(cfg.eval_text_file, "--eval-text-file")
         info = pf.check_model(cfg.model)
         pf.check_context(cfg.seq_len, info)
+        cfg.validate(info.num_layers or None)  # --max-removed against the config's layers, before loading
         with ResultDir(out, "prune-eval", legacy=LEGACY_FILES, signature="run_info.json") as tmp:
             model, tok = load_model(str(info.path), device=cfg.device, dtype=cfg.dtype)
             res = run_pruning_eval(cfg, model, tok, progress=lambda s: print(s, file=sys.stderr))
