@@ -56,12 +56,11 @@ def make_config(**overrides):
     )
 
 
-def param_groups(model, weight_decay: float, all_params: bool | None = None) -> list[dict]:
-    """AdamW groups: decay on the weight matrices of attention and MLP; none on norms and the (tied) embedding,
-    which may then grow where the model needs large activations (the first token's, which attention sinks use).
-
-    Checkpoints of the first version (one group, decay on everything) resume with their single group:
-    `all_params=True` (set when the saved optimizer has one group)."""
+def param_groups(model, weight_decay: float, all_params: bool = True) -> list[dict]:
+    """AdamW groups. `all_params=True` (`--decay all`, how the shipped model was trained): one group, decay on
+    everything. Otherwise (`--decay matrices`): decay on the weight matrices of attention and MLP, none on norms and
+    the (tied) embedding, which may then grow where the model needs large activations (the first token's, which
+    attention sinks use). A checkpoint resumes with the grouping it was saved with."""
     params = dict(model.named_parameters())
     if all_params:
         return [{"params": list(params.values()), "weight_decay": weight_decay}]
@@ -182,6 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--warmup", type=int, default=200)
     ap.add_argument("--weight-decay", type=float, default=0.1,
                     help="AdamW's decoupled weight decay (larger values favour attention sinks: Gu et al. 2024)")
+    ap.add_argument("--decay", choices=("all", "matrices"), default="all",
+                    help="what the decay applies to: every parameter (the shipped model) or the weight matrices "
+                         "only (not norms and embedding); a resumed run keeps its checkpoint's choice")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--eval-every", type=int, default=100)
@@ -262,7 +264,7 @@ def _main(argv) -> int:
     torch.manual_seed(args.seed)
     model = LlamaForCausalLM(make_config()).to(device)
     ck = load_checkpoint(ckpt_path, device) if ckpt_path.exists() else None
-    one_group = ck is not None and len(ck["opt"]["param_groups"]) == 1  # a first-version checkpoint
+    one_group = len(ck["opt"]["param_groups"]) == 1 if ck is not None else args.decay == "all"
     opt = torch.optim.AdamW(param_groups(model, args.weight_decay, one_group), lr=args.lr, betas=(0.9, 0.95))
     rng = np.random.default_rng(args.seed)
     step = 0

@@ -123,14 +123,14 @@ def test_weight_decay_spares_norms_and_the_embedding_and_old_checkpoints_keep_on
     from transformers import LlamaForCausalLM
 
     model = LlamaForCausalLM(make_config(num_hidden_layers=1))
-    decay, keep = param_groups(model, 0.5)
+    decay, keep = param_groups(model, 0.5, all_params=False)
     names = {id(p): n for n, p in model.named_parameters()}
     assert decay["weight_decay"] == 0.5 and keep["weight_decay"] == 0.0
     assert {names[id(p)] for p in keep["params"]} == {"model.embed_tokens.weight", "model.norm.weight",
                                                       "model.layers.0.input_layernorm.weight",
                                                       "model.layers.0.post_attention_layernorm.weight"}
     assert all(p.dim() == 2 for p in decay["params"]) and len(decay["params"]) == 7  # q k v o gate up down
-    (only,) = param_groups(model, 0.1, all_params=True)
+    (only,) = param_groups(model, 0.1)  # the default: how the shipped model was trained
     assert only["weight_decay"] == 0.1 and len(only["params"]) == len(names)
 
 
