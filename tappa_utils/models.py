@@ -369,7 +369,7 @@ def random_weights(model, seed: int, mode: str = "swap", spill_dir: str | Path |
 
     - `mode="swap"` (default): the model's own weights are written to a temporary file (in `spill_dir`, default
       the system's temporary folder), the random weights are drawn once, in place, and the weights are read back
-      from the file on exit. Extra memory: one parameter at a time; cost: one random draw of every parameter plus
+      from the file on exit. Extra memory: one parameter's copy at a time; cost: one random draw of every parameter plus
       one write and one read of the weights (disk: the weights' size, checked before anything is changed).
     - `mode="per_forward"`: each module that owns parameters (an embedding, a projection, a norm) gets its random
       weights just before it runs and its own weights back right after; no disk, extra memory one module, but one
@@ -449,13 +449,10 @@ def _swapped_to_disk(model, spill_dir: str | Path | None = None) -> Iterator[Non
         finally:
             f.seek(0)
             with torch.no_grad():
-                for p in params:
-                    if p.device.type == "cpu" and p.is_contiguous():
-                        f.readinto(memoryview(_raw_bytes(p)))
-                    else:
-                        host = torch.empty(p.shape, dtype=p.dtype)
-                        f.readinto(memoryview(_raw_bytes(host)))
-                        p.copy_(host)
+                for p in params:  # through a torch copy: the tensor's version counter moves, so caches keyed on
+                    host = torch.empty(p.shape, dtype=p.dtype)  # it (patterns.head) see the weights came back
+                    f.readinto(memoryview(_raw_bytes(host)))
+                    p.copy_(host)
 
 
 def _restore(entries: list[tuple[torch.Tensor, torch.Tensor]]) -> None:

@@ -362,8 +362,8 @@ def check_layers(layers, info: ModelInfo, option: str = "--layers") -> None:
         return
     bad = [x for x in layers if not -info.num_layers <= int(x) < info.num_layers]
     if bad:
-        raise UsageError(f"{option} {' '.join(map(str, bad))}: {info.name} has {info.num_layers} decoder layers "
-                         f"(0..{info.num_layers - 1}, or negative from the end)")
+        raise UsageError(f"{option} {' '.join(map(str, bad))} out of range: {info.name} has {info.num_layers} decoder "
+                         f"layers (0..{info.num_layers - 1}, or negative from the end)")
 
 
 def check_context(seq_len: int, info: ModelInfo, option: str = "--seq-len") -> None:

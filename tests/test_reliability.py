@@ -203,7 +203,7 @@ def test_4_layers_out_of_range_before_loading(models, texts, tmp_path, capsys, n
     out = tmp_path / "out"
     rc, err = run(capsys, "analyze", argv_for("analyze", models["good"], texts, out) + ["--layers", "0", "7", "-9"])
     assert rc == 2
-    assert_one_line(err, "analyze", "--layers 7 -9", "decoder layers (0..")
+    assert_one_line(err, "analyze", "--layers 7 -9 out of range", "decoder layers (0..")
     assert not out.exists()
     argv = argv_for("prune-eval", models["good"], texts, out)
     argv[argv.index("--max-removed") + 1] = "40"
