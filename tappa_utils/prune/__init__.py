@@ -16,9 +16,11 @@ from __future__ import annotations
 from .removal import layers_removed, remove_layers
 from .scores import (QSIM_MODES, QSIM_ROPE, LayerScores, block_influence, calibration_ids, calibration_text,
                      layer_scores, load_score_record, minmax, order_change_betas, prune_order, query_similarity,
-                     query_similarity_of, save_score_record, score_record, shortgpt_order, tappa_order, tappa_scores)
+                     query_similarity_of, query_similarity_variants, save_score_record, score_record, shortgpt_order,
+                     tappa_order, tappa_scores)
 
 __all__ = ["QSIM_MODES", "QSIM_ROPE", "LayerScores", "block_influence", "calibration_ids", "calibration_text",
            "layer_scores", "layers_removed", "load_score_record", "minmax", "order_change_betas", "prune_order",
-           "query_similarity", "query_similarity_of", "remove_layers", "save_score_record", "score_record",
+           "query_similarity", "query_similarity_of", "query_similarity_variants", "remove_layers",
+           "save_score_record", "score_record",
            "shortgpt_order", "tappa_order", "tappa_scores"]

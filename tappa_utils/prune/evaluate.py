@@ -154,14 +154,17 @@ def eval_data(tokenizer, cfg: PruneEvalConfig, text: str | None = None) -> EvalD
 
 
 def _nll(model, ids: torch.Tensor, batch_size: int, removed: Iterable[int] = (),
-         prefix: PrefixStates | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+         prefix: PrefixStates | None = None, positions: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token negative log-likelihood (N, T-1) (nll[:, i] predicts token i+1) and the argmax hits, of `model`
-    without decoder layers `removed` (none: the model as it is), started from `prefix`'s states where it has them."""
+    without decoder layers `removed` (none: the model as it is), started from `prefix`'s states where it has them.
+
+    `positions` (sorted indices < T-1): only the predictions from those positions, (N, len(positions))."""
     nll, hit = [], []
-    for x, logits in pruned_logits(model, removed, ids, batch_size, prefix):
-        logits = logits[:, :-1].float()
-        tgt = x[:, 1:]
-        nll.append(torch.nn.functional.cross_entropy(logits.transpose(1, 2), tgt, reduction="none").cpu())
+    for x, logits in pruned_logits(model, removed, ids, batch_size, prefix, positions):
+        tgt = x[:, 1:] if positions is None else x[:, torch.as_tensor(positions, device=x.device) + 1]
+        logits = (logits[:, :-1] if positions is None else logits).float()
+        flat = logits.reshape(-1, logits.shape[-1])  # cross_entropy on (N*T, V) is ~15x faster than on (N, V, T)
+        nll.append(torch.nn.functional.cross_entropy(flat, tgt.reshape(-1), reduction="none").view(tgt.shape).cpu())
         hit.append((logits.argmax(-1) == tgt).cpu())
     return torch.cat(nll), torch.cat(hit)
 
@@ -175,10 +178,12 @@ def lm_quality(model, data: EvalData, batch_size: int = 4, per_window: bool = Fa
     """
     own = {id(p.ids): p for p in prefixes}
     nll, hit = _nll(model, data.ids, batch_size, removed, own.get(id(data.ids)))
-    cnll, _ = _nll(model, data.copy_ids, batch_size, removed, own.get(id(data.copy_ids)))
-    # tokens 2.. of each copy (the first token of a random segment is unpredictable)
-    c1 = cnll[:, data.first.start : data.first.stop - 1].mean().item()
-    c2 = cnll[:, data.second.start : data.second.stop - 1].mean().item()
+    # tokens 2.. of each copy (the first token of a random segment is unpredictable): predicted from these positions
+    seg1, seg2 = range(data.first.start, data.first.stop - 1), range(data.second.start, data.second.stop - 1)
+    cnll, _ = _nll(model, data.copy_ids, batch_size, removed, own.get(id(data.copy_ids)),
+                   positions=torch.tensor([*seg1, *seg2]))
+    c1 = cnll[:, : len(seg1)].mean().item()
+    c2 = cnll[:, len(seg1) :].mean().item()
     out = {"nats_per_token": nll.mean().item(), "nats_per_byte": nll.sum().item() / max(1, data.n_bytes),
            "next_token_acc": hit.float().mean().item(), "copy_first": c1, "copy_second": c2,
            "copy_ratio": c2 / c1 if c1 > 0 else float("nan")}

@@ -62,18 +62,23 @@ class PrefixStates:
 
 
 def pruned_logits(model, removed: Iterable[int], ids: torch.Tensor, batch_size: int,
-                  prefix: PrefixStates | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                  prefix: PrefixStates | None = None,
+                  positions: torch.Tensor | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(token ids, logits) of each batch of `ids` for `model` without decoder layers `removed`, computed from the
-    prefix's stored states when it has some for these ids (the model is restored after each batch)."""
+    prefix's stored states when it has some for these ids (the model is restored after each batch).
+
+    `positions` (1-D indices): logits at those positions only, (B, len(positions), V): the output projection, the
+    largest single matrix of a model with a 128k vocabulary, then runs on those rows alone (`logits_to_keep`)."""
     removed = sorted(int(x) for x in removed)
     device = next(model.parameters()).device
     start = prefix.start(removed) if prefix is not None and prefix.ids is ids else 0
     if start + len([r for r in removed if r >= start]) >= len(decoder_layers(model)):
         start = 0  # the stored states would leave no layer to run: start at the embedding
+    keep = {} if positions is None else {"logits_to_keep": torch.as_tensor(positions, device=device)}
     with torch.no_grad(), layers_removed(model, sorted(set(range(start)) | set(removed))) as pruned:
         for b, i in enumerate(range(0, ids.shape[0], batch_size)):
             x = ids[i : i + batch_size].to(device)
             if start:
-                yield x, pruned(inputs_embeds=prefix.states[start][b], use_cache=False).logits
+                yield x, pruned(inputs_embeds=prefix.states[start][b], use_cache=False, **keep).logits
             else:
-                yield x, pruned(x, use_cache=False).logits
+                yield x, pruned(x, use_cache=False, **keep).logits

@@ -143,6 +143,28 @@ def query_similarity(model, input_ids: torch.Tensor, rope: str = "pre", mode: st
 
 
 @torch.no_grad()
+def query_similarity_variants(model, input_ids: torch.Tensor, batch_size: int = 4) -> dict[str, np.ndarray]:
+    """{"pre/all_pairs": (L,), "pre/consecutive", "post/all_pairs", "post/consecutive"}: every `query_similarity`
+    variant from one forward pass (pre- and post-RoPE queries captured together); each equals its own pass."""
+    input_ids = _check_ids(input_ids)
+    L = len(decoder_layers(model))
+    device = next(model.parameters()).device
+    names = [f"{rope}/{mode}" for rope in QSIM_ROPE for mode in QSIM_MODES]
+
+    def reducer(rec):  # (B, 4): each variant's mean over heads
+        return torch.stack([query_similarity_of(getattr(rec, f"q_{n.split('/')[0]}"), n.split("/")[1]).mean(-1)
+                            for n in names], dim=-1).cpu()
+
+    per_batch = []
+    for ids in _batches(input_ids, batch_size):
+        with capture(model, None, what=("q_pre", "q_post"), reducer=reducer) as cap:
+            model(ids.to(device), use_cache=False)
+        per_batch.append(torch.stack([cap[i] for i in range(L)], dim=1))  # (B, L, 4)
+    mean = torch.cat(per_batch).mean(0).numpy()
+    return {n: mean[:, j] for j, n in enumerate(names)}
+
+
+@torch.no_grad()
 def _score_pass(model, input_ids, want_bi=True, want_q=True, angular=False, rope="pre", mode="all_pairs",
                 batch_size=4):
     """One pass over the chunks computing BI and/or q-similarity (hooks removed whatever happens)."""

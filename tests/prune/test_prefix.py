@@ -23,6 +23,9 @@ def test_pruned_logits_from_the_prefix_equal_a_full_pruned_forward(family):
             want = torch.cat([pruned(ids[i : i + 2]).logits for i in range(0, 5, 2)])
         got = torch.cat([logits for _, logits in pruned_logits(model, removed, ids, 2, prefix)])
         torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+        pos = torch.tensor([0, 5, 6, 17])  # logits at some positions only: the same rows
+        part = torch.cat([logits for _, logits in pruned_logits(model, removed, ids, 2, prefix, positions=pos)])
+        torch.testing.assert_close(part, want[:, pos], rtol=0, atol=1e-5)
     assert len(model.model.layers) == 6 and all(torch.equal(p, q) for p, q in zip(model.parameters(), before))
 
 

@@ -104,6 +104,13 @@ def test_variants_match_loops_and_differ():
     np.testing.assert_allclose(cons, _manual_qsim(model, ids, mode="consecutive"), rtol=1e-4, atol=1e-6)
     pre, post = P.query_similarity(model, ids, rope="pre"), P.query_similarity(model, ids, rope="post")
     assert not np.allclose(pre, post)  # RoPE changes the query directions
+    together = P.query_similarity_variants(model, ids, batch_size=2)  # one pass gives each variant's own pass
+    assert sorted(together) == ["post/all_pairs", "post/consecutive", "pre/all_pairs", "pre/consecutive"]
+    np.testing.assert_allclose(together["pre/consecutive"], cons, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(together["pre/all_pairs"], pre, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(together["post/all_pairs"], post, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(together["post/consecutive"], P.query_similarity(model, ids, "post", "consecutive"),
+                               rtol=1e-6, atol=1e-9)
     # the bias is included: without it the pre-RoPE similarity changes
     with torch.no_grad():
         for layer in model.model.layers:

@@ -69,6 +69,13 @@ def test_lm_quality_matches_direct_loss(default_model):
     acc = (logits.argmax(-1) == data.ids[:, 1:]).float().mean().item()
     assert q["next_token_acc"] == pytest.approx(acc)
     assert q["copy_ratio"] == pytest.approx(q["copy_second"] / q["copy_first"])
+    # the copy losses (logits computed at the segments' positions only) equal the full forward's, tokens 2.. of each
+    with torch.no_grad():
+        cl = model(data.copy_ids).logits[:, :-1]
+    cnll = torch.nn.functional.cross_entropy(cl.transpose(1, 2), data.copy_ids[:, 1:], reduction="none")
+    assert q["copy_first"] == pytest.approx(cnll[:, data.first.start : data.first.stop - 1].mean().item(), rel=1e-5)
+    assert q["copy_second"] == pytest.approx(cnll[:, data.second.start : data.second.stop - 1].mean().item(),
+                                             rel=1e-5)
 
 
 def test_select_beta_uses_calibration_loss_only(tiny_llama):
