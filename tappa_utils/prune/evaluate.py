@@ -170,23 +170,27 @@ def _nll(model, ids: torch.Tensor, batch_size: int, removed: Iterable[int] = (),
 
 
 def lm_quality(model, data: EvalData, batch_size: int = 4, per_window: bool = False, removed: Iterable[int] = (),
-               prefixes: Iterable[PrefixStates] = ()):
+               prefixes: Iterable[PrefixStates] = (), copy_test: bool = True):
     """Held-out loss (nats/token, nats/byte), next-token accuracy, and the copy test (first, second, ratio), of
     `model` without decoder layers `removed` (`prefixes`: stored states of `data.ids` / `data.copy_ids`).
 
     With `per_window=True` also returns the (N,) mean loss (nats/token) of each held-out window.
+    `copy_test=False` skips the copy windows (their three values are NaN).
     """
     own = {id(p.ids): p for p in prefixes}
     nll, hit = _nll(model, data.ids, batch_size, removed, own.get(id(data.ids)))
+    out = {"nats_per_token": nll.mean().item(), "nats_per_byte": nll.sum().item() / max(1, data.n_bytes),
+           "next_token_acc": hit.float().mean().item()}
+    if not copy_test:
+        out.update(copy_first=float("nan"), copy_second=float("nan"), copy_ratio=float("nan"))
+        return (out, nll.double().mean(1).numpy()) if per_window else out
     # tokens 2.. of each copy (the first token of a random segment is unpredictable): predicted from these positions
     seg1, seg2 = range(data.first.start, data.first.stop - 1), range(data.second.start, data.second.stop - 1)
     cnll, _ = _nll(model, data.copy_ids, batch_size, removed, own.get(id(data.copy_ids)),
                    positions=torch.tensor([*seg1, *seg2]))
     c1 = cnll[:, : len(seg1)].mean().item()
     c2 = cnll[:, len(seg1) :].mean().item()
-    out = {"nats_per_token": nll.mean().item(), "nats_per_byte": nll.sum().item() / max(1, data.n_bytes),
-           "next_token_acc": hit.float().mean().item(), "copy_first": c1, "copy_second": c2,
-           "copy_ratio": c2 / c1 if c1 > 0 else float("nan")}
+    out.update(copy_first=c1, copy_second=c2, copy_ratio=c2 / c1 if c1 > 0 else float("nan"))
     return (out, nll.double().mean(1).numpy()) if per_window else out
 
 
@@ -233,24 +237,27 @@ def method_orders(scores: P.LayerScores, betas, best_beta: float | None = None) 
 
 
 def evaluate_orders(model, orders: dict[str, dict], data: EvalData, max_removed: int, batch_size: int = 4,
-                    progress: Callable[[str], None] | None = None):
+                    progress: Callable[[str], None] | None = None, held_out_only: bool = False):
     """(results, per_window): one row per (method, n_removed in 0..max_removed) with the removed layers and
     `lm_quality`, and the per-window held-out losses (method, n_removed, window, nats_per_token). Pruned sets are
-    evaluated once."""
+    evaluated once. `held_out_only=True`: n_removed 1..max_removed, held-out windows only (no copy test): what
+    `gains_vs_null` reads from a random-weight null."""
     import pandas as pd
 
     firsts = {min(spec["order"][:k]) for spec in orders.values() for k in range(1, max_removed + 1)}
-    prefixes = [PrefixStates(model, data.ids, batch_size, firsts),
-                PrefixStates(model, data.copy_ids, batch_size, firsts)]
+    prefixes = [PrefixStates(model, data.ids, batch_size, firsts)]
+    if not held_out_only:
+        prefixes.append(PrefixStates(model, data.copy_ids, batch_size, firsts))
     cache: dict[tuple, tuple] = {}
     rows, win = [], []
     for name, spec in orders.items():
-        for k in range(0, max_removed + 1):
+        for k in range(1 if held_out_only else 0, max_removed + 1):
             key = tuple(sorted(spec["order"][:k]))
             if key not in cache:
                 if progress:
                     progress(f"evaluating without layers {list(key)}")
-                cache[key] = lm_quality(model, data, batch_size, per_window=True, removed=key, prefixes=prefixes)
+                cache[key] = lm_quality(model, data, batch_size, per_window=True, removed=key, prefixes=prefixes,
+                                        copy_test=not held_out_only)
             q, w = cache[key]
             rows.append({"method": name, "beta": spec["beta"], "n_removed": k, "removed": list(key), **q})
             win += [{"method": name, "n_removed": k, "window": i, "nats_per_token": float(v)} for i, v in enumerate(w)]
@@ -397,11 +404,12 @@ class PruneEvalResult:
 
 
 def run_pruning_eval(cfg: PruneEvalConfig, model=None, tokenizer=None,
-                     progress: Callable[[str], None] | None = None, compare_betas: bool = True) -> PruneEvalResult:
+                     progress: Callable[[str], None] | None = None, null: bool = False) -> PruneEvalResult:
     """Scores on calibration text, beta chosen on calibration text, orders evaluated on the evaluation text.
 
-    `compare_betas=False` evaluates only ShortGPT and the calibration-chosen beta (not `cfg.betas`): what a
-    random-weight null needs (`gains_vs_null`), at a fraction of the cost.
+    `null=True` evaluates only what a random-weight null needs (`gains_vs_null`), at a fraction of the cost:
+    ShortGPT and the calibration-chosen beta (not `cfg.betas`), 1..max_removed removed layers, held-out loss
+    only (no copy test, no unpruned row). Scores and the choice of beta are the full procedure.
     """
     from ..data import load_text
     from ..models import check_supported, load_model, num_layers
@@ -433,12 +441,13 @@ def run_pruning_eval(cfg: PruneEvalConfig, model=None, tokenizer=None,
     say("choosing beta on calibration data")
     best, sel = select_beta(model, scores, calib, cfg.max_removed, cfg.beta_grid, cfg.batch_size)
     timings["select_beta_s"] = time.time() - t
-    orders = method_orders(scores, cfg.betas if compare_betas else (), best)
+    orders = method_orders(scores, () if null else cfg.betas, best)
     t = time.time()
-    results, per_window = evaluate_orders(model, orders, data, cfg.max_removed, cfg.batch_size, progress)
+    results, per_window = evaluate_orders(model, orders, data, cfg.max_removed, cfg.batch_size, progress,
+                                          held_out_only=null)
     timings["evaluate_s"] = time.time() - t
     lm = {}
-    if cfg.lm_eval_tasks:
+    if cfg.lm_eval_tasks and not null:
         lm = {"available": lm_eval_available()}
         if lm["available"]:
             for name, spec in orders.items():

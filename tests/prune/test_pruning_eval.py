@@ -184,8 +184,15 @@ def test_gains_vs_null_and_its_claim(default_model):
     probe = res.calib_ids[:1]
     before = E.calibration_loss(model, probe)
     with random_weights(model, S.null_seed(cfg.seed)) as nm:
-        null = E.run_pruning_eval(cfg, model=nm, tokenizer=tok)
+        null = E.run_pruning_eval(cfg, model=nm, tokenizer=tok, null=True)
+        full = E.run_pruning_eval(cfg, model=nm, tokenizer=tok)
     assert E.calibration_loss(model, probe) == before  # restored exactly
+    # null=True evaluates only k >= 1 of ShortGPT and the chosen beta, held-out windows only: the same numbers
+    assert set(null.orders) == {"ShortGPT", "TAPPA best (b=0.5)"} and set(null.results.n_removed) == {1, 2}
+    assert null.results.copy_ratio.isna().all() and full.results.copy_ratio.notna().all()
+    keep = full.per_window.method.isin(list(null.orders)) & (full.per_window.n_removed > 0)
+    pd.testing.assert_frame_equal(null.per_window.reset_index(drop=True),
+                                  full.per_window[keep].reset_index(drop=True))
     assert not np.allclose(null.scores.bi, res.scores.bi)  # the null really is another network
     vs = E.gains_vs_null(res, null, seed=0)
     sup = E.superiority(res.results, res.per_window, seed=0)
