@@ -125,8 +125,19 @@ def retrieval_window(rng: np.random.Generator, data: np.ndarray, n: int) -> np.n
     return x
 
 
+def noise_window(rng: np.random.Generator, data: np.ndarray, n: int) -> np.ndarray:
+    """Text with 1-3 stretches (64-256 bytes, at most a third of the window each) of random printable bytes: there
+    nothing in the context predicts the next byte, so a head's best contribution is none (park on BOS)."""
+    x = text_window(rng, data, n)
+    for _ in range(int(rng.integers(1, 4))):
+        m = min(int(rng.integers(64, 257)), n // 3)
+        start = int(rng.integers(0, n - m + 1))
+        x[start : start + m] = random_segment(rng, m)
+    return x
+
+
 WINDOW_KINDS = {"text": text_window, "copy": copy_window, "periodic": periodic_window, "induction": induction_window,
-                "retrieval": retrieval_window}
+                "retrieval": retrieval_window, "noise": noise_window}
 MIXTURE = (("text", 0.5, text_window), ("copy", 0.35, copy_window), ("periodic", 0.15, periodic_window))
 # Phase 2 (from step 500 of the shipped run): the copy signal of phase 1 was too weak (copy ratio still 1.0).
 MIXTURE_COPY_HEAVY = (("text", 0.35, text_window), ("copy", 0.2, copy_window), ("induction", 0.3, induction_window),
@@ -137,7 +148,11 @@ MIXTURE_LONG = (("text", 0.3, text_window), ("copy", 0.15, copy_window), ("induc
 # Phase 4: retrieval at 1024 tokens was still short of the goal (0.79 at step 3700): more long-range retrieval.
 MIXTURE_RETRIEVAL = (("text", 0.2, text_window), ("copy", 0.1, copy_window), ("induction", 0.15, induction_window),
                      ("retrieval", 0.4, retrieval_window), ("periodic", 0.15, periodic_window))
-MIXTURES = {"base": MIXTURE, "copy-heavy": MIXTURE_COPY_HEAVY, "long": MIXTURE_LONG, "retrieval": MIXTURE_RETRIEVAL}
+# Phase 5 (sinks): stretches where no head can help (noise), so heads learn to park, besides the long mixture.
+MIXTURE_PARK = (("text", 0.3, text_window), ("copy", 0.1, copy_window), ("induction", 0.15, induction_window),
+                ("retrieval", 0.2, retrieval_window), ("periodic", 0.1, periodic_window), ("noise", 0.15, noise_window))
+MIXTURES = {"base": MIXTURE, "copy-heavy": MIXTURE_COPY_HEAVY, "long": MIXTURE_LONG, "retrieval": MIXTURE_RETRIEVAL,
+            "park": MIXTURE_PARK}
 
 
 def sample_batch(rng: np.random.Generator, data: np.ndarray, batch: int, seq_len: int, mixture=MIXTURE) -> np.ndarray:

@@ -84,6 +84,19 @@ def test_retrieval_window_repeats_its_segment_at_least_a_quarter_later():
         np.testing.assert_array_equal(x[first:first + 8], x[second:second + 8])
 
 
+def test_noise_window_plants_random_stretches_in_text():
+    from tappa_utils.tiny.corpus import noise_window
+
+    rng = np.random.default_rng(0)
+    data = np.full(10_000, ord("a"))
+    for n in (96, 511, 1023):
+        x = noise_window(rng, data, n)
+        noisy = np.flatnonzero(x != ord("a"))
+        assert len(x) == n and x.min() >= 33 and x.max() < 127
+        assert 0.5 * min(64, n // 3) <= len(noisy) <= 3 * min(256, n // 3)  # 1-3 stretches, each <= a third
+        assert len(np.unique(x[noisy])) > 20  # random printable bytes, not a repeated pattern
+
+
 def test_init_from_an_export_starts_from_its_weights_and_steps(tmp_path):
     main(["--out", str(tmp_path / "run"), "--steps", "2", "--batch", "1", "--seq-len", "32", "--threads", "1"])
     main(["--out", str(tmp_path / "run"), "--export", str(tmp_path / "hf")])
