@@ -18,6 +18,7 @@ none` leaves it out). Before shipping a version N+1, freeze version N's card wit
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 import time
@@ -27,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from ..io import atomic_write_json, atomic_write_text
+from ..io import _to_builtin, atomic_write_json, atomic_write_text
 from ..models import ASSETS
 from .describe import architecture, corpus_summary, training_summary
 from .measure import QSIM_COLUMNS, TARGET_IDS, CardConfig, measure, targets
@@ -260,10 +261,15 @@ def previous_section(card: dict[str, Any], prev: dict[str, Any]) -> list[str]:
 
 
 def write_card(card: dict[str, Any], out_dir: str | Path) -> tuple[Path, Path]:
-    """Write `MODEL_CARD.md` and `model_card.json` into out_dir atomically; returns both paths."""
+    """Write `MODEL_CARD.md` and `model_card.json` into out_dir atomically; returns both paths.
+
+    Both texts are rendered before either file is replaced, so a card that cannot be rendered or serialised leaves
+    the previous pair as it was."""
     out_dir = Path(out_dir)
-    md = atomic_write_text(out_dir / "MODEL_CARD.md", render_markdown(card))
-    js = atomic_write_json(out_dir / "model_card.json", _jsonable(card))
+    text = render_markdown(card)
+    payload = json.dumps(_jsonable(card), indent=2, default=_to_builtin) + "\n"  # as io.atomic_write_json
+    md = atomic_write_text(out_dir / "MODEL_CARD.md", text)
+    js = atomic_write_text(out_dir / "model_card.json", payload)
     return md, js
 
 

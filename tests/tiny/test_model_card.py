@@ -274,3 +274,14 @@ def test_token_losses_match_the_models_loss(default_model):
     with torch.no_grad():
         ref = model(ids, labels=ids).loss.item()
     assert nll.mean().item() == pytest.approx(ref, rel=1e-5)
+
+
+def test_write_card_leaves_the_previous_pair_when_the_new_card_cannot_be_written(tmp_path, monkeypatch):
+    (tmp_path / "MODEL_CARD.md").write_text("old card")
+    (tmp_path / "model_card.json").write_text("{}")
+    monkeypatch.setattr(mc, "render_markdown", lambda card: "new card")
+    with pytest.raises(TypeError, match="cannot serialise"):
+        mc.write_card({"weights": object()}, tmp_path)  # renders, but cannot be serialised
+    assert (tmp_path / "MODEL_CARD.md").read_text() == "old card" and (tmp_path / "model_card.json").read_text() == "{}"
+    md, js = mc.write_card({"n": np.int64(3)}, tmp_path)
+    assert md.read_text() == "new card" and json.loads(js.read_text()) == {"n": 3}
