@@ -52,6 +52,19 @@ def test_consecutive_cosine_and_pca():
     assert abs(np.corrcoef(coords[:, 0], np.arange(20))[0, 1]) > 0.999  # the first component is time itself
 
 
+def test_trajectory_helpers_take_bfloat16_captures():
+    """Captures keep the model's dtype; the helpers compute in float64 whatever it is (numpy has no bfloat16)."""
+    q = torch.randn(12, 8, generator=torch.Generator().manual_seed(0))
+    k = torch.randn(12, 8, generator=torch.Generator().manual_seed(1))
+    theta = 10000.0 ** (-np.arange(4) / 4)
+    for got, want in ((ts.pca_2d(q.bfloat16())[1], ts.pca_2d(q.bfloat16().float())[1]),
+                      (ts.consecutive_cosine(q.bfloat16()), ts.consecutive_cosine(q.bfloat16().float())),
+                      (ts.channel_contributions(q.bfloat16(), k.bfloat16(), theta, key=2),
+                       ts.channel_contributions(q.bfloat16().float(), k.bfloat16().float(), theta, key=2))):
+        assert got.dtype == np.float64
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
 def _table(seed=0):
     rng = np.random.default_rng(seed)
     rows = []

@@ -88,3 +88,16 @@ def test_smoke_run(path, tmp_path):
         if key in info.get("params", {}):
             assert info["params"][key] == value, f"run_info.json records {key}={info['params'][key]!r}, not {value!r}"
     assert "versions" in info
+
+
+@pytest.mark.parametrize("stem", ["02_time_series", "05_diagonal"])
+def test_smoke_run_in_bfloat16(stem, tmp_path):
+    """Chapters that plot captured queries and keys run on a bfloat16 model (captures keep the model's dtype; numpy
+    has none: a bfloat16 PCA once failed at real shapes)."""
+    path = ROOT / "notebooks" / f"{stem}.ipynb"
+    smoke = dict(_read(path).metadata["tappa"]["smoke"])
+    out_dir = tmp_path / "out"
+    failure = book.execute_notebook(path, tmp_path / f"{stem}.ipynb",
+                                    {**smoke, "dtype": "bfloat16", "out_dir": str(out_dir)}, cwd=ROOT, timeout=600)
+    assert failure is None, failure.describe()
+    assert json.loads((out_dir / "run_info.json").read_text())["params"]["dtype"] == "bfloat16"
