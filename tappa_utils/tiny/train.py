@@ -200,7 +200,25 @@ def build_parser() -> argparse.ArgumentParser:
                     help="step at which this phase's warm-up and cosine schedule start (a new phase on a trained model)")
     ap.add_argument("--long-eval", type=int, default=0,
                     help="also evaluate long-context loss halves and retrieval at this length (0: off)")
+    ap.add_argument("--heads", type=int, default=None,
+                    help=f"query heads per layer of a new run (default {DEFAULT_ARCH['num_attention_heads']}; a "
+                         f"multiple of the {DEFAULT_ARCH['num_key_value_heads']} KV heads, head dim stays "
+                         f"{DEFAULT_ARCH['head_dim']}); a resumed run keeps its own")
     return ap
+
+
+def run_arch(out: Path, heads: int | None) -> dict:
+    """The architecture of the run in `out`: the one recorded in its train_args.json, else the default with
+    `heads` query heads. A `heads` that contradicts the recorded run is refused."""
+    path = out / "train_args.json"
+    recorded = json.loads(path.read_text()).get("arch") if path.exists() else None
+    arch = dict(recorded or DEFAULT_ARCH)
+    if heads is not None and recorded is not None and heads != arch["num_attention_heads"]:
+        raise UsageError(f"--heads {heads}: the run in {out} has {arch['num_attention_heads']} query heads; a resumed "
+                         "run keeps its architecture (give a new --out)")
+    if heads is not None:
+        arch["num_attention_heads"] = heads
+    return arch
 
 
 def check_args(args) -> Path:
@@ -217,6 +235,9 @@ def check_args(args) -> Path:
         raise UsageError(f"--weight-decay must be a number >= 0, got {args.weight_decay}")
     if args.max_minutes is not None and not args.max_minutes > 0:
         raise UsageError(f"--max-minutes must be a positive number, got {args.max_minutes}")
+    if args.heads is not None and (args.heads < 1 or args.heads % DEFAULT_ARCH["num_key_value_heads"]):
+        raise UsageError(f"--heads must be a positive multiple of the {DEFAULT_ARCH['num_key_value_heads']} KV heads, "
+                         f"got {args.heads}")
     if not 2 <= args.seq_len <= DEFAULT_ARCH["max_position_embeddings"]:
         raise UsageError(f"--seq-len must lie in [2, {DEFAULT_ARCH['max_position_embeddings']}] (the model's "
                          f"context), got {args.seq_len}")
@@ -262,7 +283,8 @@ def _main(argv) -> int:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     ckpt_path = args.out / "ckpt.pt"
     torch.manual_seed(args.seed)
-    model = LlamaForCausalLM(make_config()).to(device)
+    arch = run_arch(args.init_from if args.init_from is not None and not ckpt_path.exists() else args.out, args.heads)
+    model = LlamaForCausalLM(make_config(**arch)).to(device)
     ck = load_checkpoint(ckpt_path, device) if ckpt_path.exists() else None
     one_group = len(ck["opt"]["param_groups"]) == 1 if ck is not None else args.decay == "all"
     opt = torch.optim.AdamW(param_groups(model, args.weight_decay, one_group), lr=args.lr, betas=(0.9, 0.95))
@@ -281,7 +303,11 @@ def _main(argv) -> int:
         from safetensors.torch import load_file
 
         state = load_file(str(args.init_from / "model.safetensors"))
-        missing, unexpected = model.load_state_dict(state, strict=False)
+        try:
+            missing, unexpected = model.load_state_dict(state, strict=False)
+        except RuntimeError as e:  # shapes differ (another number of heads)
+            raise UsageError(f"--init-from {args.init_from}: weights do not fit this architecture "
+                             f"({one_line(e)[:200]})") from e
         if unexpected or [k for k in missing if k != "lm_head.weight"]:
             raise UsageError(f"--init-from {args.init_from}: weights do not match tappa-tiny ({missing}, {unexpected})")
         model.tie_weights()
@@ -306,7 +332,7 @@ def _main(argv) -> int:
     old = json.loads(phases_path.read_text()) if phases_path.exists() else {}
     phases = old.get("phases") or ([{"start_step": 0, **{k: v for k, v in old.items() if k != "arch"}}] if old else [])
     phases.append({"start_step": step, **{k: str(v) for k, v in vars(args).items()}})
-    atomic_write_json(phases_path, {"arch": DEFAULT_ARCH, "phases": phases})
+    atomic_write_json(phases_path, {"arch": arch, "phases": phases})
     log_path = args.out / "training_log.jsonl"
     if log_path.exists():  # drop records logged after the checkpoint we resumed from
         kept = [ln for ln in log_path.read_text().splitlines() if ln and json.loads(ln)["step"] <= step]

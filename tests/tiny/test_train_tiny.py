@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tappa_utils.tiny.corpus import BOS_ID, MIXTURES, copy_test_batch, induction_window, sample_batch
-from tappa_utils.tiny.train import lr_at, main
+from tappa_utils.tiny.train import _main, lr_at, main
 
 
 def test_lr_schedule_warmup_cosine_floor():
@@ -164,3 +164,31 @@ def test_sink_heads_counts_heads_beyond_layer_0_whose_mass_sits_on_the_first_tok
     monkeypatch.setattr(metrics, "analyze_heads", lambda *a, **k: table)
     out = sink_heads(model, ids)  # layer 0 does not count; 0.3 does, 0.29 does not
     assert out == {"sinks_beyond_l0": 2.0, "max_sink_beyond_l0": 0.5, "top_sinks": "L2H3:0.500 L1H0:0.300 L1H1:0.290"}
+
+
+def test_heads_makes_a_wider_run_that_keeps_its_architecture(tmp_path):
+    from transformers import AutoConfig
+
+    from tappa_utils.preflight import UsageError
+
+    run = tmp_path / "wide"
+    main(["--out", str(run), "--steps", "1", "--batch", "1", "--seq-len", "32", "--threads", "1", "--heads", "8"])
+    assert json.loads((run / "train_args.json").read_text())["arch"]["num_attention_heads"] == 8
+    main(["--out", str(run), "--steps", "2", "--batch", "1", "--seq-len", "32", "--threads", "1"])  # resumes as 8
+    main(["--out", str(run), "--export", str(tmp_path / "hf")])
+    cfg = AutoConfig.from_pretrained(tmp_path / "hf")
+    assert (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim) == (8, 2, 32)
+    assert torch.load(run / "ckpt.pt", weights_only=True)["step"] == 2
+    with pytest.raises(UsageError, match="keeps its architecture"):
+        _main(["--out", str(run), "--steps", "3", "--heads", "4", "--threads", "1"])
+    with pytest.raises(UsageError, match="multiple of the 2 KV heads"):
+        _main(["--out", str(tmp_path / "odd"), "--heads", "3"])
+    # an exported 4-head folder whose record claims 8 heads: the weights do not fit, one clear error
+    main(["--out", str(tmp_path / "four"), "--steps", "1", "--batch", "1", "--seq-len", "32", "--threads", "1"])
+    main(["--out", str(tmp_path / "four"), "--export", str(tmp_path / "hf4")])
+    record = json.loads((tmp_path / "hf4" / "train_args.json").read_text())
+    record["arch"]["num_attention_heads"] = 8
+    (tmp_path / "hf4" / "train_args.json").write_text(json.dumps(record))
+    with pytest.raises(UsageError, match="do not fit this architecture"):
+        _main(["--out", str(tmp_path / "mix"), "--init-from", str(tmp_path / "hf4"), "--steps", "3", "--threads", "1",
+               "--batch", "1", "--seq-len", "32"])
