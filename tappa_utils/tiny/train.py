@@ -203,7 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--heads", type=int, default=None,
                     help=f"query heads per layer of a new run (default {DEFAULT_ARCH['num_attention_heads']}; a "
                          f"multiple of the {DEFAULT_ARCH['num_key_value_heads']} KV heads, head dim stays "
-                         f"{DEFAULT_ARCH['head_dim']}); a resumed run keeps its own")
+                         f"{DEFAULT_ARCH['head_dim']}); a resumed run keeps its own; with --init-from, a multiple of that "
+                         "model's heads widens it (tappa_utils.tiny.widen: each head copied, same outputs)")
     return ap
 
 
@@ -283,7 +284,17 @@ def _main(argv) -> int:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     ckpt_path = args.out / "ckpt.pt"
     torch.manual_seed(args.seed)
-    arch = run_arch(args.init_from if args.init_from is not None and not ckpt_path.exists() else args.out, args.heads)
+    widen_from = None
+    if args.init_from is not None and not ckpt_path.exists():
+        arch = run_arch(args.init_from, None)
+        if args.heads is not None and args.heads != arch["num_attention_heads"]:
+            widen_from = arch["num_attention_heads"]
+            if args.heads % widen_from:
+                raise UsageError(f"--heads {args.heads} with --init-from {args.init_from}: the model has {widen_from} "
+                                 f"query heads; widening copies each one, so give a multiple of {widen_from}")
+            arch = {**arch, "num_attention_heads": args.heads}
+    else:
+        arch = run_arch(args.out, args.heads)
     model = LlamaForCausalLM(make_config(**arch)).to(device)
     ck = load_checkpoint(ckpt_path, device) if ckpt_path.exists() else None
     one_group = len(ck["opt"]["param_groups"]) == 1 if ck is not None else args.decay == "all"
@@ -303,6 +314,10 @@ def _main(argv) -> int:
         from safetensors.torch import load_file
 
         state = load_file(str(args.init_from / "model.safetensors"))
+        if widen_from is not None:  # same function, more heads: each copy can then specialise
+            from .widen import widen_heads
+
+            state = widen_heads(state, widen_from, args.heads, arch["head_dim"], seed=args.seed)
         try:
             missing, unexpected = model.load_state_dict(state, strict=False)
         except RuntimeError as e:  # shapes differ (another number of heads)
@@ -317,7 +332,8 @@ def _main(argv) -> int:
                 shutil.copy(args.init_from / f, args.out / f)
         log = args.out / "training_log.jsonl"
         step = max((json.loads(ln)["step"] for ln in log.read_text().splitlines() if ln), default=0) if log.exists() else 0
-        print(f"initialised from {args.init_from} (step {step}); optimizer state starts fresh")
+        widened = f", widened from {widen_from} to {args.heads} query heads" if widen_from else ""
+        print(f"initialised from {args.init_from} (step {step}{widened}); optimizer state starts fresh")
     if args.export is not None:
         export(model.cpu(), args.export, args.out)
         print(f"exported step {step} to {args.export}")

@@ -192,3 +192,45 @@ def test_heads_makes_a_wider_run_that_keeps_its_architecture(tmp_path):
     with pytest.raises(UsageError, match="do not fit this architecture"):
         _main(["--out", str(tmp_path / "mix"), "--init-from", str(tmp_path / "hf4"), "--steps", "3", "--threads", "1",
                "--batch", "1", "--seq-len", "32"])
+
+
+def test_widen_heads_keeps_every_logit_and_lets_the_copies_differ():
+    from transformers import LlamaForCausalLM
+
+    from tappa_utils.tiny.train import make_config
+    from tappa_utils.tiny.widen import widen_heads
+
+    torch.manual_seed(0)
+    small = LlamaForCausalLM(make_config(num_hidden_layers=2)).eval()
+    state = small.state_dict()
+    wide = LlamaForCausalLM(make_config(num_hidden_layers=2, num_attention_heads=8)).eval()
+    wide.load_state_dict(widen_heads(state, 4, 8, 32))
+    ids = torch.randint(0, 256, (2, 40))
+    with torch.no_grad():
+        torch.testing.assert_close(wide(ids).logits, small(ids).logits, atol=1e-5, rtol=1e-4)
+    q4 = state["model.layers.0.self_attn.q_proj.weight"].reshape(4, 32, -1)
+    q8 = wide.state_dict()["model.layers.0.self_attn.q_proj.weight"].reshape(8, 32, -1)
+    for h in range(4):  # head h's copies are heads 2h and 2h+1, both over h's KV head (h // 2 -> (2h) // 4)
+        assert torch.equal(q8[2 * h], q4[h]) and torch.equal(q8[2 * h + 1], q4[h])
+    o8 = wide.state_dict()["model.layers.0.self_attn.o_proj.weight"].reshape(-1, 8, 32)
+    assert not torch.allclose(o8[:, 0], o8[:, 1])  # perturbed: the copies get different gradients
+    with pytest.raises(ValueError, match="multiple of old_heads"):
+        widen_heads(state, 4, 6, 32)
+
+
+def test_init_from_with_more_heads_widens_the_model(tmp_path):
+    from transformers import AutoConfig
+
+    from tappa_utils.preflight import UsageError
+
+    small = ["--steps", "1", "--batch", "1", "--seq-len", "32", "--threads", "1"]
+    main(["--out", str(tmp_path / "four"), *small])
+    main(["--out", str(tmp_path / "four"), "--export", str(tmp_path / "hf4")])
+    with pytest.raises(UsageError, match="give a multiple of 4"):
+        _main(["--out", str(tmp_path / "six"), "--init-from", str(tmp_path / "hf4"), "--heads", "6", *small])
+    assert not (tmp_path / "six").exists()
+    main(["--out", str(tmp_path / "eight"), "--init-from", str(tmp_path / "hf4"), "--heads", "8",
+          "--steps", "2", "--batch", "1", "--seq-len", "32", "--threads", "1"])
+    assert json.loads((tmp_path / "eight" / "train_args.json").read_text())["arch"]["num_attention_heads"] == 8
+    main(["--out", str(tmp_path / "eight"), "--export", str(tmp_path / "hf8")])
+    assert AutoConfig.from_pretrained(tmp_path / "hf8").num_attention_heads == 8
