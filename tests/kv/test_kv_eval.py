@@ -199,3 +199,20 @@ def test_original_pyramid_vs_kvpress_pyramid(default_model, seq_len, keep):
     p = lengths["pyramidkv"]
     assert all(a > b for a, b in zip(p, p[1:])) and min(p) > 32  # strictly decreasing, window + some context
     assert abs(sum(p) - keep * seq_len * n) <= n  # same total up to rounding
+
+
+def test_null_eval_runs_in_place_equal_to_a_copy_and_restores_the_weights(default_model, monkeypatch):
+    from tappa_utils import models
+    from tappa_utils.kv import evaluate
+    from tappa_utils.stats import null_seed
+
+    lm, tok = default_model
+    cfg = KVEvalConfig(seq_len=160, samples=1, keep=(0.5,), methods=("full", "tappa"), cont_len=8, seg_len=12,
+                       prefix_len=4, distance=60, window=16)
+    before = {k: v.clone() for k, v in lm.state_dict().items()}
+    expected = evaluate.run_kv_eval(models.random_weight_copy(lm, null_seed(cfg.seed)), tok, cfg)
+    monkeypatch.setattr(models, "random_weight_copy", lambda *a, **k: pytest.fail("the null copied the model"))
+    got = evaluate.run_null_eval(lm, tok, cfg)
+    cols = ["task", "method", "keep", "sample", "nll", "accuracy"]
+    pd.testing.assert_frame_equal(got[cols].reset_index(drop=True), expected[cols].reset_index(drop=True))
+    assert all(torch.equal(v, before[k]) for k, v in lm.state_dict().items())
