@@ -216,3 +216,17 @@ def test_null_eval_runs_in_place_equal_to_a_copy_and_restores_the_weights(defaul
     cols = ["task", "method", "keep", "sample", "nll", "accuracy"]
     pd.testing.assert_frame_equal(got[cols].reset_index(drop=True), expected[cols].reset_index(drop=True))
     assert all(torch.equal(v, before[k]) for k, v in lm.state_dict().items())
+
+
+def test_one_sample_with_null_runs_and_its_claims_are_inconclusive(tmp_path):
+    """One sample per method cannot give an interval: the run completes (it used to fail merging empty comparison
+    tables) and every claim is shown with its effect, inconclusive."""
+    out = tmp_path / "kv1"
+    argv = [a if a != "2" else "1" for a in TINY]  # --samples 1
+    assert cli(["kv-eval", *argv, "--methods", "full", "tappa", "uniform_cake", "snapkv", "--null",
+                "--out", str(out)]) == 0
+    checks = json.loads((out / "results.json").read_text())
+    claims = [c for c in checks if c.get("kind") == "claim"]
+    assert {c["id"] for c in claims} == {"ch07.tappa_vs_snapkv", "ch07.kv_win_over_null"}
+    assert all(c["status"] == "inconclusive" and np.isfinite(c["measured"]) for c in claims)
+    assert pd.read_csv(out / "null_comparisons.csv").empty
