@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from bench_chapters import ROOT, weights_gb  # this folder is on sys.path when run as a script
+from shapes_common import ROOT, child_row, markdown_table, memory_goal_gb, weights_gb, write_rows
 
 CHILD = r"""
 import json, resource, subprocess, sys, time
@@ -42,24 +41,23 @@ def measure(command: str, shape: str, dtype: str, seq_len: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         argv = [command, "--model", f"random:{shape}", "--dtype", dtype, "--seq-len", str(seq_len),
                 "--out", str(Path(tmp) / "out"), *ONE_WINDOW[command]]
-        out = subprocess.run([sys.executable, "-c", CHILD, *argv], capture_output=True, text=True, cwd=ROOT)
-    row = json.loads(out.stdout.strip().splitlines()[-1])
+        row, out = child_row([sys.executable, "-c", CHILD, *argv], f"{command} {shape} {dtype}", cwd=ROOT)
     if out.returncode != 0 or row["rc"] != 0:
         raise RuntimeError(f"{command} {shape} {dtype}: exit {row['rc']}: {out.stderr.strip()[-400:]}")
     w = weights_gb(shape, dtype)
     return {"command": command, "shape": shape, "dtype": dtype, "tokens": seq_len, "weights_gb": w, **row,
-            "within_memory": row["peak_rss_gb"] <= 1.3 * w + 1.5}
+            "within_memory": row["peak_rss_gb"] <= memory_goal_gb(w)}
 
 
 def table(rows: list[dict]) -> str:
     """Markdown table of the measurements."""
-    lines = ["| command | shape | dtype | tokens | weights GB | wall s | CPU s | peak RSS GB | goal GB | within |",
-             "|" + "---|" * 10]
-    for r in rows:
-        lines.append(f"| {r['command']} | {r['shape']} | {r['dtype']} | {r['tokens']} | {r['weights_gb']:.2f} | "
-                     f"{r['wall_s']:.0f} | {r['cpu_s']:.0f} | {r['peak_rss_gb']:.2f} | "
-                     f"{1.3 * r['weights_gb'] + 1.5:.2f} | {'yes' if r['within_memory'] else '**no**'} |")
-    return "\n".join(lines)
+    return markdown_table([
+        ("command", lambda r: r["command"]), ("shape", lambda r: r["shape"]), ("dtype", lambda r: r["dtype"]),
+        ("tokens", lambda r: str(r["tokens"])), ("weights GB", lambda r: f"{r['weights_gb']:.2f}"),
+        ("wall s", lambda r: f"{r['wall_s']:.0f}"), ("CPU s", lambda r: f"{r['cpu_s']:.0f}"),
+        ("peak RSS GB", lambda r: f"{r['peak_rss_gb']:.2f}"),
+        ("goal GB", lambda r: f"{memory_goal_gb(r['weights_gb']):.2f}"),
+        ("within", lambda r: "yes" if r["within_memory"] else "**no**")], rows)
 
 
 def main(argv=None) -> int:
@@ -69,7 +67,7 @@ def main(argv=None) -> int:
     p.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
     p.add_argument("--seq-len", type=int, default=512)
     p.add_argument("--commands", nargs="+", default=list(ONE_WINDOW), choices=list(ONE_WINDOW))
-    p.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    p.add_argument("--json", default=None, help="also write the rows to this JSON file (rewritten after each row)")
     args = p.parse_args(argv)
     rows = []
     for s in args.shapes:
@@ -77,9 +75,8 @@ def main(argv=None) -> int:
             for c in args.commands:
                 rows.append(measure(c, s, d, args.seq_len))
                 print(json.dumps(rows[-1]), flush=True)
+                write_rows(args.json, rows)
     print(table(rows))
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=1))
     return 0
 
 

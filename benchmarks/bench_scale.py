@@ -14,16 +14,16 @@ target peak <= weights + 2 GB). The CPU may be shared: times are single runs.
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
+
+from shapes_common import child_row, markdown_table, write_rows
 
 CHILD = r"""
 import json, sys, time, torch
 from tappa_utils.data import load_text
 from tappa_utils.metrics import MetricConfig, analyze_heads
 from tappa_utils.models import random_model, weight_bytes
-from tappa_utils.tokenizer_bytes import build_tokenizer
+from tappa_utils.tiny.tokenizer import build_tokenizer
 shape, dtype, T = sys.argv[1], sys.argv[2], int(sys.argv[3])
 t0 = time.perf_counter()
 model = random_model(shape, dtype=dtype)
@@ -45,20 +45,20 @@ print(json.dumps({"shape": shape, "dtype": dtype, "tokens": T, "heads": len(head
 
 def measure(shape: str, dtype: str, tokens: int) -> dict:
     """One measurement in a fresh subprocess."""
-    out = subprocess.run([sys.executable, "-c", CHILD, shape, dtype, str(tokens)], capture_output=True, text=True)
+    row, out = child_row([sys.executable, "-c", CHILD, shape, dtype, str(tokens)], f"{shape} {dtype} {tokens}")
     if out.returncode != 0:
-        raise RuntimeError(f"{shape} {dtype} {tokens}: {out.stderr.strip().splitlines()[-1]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+        raise RuntimeError(f"{shape} {dtype} {tokens}: {out.stderr.strip()[-400:]}")
+    return row
 
 
 def table(rows: list[dict]) -> str:
     """Markdown table of the measurements."""
-    head = "| shape | dtype | tokens | heads | weights GB | build s | analyze s | peak RSS GB | peak - weights GB |"
-    lines = [head, "|" + "---|" * 9]
-    for r in rows:
-        lines.append(f"| {r['shape']} | {r['dtype']} | {r['tokens']} | {r['heads']} | {r['weights_gb']:.2f} | "
-                     f"{r['build_s']:.1f} | {r['analyze_s']:.1f} | {r['peak_rss_gb']:.2f} | {r['over_weights_gb']:.2f} |")
-    return "\n".join(lines)
+    return markdown_table([
+        ("shape", lambda r: r["shape"]), ("dtype", lambda r: r["dtype"]), ("tokens", lambda r: str(r["tokens"])),
+        ("heads", lambda r: str(r["heads"])), ("weights GB", lambda r: f"{r['weights_gb']:.2f}"),
+        ("build s", lambda r: f"{r['build_s']:.1f}"), ("analyze s", lambda r: f"{r['analyze_s']:.1f}"),
+        ("peak RSS GB", lambda r: f"{r['peak_rss_gb']:.2f}"),
+        ("peak - weights GB", lambda r: f"{r['over_weights_gb']:.2f}")], rows)
 
 
 def main(argv=None) -> int:
@@ -69,7 +69,7 @@ def main(argv=None) -> int:
     p.add_argument("--seq-len", type=int, default=512)
     p.add_argument("--growth", type=int, nargs="*", default=[512, 2048])
     p.add_argument("--long", type=int, default=0, help="one more float32 run of the first shape at this length")
-    p.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    p.add_argument("--json", default=None, help="also write the rows to this JSON file (rewritten after each row)")
     args = p.parse_args(argv)
     plan = [(s, d, args.seq_len) for s in args.shapes for d in args.dtypes]
     plan += [(args.shapes[0], "float32", t) for t in args.growth if (args.shapes[0], "float32", t) not in plan]
@@ -80,10 +80,8 @@ def main(argv=None) -> int:
         rows.append(measure(s, d, t))
         print(f"  {s} {d} {t}: analyze {rows[-1]['analyze_s']:.1f} s, peak {rows[-1]['peak_rss_gb']:.2f} GB",
               file=sys.stderr, flush=True)
+        write_rows(args.json, rows)
     print(table(rows))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=1)
     return 0
 
 

@@ -1,0 +1,49 @@
+"""The real-shape benchmarks measure what they say: each runs its child on the tiny default shape and returns a
+row whose memory verdict follows issue 16's goal (the benchmarks themselves are run on demand, not here)."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import bench_commands  # noqa: E402
+import bench_scale  # noqa: E402
+import shapes_common  # noqa: E402
+
+
+def test_memory_goal_is_issue_16s():
+    assert shapes_common.memory_goal_gb(2.0) == pytest.approx(4.1)
+    assert shapes_common.memory_goal_gb(0.0) == pytest.approx(1.5)
+
+
+def test_markdown_table_has_one_row_per_measurement_and_aligned_columns():
+    rows = [{"a": 1, "b": "x"}, {"a": 2, "b": "y"}]
+    text = shapes_common.markdown_table([("A", lambda r: str(r["a"])), ("B", lambda r: r["b"])], rows)
+    lines = text.splitlines()
+    assert lines[:2] == ["| A | B |", "|---|---|"]
+    assert lines[2:] == ["| 1 | x |", "| 2 | y |"]
+
+
+def test_child_without_a_row_raises_naming_it():
+    with pytest.raises(RuntimeError, match="the child: exit 3, no measurement: boom"):
+        shapes_common.child_row([sys.executable, "-c", "import sys; sys.stderr.write('boom'); sys.exit(3)"],
+                                "the child")
+
+
+def test_bench_scale_measures_analyze_on_the_tiny_shape():
+    row = bench_scale.measure("tappa-tiny", "float32", 64)
+    assert row["heads"] == 24 and row["tokens"] == 64
+    assert 0 < row["weights_gb"] < row["peak_rss_gb"]  # the process holds the weights and more
+    assert row["over_weights_gb"] == pytest.approx(row["peak_rss_gb"] - row["weights_gb"])
+    assert "| tappa-tiny | float32 | 64 | 24 |" in bench_scale.table([row])
+
+
+def test_bench_commands_runs_analyze_and_judges_memory(monkeypatch):
+    row = bench_commands.measure("analyze", "tappa-tiny", "float32", 64)
+    assert row["rc"] == 0 and row["peak_rss_gb"] > row["weights_gb"] > 0
+    assert row["within_memory"] is (row["peak_rss_gb"] <= shapes_common.memory_goal_gb(row["weights_gb"]))
+    monkeypatch.setitem(bench_commands.ONE_WINDOW, "analyze", ["--num-windows", "0"])  # refused by the command
+    with pytest.raises(RuntimeError, match="analyze tappa-tiny float32: exit 2"):
+        bench_commands.measure("analyze", "tappa-tiny", "float32", 64)
