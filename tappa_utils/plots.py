@@ -3,7 +3,7 @@
 The functions that gather data (`attention_maps`, `head_grid`, `head_title`, `top_heads`) are plain logic and
 tested; the `plot_*` functions only draw what they are given and return the matplotlib Figure.
 
-Readable at any number of heads: a gallery draws at most `MAX_MAPS` (24) maps (tappa-tiny's 24 heads all fit);
+Readable at any number of heads: a gallery draws at most `MAX_MAPS` (48) maps (tappa-tiny's 48 heads all fit);
 a per-head heat map drops its cell labels and keeps a bounded size beyond `ANNOTATE_MAX_HEADS` heads per layer or
 `ANNOTATE_MAX_CELLS` cells; `plot_layer_summary` shows each metric's per-layer mean and range, which stays one
 line per metric whether a layer has 4 heads or 32; `top_heads` picks the heads worth drawing.
@@ -19,7 +19,7 @@ import torch
 from .capture import capture
 
 
-MAX_MAPS = 24
+MAX_MAPS = 48
 ANNOTATE_MAX_HEADS = 16
 ANNOTATE_MAX_CELLS = 160
 

@@ -2,12 +2,14 @@
 row whose memory verdict follows issue 16's goal (the benchmarks themselves are run on demand, not here)."""
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
 import bench_commands  # noqa: E402
 import bench_scale  # noqa: E402
 import shapes_common  # noqa: E402
@@ -33,11 +35,13 @@ def test_child_without_a_row_raises_naming_it():
 
 
 def test_bench_scale_measures_analyze_on_the_tiny_shape():
+    cfg = json.loads((ROOT / "tappa_utils" / "assets" / "tappa-tiny" / "config.json").read_text())
+    heads = cfg["num_hidden_layers"] * cfg["num_attention_heads"]
     row = bench_scale.measure("tappa-tiny", "float32", 64)
-    assert row["heads"] == 24 and row["tokens"] == 64
+    assert row["heads"] == heads and row["tokens"] == 64
     assert 0 < row["weights_gb"] < row["peak_rss_gb"]  # the process holds the weights and more
     assert row["over_weights_gb"] == pytest.approx(row["peak_rss_gb"] - row["weights_gb"])
-    assert "| tappa-tiny | float32 | 64 | 24 |" in bench_scale.table([row])
+    assert f"| tappa-tiny | float32 | 64 | {heads} |" in bench_scale.table([row])
 
 
 def test_bench_commands_runs_analyze_and_judges_memory(monkeypatch):

@@ -98,10 +98,10 @@ def test_card_numbers_agree_with_an_independent_computation(card_dir):
 
 
 def test_card_keeps_the_previous_versions_figures(card_dir):
-    """Old-vs-new columns: each measurement row carries this version, random weights and the frozen v1 value."""
+    """Old-vs-new columns: each measurement row carries this version, random weights and the frozen v2 value."""
     card = json.loads((card_dir / "model_card.json").read_text())
     prev = json.loads(mc.PREVIOUS_CARD.read_text())
-    assert card["previous"]["label"] == prev["label"] == "tappa-tiny v1"
+    assert card["previous"]["label"] == prev["label"] == "tappa-tiny v2"
     md = (card_dir / "MODEL_CARD.md").read_text()
     t, r, p = card["trained"], card["random"], prev["trained"]
     assert (f"| held-out loss (nats/byte) | {t['heldout_loss']:.3f} | {r['heldout_loss']:.3f} | "
@@ -110,9 +110,9 @@ def test_card_keeps_the_previous_versions_figures(card_dir):
     assert f"{p['copy']['copy_ratio']:.3f}" in md
     assert f"## Previous version: {prev['label']}" in md
     assert f"| tokens seen | {card['training']['tokens_seen']:,} | {prev['training']['tokens_seen']:,} |" in md
-    v1_sink = next(x for x in prev["targets"] if x["id"] == "ch01.T_sink_heads")
+    prev_sink = next(x for x in prev["targets"] if x["id"] == "ch01.T_sink_heads")
     sink_row = next(line for line in md.splitlines() if line.startswith("| sink heads outside layer 0 (first-token"))
-    assert f"{v1_sink['measured']} ({'met' if v1_sink['passed'] else 'missed'})" in sink_row
+    assert f"{mc._f(prev_sink['measured'])} ({'met' if prev_sink['passed'] else 'missed'})" in sink_row
     # the frozen file is a frozen card, and a non-card file is refused with a clear error
     assert mc.load_previous(mc.PREVIOUS_CARD)["trained"]["heldout_loss"] == p["heldout_loss"]
     with pytest.raises(ValueError, match="not a frozen model card"):
