@@ -143,7 +143,8 @@ def render_markdown(card: dict[str, Any]) -> str:
         L += ["- Phases (every window starts with BOS):"]
         for ph in tr["phases"]:
             parts = "; ".join(f"`{m['name']}` {m['weight']:.0%}" for m in tr["mixtures"].get(ph["mixture"], []))
-            L += [f"  - steps {ph['start_step']}-{ph['end_step']} (schedule of {ph['planned_steps']} steps): mixture "
+            resumed = f", resumed at {', '.join(map(str, ph['resumed_at']))}" if ph.get("resumed_at") else ""
+            L += [f"  - steps {ph['start_step']}-{ph['end_step']} (schedule of {ph['planned_steps']} steps{resumed}): mixture "
                   f"`{ph['mixture']}` ({parts})"]
         L += ["", "Window kinds:", ""]
         kinds = {m["name"]: m["what"] for mix in tr["mixtures"].values() for m in mix}

@@ -66,11 +66,16 @@ def read_training_log(model_dir: str | Path) -> pd.DataFrame:
     return df
 
 
+# Settings that make a phase: a record that repeats them where the previous one ended is a resume of that phase.
+_PHASE_SETTINGS = ("mixture", "batch", "seq_len", "lr", "steps", "warmup", "weight_decay", "decay", "schedule_from")
+
+
 def training_phases(model_dir: str | Path, last_step: int | None = None) -> list[dict[str, Any]]:
     """Training phases from `train_args.json` (`{"arch", "phases": [...]}`, or the older flat form of one phase).
 
     Each phase: start and end step (the next phase's start, or `last_step`), batch, seq_len, lr, planned steps, the
-    mixture name and tokens trained in it. A phase restarted at the same step replaces the earlier record.
+    mixture name, tokens trained in it and `resumed_at` (steps where an identical phase was resumed). A phase
+    restarted at the same step replaces the earlier record; a resume with the same settings continues its phase.
     """
     path = Path(model_dir) / "train_args.json"
     if not path.is_file():
@@ -91,8 +96,17 @@ def training_phases(model_dir: str | Path, last_step: int | None = None) -> list
         out.append({"start_step": start, "end_step": end, "batch": batch or None, "seq_len": seq or None,
                     "lr": float(ph["lr"]) if "lr" in ph else None,
                     "planned_steps": int(ph["steps"]) if "steps" in ph else None,
-                    "mixture": ph.get("mixture", "base"), "tokens": max(0, end - start) * batch * seq})
-    return out
+                    "mixture": ph.get("mixture", "base"), "tokens": max(0, end - start) * batch * seq,
+                    "resumed_at": [], "_same": tuple(str(ph.get(k)) for k in _PHASE_SETTINGS)})
+    merged: list[dict[str, Any]] = []
+    for ph in out:
+        prev = merged[-1] if merged else None
+        if prev is not None and prev["_same"] == ph["_same"] and prev["end_step"] == ph["start_step"]:
+            prev["resumed_at"].append(ph["start_step"])
+            prev["end_step"], prev["tokens"] = ph["end_step"], prev["tokens"] + ph["tokens"]
+        else:
+            merged.append(ph)
+    return [{k: v for k, v in ph.items() if k != "_same"} for ph in merged]
 
 
 def mixture_description(name: str) -> list[dict[str, Any]]:

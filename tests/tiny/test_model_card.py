@@ -172,6 +172,15 @@ def test_training_summary_on_a_synthetic_log(tmp_path):
     assert s["tokens_seen"] == 3 * 4 * 64 + 4 * 2 * 64 and s["lr_peak"] == 0.002
     assert "induction" in {m["name"] for m in s["mixtures"]["copy-heavy"]}
     assert s["eval_step"] == 7 and s["eval_heldout_loss"] == 2.5 and s["eval_copy_ratio"] == 0.8
+    # a resume with the same settings continues its phase; a changed setting (here lr) starts a new one
+    ph = [{"start_step": 0, "batch": "4", "seq_len": "64", "steps": "10", "max_minutes": "5"},
+          {"start_step": 2, "batch": "4", "seq_len": "64", "steps": "10", "max_minutes": "None"},
+          {"start_step": 4, "batch": "4", "seq_len": "64", "steps": "10"},
+          {"start_step": 5, "batch": "4", "seq_len": "64", "steps": "10", "lr": "0.5"}]
+    (tmp_path / "train_args.json").write_text(json.dumps({"arch": {}, "phases": ph}))
+    s = describe.training_summary(tmp_path)
+    assert [(p["start_step"], p["end_step"], p["resumed_at"]) for p in s["phases"]] == [(0, 5, [2, 4]), (5, 7, [])]
+    assert s["tokens_seen"] == 7 * 4 * 64
     log = describe.read_training_log(tmp_path)
     assert log["step"].is_unique and len(log) == 7
     assert describe.training_summary(tmp_path / "nothing") is None and describe.corpus_summary(tmp_path) is None
