@@ -32,7 +32,7 @@ keys to say anything). For one head with attention probabilities A (T x T, causa
   e.g. a local window) and `unpredictable` below it.
 
 Calibration of `period_threshold` (0.5): `calibrate_period_threshold` runs `analyze_heads` on random-weight copies
-(`random_weight_copy`, seeds 0..4, before `stats.null_seed` existed) of the default model (6 layers x 4 heads) and
+(`random_weight_copy`, seeds 0..4, before `stats.null_seed` existed) of the default model (then v2: 6 layers x 4 heads) and
 of the five tiny test families of `tests/conftest.py` (3 layers x 4 heads each), on 4 windows of 512 held-out
 tokens: 420 null heads. Their
 period_strength had a 99th percentile of 0.11 and a maximum of 0.49; the default model's copies and the Llama,
@@ -52,8 +52,9 @@ pattern (`tests/test_metrics.py` re-checks this on the tiny families). `predicta
 (most of each row's mass carried over from the previous row); it is consistent with the concentration threshold on
 i.i.d. Gaussian logits of spread s (T = 256): predictability falls below 0.5 at s ~ 1.33, concentration reaches 0.2
 only at s ~ 1.45, so noise of any spread is `diffuse` or `unpredictable`, never `mixed` (tested).
-On the default model (4 windows of 256 held-out tokens) the diagonal head L4H2 scores 0.90 (top-16 Jaccard, the former
-definition: 0.37) and the sink head L5H3 0.70 (former: 0.28).
+On the default model v3 (4 windows of 256 held-out tokens) the diagonal head L1H6 scores 0.96 and the sink head L1H5
+0.84; on v2 the diagonal head L4H2 scored 0.90 (top-16 Jaccard, the former definition: 0.37) and the sink head L5H3
+0.70 (former: 0.28).
 
 GQA: query head h reads KV head h // (H / H_kv) (column `kv_head`).
 """
