@@ -30,7 +30,7 @@ def test_registry_is_consistent():
     for need in ("ch03.qsim_predictability_corr", "ch03.trained_beats_null", "ch03.jump_proposition",
                  "ch04.low_freq_share", "ch04.V1_query_continuity", "ch05.D1_query_continuity",
                  "ch05.D2_key_continuity", "ch05.natural_periodic_diagonals", "ch06.S1_query_periodicity",
-                 "ch07.tappa_vs_snapkv", "ch07.tappa_vs_expected_attention", "ch07.kv_win_over_null",
+                 "ch07.tappa_vs_uniform_budgets", "ch07.tappa_vs_expected_attention", "ch07.kv_win_over_null",
                  "ch08.tappa_beats_shortgpt"):
         assert need in C.REGISTRY, need
     assert C.spec("ch08.tappa_beats_shortgpt").margin > 0  # superiority, not non-inferiority

@@ -16,7 +16,7 @@ from .. import stats as S
 NULL_METHODS = ("full", "tappa", "uniform_cake", "expected_attention")  # what the random-weight null runs
 USABLE_ID = "ch07.A_long_context_usable"
 # claim id -> the method TAPPA is compared with (positive effect = TAPPA better)
-CLAIM_BASELINES = {"ch07.tappa_vs_snapkv": "uniform_cake", "ch07.tappa_vs_expected_attention": "expected_attention"}
+CLAIM_BASELINES = {"ch07.tappa_vs_uniform_budgets": "uniform_cake", "ch07.tappa_vs_expected_attention": "expected_attention"}
 
 
 def _ci(x: np.ndarray) -> float:

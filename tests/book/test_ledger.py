@@ -33,8 +33,8 @@ def results(tmp_path) -> Path:
         C.assumption("ch03.A_query_not_orthogonal", 0.3),
         C.measurement("heads", 24)])
     _chapter(r, "07_kv_cache", [
-        C.claim("ch07.tappa_vs_snapkv", 0.05, ci=(0.02, 0.08), p_value=0.01, name="TAPPA vs SnapKV at 25 %"),
-        C.claim("ch07.tappa_vs_snapkv", -0.05, ci=(-0.08, -0.02), p_value=0.01, name="TAPPA vs SnapKV at 50 %")])
+        C.claim("ch07.tappa_vs_uniform_budgets", 0.05, ci=(0.02, 0.08), p_value=0.01, name="TAPPA vs uniform budgets at 25 %"),
+        C.claim("ch07.tappa_vs_uniform_budgets", -0.05, ci=(-0.08, -0.02), p_value=0.01, name="TAPPA vs uniform budgets at 50 %")])
     _chapter(r, "04_sinks", [C.assumption("ch04.V1_query_continuity", 0.2)])
     return r
 
@@ -67,12 +67,12 @@ def test_ledger_rows_statuses_and_header(results):
         row("ch03.qsim_predictability_corr")
     assert "✘ not supported" in row("ch03.trained_beats_null")
     assert "? inconclusive" in row("ch03.necessity")  # ci low end 0.5 does not clear 0.5 + 0.2
-    assert "not supported; supported" in row("ch07.tappa_vs_snapkv")
+    assert "not supported; supported" in row("ch07.tappa_vs_uniform_budgets")
     assert "not tested (the chapter ran without it)" in row("ch03.jump_proposition")
     assert "not tested" in row("ch04.sinks_above_null")  # ch04 ran but wrote no claim
     assert "| 08 |" in row("ch08.tappa_beats_shortgpt") and "not run" in row("ch08.tappa_beats_shortgpt")
     assert row("ch03.qsim_predictability_corr").startswith("| {doc}`03 <../executed/03_predictable>` |")
-    assert row("ch07.tappa_vs_snapkv").startswith("| 07 |")  # not rendered in this book: named, not linked
+    assert row("ch07.tappa_vs_uniform_budgets").startswith("| 07 |")  # not rendered in this book: named, not linked
     # the assumption behind the supported claim, with its status and value
     assert "ch03.A_query_not_orthogonal (holds, 0.3)" in row("ch03.qsim_predictability_corr")
 
