@@ -215,9 +215,15 @@ def _palette():
 
     from .evaluate import METHODS
 
-    strong = {"tappa": "#1f3a93", "tappa_proportional": "#e67e22", "uniform_cake": "#7f8c8d", "tappa_cake": "#27ae60"}
-    rest = [m for m in METHODS if m not in strong and m != "full"]
-    return {**dict(zip(rest, sns.color_palette("tab10", len(rest)))), **strong}
+    fixed = {**_STRONG, **_BASELINE_COLOURS}
+    rest = [m for m in METHODS if m not in fixed and m != "full"]  # a method added later: tab10, may repeat a colour
+    return {**dict(zip(rest, sns.color_palette("tab10", len(rest)))), **fixed}
+
+
+_STRONG = {"tappa": "#1f3a93", "tappa_proportional": "#e67e22", "uniform_cake": "#7f8c8d", "tappa_cake": "#27ae60"}
+# tab10's colours that are far from the strong ones (not its blue, orange, green or grey), plus a dark maroon
+_BASELINE_COLOURS = {"snapkv": "#d62728", "pyramidkv": "#9467bd", "pyramidkv_kvpress": "#e377c2",
+                     "expected_attention": "#8c564b", "streamingllm": "#bcbd22", "knorm": "#17becf", "cake": "#641e16"}
 
 
 def _keep_axis(ax, keeps) -> None:

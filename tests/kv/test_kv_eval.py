@@ -230,3 +230,18 @@ def test_one_sample_with_null_runs_and_its_claims_are_inconclusive(tmp_path):
     assert {c["id"] for c in claims} == {"ch07.tappa_vs_uniform_budgets", "ch07.kv_win_over_null"}
     assert all(c["status"] == "inconclusive" and np.isfinite(c["measured"]) for c in claims)
     assert pd.read_csv(out / "null_comparisons.csv").empty
+
+
+def test_every_method_has_its_own_colour():
+    """Chapter 07's figures tell the methods apart: no two of METHODS share a colour (RGB distance >= 0.2)."""
+    from itertools import combinations
+
+    from matplotlib.colors import to_rgb
+
+    from tappa_utils.kv.report import _palette
+
+    pal = _palette()
+    assert set(METHODS) - {"full"} <= set(pal)
+    close = [(a, b) for a, b in combinations(sorted(pal), 2)
+             if np.linalg.norm(np.subtract(to_rgb(pal[a]), to_rgb(pal[b]))) < 0.2]
+    assert not close, f"methods drawn in nearly the same colour: {close}"
