@@ -6,7 +6,7 @@
 #                 parameters (a quick complete book)
 #   make test   - same set-up, then pytest (unit tests + a papermill smoke run of every notebook)
 #   make lab    - same set-up, then JupyterLab on notebooks/ with this environment (no browser without a display)
-# The install is skipped when requirements.txt and pyproject.toml have not changed since the last one
+# The install is skipped when requirements.txt, requirements-nodeps.txt and pyproject.toml have not changed since the last one
 # (a hash of both is kept in .venv/.tappa-installed).
 
 PYTHON ?= python3
@@ -40,12 +40,13 @@ all: test book
 venv:
 	@set -e; \
 	if [ ! -x "$(PY)" ]; then echo "creating $(VENV) with $(PYTHON)"; $(PYTHON) -m venv "$(VENV)"; fi; \
-	want="$$(cat requirements.txt pyproject.toml | "$(PY)" -c 'import hashlib,sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())')"; \
+	want="$$(cat requirements.txt requirements-nodeps.txt pyproject.toml | "$(PY)" -c 'import hashlib,sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())')"; \
 	if [ "$$(cat "$(STAMP)" 2>/dev/null)" = "$$want" ]; then \
-		echo "$(VENV) is up to date (requirements.txt and pyproject.toml unchanged)"; \
+		echo "$(VENV) is up to date (requirements files and pyproject.toml unchanged)"; \
 	else \
 		echo "installing requirements into $(VENV) (takes minutes on a fresh machine)"; \
 		"$(PY)" -m pip install -r requirements.txt; \
+		"$(PY)" -m pip install --no-deps -r requirements-nodeps.txt; \
 		"$(PY)" -m pip install --no-deps -e .; \
 		echo "$$want" > "$(STAMP)"; \
 	fi

@@ -27,6 +27,8 @@ from typing import Any, Iterator
 
 import torch
 
+from .packaged import ensure_converted, is_packaged_name
+
 DEFAULT_MODEL = "tappa-tiny"
 ASSETS = Path(__file__).parent / "assets"
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
@@ -186,10 +188,13 @@ def _reset_rotary(model) -> None:
 
 
 def resolve_model_path(name_or_path: str) -> str:
-    """`tappa-tiny` -> the shipped folder; any other string is returned unchanged (local path, hub id, random:...)."""
+    """`tappa-tiny` -> the shipped folder; `smollm2-135m` -> its cached conversion (made once, see `packaged`);
+    any other string is returned unchanged (local path, hub id, random:...)."""
     if not isinstance(name_or_path, (str, os.PathLike)):
         raise TypeError(f"model must be a name or path string, got {type(name_or_path).__name__}")
     name = str(name_or_path)
+    if is_packaged_name(name):
+        return str(ensure_converted(name, progress=True))
     if name == DEFAULT_MODEL:
         path = ASSETS / DEFAULT_MODEL
         if not (path / "config.json").exists():

@@ -293,6 +293,7 @@ def check_model(name: str, option: str = "--model") -> ModelInfo:
     once without network; with network only its config is checked (the weights are downloaded when loading).
     """
     from .models import DEFAULT_MODEL, is_random_name, resolve_model_path, shape_facts
+    from .packaged import PackagedModelError, check_packaged, is_packaged_name, packaged
 
     if not isinstance(name, (str, os.PathLike)) or not str(name).strip():
         raise UsageError(f"{option} must name a model (tappa-tiny, a local folder or a hub id)")
@@ -303,10 +304,20 @@ def check_model(name: str, option: str = "--model") -> ModelInfo:
         except ValueError as e:
             raise UsageError(f"{option} {name}: {one_line(e)}") from e
         return ModelInfo(name, Path(name), model_type, ctx, n_layers)
-    try:
-        path = Path(resolve_model_path(name)).expanduser()
-    except FileNotFoundError as e:
-        raise UsageError(f"{option} {name}: {one_line(e)}") from e
+    if is_packaged_name(name):  # a model shipped in a registry wheel: installed file and cache room, no loading
+        try:
+            folder = check_packaged(name)
+        except PackagedModelError as e:
+            raise UsageError(f"{option} {name}: {one_line(e)}") from e
+        spec = packaged(name)
+        if not folder.is_dir():  # converted on first load
+            return ModelInfo(name, folder, spec.model_type, spec.context, spec.layers)
+        path = folder  # checked below like any local folder
+    else:
+        try:
+            path = Path(resolve_model_path(name)).expanduser()
+        except FileNotFoundError as e:
+            raise UsageError(f"{option} {name}: {one_line(e)}") from e
     if not path.exists():
         if name == DEFAULT_MODEL or _looks_like_path(name):
             raise UsageError(f"{option} {name}: model folder not found (use tappa-tiny, a local folder or a hub id)")
