@@ -19,6 +19,7 @@ shape and a null never share weights even with equal seeds.
 from __future__ import annotations
 
 import copy
+import json
 import os
 import zlib
 from contextlib import contextmanager
@@ -27,7 +28,7 @@ from typing import Any, Iterator
 
 import torch
 
-from .packaged import ensure_converted, is_packaged_name
+from .packaged import ensure_converted, is_packaged_name, packaged
 
 DEFAULT_MODEL = "tappa-tiny"
 ASSETS = Path(__file__).parent / "assets"
@@ -206,6 +207,30 @@ def resolve_model_path(name_or_path: str) -> str:
 def is_random_name(name_or_path) -> bool:
     """True for 'random:<shape>' model names (random-weight shapes, see `SHAPES`)."""
     return isinstance(name_or_path, str) and name_or_path.lower().startswith(RANDOM_PREFIX)
+
+
+def model_label(name: str | os.PathLike | None) -> str:
+    """A model as a reader should see it: a packaged model by its title (`SmolLM2-135M-Instruct`), a hub id or a
+    built-in name as is, a local folder by its last component (the build machine's paths stay off the pages).
+
+    >>> model_label("smollm2-135m"), model_label("Qwen/Qwen2.5-0.5B"), model_label("/data/runs/my-llama/")
+    ('SmolLM2-135M-Instruct', 'Qwen/Qwen2.5-0.5B', 'my-llama')
+    """
+    if not name:
+        return "unknown model"
+    if is_packaged_name(str(name)):
+        return packaged(str(name)).title
+    name = str(name).rstrip("/")
+    path = Path(name).expanduser()
+    if "/" in name and (name.startswith(("/", ".", "~")) or path.exists()):
+        record = path / "tappa-packaged.json"  # a packaged model's cached conversion
+        if record.is_file():
+            try:
+                return str(json.loads(record.read_text(encoding="utf-8"))["title"])
+            except (OSError, ValueError, KeyError, TypeError):
+                pass
+        return path.name
+    return name
 
 
 def load_model(

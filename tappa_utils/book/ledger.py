@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..io import atomic_write_text
+from ..models import model_label
 from .layout import EXECUTED_DIR, GENERATED_DIR, BookError, find_root
 
 STATUSES = ("supported", "not supported", "inconclusive", "mixed", "not run")
@@ -27,17 +28,6 @@ class ChapterResults:
     rows: list[dict[str, Any]] | None
     model: str | None = None
     problems: list[str] = field(default_factory=list)
-
-
-def model_label(name: str | None) -> str:
-    """A model as a reader should see it: a hub id or a built-in name as is, a local folder by its last component
-    (the build machine's absolute paths stay off the pages)."""
-    if not name:
-        return "unknown model"
-    name = str(name).rstrip("/")
-    if "/" in name and (name.startswith(("/", ".", "~")) or Path(name).expanduser().exists()):
-        return Path(name).name
-    return name
 
 
 def read_chapter(folder: Path, stem: str) -> ChapterResults:
