@@ -1,19 +1,59 @@
-"""Text for the analyses: the held-out sample shipped with the package, or a reader's own text, cut into windows."""
+"""Text for the analyses, cut into windows: a reader's own text, or one of two built-in texts.
+
+- `code`: the held-out sample of Python standard-library code shipped with the package (`assets/heldout_sample.txt`),
+  never trained on by `tappa-tiny`, which was trained on other stdlib files: the default for `tappa-tiny`.
+- `english`: real English prose from the Python documentation bundled with every Python (`pydoc_data.topics`, the
+  PSF-licensed language reference), split by topic into a calibration part (every fourth topic in sorted order) and
+  a held-out part (the rest): the default for every other model. Analyses and tasks read the held-out part;
+  calibration (pruning's beta, the q-sim variant's choice) reads the calibration part, so no test sees its text.
+"""
 from __future__ import annotations
 
 from pathlib import Path
 
 import torch
 
-from .models import ASSETS
+from .models import ASSETS, DEFAULT_MODEL
 
 HELDOUT_SAMPLE = ASSETS / "heldout_sample.txt"
+ENGLISH_SOURCE = "the Python documentation bundled with Python (pydoc_data.topics, PSF license)"
+SPLITS = ("heldout", "calibration")
+CODE_MODELS = ("tappa-tiny", "random:tappa-tiny")  # trained on (or shaped like) code: the code sample by default
 
 
-def load_text(text: str | None = None, text_file: str | Path | None = None) -> str:
-    """`text` if given, else the contents of `text_file`, else the shipped held-out sample. Empty text is an error."""
+def english_topics(split: str = "heldout") -> dict[str, str]:
+    """The documentation topics of one split: calibration = every fourth topic in sorted order, heldout = the rest."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    from pydoc_data.topics import topics
+
+    keys = sorted(topics)
+    return {k: topics[k] for i, k in enumerate(keys) if (i % 4 == 0) == (split == "calibration")}
+
+
+def english_text(split: str = "heldout") -> str:
+    """The English text of one split, topics joined by blank lines (held-out: about 350k characters)."""
+    return "\n\n".join(v.strip() for v in english_topics(split).values())
+
+
+def default_text_kind(model=None) -> str:
+    """`code` for tappa-tiny (and its random-weight null), `english` for any other model."""
+    if model is None:
+        return "code"
+    name = str(model).rstrip("/")
+    if name.lower() in CODE_MODELS or Path(name).expanduser().resolve() == (ASSETS / DEFAULT_MODEL).resolve():
+        return "code"
+    return "english"
+
+
+def load_text(text: str | None = None, text_file: str | Path | None = None, model=None) -> str:
+    """`text` if given, else the contents of `text_file`, else the built-in text for `model` (`default_text_kind`:
+    the held-out code sample for tappa-tiny or when no model is named, held-out English otherwise). Empty text is an
+    error."""
     if text is not None and text_file is not None:
         raise ValueError("give either text or text_file, not both")
+    if text is None and text_file is None and default_text_kind(model) == "english":
+        text = english_text("heldout")
     if text is None:
         path = Path(text_file) if text_file is not None else HELDOUT_SAMPLE
         if not path.is_file():

@@ -1,0 +1,31 @@
+"""Built-in texts: the English held-out / calibration split and which text a model gets by default."""
+from __future__ import annotations
+
+import pytest
+
+from tappa_utils import data
+
+
+def test_english_splits_are_disjoint_and_cover_every_topic():
+    from pydoc_data.topics import topics
+
+    held, cal = data.english_topics("heldout"), data.english_topics("calibration")
+    assert not set(held) & set(cal) and set(held) | set(cal) == set(topics)
+    assert 0.2 < len(cal) / len(topics) < 0.3
+    held_text, cal_text = data.english_text("heldout"), data.english_text("calibration")
+    assert len(held_text) > 200_000
+    # no paragraph of one split appears in the other (the documentation repeats a few short lines; long ones never)
+    cal_paragraphs = {p for p in cal_text.split("\n\n") if len(p) > 200}
+    assert cal_paragraphs and not any(p in held_text for p in cal_paragraphs)
+    with pytest.raises(ValueError, match="split must be one of"):
+        data.english_text("train")
+
+
+def test_default_text_follows_the_model():
+    assert data.default_text_kind("tappa-tiny") == data.default_text_kind("random:tappa-tiny") == "code"
+    assert data.default_text_kind(str(data.ASSETS / "tappa-tiny") + "/") == "code"
+    assert data.default_text_kind(None) == "code"  # library calls that name no model keep the old default
+    assert data.default_text_kind("smollm2-135m") == data.default_text_kind("Qwen/Qwen2.5-0.5B") == "english"
+    assert data.load_text(model="smollm2-135m") == data.english_text("heldout")
+    assert data.load_text(model="tappa-tiny") == data.HELDOUT_SAMPLE.read_text(encoding="utf-8")
+    assert data.load_text("given", model="smollm2-135m") == "given"  # a reader's text always wins
