@@ -138,7 +138,8 @@ def check_qk(q: torch.Tensor, k: torch.Tensor, q_name: str = "q_post", k_name: s
     for name, t in ((q_name, q), (k_name, k)):
         if not torch.is_tensor(t) or t.dim() != 4 or not t.is_floating_point():
             shape = tuple(t.shape) if torch.is_tensor(t) else type(t).__name__
-            raise ValueError(f"{name} must be a floating-point tensor of shape (batch, heads, T, head_dim), got {shape}")
+            raise ValueError(f"{name} must be a floating-point tensor of shape (batch, heads, T, head_dim), "
+                             f"got {shape}")
     (B, H, T, D), (Bk, Hk, Tk, Dk) = q.shape, k.shape
     if (B, T, D) != (Bk, Tk, Dk):
         raise ValueError(f"{q_name} {tuple(q.shape)} and {k_name} {tuple(k.shape)} must agree in batch, T and head_dim")
@@ -154,7 +155,8 @@ def check_input_ids(input_ids, vocab_size: int, name: str = "input_ids") -> None
         raise ValueError(f"{name} must hold integer token ids (torch.long), got {input_ids.dtype}; "
                          "pass the tokenizer's ids (e.g. tokenizer(text, return_tensors='pt').input_ids)")
     if input_ids.dim() != 2 or input_ids.numel() == 0:
-        raise ValueError(f"{name} must have shape (batch, seq_len) with at least one token, got {tuple(input_ids.shape)}")
+        raise ValueError(f"{name} must have shape (batch, seq_len) with at least one token, "
+                         f"got {tuple(input_ids.shape)}")
     lo, hi = int(input_ids.min()), int(input_ids.max())
     if lo < 0 or hi >= vocab_size:
         bad = lo if lo < 0 else hi

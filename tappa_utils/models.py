@@ -227,6 +227,11 @@ def load_model(
     not passed, the environment variable `TAPPA_DEVICE_MAP` supplies it (how `make book DEVICE_MAP=auto` reaches
     every chapter). `random:<shape>` (e.g. `random:qwen2.5-0.5b`, see `SHAPES`) builds a random-weight model of
     that public architecture with the byte tokenizer (seed 0), without any download.
+
+    Never silently wrong: a local folder's weights are checked against its config.json before anything is built
+    (`weights_mismatch`, from the safetensors headers), transformers' loading report after (nothing missing,
+    unexpected or re-shaped), then every parameter for NaN/inf (`check_finite_weights`); a problem raises
+    `WeightsMismatchError` or `NonFiniteError` with one line naming it.
     """
     if device_map is None:
         device_map = os.environ.get("TAPPA_DEVICE_MAP") or None
