@@ -21,6 +21,8 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
+import struct
 import zlib
 from contextlib import contextmanager
 from pathlib import Path
@@ -40,6 +42,14 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 class UnsupportedModelError(ValueError):
     """The model's architecture is not one that `tappa_utils` can capture."""
+
+
+class WeightsMismatchError(ValueError):
+    """A model's weights do not match its config (a tensor missing, unexpected or of another shape; layer count)."""
+
+
+class NonFiniteError(ValueError):
+    """NaN or infinity in a model's weights or in what `capture` recorded (named by parameter, or layer and head)."""
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -246,6 +256,11 @@ def load_model(
     not passed, the environment variable `TAPPA_DEVICE_MAP` supplies it (how `make book DEVICE_MAP=auto` reaches
     every chapter). `random:<shape>` (e.g. `random:qwen2.5-0.5b`, see `SHAPES`) builds a random-weight model of
     that public architecture with the byte tokenizer (seed 0), without any download.
+
+    Never silently wrong: a local folder's weights are checked against its config.json before anything is built
+    (`weights_mismatch`, from the safetensors headers), transformers' loading report after (nothing missing,
+    unexpected or re-shaped), then every parameter for NaN/inf (`check_finite_weights`); a problem raises
+    `WeightsMismatchError` or `NonFiniteError` with one line naming it.
     """
     if device_map is None:
         device_map = os.environ.get("TAPPA_DEVICE_MAP") or None
@@ -262,12 +277,164 @@ def load_model(
     kwargs = dict(dtype=torch_dtype, attn_implementation=attn_implementation)
     if device_map is not None:
         kwargs["device_map"] = device_map
-    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    if Path(path).is_dir():
+        check_weights_match(path)  # from the safetensors headers, before anything is built
+    model, info = AutoModelForCausalLM.from_pretrained(path, output_loading_info=True, **kwargs)
+    _check_loading_info(path, info)
     if device_map is None:
         model = model.to(device)
     model.eval()
+    check_finite_weights(model)
     tokenizer = AutoTokenizer.from_pretrained(path)
     return model, tokenizer
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# weights against the config; finite weights
+# ---------------------------------------------------------------------------------------------------------------
+
+_LAYER_KEY = re.compile(r"(?:^|\.)layers\.(\d+)\.")
+
+
+def _safetensors_header(path: Path) -> dict[str, Any]:
+    """The JSON header of a safetensors file (tensor name -> dtype, shape, offsets), read without the data."""
+    try:
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            if n > 100 * 2**20:
+                raise ValueError(f"header of {n} bytes")
+            header = json.loads(f.read(n))
+        if not isinstance(header, dict):
+            raise ValueError("the header is not a JSON object")
+        return header
+    except (OSError, ValueError, struct.error, UnicodeDecodeError) as e:
+        raise WeightsMismatchError(f"{path}: cannot read its safetensors header ({e}); re-download or re-export "
+                                   "the model") from e
+
+
+def checkpoint_shapes(folder: str | Path) -> dict[str, tuple[int, ...]] | None:
+    """Tensor name -> shape of a model folder's safetensors weights, from the file headers only (no tensor data is
+    read, so this is instant whatever the model's size); None when the folder holds no safetensors weights."""
+    folder = Path(folder)
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            raise WeightsMismatchError(f"{index}: cannot read the shard index ({e})") from e
+    elif (folder / "model.safetensors").is_file():
+        files = ["model.safetensors"]
+    else:
+        return None
+    shapes: dict[str, tuple[int, ...]] = {}
+    for name in files:
+        for key, v in _safetensors_header(folder / name).items():
+            if key != "__metadata__" and isinstance(v, dict):
+                shapes[key] = tuple(int(x) for x in v.get("shape", ()))
+    return shapes
+
+
+def _expected_tensors(config) -> tuple[dict[str, tuple[int, ...]], dict[str, list[str]], str]:
+    """What a model of `config` loads: name -> shape, the names sharing each tensor (tied), base-model prefix.
+
+    Built on the meta device (no memory, instant); non-persistent buffers such as rotary `inv_freq` are not in the
+    state dict, so they are not expected.
+    """
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(copy.deepcopy(config))
+    names: dict[int, list[str]] = {}
+    shapes = {}
+    for name, t in model.state_dict(keep_vars=True).items():
+        shapes[name] = tuple(t.shape)
+        names.setdefault(id(t), []).append(name)
+    tied = {n: group for group in names.values() for n in group}
+    return shapes, tied, model.base_model_prefix
+
+
+def _first(items: list[str], what: str = "tensors") -> str:
+    return items[0] + (f" (and {len(items) - 1} more {what})" if len(items) > 1 else "")
+
+
+def weights_mismatch(folder: str | Path) -> str | None:
+    """The first way a model folder's safetensors weights differ from its config.json; None when they match.
+
+    From the file headers only: every tensor the config's model has is present with its shape (tied tensors such
+    as a tied LM head: one name present is enough), none is left over (stored rotary `inv_freq` buffers are
+    accepted), and the weights hold as many decoder layers as the config declares. Folders without safetensors
+    weights, unsupported families and quantised checkpoints are not checked here (None).
+    """
+    from transformers import AutoConfig
+
+    found = checkpoint_shapes(folder)
+    if found is None:
+        return None
+    config = AutoConfig.from_pretrained(folder)
+    model_type = getattr(config, "model_type", None)
+    if model_type not in SUPPORTED_MODEL_TYPES or getattr(config, "quantization_config", None):
+        return None
+    expected, tied, prefix = _expected_tensors(config)
+    found = {(f"{prefix}.{k}" if k not in expected and f"{prefix}.{k}" in expected else k): s
+             for k, s in found.items() if not k.endswith("inv_freq")}
+    missing = [n for n in expected if not any(a in found for a in tied[n])]
+    unexpected = [k for k in found if k not in expected]
+    if len(missing) > len(expected) // 2:
+        return (f"these weights are not those of the {model_type} model that config.json describes: "
+                f"{len(missing)} of its {len(expected)} tensors are missing (first {missing[0]}), and the weights "
+                f"hold {len(unexpected)} other tensors" + (f" (first {unexpected[0]})" if unexpected else ""))
+    n_cfg = int(config.get_text_config().num_hidden_layers)
+    held = sorted({int(m.group(1)) for k in found if (m := _LAYER_KEY.search(k))})
+    n_held = held[-1] + 1 if held else 0
+    if n_held != n_cfg:
+        fate = (f"layers {n_held}..{n_cfg - 1} would run on random weights" if n_cfg > n_held
+                else f"the weights' layers {n_cfg}..{n_held - 1} would be dropped")
+        return f"config.json declares {n_cfg} decoder layers but the weights hold {n_held}: {fate}"
+    if missing:
+        return f"the weights lack {_first(missing)} that config.json declares (it would run on random weights)"
+    for k, shape in expected.items():
+        if k in found and found[k] != shape:
+            return f"{k} has shape {list(found[k])} in the weights but {list(shape)} in config.json"
+    if unexpected:
+        return f"the weights hold {_first(unexpected)} that config.json's {model_type} model has no place for"
+    return None
+
+
+def check_weights_match(folder: str | Path) -> None:
+    """Raise `WeightsMismatchError` (one line naming the first mismatch) when `weights_mismatch` finds one."""
+    why = weights_mismatch(folder)
+    if why:
+        raise WeightsMismatchError(f"{folder}: {why}; fix config.json or re-export the model")
+
+
+def _check_loading_info(path: str, info: dict[str, Any]) -> None:
+    """The second check, after loading: what transformers reports as missing, unexpected or of another shape."""
+    for key, what in (("missing_keys", "the weights lack"), ("mismatched_keys", "the weights' shape differs for"),
+                      ("unexpected_keys", "the weights hold unused")):
+        names = sorted(str(k[0] if isinstance(k, tuple) else k) for k in (info.get(key) or ()))
+        if names:
+            raise WeightsMismatchError(f"{path}: {what} {_first(names)} (config.json and weights disagree); "
+                                       "fix config.json or re-export the model")
+
+
+def check_finite_weights(model, chunk: int = 2**24) -> None:
+    """Raise `NonFiniteError` naming the first parameter that holds a NaN or an infinity (and where in it).
+
+    Reads every parameter once, `chunk` values at a time (extra memory: one chunk's mask); meta tensors skipped.
+    """
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.device.type == "meta" or not p.is_floating_point():
+                continue
+            flat = p.detach().reshape(-1)
+            for start in range(0, flat.numel(), chunk):
+                bad = ~torch.isfinite(flat[start : start + chunk])
+                if bool(bad.any()):
+                    first = start + int(bad.nonzero()[0, 0])
+                    where = tuple(int(i) for i in torch.unravel_index(torch.tensor(first), p.shape))
+                    n_nan, n_inf = int(torch.isnan(flat).sum()), int(torch.isinf(flat).sum())
+                    raise NonFiniteError(f"parameter {name} holds {n_nan} NaN and {n_inf} infinite values (first at "
+                                         f"{list(where)}); the weights are corrupt: re-download or re-export them")
 
 
 def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:

@@ -135,8 +135,8 @@ def test_hooks_removed_after_exit_and_after_errors(tiny_llama):
         with torch.no_grad():
             tiny_llama(_ids())
     assert _hook_count(tiny_llama) == before and len(cap.layers()) == 3
-    bad = torch.full((1, 5), 10_000)  # out of the vocabulary: the forward itself raises
-    with pytest.raises(IndexError):
+    bad = torch.full((1, 5), 10_000)  # out of the vocabulary: refused before the forward
+    with pytest.raises(ValueError, match="token id 10000, outside the model's vocabulary"):
         with capture(tiny_llama):
             tiny_llama(bad)
     assert _hook_count(tiny_llama) == before
