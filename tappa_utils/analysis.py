@@ -27,8 +27,6 @@ GALLERY_METRIC = "q_sim_consecutive_post"
 
 InputError = UsageError  # bad command-line input (one line, exit status 2); kept under its old name
 
-LEGACY_FILES = ("heads.csv", "layers.csv", "null_heads.csv", "null_layers.csv", "summary.json", "gallery.png")
-
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the `analyze` command."""
@@ -69,7 +67,7 @@ def _check(args):
     info = pf.check_model(args.model)
     pf.check_context(args.seq_len, info)
     pf.check_layers(args.layers, info)
-    pf.check_out_dir(args.out, command="analyze", legacy=LEGACY_FILES)
+    pf.check_out_dir(args.out, command="analyze")
     return info
 
 
@@ -178,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         info = _check(args)
         t0 = time.perf_counter()
-        with ResultDir(args.out, "analyze", legacy=LEGACY_FILES) as tmp:
+        with ResultDir(args.out, "analyze") as tmp:
             text, model, tokenizer = _load_checked(args, info)
             summary = run(args, tmp, text, model, tokenizer)
         print(f"wrote {Path(args.out).resolve()} ({len(summary['layers'])} layers, {time.perf_counter() - t0:.1f} s): "

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import atexit
-import fnmatch
 import json
 import os
 import re
@@ -13,6 +12,8 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator
+
+from .errors import UsageError
 
 
 @contextmanager
@@ -68,8 +69,9 @@ def _to_builtin(x: Any) -> Any:
 # A result folder is built whole in a hidden sibling `.NAME.tappa-tmp.PID.RAND` and swapped in at the end (an
 # atomic exchange of the two folders where the kernel supports it), so the previous complete result survives any
 # failure or signal. The folder gets a marker file listing what the command wrote; a folder holding anything else
-# is never replaced. Leftovers of a killed run (dead PID) are removed -- or, when the folder itself went missing
-# mid-swap, the previous result is put back -- by the next run on the same folder.
+# (any non-empty folder without a marker, whatever its file names) is never replaced. Leftovers of a killed run
+# (dead PID) are removed -- or, when the folder itself went missing mid-swap, the previous result is put back -- by
+# the next run on the same folder.
 
 MARKER = ".tappa-result"
 _STAGING = re.compile(r"^\.(?P<name>.+)\.tappa-(?P<kind>tmp|old)\.(?P<pid>\d+)\.[0-9a-f]+$")
@@ -85,28 +87,73 @@ def read_marker(folder: str | os.PathLike) -> dict | None:
     return data if isinstance(data, dict) and isinstance(data.get("files"), list) else None
 
 
-def foreign_entries(folder: str | os.PathLike, command: str, legacy: Iterable[str] = (),
-                    signature: str | None = None, keep: Iterable[str] = ()) -> list[str]:
+def foreign_entries(folder: str | os.PathLike, command: str, keep: Iterable[str] = ()) -> list[str]:
     """Entries of `folder` that `command` did not write there (sorted); empty when the folder may be replaced.
 
-    With a marker: the entries it does not list (all of them when another command wrote the folder). Without one
-    (results of an older version): entries not matching a `legacy` glob pattern -- all of them when `signature`
-    is given and absent. Names in `keep` (files other tools add beside, carried over by `ResultDir`) never count.
+    Ownership is by the marker only (issue 29): with a marker, the entries it does not list (all of them when
+    another command wrote the folder), names in `keep` (files other tools add beside, carried over by `ResultDir`)
+    excepted; without one, every entry, whatever its name -- a non-empty folder without a marker is never replaced.
     """
     folder = Path(folder)
     if not folder.is_dir():
         return []
-    entries = sorted(e for e in os.listdir(folder) if e != MARKER and e not in set(keep))
+    entries = sorted(e for e in os.listdir(folder) if e != MARKER)
     marker = read_marker(folder)
-    if marker is not None:
-        if marker.get("command") != command:
-            return [f"the results of {marker.get('command')}"] + entries
-        return [e for e in entries if e not in set(marker["files"])]
-    if (folder / MARKER).exists():
-        return [MARKER] + entries
-    if signature is not None and signature not in entries:
-        return entries
-    return [e for e in entries if not any(fnmatch.fnmatchcase(e, pat) for pat in legacy)]
+    if marker is None:
+        return [MARKER] + entries if (folder / MARKER).exists() else entries
+    entries = [e for e in entries if e not in set(keep)]
+    if marker.get("command") != command:
+        return [f"the results of {marker.get('command')}"] + entries
+    return [e for e in entries if e not in set(marker["files"])]
+
+
+def refuse_foreign(out: str | os.PathLike, command: str, option: str = "--out", keep: Iterable[str] = ()) -> None:
+    """`UsageError` (one line naming the folder and the fix) when `out` holds entries `command` did not write."""
+    foreign = foreign_entries(out, command, keep)
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        unmarked = "" if (Path(out) / MARKER).exists() else f"; it has no {MARKER} marker"
+        raise UsageError(f"{option} {out} holds files that {command} did not write ({shown}{unmarked}); "
+                         "choose a new or empty folder")
+
+
+def check_out_dir(out: str | os.PathLike, option: str = "--out", command: str | None = None,
+                  legacy: Iterable[str] = (), signature: str | None = None, keep: Iterable[str] = ()) -> Path:
+    """Check an output folder before computing; its absolute path (symbolic links resolved).
+
+    It must not be a file or lie under a file, its nearest existing parent must be writable, and (when `command`
+    is given) it must hold only what `command` wrote there before, by its marker, besides the names in `keep` (see
+    `foreign_entries`). `legacy` and `signature` are ignored: file names never make a folder a command's own.
+    """
+    if not str(out).strip():
+        raise UsageError(f"{option} must name a folder")
+    out = Path(out).expanduser().resolve()
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"{option} {out} is a file, not a folder")
+    parent = out.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UsageError(f"{option} {out}: {parent} is a file, not a folder")
+    for folder in ((out.parent, out) if out.exists() else (parent,)):  # the folder, and its parent for the swap
+        if not _writable(folder):
+            raise UsageError(f"{option} {out}: cannot write in {folder} (permission denied); choose a writable folder")
+    if command is not None:
+        refuse_foreign(out, command, option, keep)
+    return out
+
+
+def _writable(folder: Path) -> bool:
+    """Whether a folder can be created in `folder` (tried, so that read-only file systems count too)."""
+    probe = folder / f".tappa-probe.{os.getpid()}"
+    try:
+        probe.mkdir()
+        probe.rmdir()
+        return True
+    except FileExistsError:
+        return True
+    except OSError:
+        return False
 
 
 def _pid_alive(pid: int) -> bool:
@@ -193,8 +240,8 @@ def swap_in(tmp: Path, out: Path) -> None:
 class ResultDir(os.PathLike):
     """A result folder built in a hidden temporary sibling and swapped in whole by `commit()`.
 
-    Creating it checks `out` (see `tappa_utils.preflight.check_out_dir`: a folder holding files that `command` did
-    not write is refused with `UsageError`) and cleans what killed runs left. Write into the object as into a folder
+    Creating it checks `out` (see `check_out_dir`: a folder holding files that `command` did not write, by its
+    marker, is refused with `UsageError`) and cleans what killed runs left. Write into the object as into a folder
     (it is path-like: `Path(rd)`, `rd / "x.csv"`); nothing appears at `out` until `commit()`, which adds the marker
     and replaces the previous result. Used as a context manager, it yields the temporary folder and commits on
     success, discards on any exception (Ctrl-C included). An uncommitted folder is also removed at interpreter exit.
@@ -205,10 +252,8 @@ class ResultDir(os.PathLike):
         The result folder.
     command : str
         Recorded in the marker; a folder written by another command counts as foreign.
-    legacy : iterable of str
-        Glob patterns of what older versions wrote there without a marker (accepted as the command's own).
-    signature : str, optional
-        File that must be present for `legacy` to apply (e.g. "run_info.json").
+    legacy, signature
+        Ignored: file names never make a folder the command's own, only its marker does (issue 29).
     keep : iterable of str
         Files that other tools add to the folder (e.g. a model card): accepted, and carried over into the new result
         when it does not write them itself.
@@ -218,15 +263,11 @@ class ResultDir(os.PathLike):
 
     def __init__(self, out: str | os.PathLike, command: str, legacy: Iterable[str] = (),
                  signature: str | None = None, keep: Iterable[str] = (), option: str = "--out"):
-        from .preflight import check_out_dir
-
-        self.command, self.legacy, self.signature, self.option = command, tuple(legacy), signature, option
+        self.command, self.option = command, option
         self.keep = tuple(keep)
         self.out = check_out_dir(out, option)
         cwd = Path.cwd().resolve()
         if cwd == self.out or self.out in cwd.parents:
-            from .preflight import UsageError
-
             raise UsageError(f"{option} {self.out} contains the current folder, which the swap would remove; "
                              "choose another folder")
         self._check_foreign()
@@ -244,13 +285,7 @@ class ResultDir(os.PathLike):
         self.committed = False
 
     def _check_foreign(self) -> None:
-        from .preflight import UsageError
-
-        foreign = foreign_entries(self.out, self.command, self.legacy, self.signature, self.keep)
-        if foreign:
-            shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
-            raise UsageError(f"{self.option} {self.out} holds files that {self.command} did not write ({shown}); "
-                             "choose a new or empty folder")
+        refuse_foreign(self.out, self.command, self.option, self.keep)
 
     def __fspath__(self) -> str:
         return str(self.tmp)
@@ -303,7 +338,4 @@ class ResultDir(os.PathLike):
 def result_dir(out: str | os.PathLike, command: str = "notebook", **kwargs) -> ResultDir:
     """`ResultDir(out, command, ...)`: what the chapters call on `out_dir` (and `.commit()` in their last cell)."""
     kwargs.setdefault("option", "out_dir")
-    if command == "notebook":
-        kwargs.setdefault("legacy", ("*.csv", "*.json", "*.png", "*.md"))
-        kwargs.setdefault("signature", "run_info.json")
     return ResultDir(out, command, **kwargs)

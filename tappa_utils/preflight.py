@@ -6,12 +6,13 @@ Each check raises `UsageError` whose message names the option and the cause (and
     >>> check_positive(0, "--batch")
     Traceback (most recent call last):
     ...
-    tappa_utils.preflight.UsageError: --batch must be a positive integer, got 0
+    tappa_utils.errors.UsageError: --batch must be a positive integer, got 0
 
 Checks: `check_model` (config readable, supported family, weights complete -- a truncated safetensors file is found
 from its header and size without loading it --, tokenizer files present; a hub id without network fails at once),
 `check_device`, `check_dtype`, `check_positive`, `check_text_file` (says how many bytes were not UTF-8) and
-`check_out_dir` (not a file, not under a file, writable, holding no files the command did not write).
+`check_out_dir` (from `tappa_utils.io`: not a file, not under a file, writable, holding no files the command did
+not write). `UsageError` itself lives in `tappa_utils.errors`.
 """
 from __future__ import annotations
 
@@ -29,14 +30,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
+from .errors import UsageError  # noqa: F401 - every command's checks raise it; `preflight.UsageError` stays valid
+from .io import check_out_dir  # noqa: F401 - the output folder's check, re-exported with the other checks
+
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")  # kept equal to models.SUPPORTED_MODEL_TYPES (tested)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.model", "vocab.txt")
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
-
-
-class UsageError(ValueError):
-    """Bad input to a command: one line naming the option and the cause (exit status 2)."""
 
 
 class Terminated(KeyboardInterrupt):
@@ -381,50 +381,3 @@ def check_context(seq_len: int, info: ModelInfo, option: str = "--seq-len") -> N
     """UsageError when `seq_len` exceeds the model's declared context length."""
     if info.context_length and seq_len > info.context_length:
         raise UsageError(f"{option} {seq_len} exceeds the model's context length {info.context_length}")
-
-
-# ------------------------------------------------------------------------------------------------ output
-
-
-def check_out_dir(out: str | os.PathLike, option: str = "--out", command: str | None = None,
-                  legacy: tuple[str, ...] = (), signature: str | None = None) -> Path:
-    """Check an output folder before computing; its absolute path (symbolic links resolved).
-
-    It must not be a file or lie under a file, its nearest existing parent must be writable, and (when `command`
-    is given) it must hold only what `command` wrote there before (see `tappa_utils.io.foreign_entries`).
-    """
-    from .io import foreign_entries
-
-    if not str(out).strip():
-        raise UsageError(f"{option} must name a folder")
-    out = Path(out).expanduser().resolve()
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"{option} {out} is a file, not a folder")
-    parent = out.parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise UsageError(f"{option} {out}: {parent} is a file, not a folder")
-    for folder in ((out.parent, out) if out.exists() else (parent,)):  # the folder, and its parent for the swap
-        if not _writable(folder):
-            raise UsageError(f"{option} {out}: cannot write in {folder} (permission denied); choose a writable folder")
-    if command is not None and out.is_dir():
-        foreign = foreign_entries(out, command, legacy, signature)
-        if foreign:
-            shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
-            raise UsageError(f"{option} {out} holds files that {command} did not write ({shown}); "
-                             "choose a new or empty folder")
-    return out
-
-
-def _writable(folder: Path) -> bool:
-    """Whether a folder can be created in `folder` (tried, so that read-only file systems count too)."""
-    probe = folder / f".tappa-probe.{os.getpid()}"
-    try:
-        probe.mkdir()
-        probe.rmdir()
-        return True
-    except FileExistsError:
-        return True
-    except OSError:
-        return False

@@ -14,7 +14,7 @@ import math
 from typing import Any, Iterable
 
 from . import claims as C
-from .results import Check
+from .claims import Check
 
 STATUS_MARK = {"supported": "✔", "not supported": "✘", "inconclusive": "?", "holds": "✔", "violated": "✘",
                "ok": "✔", "BUG": "✘ BUG", "reported": "·"}

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from tappa_utils import claims as C
-from tappa_utils.results import KINDS, Check, checks_table, claim_status, save_checks
+from tappa_utils.claims import KINDS, Check, claim_status
+from tappa_utils.results import checks_table, save_checks
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -313,17 +313,76 @@ def test_6_own_result_with_a_file_added_later_is_refused(models, texts, tmp_path
     assert snapshot(out) == before
 
 
-def test_6_earlier_result_without_marker_is_replaced_whole(models, texts, tmp_path, capsys):
-    out = tmp_path / "res"
+@pytest.mark.parametrize("command, names", [
+    ("analyze", ["summary.json"]),  # the user's own summary, named like analyze's
+    ("analyze", ["heads.csv", "null_heads.csv", "summary.json"]),  # what an older analyze wrote, without a marker
+    ("prune-eval", ["data.csv", "notes.json", "run_info.json"]),
+    ("kv-eval", ["run_info.json", "summary.csv"]),
+])
+def test_6_folder_without_marker_is_never_replaced(models, texts, tmp_path, capsys, no_loading, command, names):
+    """Issue 29: ownership is by the marker only; file names that match a command's outputs do not count."""
+    out = tmp_path / "mine"
     out.mkdir()
-    for f in ("heads.csv", "null_heads.csv", "summary.json"):  # what an older analyze wrote (no marker)
-        (out / f).write_text("old")
-    rc, err = run(capsys, "analyze", argv_for("analyze", models["good"], texts, out))
-    assert rc == 0 and err == []
-    names = sorted(os.listdir(out))
-    assert names == [".tappa-result", "gallery.png", "heads.csv", "layers.csv", "summary.json"]
-    assert tio.read_marker(out)["files"] == names[1:]
-    assert staging_leftovers(tmp_path) == [] and oct(out.stat().st_mode & 0o777) != "0o700"
+    for name in names:
+        (out / name).write_text(f"the user's {name}\n")
+    before = snapshot(out)
+    rc, err = run(capsys, command, argv_for(command, models["good"], texts, out))
+    assert rc == 2
+    assert_one_line(err, command, f"--out {out.resolve()} ", "did not write", ", ".join(names[:3]),
+                    f"no {tio.MARKER} marker", "choose a new or empty folder")
+    assert snapshot(out) == before and staging_leftovers(tmp_path) == []
+
+
+def test_6_analyze_keeps_the_users_summary(tmp_path, capsys, no_loading):
+    """The case of issue 29 as reported: `python -m tappa_utils analyze --out out` with the user's summary.json."""
+    from tappa_utils.__main__ import main
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "summary.json").write_text('{"mine": true}\n')
+    before = snapshot(out)
+    rc = main(["analyze", "--seq-len", "64", "--num-windows", "1", "--out", str(out)])
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert rc == 2
+    assert_one_line(err, "analyze", str(out.resolve()), "summary.json", "choose a new or empty folder")
+    assert snapshot(out) == before and staging_leftovers(tmp_path) == []
+
+
+def test_6_empty_folder_without_marker_is_used(tmp_path):
+    out = tmp_path / "empty"
+    out.mkdir()
+    with tio.ResultDir(out, "demo") as tmp:
+        (tmp / "a.csv").write_text("x\n")
+    assert tio.read_marker(out)["files"] == ["a.csv"]
+
+
+def test_6_check_out_dir_accepts_kept_names_beside_a_marked_result_only(tmp_path):
+    out = tmp_path / "export"
+    previous_result(out, "demo", {"config.json": "{}"})
+    (out / "MODEL_CARD.md").write_text("# card")  # written beside the result by another tool
+    assert tio.check_out_dir(out, command="demo", keep=["MODEL_CARD.md"]) == out.resolve()
+    with pytest.raises(pf.UsageError, match="did not write \\(MODEL_CARD.md\\); choose"):
+        tio.check_out_dir(out, command="demo")
+    (out / tio.MARKER).unlink()
+    with pytest.raises(pf.UsageError, match="MODEL_CARD.md, config.json; it has no"):
+        tio.check_out_dir(out, command="demo", keep=["MODEL_CARD.md"])
+
+
+@pytest.mark.parametrize("names, keep", [
+    (["run_info.json", "table.csv", "figure.png"], ()),  # a notebook's old output names
+    (["MODEL_CARD.md"], ("MODEL_CARD.md",)),  # a name kept beside a marked result counts without the marker
+])
+def test_6_result_dir_refuses_any_unmarked_folder(tmp_path, names, keep):
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in names:
+        (out / name).write_text("mine")
+    before = snapshot(out)
+    with pytest.raises(pf.UsageError, match=f"out_dir {out.resolve()} holds files that notebook did not write .*"
+                                            f"no \\{tio.MARKER} marker"):
+        tio.result_dir(out, keep=keep)
+    assert tio.foreign_entries(out, "notebook", keep) == sorted(names)
+    assert snapshot(out) == before and staging_leftovers(tmp_path) == []
 
 
 # ------------------------------------------------------------------------------------------------ 7. mixed results
@@ -400,6 +459,14 @@ def checkpoint(tmp_path):
     torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": 3,
                 "rng": np.random.default_rng(0).bit_generator.state, "torch_rng": torch.get_rng_state()},
                run_dir / "ckpt.pt")
+    return mark_run_folder(run_dir)
+
+
+def mark_run_folder(run_dir: Path) -> Path:
+    """Give `run_dir` the marker train-tiny writes into its run folders (only a marked folder is a command's own)."""
+    from tappa_utils.tiny.train import RUN_FILES
+
+    tio.atomic_write_json(run_dir / tio.MARKER, {"command": "train-tiny", "files": list(RUN_FILES)})
     return run_dir
 
 
@@ -463,10 +530,8 @@ def test_9_re_export_replaces_the_export_and_keeps_its_card(checkpoint, tmp_path
     from transformers import AutoModelForCausalLM
 
     export = tmp_path / "hf"
-    export.mkdir()
-    for f in ("config.json", "model.safetensors", "tokenizer.json", "train_args.json"):
-        (export / f).write_text("old")
-    (export / "MODEL_CARD.md").write_text("# card")
+    previous = {f: "old" for f in ("config.json", "model.safetensors", "tokenizer.json", "train_args.json")}
+    previous_result(export, "train-tiny --export", {**previous, "MODEL_CARD.md": "# card"})  # a card carried over
     rc = _main("train-tiny")(["--out", str(checkpoint), "--export", str(export)])
     assert rc == 0, capsys.readouterr().err
     assert (export / "MODEL_CARD.md").read_text() == "# card"
@@ -493,6 +558,7 @@ def test_10_crafted_checkpoint_is_not_unpickled(tmp_path, capsys):
     run_dir.mkdir()
     flag = tmp_path / "pwned"
     torch.save({"model": _Payload(flag), "step": 1}, run_dir / "ckpt.pt")
+    mark_run_folder(run_dir)
     before = snapshot(run_dir)
     rc, err = run(capsys, "train-tiny", ["--out", run_dir, "--export", tmp_path / "hf"])
     assert rc == 2
@@ -506,7 +572,7 @@ def test_10_truncated_checkpoint(checkpoint, tmp_path, capsys):
     rc, err = run(capsys, "train-tiny", ["--out", checkpoint, "--steps", "5"])
     assert rc == 2
     assert_one_line(err, "train-tiny", "ckpt.pt cannot be read")
-    assert sorted(os.listdir(checkpoint)) == ["ckpt.pt"]
+    assert sorted(os.listdir(checkpoint)) == [tio.MARKER, "ckpt.pt"]
 
 
 # ------------------------------------------------------------------------------------------------ 11. notebooks
@@ -548,7 +614,7 @@ def test_11_every_chapter_builds_aside_and_commits_last(path):
 
 
 def test_11_book_execute_of_a_chapter_without_notebook(tmp_path, capsys, monkeypatch):
-    from tappa_utils.book.__main__ import main
+    from tappa_utils.book.cli import main
 
     (tmp_path / "notebooks").mkdir()
     (tmp_path / "_toc.yml").write_text("format: jb-book\nroot: intro\nchapters:\n  - file: book/executed/01_gone\n")

@@ -4,8 +4,9 @@
 `parameters` cells and the README table), `execute` (papermill, failures reported with their cell), `reference`
 (the generated reference page and the docstring checks), `ledger` (every claim's verdict, from the results),
 `render` (jupyter-book; another model's book in its own folder), `nullbook` (the chapters on a random-weight model),
-`html_check` (the rendered pages' check), `lab` (`make lab`) and `__main__` (`python -m tappa_utils.book build |
-execute | ledger | params-table | reference | check-html | lab`).
+`html_check` (the rendered pages' check), `lab` (`make lab`), `parser` (the command line's options) and `cli` (one
+handler per subcommand of `python -m tappa_utils.book build | null | execute | ledger | params-table | reference |
+check-html | lab`, which `__main__` runs).
 Only that command line and the tests use this package; the names below are re-exported.
 """
 from __future__ import annotations

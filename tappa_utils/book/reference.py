@@ -16,6 +16,7 @@ from typing import Iterable
 from ..io import atomic_write_text
 from .layout import GENERATED_DIR, find_root
 from .params import params_table
+from .parser import build_parser
 
 
 def package_modules(package: str = "tappa_utils") -> tuple[list[ModuleType], dict[str, str]]:
@@ -94,7 +95,6 @@ def command_help(command: str, module_name: str) -> str:
 def reference_markdown(root: Path | None = None) -> str:
     """The reference page: API (by introspection), command line, notebook parameters, models, versions."""
     from .. import __main__ as cli
-    from .__main__ import build_parser
     from .. import models
 
     root = root or find_root()

@@ -88,8 +88,7 @@ def prepare_out(target: Target) -> None:
     """
     import yaml
 
-    from ..io import MARKER, atomic_write_json, atomic_write_text
-    from ..preflight import check_out_dir
+    from ..io import MARKER, atomic_write_json, atomic_write_text, check_out_dir
 
     root, out = target.root, target.out
     assert out is not None

@@ -11,9 +11,6 @@ from .evaluate import PAPER_TASKS, PruneEvalConfig, run_pruning_eval
 from .report import save_results, summary_table
 
 
-LEGACY_FILES = ("*.json", "*.csv", "*.png")  # what older versions wrote without a marker (with run_info.json)
-
-
 def _floats(s: str) -> tuple:
     try:
         return tuple(float(x) for x in s.split(",") if x.strip())
@@ -75,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
             beta_grid=args.beta_grid, qsim_rope=args.qsim_rope, qsim_mode=args.qsim_mode, bi_kind=args.bi_kind,
             batch_size=args.batch_size, lm_eval_tasks=tuple(t for t in args.lm_eval_tasks.split(",") if t.strip()),
             lm_eval_limit=args.lm_eval_limit)
-        out = pf.check_out_dir(args.out, command="prune-eval", legacy=LEGACY_FILES, signature="run_info.json")
+        out = pf.check_out_dir(args.out, command="prune-eval")
         cfg.validate()
         pf.check_device(cfg.device)
         pf.check_dtype(cfg.dtype)
@@ -84,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         info = pf.check_model(cfg.model)
         pf.check_context(cfg.seq_len, info)
         cfg.validate(info.num_layers or None)  # --max-removed against the config's layers, before loading
-        with ResultDir(out, "prune-eval", legacy=LEGACY_FILES, signature="run_info.json") as tmp:
+        with ResultDir(out, "prune-eval") as tmp:
             model, tok = load_model(str(info.path), device=cfg.device, dtype=cfg.dtype)
             res = run_pruning_eval(cfg, model, tok, progress=lambda s: print(s, file=sys.stderr))
             save_results(res, tmp, figures=not args.no_figures)

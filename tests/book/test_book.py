@@ -148,7 +148,7 @@ def test_reference_page_covers_api_cli_models_and_pins():
 
 
 def test_main_rejects_unknown_chapters(capsys):
-    from tappa_utils.book.__main__ import main
+    from tappa_utils.book.cli import main
 
     assert main(["execute", "99_nope"]) == 2
     assert "unknown chapter" in capsys.readouterr().err

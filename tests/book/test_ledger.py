@@ -8,7 +8,7 @@ import pytest
 
 from tappa_utils import book
 from tappa_utils import claims as C
-from tappa_utils.book.__main__ import main
+from tappa_utils.book.cli import main
 from tappa_utils.results import save_checks, save_run_info
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -14,7 +14,7 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 from tappa_utils import book
 from tappa_utils import claims as C
-from tappa_utils.book.__main__ import main
+from tappa_utils.book.cli import main
 from tappa_utils.results import save_checks, save_run_info
 
 ROOT = Path(__file__).resolve().parents[2]
