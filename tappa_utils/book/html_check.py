@@ -7,6 +7,8 @@ by MathJax in the browser, so TeX that MathJax cannot parse is recognised from i
 
 Rules (`RULES`), all applied to the page's article (`<article class="bd-article">`), never to the navigation:
 
+- not-html: the page is not an HTML page at all (bytes that are not UTF-8 text, or text without a single HTML
+  element; a redirect page of one `<meta>` is HTML): a damaged or overwritten file, which no other rule could judge.
 - raw-tex: TeX a reader sees as source: `$...$`, `$$`, `\\(`, `\\[` or a TeX command such as `\\ge` in prose,
   in Markdown output or in printed output, i.e. outside the elements MathJax typesets (class `math`) and outside
   code inputs. Generated prose must be displayed with `IPython.display.Markdown` (parsed as MyST).
@@ -47,7 +49,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+from ..preflight import decode_counting
+
 RULES: dict[str, str] = {
+    "not-html": "the page is not HTML (not UTF-8 text, or no HTML element at all)",
     "raw-tex": "TeX outside rendered maths ($...$, $$, \\(, \\[, \\ge) in prose or outputs",
     "mathjax": "TeX that MathJax cannot typeset (\\*, unbalanced braces, \\left/\\right, \\begin/\\end, a^b^c)",
     "traceback": "a Python traceback or papermill error banner in an output",
@@ -295,6 +300,10 @@ def check_page(html: str, page: str, page_path: Path | None = None, html_root: P
     from bs4 import BeautifulSoup
 
     soup = BeautifulSoup(html, "html.parser")
+    if soup.find(True) is None:
+        start = _shorten("".join(c if c.isprintable() else "?" for c in html[:200]), 40)
+        return [Problem(page, "not-html", f"the page is not HTML (no HTML element; it starts '{start}'); rebuild "
+                                          "the book")]
     article = soup.find("article", class_="bd-article") or soup.find("article") or soup.find("main") or soup.body
     if article is None:
         return []
@@ -446,7 +455,13 @@ def check_html(html_root: str | Path, browser: bool = False) -> list[Problem]:
     problems = []
     for path in html_pages(html_root):
         rel = path.relative_to(html_root).as_posix()
-        problems += check_page(path.read_text(encoding="utf-8", errors="replace"), rel, path, html_root)
+        raw = path.read_bytes()
+        text, bad = decode_counting(raw)
+        if bad:
+            problems.append(Problem(rel, "not-html", f"the page is not HTML ({bad} of {len(raw)} bytes are not UTF-8 "
+                                                     "text); rebuild the book"))
+            continue
+        problems += check_page(text, rel, path, html_root)
     if browser:
         from concurrent.futures import ThreadPoolExecutor
 

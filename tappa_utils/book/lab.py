@@ -41,20 +41,39 @@ def lab_command(root: str | Path, port: int | None = None, token: str | None = N
     return cmd
 
 
+def port_number(text: str) -> int:
+    """`--port`'s value as a TCP port number (1-65535); argparse.ArgumentTypeError (one line) otherwise."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a port number (1-65535), got {text!r}") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number (1-65535), got {port}")
+    return port
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of `lab` (shared by the book's command line)."""
-    parser.add_argument("--port", type=int, default=None, help="port (default: JupyterLab's, 8888 or the next free)")
+    parser.add_argument("--port", type=port_number, default=None,
+                        help="port, 1-65535 (default: JupyterLab's, 8888 or the next free)")
     parser.add_argument("--no-browser", action="store_true",
                         help="do not open a browser (default: open one when there is a display)")
 
 
 def run(root: str | Path, port: int | None = None, no_browser: bool = False) -> int:
-    """Replace this process with JupyterLab (so Ctrl-C and signals reach it directly)."""
+    """Replace this process with JupyterLab (so Ctrl-C and signals reach it directly); a bad port or a root without
+    notebooks is a `UsageError` (exit status 2 from the book's command line), raised before anything starts."""
+    from ..preflight import UsageError
+
+    if port is not None:
+        try:
+            port_number(str(port))
+        except argparse.ArgumentTypeError as e:
+            raise UsageError(f"--port {e}") from None
     try:
         cmd = lab_command(root, port=port, browser=False if no_browser else None)
     except FileNotFoundError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise UsageError(str(e)) from None
     print("starting:", " ".join(cmd), flush=True)
     os.execv(cmd[0], cmd)
     return 0  # not reached

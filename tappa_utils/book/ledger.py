@@ -15,7 +15,7 @@ from typing import Any
 
 from ..io import atomic_write_text
 from ..models import model_label
-from .layout import EXECUTED_DIR, GENERATED_DIR, BookError, find_root
+from .layout import EXECUTED_DIR, GENERATED_DIR, find_root
 
 STATUSES = ("supported", "not supported", "inconclusive", "mixed", "not run")
 
@@ -141,11 +141,20 @@ def linked_chapters(ledger_path: Path, stems: list[str]) -> set[str]:
 
 
 def write_ledger(results: str | Path, stems: list[str], path: str | Path, model: str | None = None) -> Path:
-    """Write the ledger of the chapters `stems` from `results/<stem>/` to `path`; the path."""
+    """Write the ledger of the chapters `stems` from `results/<stem>/` to `path`; the path.
+
+    A missing results folder or an `path` that is a folder is a `UsageError` (one line; exit status 2 from the
+    book's command line), raised before anything is written."""
+    from ..preflight import UsageError
+
     results, path = Path(results), Path(path)
+    if not results.exists():
+        raise UsageError(f"--results {results} does not exist; run the chapters first (make book) or pass "
+                         "--results DIR")
     if not results.is_dir():
-        raise BookError(f"results folder {results} does not exist; run the chapters first (make book) or pass "
-                        "--results DIR")
+        raise UsageError(f"--results {results} is a file, not a folder of chapter results; pass --results DIR")
+    if path.is_dir():
+        raise UsageError(f"--output {path} is a folder; give the ledger's file name (e.g. {path / 'ledger.md'})")
     chapters = read_results(results, stems)
     return atomic_write_text(path, ledger_markdown(chapters, linked_chapters(path, stems), model=model))
 

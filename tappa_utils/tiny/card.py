@@ -5,7 +5,7 @@
 Measures, on held-out windows, the held-out loss (nats/byte) of the model and of a random-weight copy, every
 head's metrics (`tappa_utils.metrics.analyze_heads`: sink mass, best diagonal offset and its mass, q-similarity
 before/after RoPE, predictability), the copy test (loss on the second occurrence of a repeated random segment vs the
-first), checks the targets and writes `MODEL_CARD.md` and `model_card.json` (atomically) into the model folder or
+first), checks the targets and writes `MODEL_CARD.md` and `model_card.json` (as one result) into the model folder or
 `--out`.
 
 Previous version: the card keeps the figures of the model's previous version beside the new ones (a column in the
@@ -18,9 +18,14 @@ none` leaves it out). Before shipping a version N+1, freeze version N's card wit
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
+import os
+import signal
 import sys
+import tempfile
+import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -28,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from ..io import _to_builtin, atomic_write_json, atomic_write_text
+from ..io import _to_builtin, atomic_write_json
 from ..models import ASSETS
 from .describe import architecture, corpus_summary, training_summary
 from .measure import QSIM_COLUMNS, TARGET_IDS, CardConfig, measure, targets
@@ -262,16 +267,55 @@ def previous_section(card: dict[str, Any], prev: dict[str, Any]) -> list[str]:
 
 
 def write_card(card: dict[str, Any], out_dir: str | Path) -> tuple[Path, Path]:
-    """Write `MODEL_CARD.md` and `model_card.json` into out_dir atomically; returns both paths.
+    """Write `MODEL_CARD.md` and `model_card.json` into out_dir as one result; returns both paths.
 
-    Both texts are rendered before either file is replaced, so a card that cannot be rendered or serialised leaves
-    the previous pair as it was."""
+    Both are rendered and written to temporary files beside before either is replaced, so a card that cannot be
+    rendered or serialised, a full disk or a signal leaves the previous pair as it was; then both are renamed into
+    place together (`replace_together`), so the folder never holds one new file beside one old one."""
     out_dir = Path(out_dir)
     text = render_markdown(card)
     payload = json.dumps(_jsonable(card), indent=2, default=_to_builtin) + "\n"  # as io.atomic_write_json
-    md = atomic_write_text(out_dir / "MODEL_CARD.md", text)
-    js = atomic_write_text(out_dir / "model_card.json", payload)
+    md, js = out_dir / "MODEL_CARD.md", out_dir / "model_card.json"
+    replace_together({md: text, js: payload})
     return md, js
+
+
+def replace_together(files: dict[Path, str]) -> None:
+    """Write each text to a temporary file beside its path, then rename them all into place with SIGINT, SIGTERM
+    and SIGHUP held back, so that Ctrl-C leaves either every old file or every new one. A signal that arrives
+    during the renames is dropped: the command has then finished its work."""
+    temps: dict[Path, Path] = {}
+    try:
+        for path, text in files.items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
+            temps[path] = Path(tmp)
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+            os.chmod(tmp, 0o644)
+        with _signals_held():
+            for path, tmp in temps.items():
+                os.replace(tmp, path)
+    finally:
+        for tmp in temps.values():
+            if tmp.exists():
+                tmp.unlink()
+
+
+@contextlib.contextmanager
+def _signals_held():
+    """Within the block, SIGINT, SIGTERM and SIGHUP only set a flag (main thread only; elsewhere a no-op)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    names = ("SIGINT", "SIGTERM", "SIGHUP")
+    sigs = [getattr(signal, n) for n in names if hasattr(signal, n)]
+    old = {s: signal.signal(s, lambda *_: None) for s in sigs}
+    try:
+        yield
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, signal.SIG_DFL if handler is None else handler)
 
 
 def _jsonable(x):

@@ -10,16 +10,16 @@ The data mixture rewards the mechanisms the book studies: plain code (previous-t
 where a random segment re-occurs (copying, induction), periodic stretches (seasonal heads), always after BOS
 (sinks).  Uses CUDA when present; everything else in the project runs on the CPU.
 
-Every option is checked before anything is written; `--out` is this run's folder (resumed when it holds
-`ckpt.pt`; a folder holding other files is refused); `--export` needs a trained checkpoint and replaces only a
-folder that is an export (its model card is kept). Checkpoints are loaded with `weights_only=True`.
+Every option, and every file of the run folder (`tiny.run_folder`), is checked before anything is written;
+`--out` is this run's folder (resumed when it holds `ckpt.pt`; a folder holding other files is refused); `--export`
+needs a trained checkpoint and replaces only a folder that is an earlier export, with its `.tappa-result` marker
+(its model card is kept). Checkpoints are loaded with `weights_only=True`.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import math
-import pickle
 import shutil
 import sys
 import time
@@ -30,13 +30,14 @@ import torch
 
 from .corpus import BOS_ID, EOS_ID, MIXTURES, PAD_ID, VOCAB_SIZE, copy_test_batch, load_corpus, sample_batch
 from ..io import MARKER, ResultDir, atomic_torch_save, atomic_write_json, atomic_write_text
-from ..preflight import Parser, UsageError, check_out_dir, check_positive, one_line, run_cli
+from ..preflight import Parser, UsageError, check_out_dir, check_positive, one_line, run_cli, safetensors_problem
+from .run_folder import (check_export_dest, check_optimizer, check_run_dest, check_state, finite_record,
+                         load_checkpoint, read_log, read_train_args)
 from .measure import copy_test
 
 RUN_FILES = ("ckpt.pt", "training_log.jsonl", "corpus_manifest.json", "train_args.json")
-EXPORT_FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
-                "tokenizer_config.json", "special_tokens_map.json", *RUN_FILES[1:])
 CARD_FILES = ("MODEL_CARD.md", "model_card.json")  # written into an export by `model-card`; kept on re-export
+MIN_LONG_EVAL = 16  # --long-eval: a shorter window has no room for a retrieval segment and its cue
 DEFAULT_ARCH = dict(
     hidden_size=128, num_hidden_layers=6, num_attention_heads=4, num_key_value_heads=2, head_dim=32,
     intermediate_size=384, max_position_embeddings=4096, rope_theta=10000.0,
@@ -157,12 +158,11 @@ def evaluate_long(model, corpus, device, n: int = 8, seq_len: int = 1024, seed: 
 def export(model, out: Path, ckpt_dir: Path) -> None:
     """Write a Hugging Face folder (config, safetensors, tokenizer, training log, corpus manifest), swapped in whole.
 
-    A previous export's model card is kept; a folder that is not an export is refused (`UsageError`).
+    A previous export's model card is kept; a folder that is not an export (no marker) is refused (`UsageError`).
     """
     from .tokenizer import build_tokenizer
 
-    with ResultDir(out, "train-tiny --export", legacy=EXPORT_FILES, signature="config.json", keep=CARD_FILES,
-                   option="--export") as tmp:
+    with ResultDir(out, "train-tiny --export", keep=CARD_FILES, option="--export") as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         build_tokenizer().save_pretrained(tmp)
         for f in RUN_FILES[1:]:
@@ -212,8 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
 def run_arch(out: Path, heads: int | None) -> dict:
     """The architecture of the run in `out`: the one recorded in its train_args.json, else the default with
     `heads` query heads. A `heads` that contradicts the recorded run is refused."""
-    path = out / "train_args.json"
-    recorded = json.loads(path.read_text()).get("arch") if path.exists() else None
+    recorded, _ = read_train_args(out, "--out")
     arch = dict(recorded or DEFAULT_ARCH)
     if heads is not None and recorded is not None and heads != arch["num_attention_heads"]:
         raise UsageError(f"--heads {heads}: the run in {out} has {arch['num_attention_heads']} query heads; a resumed "
@@ -244,31 +243,44 @@ def check_args(args) -> Path:
         raise UsageError(f"--seq-len must lie in [2, {DEFAULT_ARCH['max_position_embeddings']}] (the model's "
                          f"context), got {args.seq_len}")
     check_positive(args.schedule_from, "--schedule-from", minimum=0)
+    if args.schedule_from and args.schedule_from >= args.steps:
+        raise UsageError(f"--schedule-from {args.schedule_from} must be below --steps {args.steps} (the schedule runs "
+                         "from --schedule-from to --steps)")
     check_positive(args.long_eval, "--long-eval", minimum=0)
-    if args.init_from is not None and not (Path(args.init_from) / "model.safetensors").is_file():
-        raise UsageError(f"--init-from {args.init_from}: no model.safetensors there (give an exported tappa-tiny folder)")
+    top = DEFAULT_ARCH["max_position_embeddings"]
+    if args.long_eval and not MIN_LONG_EVAL <= args.long_eval <= top:
+        raise UsageError(f"--long-eval must be 0 (off) or lie in [{MIN_LONG_EVAL}, {top}] (shorter windows hold no "
+                         f"retrieval segment to measure), got {args.long_eval}")
+    if args.init_from is not None:
+        weights = Path(args.init_from) / "model.safetensors"
+        if not weights.is_file():
+            raise UsageError(f"--init-from {args.init_from}: no model.safetensors there (give an exported tappa-tiny "
+                             "folder)")
+        if why := safetensors_problem(weights):
+            raise UsageError(f"--init-from {args.init_from}: {why}; export the model again")
     out = check_out_dir(args.out, command="train-tiny", legacy=RUN_FILES)
+    check_run_dest(out)
     if args.export is not None:
         if not (out / "ckpt.pt").is_file():
             raise UsageError(f"--export needs a trained checkpoint: {out / 'ckpt.pt'} does not exist; train with "
                              f"--out {args.out} first")
-        check_out_dir(args.export, "--export", command="train-tiny --export", legacy=EXPORT_FILES + CARD_FILES,
-                      signature="config.json")
+        args.export = check_out_dir(args.export, "--export")
+        check_export_dest(args.export, "train-tiny --export", CARD_FILES)
     return out
 
 
-def load_checkpoint(path: Path, device) -> dict:
-    """The training state saved at `path`, unpickled with `weights_only=True` (tensors and plain values only)."""
-    try:
-        ck = torch.load(path, map_location=device, weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise UsageError(f"--out {path} holds objects other than tensors and plain values; refusing to unpickle it "
-                         "(weights_only=True)") from e
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise UsageError(f"--out {path} cannot be read ({one_line(e)}); delete it to start over") from e
-    if not isinstance(ck, dict) or not {"model", "opt", "step", "rng", "torch_rng"} <= set(ck):
-        raise UsageError(f"--out {path} is not a train-tiny checkpoint (keys model, opt, step, rng, torch_rng)")
-    return ck
+def check_schedule(args, start: int) -> None:
+    """UsageError unless this phase's schedule gives a positive, finite learning rate at every step from `start`
+    (its warm-up must not begin after the phase does: `lr_at` of a negative step is negative)."""
+    if args.schedule_from > start:
+        raise UsageError(f"--schedule-from {args.schedule_from} lies after step {start}, where this phase starts: the "
+                         f"learning rate would be negative until then; give --schedule-from <= {start}")
+    last = args.steps if args.until is None else min(args.until, args.steps)
+    for s in {start, min(start + args.warmup, last - 1), last - 1} if start < last else ():
+        lr = lr_at(s - args.schedule_from, args.lr, args.warmup, args.steps - args.schedule_from)
+        if not (math.isfinite(lr) and lr > 0):
+            raise UsageError(f"--lr {args.lr}, --warmup {args.warmup}, --schedule-from {args.schedule_from}: the "
+                             f"learning rate at step {s} would be {lr}; give a positive schedule")
 
 
 def main(argv=None) -> int:
@@ -285,9 +297,15 @@ def _main(argv) -> int:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     ckpt_path = args.out / "ckpt.pt"
     torch.manual_seed(args.seed)
+    # Everything is read and checked before anything is written: a damaged run folder is refused unchanged.
+    resuming = ckpt_path.exists()
+    fresh_from = args.init_from if args.init_from is not None and not resuming else None
+    source, option = (fresh_from, "--init-from") if fresh_from is not None else (args.out, "--out")
+    _, phases = read_train_args(source, option)
+    records = read_log(source, option)
     widen_from = None
-    if args.init_from is not None and not ckpt_path.exists():
-        arch = run_arch(args.init_from, None)
+    if fresh_from is not None:
+        arch = run_arch(fresh_from, None)
         if args.heads is not None and args.heads != arch["num_attention_heads"]:
             widen_from = arch["num_attention_heads"]
             if args.heads % widen_from:
@@ -297,24 +315,34 @@ def _main(argv) -> int:
     else:
         arch = run_arch(args.out, args.heads)
     model = LlamaForCausalLM(make_config(**arch)).to(device)
-    ck = load_checkpoint(ckpt_path, device) if ckpt_path.exists() else None
+    ck = load_checkpoint(ckpt_path, device) if resuming else None
+    if ck is not None:
+        check_state(ck, model, ckpt_path)
     one_group = len(ck["opt"]["param_groups"]) == 1 if ck is not None else args.decay == "all"
     opt = torch.optim.AdamW(param_groups(model, args.weight_decay, one_group), lr=args.lr, betas=(0.9, 0.95))
     rng = np.random.default_rng(args.seed)
     step = 0
     if ck is not None:
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["opt"])
+        try:
+            model.load_state_dict(ck["model"])
+            opt.load_state_dict(ck["opt"])
+            check_optimizer(opt)
+            rng.bit_generator.state = ck["rng"]
+            torch.set_rng_state(ck["torch_rng"])
+        except (RuntimeError, ValueError, TypeError, KeyError) as e:
+            raise UsageError(f"--out {ckpt_path} cannot be resumed ({one_line(e)[:200]}); delete it to start over, "
+                             "or give a new --out") from e
         for g, want in zip(opt.param_groups, param_groups(model, args.weight_decay, one_group)):  # this phase's
             g["weight_decay"] = want["weight_decay"]
-        rng.bit_generator.state = ck["rng"]
-        torch.set_rng_state(ck["torch_rng"])
         step = ck["step"]
         print(f"resumed from step {step}")
-    elif args.init_from is not None:
+    elif fresh_from is not None:
         from safetensors.torch import load_file
 
-        state = load_file(str(args.init_from / "model.safetensors"))
+        try:
+            state = load_file(str(fresh_from / "model.safetensors"))
+        except Exception as e:  # safetensors' own error type; the header was checked up front
+            raise UsageError(f"--init-from {fresh_from}: model.safetensors cannot be read ({one_line(e)[:200]})") from e
         if widen_from is not None:  # same function, more heads: each copy can then specialise
             from .widen import widen_heads
 
@@ -327,33 +355,25 @@ def _main(argv) -> int:
         if unexpected or [k for k in missing if k != "lm_head.weight"]:
             raise UsageError(f"--init-from {args.init_from}: weights do not match tappa-tiny ({missing}, {unexpected})")
         model.tie_weights()
-        args.out.mkdir(parents=True, exist_ok=True)
-        for f in ("training_log.jsonl", "train_args.json"):
-            if (args.init_from / f).exists():
-                shutil.copy(args.init_from / f, args.out / f)
-        log = args.out / "training_log.jsonl"
-        step = max((json.loads(ln)["step"] for ln in log.read_text().splitlines() if ln), default=0) if log.exists() else 0
+        step = max((s for s, _ in records), default=0)
         widened = f", widened from {widen_from} to {args.heads} query heads" if widen_from else ""
         print(f"initialised from {args.init_from} (step {step}{widened}); optimizer state starts fresh")
     if args.export is not None:
         export(model.cpu(), args.export, args.out)
         print(f"exported step {step} to {args.export}")
         return 0
+    check_schedule(args, step)
 
     args.out.mkdir(parents=True, exist_ok=True)
     if not (args.out / MARKER).exists():
         atomic_write_json(args.out / MARKER, {"command": "train-tiny", "files": list(RUN_FILES)})
     corpus = load_corpus()
     atomic_write_json(args.out / "corpus_manifest.json", corpus.manifest)
-    phases_path = args.out / "train_args.json"
-    old = json.loads(phases_path.read_text()) if phases_path.exists() else {}
-    phases = old.get("phases") or ([{"start_step": 0, **{k: v for k, v in old.items() if k != "arch"}}] if old else [])
     phases.append({"start_step": step, **{k: str(v) for k, v in vars(args).items()}})
-    atomic_write_json(phases_path, {"arch": arch, "phases": phases})
+    atomic_write_json(args.out / "train_args.json", {"arch": arch, "phases": phases})
     log_path = args.out / "training_log.jsonl"
-    if log_path.exists():  # drop records logged after the checkpoint we resumed from
-        kept = [ln for ln in log_path.read_text().splitlines() if ln and json.loads(ln)["step"] <= step]
-        atomic_write_text(log_path, "".join(ln + "\n" for ln in kept))
+    if records or log_path.exists():  # drop records logged after the checkpoint we resumed from
+        atomic_write_text(log_path, "".join(ln + "\n" for s, ln in records if s <= step))
     log = open(log_path, "a")
     phase_start = step
     tokens_before = tokens_until(phases[:-1], step)
@@ -380,8 +400,8 @@ def _main(argv) -> int:
             rec["tokens_per_s"] = round(tokens_since / (time.time() - t_since))
             rec["tokens_seen"] = tokens_before + (step - phase_start) * args.batch * args.seq_len
             tokens_since, t_since = 0, time.time()
-            print(json.dumps(rec), flush=True)
-        log.write(json.dumps(rec) + "\n")
+            print(json.dumps(finite_record(rec)), flush=True)
+        log.write(json.dumps(finite_record(rec), allow_nan=False) + "\n")
         log.flush()
         out_of_time = args.max_minutes is not None and time.time() - t0 > 60 * args.max_minutes
         if step % args.ckpt_every == 0 or step == last or out_of_time:

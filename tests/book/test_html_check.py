@@ -85,6 +85,22 @@ def test_book_cli_dispatches_check_html(tmp_path):
     assert proc.returncode == 0 and "check-html: no problems" in proc.stdout, proc.stdout + proc.stderr
 
 
+def test_a_page_of_random_bytes_is_reported_as_not_html(tmp_path, capsys):
+    import random
+
+    html = tmp_path / "html"
+    html.mkdir()
+    (html / "index.html").write_bytes(random.Random(0).randbytes(4096))
+    problems = hc.check_html(html)
+    assert [(p.page, p.rule) for p in problems] == [("index.html", "not-html")]
+    assert "bytes are not UTF-8 text" in problems[0].detail
+    assert hc.run(html) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("index.html: not-html: the page is not HTML") and out[-1] != "check-html: no problems"
+    (html / "index.html").write_text("just some words, no markup at all\n")  # text, but no page either
+    assert [p.rule for p in hc.check_html(html)] == ["not-html"]
+
+
 # ------------------------------------------------------------------------------------ a real rendered book
 
 PNG = base64.b64encode((FIXTURES / "good" / "_images" / "fig.png").read_bytes()).decode()

@@ -35,6 +35,24 @@ def test_lab_command_serves_notebooks_and_opens_a_browser_only_with_a_display(mo
         lab.lab_command(ROOT / "tests")
 
 
+@pytest.mark.parametrize("port", ["99999", "0", "-1", "http"])
+def test_a_port_outside_1_to_65535_is_refused_before_anything_starts(monkeypatch, capsys, port):
+    from tappa_utils.book.__main__ import main
+
+    started = []
+    monkeypatch.setattr(lab.os, "execv", lambda *a: started.append(a))
+    assert main(["lab", "--port", port]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("book: error: argument --port: must be a port number (1-65535)")
+    assert repr(port) in err[0] or port in err[0]
+    assert started == []
+    from tappa_utils.preflight import UsageError
+
+    with pytest.raises(UsageError, match=r"--port must be a port number \(1-65535\), got 70000"):
+        lab.run(ROOT, port=70000)  # called directly: the same check
+    assert started == []
+
+
 def test_make_lab_runs_the_book_lab_command():
     makefile = (ROOT / "Makefile").read_text()
     recipe = re.search(r"^lab: venv\n\t(.*)$", makefile, flags=re.M)

@@ -121,8 +121,15 @@ def test_ledger_command_writes_the_page(results, tmp_path, capsys):
     assert main(["ledger", "--results", str(results), "--output", str(out)]) == 0
     text = out.read_text()
     assert "{doc}`07 <../executed/07_kv_cache>`" in text and "{doc}`03" not in text  # links to rendered pages only
-    assert main(["ledger", "--results", str(tmp_path / "nowhere"), "--output", str(out)]) == 1
-    assert "does not exist" in capsys.readouterr().err
+    before = out.read_text()
+    capsys.readouterr()
+    assert main(["ledger", "--results", str(tmp_path / "nowhere"), "--output", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"book: error: --results {tmp_path / 'nowhere'} does not exist")
+    assert "pass --results DIR" in err[0] and out.read_text() == before  # the earlier ledger is kept
+    assert main(["ledger", "--results", str(results), "--output", str(out.parent)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"book: error: --output {out.parent} is a folder")
 
 
 def test_ledger_is_in_the_toc_and_linked_from_the_introduction():

@@ -294,3 +294,44 @@ def test_write_card_leaves_the_previous_pair_when_the_new_card_cannot_be_written
     assert (tmp_path / "MODEL_CARD.md").read_text() == "old card" and (tmp_path / "model_card.json").read_text() == "{}"
     md, js = mc.write_card({"n": np.int64(3)}, tmp_path)
     assert md.read_text() == "new card" and json.loads(js.read_text()) == {"n": 3}
+
+
+def test_write_card_swaps_both_files_together_even_when_a_signal_arrives_between_them(tmp_path, monkeypatch):
+    """Ctrl-C after the first rename no longer leaves a new MODEL_CARD.md beside the old model_card.json."""
+    import signal
+
+    (tmp_path / "MODEL_CARD.md").write_text("old card")
+    (tmp_path / "model_card.json").write_text("{}")
+    monkeypatch.setattr(mc, "render_markdown", lambda card: "new card")
+    real_replace, calls, handler = os.replace, [], signal.getsignal(signal.SIGINT)
+
+    def replace_then_interrupt(src, dst):
+        real_replace(src, dst)
+        calls.append(dst)
+        if len(calls) == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(os, "replace", replace_then_interrupt)
+    md, js = mc.write_card({"n": 1}, tmp_path)  # no KeyboardInterrupt: the signal came during the swap
+    assert len(calls) == 2 and md.read_text() == "new card" and json.loads(js.read_text()) == {"n": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["MODEL_CARD.md", "model_card.json"]  # no temporaries
+    assert signal.getsignal(signal.SIGINT) == handler  # the handler is back
+
+
+def test_write_card_interrupted_before_the_swap_leaves_the_old_pair(tmp_path, monkeypatch):
+    (tmp_path / "MODEL_CARD.md").write_text("old card")
+    (tmp_path / "model_card.json").write_text("{}")
+    real_chmod, calls = os.chmod, []
+
+    def chmod_then_interrupt(path, mode):
+        real_chmod(path, mode)
+        calls.append(path)
+        if len(calls) == 2:  # both new files written aside, neither swapped in yet
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(mc, "render_markdown", lambda card: "new card")
+    monkeypatch.setattr(os, "chmod", chmod_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        mc.write_card({"n": 1}, tmp_path)
+    assert (tmp_path / "MODEL_CARD.md").read_text() == "old card" and (tmp_path / "model_card.json").read_text() == "{}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["MODEL_CARD.md", "model_card.json"]
