@@ -190,6 +190,19 @@ def test_composed_with_another_pruning_press_raises(presses):
         prefill(model, _ids(), ComposedPress(presses()))
 
 
+@pytest.mark.parametrize("press", [TAPPAPress, CAKEPress])
+def test_key_rerotation_refuses_tappa_in_one_line_and_its_fix_works(press):
+    from kvpress import KeyRerotationPress
+
+    with pytest.raises(ValueError, match=f"KeyRerotationPress cannot wrap {press.__name__}.*use the press alone") as e:
+        KeyRerotationPress(press(compression_ratio=0.5))
+    assert "\n" not in str(e.value)
+    cache, last = prefill(make_tiny_model("llama"), _ids(), KeyRerotationPress(CAKEScorePress(compression_ratio=0.5)))
+    assert cache_lengths(cache) == [T // 2] * 3 and torch.isfinite(last).all()
+    with pytest.raises(AssertionError):  # other presses: kvpress's own check, untouched
+        KeyRerotationPress(ComposedPress([KnormPress(compression_ratio=0.5)]))
+
+
 def test_wrappers_that_need_a_scorer_refuse_it():
     with pytest.raises(AssertionError, match="ScorerPress"):
         DecodingPress(base_press=TAPPAPress(compression_ratio=0.5))
