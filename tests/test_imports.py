@@ -199,3 +199,37 @@ def test_imports_follow_the_architecture():
 ])
 def test_the_checker_catches_wrong_directions(module, source, is_pkg, expected):
     assert violations([(module, source, is_pkg)]) == expected
+
+
+def import_cycles(sources, part: str) -> list[list[str]]:
+    """Import cycles among the modules of one part (imports inside functions count), each as a closed path."""
+    mods = {m for m, _, _ in sources if part_of(m) == part}
+    graph = {m: sorted(t for t in imported_modules(s, m, p) if t in mods and t != m)
+             for m, s, p in sources if m in mods}
+    cycles, state = [], {}
+
+    def visit(m, path):
+        state[m] = "open"
+        for t in graph[m]:
+            if state.get(t) == "open":
+                cycles.append(path[path.index(t):] + [m, t] if t in path else [m, t])
+            elif t not in state:
+                visit(t, path + [m])
+        state[m] = "done"
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [])
+    return cycles
+
+
+def test_kv_has_no_import_cycle():
+    """kv's modules import one way (evaluate -> report -> methods; report used to import evaluate back)."""
+    assert import_cycles(package_sources(), "kv") == []
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    sources = [("tappa_utils.kv.evaluate", "from .report import summarize\n", False),
+               ("tappa_utils.kv.report", "def f():\n    from .evaluate import METHODS\n", False)]
+    assert import_cycles(sources, "kv") == [["tappa_utils.kv.evaluate", "tappa_utils.kv.report",
+                                             "tappa_utils.kv.evaluate"]]

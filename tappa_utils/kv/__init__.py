@@ -2,8 +2,9 @@
 
 `TAPPAPress` (tappa_press), its CAKE baseline `CAKEPress` (cake_press), CAKE's token score `CAKEScorePress`
 (cake_score_press), per-layer budgets (budgets: the official rule and a proportional one), q-similarity / CAKE
-preferences (preference), per-layer attention masks (attention_patch), decoding helpers (decoding) and the
-evaluation harness (evaluate, `python -m tappa_utils kv-eval`). kvpress is imported only when these modules are used.
+preferences (preference), per-layer attention masks (attention_patch), decoding helpers (decoding), the registry of
+compared methods (methods: every press kv-eval, its report and chapter 07 know) and the evaluation harness (evaluate,
+`python -m tappa_utils kv-eval`). kvpress is imported only when these modules are used.
 """
 from __future__ import annotations
 

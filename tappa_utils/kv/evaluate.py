@@ -7,12 +7,10 @@ teacher-forced after it (positions continue from the original length, per-layer 
 - `retrieval`: a random printable segment (`seg_len` bytes) is planted `distance` tokens before the end of the
   context (default 3/4 of `seq_len`), and the context ends with its first `prefix_len` bytes again; target = the rest
   of the segment. Only copying from the first occurrence predicts it: top-1 accuracy (and NLL).
-Fixed seeds: every method sees the same samples. Methods: "tappa" (official budget rule, `allocation="reference"`),
-"tappa_proportional" (whole budget split in proportion), "uniform_cake" (uniform budgets, TAPPA's own scorer: the
-control for TAPPA's budgets), "tappa_cake" (CAKE + alpha * TAPPA preference), "cake" (CAKE's preference alone),
-"pyramidkv" (the original pyramid, see `baselines`), "pyramidkv_kvpress" (kvpress's, SnapKV at short contexts) and
-kvpress baselines. Also recorded per sample: every layer's cache length and the time each press takes to compress a
-recorded prefill (scores, budgets, eviction). Summaries, paired comparisons, claims and figures: `report`.
+Fixed seeds: every method sees the same samples. Methods: the registry `methods.METHODS` (each with its press, its
+colour and one line of description; `python -m tappa_utils kv-eval --help` lists them). Also recorded per sample:
+every layer's cache length and the time each press takes to compress a recorded prefill (scores, budgets,
+eviction). Summaries, paired comparisons, claims and figures: `report`.
 """
 from __future__ import annotations
 
@@ -20,22 +18,22 @@ import math
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from .report import NULL_METHODS, summarize, write_results
+from .methods import METHODS, describe, make_press, method_names, null_methods
+from .report import kv_checks, summarize, write_results
 
-METHODS = ("full", "tappa", "tappa_proportional", "uniform_cake", "tappa_cake", "cake", "snapkv", "pyramidkv",
-           "pyramidkv_kvpress", "streamingllm", "expected_attention", "knorm")
 TASKS = ("loss", "retrieval")
 
 
 @dataclass
 class KVEvalConfig:
     """Parameters of a kv-eval run (see the module docstring); `keep` = fractions of the context cache kept,
-    `distance` None = 3/4 of `seq_len` (`planted_distance`)."""
+    `methods` default = every registered method (`methods.METHODS`), `distance` None = 3/4 of `seq_len`
+    (`planted_distance`)."""
 
     model: str = "tappa-tiny"
     device: str = "cpu"
@@ -43,7 +41,7 @@ class KVEvalConfig:
     attn: str = "sdpa"
     seq_len: int = 1024
     keep: tuple = (0.1, 0.25, 0.5)
-    methods: tuple = METHODS
+    methods: tuple = field(default_factory=method_names)
     tasks: tuple = TASKS
     samples: int = 32
     cont_len: int = 32
@@ -71,9 +69,7 @@ class KVEvalConfig:
         pos_int("seq_len", 2 * self.window + 2)
         if not self.keep or any(not isinstance(k, (int, float)) or not 0 < k <= 1 for k in self.keep):
             raise ValueError(f"keep must be fractions in (0, 1], got {self.keep!r}")
-        bad = [m for m in self.methods if m not in METHODS]
-        if bad or not self.methods:
-            raise ValueError(f"unknown method(s) {bad}; choose from {', '.join(METHODS)}")
+        method_names(self.methods)
         bad = [t for t in self.tasks if t not in TASKS]
         if bad or not self.tasks:
             raise ValueError(f"unknown task(s) {bad}; choose from {', '.join(TASKS)}")
@@ -90,36 +86,6 @@ class KVEvalConfig:
                              "plus 4 sinks; raise seq_len or keep")
         if self.attn not in ("eager", "sdpa"):
             raise ValueError(f"attn must be 'eager' or 'sdpa', got {self.attn!r}")
-
-
-def make_press(method: str, keep: float, window: int = 32, cake_alpha: float = 1.0):
-    """The press for `method` keeping a fraction `keep` of the cache (None for the full cache)."""
-    from kvpress import (ExpectedAttentionPress, KnormPress, PyramidKVPress, SnapKVPress, StreamingLLMPress)
-
-    from .baselines import PyramidKVPress as OriginalPyramidKVPress
-    from .baselines import UniformCAKEPress
-    from .cake_press import CAKEPress
-    from .tappa_press import TAPPAPress
-
-    ratio = 1.0 - keep
-    if method == "full" or ratio <= 0:
-        return None
-    factories = {
-        "tappa": lambda: TAPPAPress(compression_ratio=ratio, window=window),
-        "tappa_proportional": lambda: TAPPAPress(compression_ratio=ratio, window=window, allocation="proportional"),
-        "tappa_cake": lambda: TAPPAPress(compression_ratio=ratio, window=window, alpha=cake_alpha),
-        "uniform_cake": lambda: UniformCAKEPress(compression_ratio=ratio, window=window),
-        "cake": lambda: CAKEPress(compression_ratio=ratio, window=window),
-        "snapkv": lambda: SnapKVPress(compression_ratio=ratio, window_size=window),
-        "pyramidkv": lambda: OriginalPyramidKVPress(compression_ratio=ratio, window_size=window),
-        "pyramidkv_kvpress": lambda: PyramidKVPress(compression_ratio=ratio, window_size=window),
-        "streamingllm": lambda: StreamingLLMPress(compression_ratio=ratio, n_sink=4),
-        "expected_attention": lambda: ExpectedAttentionPress(compression_ratio=ratio),
-        "knorm": lambda: KnormPress(compression_ratio=ratio),
-    }
-    if method not in factories:
-        raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
-    return factories[method]()
 
 
 def _text_tokens(tokenizer, text_file: str | None) -> np.ndarray:
@@ -262,13 +228,15 @@ def random_weight_null(model, seed: int):
         yield m
 
 
-def run_null_eval(model, tokenizer, cfg: KVEvalConfig, methods=NULL_METHODS, progress: bool = False):
+def run_null_eval(model, tokenizer, cfg: KVEvalConfig, methods=None, progress: bool = False):
     """The same samples and budgets on the model's random-weight null (seed `stats.null_seed(cfg.seed)`), for the
-    methods of `methods` that `cfg` runs: a win of TAPPA that also appears here is not evidence of its mechanism."""
+    methods of `methods` (default: those registered with `runs_on_null`) that `cfg` runs: a win of TAPPA that also
+    appears here is not evidence of its mechanism."""
     import dataclasses
 
     from ..stats import null_seed
 
+    methods = null_methods() if methods is None else methods
     c = dataclasses.replace(cfg, methods=tuple(m for m in cfg.methods if m in methods))
     with random_weight_null(model, null_seed(cfg.seed)) as null:
         return run_kv_eval(null, tokenizer, c, progress=progress)
@@ -311,9 +279,12 @@ LEGACY_FILES = ("run_info.json", "samples.csv", "summary.csv", "comparisons.csv"
 
 
 def _parse(argv):
+    from argparse import RawDescriptionHelpFormatter
+
     from ..preflight import Parser
 
-    p = Parser(prog="python -m tappa_utils kv-eval", description=__doc__.splitlines()[0])
+    p = Parser(prog="python -m tappa_utils kv-eval", description=__doc__.splitlines()[0],
+               epilog="methods:\n" + describe(), formatter_class=RawDescriptionHelpFormatter)
     d = KVEvalConfig()
     p.add_argument("--model", default=d.model)
     p.add_argument("--device", default=d.device)
@@ -321,7 +292,8 @@ def _parse(argv):
     p.add_argument("--attn", default=d.attn, help="eager or sdpa")
     p.add_argument("--seq-len", type=int, default=d.seq_len)
     p.add_argument("--keep", type=float, nargs="+", default=list(d.keep), help="fractions of the cache kept")
-    p.add_argument("--methods", nargs="+", default=list(d.methods), help=f"from {', '.join(METHODS)}")
+    p.add_argument("--methods", nargs="+", default=list(d.methods),
+                   help=f"from {', '.join(METHODS)} (default: all; see the list below)")
     p.add_argument("--tasks", nargs="+", default=list(d.tasks), help=f"from {', '.join(TASKS)}")
     p.add_argument("--samples", type=int, default=d.samples)
     p.add_argument("--cont-len", type=int, default=d.cont_len)
@@ -332,8 +304,9 @@ def _parse(argv):
     p.add_argument("--cake-alpha", type=float, default=d.cake_alpha)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--text-file", default=None)
+    on_null = ", ".join(m for m in null_methods() if m != "full")
     p.add_argument("--null", action="store_true",
-                   help=f"also run {', '.join(NULL_METHODS[1:])} on a random-weight null (results.json: the claims)")
+                   help=f"also run {on_null} on a random-weight null (results.json: the claims)")
     p.add_argument("--out", required=True, help="output folder (CSV, JSON, PNG)")
     p.add_argument("--quiet", action="store_true")
     return p.parse_args(argv)
@@ -348,6 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     from .. import preflight as pf
     from ..io import ResultDir
     from ..models import UnsupportedModelError, check_supported, load_model
+    from ..results import save_checks
 
     def body() -> int:
         args = _parse(argv)
@@ -374,9 +348,6 @@ def main(argv: list[str] | None = None) -> int:
             samples = run_kv_eval(model, tok, cfg, progress=not args.quiet)
             null = run_null_eval(model, tok, cfg, progress=not args.quiet) if args.null else None
             write_results(tmp, cfg, samples, seconds=time.perf_counter() - t0, null_samples=null)
-            from ..results import save_checks
-            from .report import kv_checks
-
             save_checks(tmp, kv_checks(samples, null, seed=cfg.seed))
         if not args.quiet:
             print(summarize(samples).to_string(index=False))

@@ -12,8 +12,8 @@ import numpy as np
 
 from .. import claims as C
 from .. import stats as S
+from .methods import palette
 
-NULL_METHODS = ("full", "tappa", "uniform_cake", "expected_attention")  # what the random-weight null runs
 USABLE_ID = "ch07.A_long_context_usable"
 # claim id -> the method TAPPA is compared with (positive effect = TAPPA better)
 CLAIM_BASELINES = {"ch07.tappa_vs_uniform_budgets": "uniform_cake", "ch07.tappa_vs_expected_attention": "expected_attention"}
@@ -209,23 +209,6 @@ def kv_checks(samples, null_samples=None, seed: int = 0) -> list:
 # figures
 
 
-def _palette():
-    """One fixed colour per method (TAPPA's variants in strong colours, the baselines from tab10)."""
-    import seaborn as sns
-
-    from .evaluate import METHODS
-
-    fixed = {**_STRONG, **_BASELINE_COLOURS}
-    rest = [m for m in METHODS if m not in fixed and m != "full"]  # a method added later: tab10, may repeat a colour
-    return {**dict(zip(rest, sns.color_palette("tab10", len(rest)))), **fixed}
-
-
-_STRONG = {"tappa": "#1f3a93", "tappa_proportional": "#e67e22", "uniform_cake": "#7f8c8d", "tappa_cake": "#27ae60"}
-# tab10's colours that are far from the strong ones (not its blue, orange, green or grey), plus a dark maroon
-_BASELINE_COLOURS = {"snapkv": "#d62728", "pyramidkv": "#9467bd", "pyramidkv_kvpress": "#e377c2",
-                     "expected_attention": "#8c564b", "streamingllm": "#bcbd22", "knorm": "#17becf", "cake": "#641e16"}
-
-
 def _keep_axis(ax, keeps) -> None:
     from matplotlib.ticker import NullLocator
 
@@ -241,7 +224,7 @@ def plot_quality(summary):
 
     tasks = list(dict.fromkeys(summary.task))
     fig, axes = plt.subplots(1, len(tasks), figsize=(6.2 * len(tasks), 4.4), squeeze=False)
-    palette = _palette()
+    colours = palette()
     keeps = sorted(summary.keep.unique())
     for ax, task in zip(axes[0], tasks):
         metric = "nll" if task == "loss" else "accuracy"
@@ -249,9 +232,9 @@ def plot_quality(summary):
             g = g.sort_values("keep")
             style = dict(lw=2.5, marker="o") if method.startswith("tappa") else dict(lw=1.3, marker=".")
             if method == "full":
-                style = dict(lw=1.5, ls="--", color="black")
+                style = dict(lw=1.5, ls="--")
             ax.errorbar(g.keep, g[metric], yerr=g[f"{metric}_ci95"], label=method, capsize=3,
-                        **({"color": palette[method]} if method != "full" else {}), **style)
+                        color=colours.get(method), **style)
         _keep_axis(ax, keeps)
         ax.set_ylabel("NLL of the continuation (nats/token)" if metric == "nll" else "copy accuracy (top-1)")
         ax.set_title(f"{task}: {'lower' if metric == 'nll' else 'higher'} is better")
@@ -273,11 +256,11 @@ def plot_layer_lengths(lengths, keep: float, task: str | None = None):
     import matplotlib.pyplot as plt
 
     table = mean_layer_lengths(lengths, keep, task)
-    palette = _palette()
+    colours = palette()
     fig, ax = plt.subplots(figsize=(8, 4.2))
     for method in table.columns:
         style = dict(lw=2.5, marker="o") if method.startswith("tappa") else dict(lw=1.3, marker=".")
-        ax.plot(table.index, table[method], label=method, color=palette.get(method), **style)
+        ax.plot(table.index, table[method], label=method, color=colours.get(method), **style)
     ax.set_xlabel("layer")
     ax.set_ylabel("cached tokens (mean over samples)")
     ax.set_title(f"per-layer cache at {_pct(keep)} kept")

@@ -7,7 +7,8 @@ forward, so the prefill output is that of the full model (as with any kvpress pr
 later tokens see). The LAST layer's hook then turns the preferences into budgets and gathers each layer's kept keys
 and values, so the cache tensors really shrink, to different lengths per layer, still inside the same forward. Since
 everything happens in `forward_hook`, the press also works inside kvpress wrappers that call it (ComposedPress,
-PrefillDecodingPress); wrappers that call `compress` or `score` instead get a clear error, never a silent no-op.
+PrefillDecodingPress); wrappers that call `compress` or `score` instead get a clear error, never a silent no-op
+(KeyRerotationPress already when built: `refuse_key_rerotation`).
 
 Layers of different lengths need per-layer attention masks: `attention_patch` (installed on import, as kvpress
 installs its own) fits transformers' single mask to each layer, so decoding, `model.generate` and kvpress's
@@ -31,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Generator, Optional
 
 import torch
-from kvpress import BasePress, ScorerPress
+from kvpress import BasePress, KeyRerotationPress, ScorerPress
 from kvpress.presses.base_press import is_prefilling
 from kvpress.utils import get_prerope_query_states
 from transformers.models.llama.modeling_llama import rotate_half
@@ -294,3 +295,27 @@ class TAPPAPress(BasePress):
                 yield
         finally:
             self._records = {}
+
+
+def refuse_key_rerotation() -> None:
+    """Make `KeyRerotationPress(TAPPAPress(...))` (or of a subclass) raise a one-line ValueError saying why and what
+    to use, instead of kvpress's bare AssertionError (it asserts a ScorerPress). Installed on import; idempotent."""
+    original = KeyRerotationPress.__post_init__
+    if getattr(original, "refuses_tappa", False):
+        return
+
+    def __post_init__(self):
+        if isinstance(self.press, TAPPAPress):
+            raise ValueError(
+                f"KeyRerotationPress cannot wrap {type(self.press).__name__}: it scores and prunes one layer at a "
+                "time and re-rotates the kept keys to positions 0..n-1, while TAPPAPress sets every layer's budget "
+                "after the last layer and keeps a different number of tokens per layer (decoding continues at the "
+                "original positions); use the press alone, or for uniform budgets with re-rotation "
+                "KeyRerotationPress(CAKEScorePress(compression_ratio=...))")
+        original(self)
+
+    __post_init__.refuses_tappa = True
+    KeyRerotationPress.__post_init__ = __post_init__
+
+
+refuse_key_rerotation()

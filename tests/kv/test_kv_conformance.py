@@ -1,5 +1,7 @@
 """TAPPAPress behaves like a kvpress press (kvpress's own test spirit, on local random models) and follows the
-official code's budget rule (hand-computed cases)."""
+official code's budget rule (hand-computed cases); every registered press (`kv.methods.METHODS`) keeps the
+invariants that apply to any press: the cache shrinks to the requested fraction, it holds entries of the full cache,
+the window stays (where the method keeps one), batches, hooks, decoding and generate work."""
 from __future__ import annotations
 
 import logging
@@ -15,6 +17,7 @@ from tappa_utils.kv.budgets import adjust_budgets, reference_budgets
 from tappa_utils.kv.cake_press import CAKEPress
 from tappa_utils.kv.cake_score_press import CAKEScorePress
 from tappa_utils.kv.decoding import cache_lengths, continue_forward, greedy_decode, prefill
+from tappa_utils.kv.methods import METHODS, make_press
 from tappa_utils.kv.tappa_press import TAPPAPress
 
 T = 128
@@ -187,6 +190,19 @@ def test_composed_with_another_pruning_press_raises(presses):
         prefill(model, _ids(), ComposedPress(presses()))
 
 
+@pytest.mark.parametrize("press", [TAPPAPress, CAKEPress])
+def test_key_rerotation_refuses_tappa_in_one_line_and_its_fix_works(press):
+    from kvpress import KeyRerotationPress
+
+    with pytest.raises(ValueError, match=f"KeyRerotationPress cannot wrap {press.__name__}.*use the press alone") as e:
+        KeyRerotationPress(press(compression_ratio=0.5))
+    assert "\n" not in str(e.value)
+    cache, last = prefill(make_tiny_model("llama"), _ids(), KeyRerotationPress(CAKEScorePress(compression_ratio=0.5)))
+    assert cache_lengths(cache) == [T // 2] * 3 and torch.isfinite(last).all()
+    with pytest.raises(AssertionError):  # other presses: kvpress's own check, untouched
+        KeyRerotationPress(ComposedPress([KnormPress(compression_ratio=0.5)]))
+
+
 def test_wrappers_that_need_a_scorer_refuse_it():
     with pytest.raises(AssertionError, match="ScorerPress"):
         DecodingPress(base_press=TAPPAPress(compression_ratio=0.5))
@@ -250,3 +266,81 @@ def test_pipeline_several_questions_about_one_compressed_context(pipe):
     assert answers == [_manual_answer(pipe, q, 0.7, 8) for q in questions]
     assert answers == [pipe(CONTEXT, question=q, press=TAPPAPress(compression_ratio=0.7), max_new_tokens=8)["answer"]
                        for q in questions[:2]] + answers[2:]
+
+
+# ---- every registered press ----------------------------------------------------------------------------------------
+PRESSES = [m for m in METHODS if m != "full"]
+WINDOW = 16
+
+
+def _kept_positions(full, compressed) -> list[list[list[int]]]:
+    """Per layer and KV head, the positions of the full cache that the compressed cache holds (keys and values both
+    equal); fails if an entry is not in the full cache or appears twice."""
+    out = []
+    for layer, (f, c) in enumerate(zip(full.layers, compressed.layers)):
+        heads = []
+        for h in range(f.keys.shape[1]):
+            same = ((c.keys[0, h, :, None] == f.keys[0, h, None]).all(-1)
+                    & (c.values[0, h, :, None] == f.values[0, h, None]).all(-1))  # (kept, T)
+            assert (same.sum(-1) == 1).all(), f"layer {layer} head {h}: an entry not (once) in the full cache"
+            pos = same.int().argmax(-1).tolist()
+            assert len(set(pos)) == len(pos), f"layer {layer} head {h}: a position kept twice"
+            heads.append(pos)
+        out.append(heads)
+    return out
+
+
+@pytest.mark.parametrize("keep", [0.25, 0.5])
+@pytest.mark.parametrize("method", PRESSES)
+def test_registered_press_shrinks_the_cache_to_the_requested_fraction(method, keep):
+    model = make_tiny_model("llama")
+    n = model.config.num_hidden_layers
+    cache, last = prefill(model, _ids(), make_press(method, keep, window=WINDOW))
+    lengths = cache_lengths(cache)
+    assert all(layer.values.shape[2] == k for layer, k in zip(cache.layers, lengths))
+    assert max(lengths) < T and abs(sum(lengths) - keep * T * n) <= n, lengths
+    assert torch.isfinite(last).all()
+    assert make_press(method, 1.0) is None  # nothing to evict: no press
+
+
+@pytest.mark.parametrize("method", PRESSES)
+def test_registered_press_keeps_entries_of_the_full_cache_and_its_window(method):
+    model = make_tiny_model("llama")
+    ids = _ids()
+    full, _ = prefill(model, ids)
+    cache, _ = prefill(model, ids, make_press(method, 0.5, window=WINDOW))
+    kept = _kept_positions(full, cache)
+    assert [len(layer[0]) for layer in kept] == cache_lengths(cache)
+    if METHODS[method].keeps_window:
+        window = set(range(T - WINDOW, T))
+        missing = [(i, h) for i, layer in enumerate(kept) for h, pos in enumerate(layer) if not window <= set(pos)]
+        assert not missing, f"{method} dropped part of the last {WINDOW} tokens in (layer, head) {missing}"
+
+
+@pytest.mark.parametrize("method", PRESSES)
+def test_registered_press_hooks_are_removed_and_a_batch_compresses_each_sequence_alone(method):
+    model = make_tiny_model("llama")
+    ids = _ids()
+    single, _ = prefill(model, ids, make_press(method, 0.5, window=WINDOW))
+    press = make_press(method, 0.5, window=WINDOW)
+    with press(model):
+        assert any(layer.self_attn._forward_hooks for layer in model.model.layers)
+        cache = model(torch.cat([ids, ids]), use_cache=True).past_key_values
+    assert all(not layer.self_attn._forward_hooks and not layer.self_attn._forward_pre_hooks
+               for layer in model.model.layers)
+    for a, b in zip(cache.layers, single.layers):
+        torch.testing.assert_close(a.keys, torch.cat([b.keys, b.keys]))
+        torch.testing.assert_close(a.values, torch.cat([b.values, b.values]))
+
+
+@pytest.mark.parametrize("method", PRESSES)
+def test_registered_press_generate_equals_decoding_on_its_compressed_cache(method):
+    model = make_tiny_model("llama", attn="sdpa")
+    model.generation_config.pad_token_id = 0
+    ids = _ids()
+    with make_press(method, 0.3, window=WINDOW)(model):
+        out = model.generate(ids, max_new_tokens=6, do_sample=False, output_scores=True, return_dict_in_generate=True)
+    cache, last = prefill(model, ids, make_press(method, 0.3, window=WINDOW))
+    assert out.sequences[0, T:].tolist() == greedy_decode(model, cache, last, T, 6)
+    full = model.generate(ids, max_new_tokens=6, do_sample=False, output_scores=True, return_dict_in_generate=True)
+    assert not torch.allclose(full.scores[-1], out.scores[-1], atol=1e-4)  # the compressed cache mattered

@@ -11,7 +11,8 @@ import torch
 
 from tappa_utils.__main__ import main as cli
 from tappa_utils.kv.decoding import prefill
-from tappa_utils.kv.evaluate import METHODS, KVEvalConfig, compressed_caches, make_press, make_samples
+from tappa_utils.kv.evaluate import KVEvalConfig, compressed_caches, make_samples
+from tappa_utils.kv.methods import METHODS, make_press
 from tappa_utils.kv.report import compare, kv_checks, verdicts_vs_null
 
 TINY = ["--seq-len", "160", "--samples", "2", "--keep", "0.25", "0.5", "--cont-len", "8", "--seg-len", "12",
@@ -230,18 +231,3 @@ def test_one_sample_with_null_runs_and_its_claims_are_inconclusive(tmp_path):
     assert {c["id"] for c in claims} == {"ch07.tappa_vs_uniform_budgets", "ch07.kv_win_over_null"}
     assert all(c["status"] == "inconclusive" and np.isfinite(c["measured"]) for c in claims)
     assert pd.read_csv(out / "null_comparisons.csv").empty
-
-
-def test_every_method_has_its_own_colour():
-    """Chapter 07's figures tell the methods apart: no two of METHODS share a colour (RGB distance >= 0.2)."""
-    from itertools import combinations
-
-    from matplotlib.colors import to_rgb
-
-    from tappa_utils.kv.report import _palette
-
-    pal = _palette()
-    assert set(METHODS) - {"full"} <= set(pal)
-    close = [(a, b) for a, b in combinations(sorted(pal), 2)
-             if np.linalg.norm(np.subtract(to_rgb(pal[a]), to_rgb(pal[b]))) < 0.2]
-    assert not close, f"methods drawn in nearly the same colour: {close}"
