@@ -129,14 +129,9 @@ def cycle_path(graph: dict[str, set[str]], component: tuple[str, ...]) -> str:
     raise ValueError(f"{component} is not a cycle of the graph")
 
 
-# The one cycle left on this branch: kv/evaluate imports kv/report and kv/report takes METHODS from kv/evaluate.
-# Removed when kv/methods.py lands (the method registry both import); any other cycle fails the test.
-KNOWN_KV_CYCLE = ("tappa_utils.kv.evaluate", "tappa_utils.kv.report")
-
-
 def test_no_import_cycles():
     graph = import_graph(package_sources())
-    found = [c for c in cycles(graph) if c != KNOWN_KV_CYCLE]
+    found = cycles(graph)
     assert found == [], "import cycles: " + "; ".join(cycle_path(graph, c) for c in found)
 
 
