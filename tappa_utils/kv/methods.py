@@ -82,6 +82,10 @@ METHODS: dict[str, KVMethod] = _registry(
              "kvpress's Expected Attention: scores from the expected future queries"),
     KVMethod("knorm", lambda r, w, a: press_class("kvpress:KnormPress")(compression_ratio=r), "#17becf", False,
              "kvpress's Knorm: keeps the keys of smallest norm"),
+    KVMethod("tova", lambda r, w, a: press_class("kvpress:TOVAPress")(compression_ratio=r), "#4b0082", False,
+             "kvpress's TOVA: keeps the keys the last query attends to most (head-averaged)"),
+    KVMethod("keydiff", lambda r, w, a: press_class("kvpress:KeyDiffPress")(compression_ratio=r), "#ff00ff", False,
+             "kvpress's KeyDiff: keeps the keys least similar to the mean key"),
 )
 
 

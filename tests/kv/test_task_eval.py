@@ -1,0 +1,86 @@
+"""Task-accuracy evaluation of KV presses: intervals, paired tests, Holm, ranks, and the decode path."""
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from tappa_utils.kv import task_eval as TE
+
+
+def test_wilson_interval_matches_the_formula_and_its_edges():
+    lo, hi = TE.wilson_interval(0, 20)
+    assert lo == 0.0 and 0.15 < hi < 0.17  # Wilson's upper bound for 0/20 is 0.161
+    lo, hi = TE.wilson_interval(20, 20)
+    assert hi == 1.0 and 0.83 < lo < 0.85
+    assert all(math.isnan(x) for x in TE.wilson_interval(0, 0))
+    # coverage on a known proportion: about 95 % of intervals contain p (binomial draws, exact enumeration)
+    n, p = 30, 0.3
+    cover = sum(math.comb(n, k) * p**k * (1 - p) ** (n - k)
+                for k in range(n + 1) if TE.wilson_interval(k, n)[0] <= p <= TE.wilson_interval(k, n)[1])
+    assert 0.92 < cover < 0.98  # Wilson coverage oscillates around 0.95 (0.930 here)
+
+
+def test_mcnemar_is_an_exact_sign_test_on_discordant_pairs():
+    a = np.array([1] * 6 + [0] * 1 + [1] * 5)
+    b = np.array([0] * 6 + [1] * 1 + [1] * 5)
+    # 6 wins, 1 loss: two-sided exact binomial p = 2 * P(X <= 1 | n=7, 1/2) = 2 * 8/128
+    assert TE.mcnemar_p(a, b) == pytest.approx(16 / 128)
+    assert TE.mcnemar_p(a, a) == 1.0
+    assert TE.mcnemar_p(b, a) == TE.mcnemar_p(a, b)  # symmetric
+
+
+def test_holm_controls_in_order_and_is_monotone():
+    p = [0.001, 0.02, 0.04, 0.5]
+    assert TE.holm(p) == pytest.approx([0.004, 0.06, 0.08, 0.5])
+    shuffled = [0.04, 0.5, 0.001, 0.02]
+    assert TE.holm(shuffled) == pytest.approx([0.08, 0.5, 0.004, 0.06])
+
+
+def _results(acc: dict[str, float], n: int = 40, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        rows.append({"task": "t", "length": 1024, "sample": i, "method": "full", "keep": 1.0, "correct": 1})
+        for m, p in acc.items():
+            rows.append({"task": "t", "length": 1024, "sample": i, "method": m, "keep": 0.25,
+                         "correct": int(rng.random() < p)})
+    return pd.DataFrame(rows)
+
+
+def test_paired_comparisons_find_a_real_gap_and_not_a_null_one():
+    res = _results({"tappa": 0.9, "snapkv": 0.3, "knorm": 0.9}, n=40)
+    cmp = TE.paired_comparisons(res).set_index("method")
+    assert set(cmp.index) == {"snapkv", "knorm"}
+    assert cmp.loc["snapkv", "difference"] > 0.4 and cmp.loc["snapkv", "p_holm"] < 0.001
+    assert cmp.loc["knorm", "p_holm"] > 0.05
+    assert (cmp.p_holm >= cmp.p).all()
+
+
+def test_accuracy_table_repeats_the_full_cache_and_ranks_order_methods():
+    res = _results({"tappa": 0.8, "snapkv": 0.5}, n=20)
+    table = TE.accuracy_table(res)
+    full = table[table.method == "full"]
+    assert full.keep.tolist() == [0.25] and full.accuracy.tolist() == [1.0] and full.n.tolist() == [20]
+    assert (table.ci_low <= table.accuracy).all() and (table.accuracy <= table.ci_high).all()
+    r = TE.ranks(res)
+    assert r.iloc[0].method == "tappa" and r.iloc[0]["rank"] == 1
+
+
+def test_answer_after_equals_greedy_generate_on_the_full_cache(default_model):
+    from tappa_utils.kv.decoding import prefill
+
+    model, tok = default_model
+    ids = torch.tensor([[tok.bos_token_id] + list(b"def main(argv):\n    return 0\n\n\ndef ")])
+    ctx, question = ids[:, :20], ids[:, 20:]
+    cache, _ = prefill(model, ctx)
+    got = TE.answer_after(model, cache, question, ctx.shape[1], stop_ids=[], max_new_tokens=6)
+    want = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=6, do_sample=False,
+                          eos_token_id=None, pad_token_id=0)[0, ids.shape[1]:].tolist()
+    assert got == want
+    stop = TE.answer_after(model, prefill(model, ctx)[0], question, 20, stop_ids=[want[2]], max_new_tokens=6)
+    assert stop == want[:2]  # stops before the first stop token
