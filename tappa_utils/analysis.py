@@ -79,7 +79,7 @@ def _load_checked(args, info):
     from .models import check_supported, load_model
 
     hf_logging.set_verbosity_error()  # no "sequence longer than the model" warning for the whole text
-    text = load_text(text_file=args.text_file)
+    text = load_text(text_file=args.text_file, model=args.model)
     model, tokenizer = load_model(str(info.path), device=args.device, dtype=args.dtype)
     check_supported(model)
     return text, model, tokenizer

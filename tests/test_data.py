@@ -30,3 +30,14 @@ def test_default_text_follows_the_model():
     assert data.load_text(model="smollm2-135m") == data.english_text("heldout")
     assert data.load_text(model="tappa-tiny") == data.HELDOUT_SAMPLE.read_text(encoding="utf-8")
     assert data.load_text("given", model="smollm2-135m") == "given"  # a reader's text always wins
+
+
+def test_real_models_calibrate_on_english_never_on_held_out_text():
+    from tappa_utils.prune.scores import calibration_text
+
+    cal = calibration_text(model="smollm2-135m")
+    assert cal == data.english_text("calibration")
+    held = set(data.english_text("heldout").split("\n\n"))
+    assert not {p for p in cal.split("\n\n") if len(p) > 80} & held
+    tiny = calibration_text(n_bytes=5000, model="tappa-tiny")
+    assert len(tiny) <= 5000 and tiny not in data.HELDOUT_SAMPLE.read_text(encoding="utf-8")

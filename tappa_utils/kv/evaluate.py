@@ -88,10 +88,10 @@ class KVEvalConfig:
             raise ValueError(f"attn must be 'eager' or 'sdpa', got {self.attn!r}")
 
 
-def _text_tokens(tokenizer, text_file: str | None) -> np.ndarray:
+def _text_tokens(tokenizer, text_file: str | None, model: str | None = None) -> np.ndarray:
     from ..data import load_text
 
-    ids = tokenizer(load_text(text_file=text_file), add_special_tokens=False, verbose=False)["input_ids"]  # cut below
+    ids = tokenizer(load_text(text_file=text_file, model=model), add_special_tokens=False, verbose=False)["input_ids"]  # cut below
     return np.asarray(ids, dtype=np.int64)
 
 
@@ -198,7 +198,7 @@ def run_kv_eval(model, tokenizer, cfg: KVEvalConfig, progress: bool = False):
     import pandas as pd
 
     cfg.validate()
-    tokens = _text_tokens(tokenizer, cfg.text_file)
+    tokens = _text_tokens(tokenizer, cfg.text_file, cfg.model)
     rows = []
     for task in cfg.tasks:
         samples = make_samples(tokens, tokenizer.bos_token_id, cfg, task)
@@ -254,7 +254,7 @@ def length_profile(model, tokenizer, cfg: KVEvalConfig, lengths=(256, 512, 1024,
 
     import pandas as pd
 
-    tokens = _text_tokens(tokenizer, cfg.text_file)
+    tokens = _text_tokens(tokenizer, cfg.text_file, cfg.model)
     max_pos = getattr(model.config, "max_position_embeddings", None) or math.inf
     rows = []
     for L in lengths:

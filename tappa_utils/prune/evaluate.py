@@ -139,7 +139,7 @@ def eval_data(tokenizer, cfg: PruneEvalConfig, text: str | None = None) -> EvalD
     from ..tiny.corpus import copy_test_batch
     from ..data import load_text, token_windows
 
-    text = load_text(text=text, text_file=None if text is not None else cfg.eval_text_file)
+    text = load_text(text=text, text_file=None if text is not None else cfg.eval_text_file, model=cfg.model)
     ids = token_windows(tokenizer, text, cfg.seq_len, cfg.eval_windows)
     flat = np.asarray(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"], dtype=np.int64)
     if len(flat) <= cfg.seq_len:
@@ -424,7 +424,7 @@ def run_pruning_eval(cfg: PruneEvalConfig, model=None, tokenizer=None,
     cfg.validate(L)
     say = progress or (lambda s: None)
     calib = P.calibration_ids(tokenizer, cfg.seq_len, cfg.calib_chunks, cfg.calib_stride, cfg.seed,
-                              cfg.calib_text_file)
+                              cfg.calib_text_file, model=cfg.model)
     data = eval_data(tokenizer, cfg)
     if cfg.calib_text_file is not None and _texts_overlap(P.calibration_text(text_file=cfg.calib_text_file),
                                                           load_text(text_file=cfg.eval_text_file)):

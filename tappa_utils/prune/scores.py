@@ -44,16 +44,19 @@ def _check_int(name: str, v, minimum: int) -> int:
 
 
 # ----------------------------------------------------------------------------------------------- calibration data
-def calibration_text(n_bytes: int = 200_000, seed: int = 0, text_file: str | Path | None = None) -> str:
-    """Calibration text: a seeded random stretch of `n_bytes` of the training split (or the contents of `text_file`).
-
-    The training split of `tappa_utils.tiny.corpus` never overlaps the held-out evaluation text.
+def calibration_text(n_bytes: int = 200_000, seed: int = 0, text_file: str | Path | None = None,
+                     model: str | None = None) -> str:
+    """Calibration text: the contents of `text_file`; else, for a model whose default text is English
+    (`data.default_text_kind`), the English calibration split; else a seeded random stretch of `n_bytes` of
+    tappa-tiny's training split. Neither built-in calibration text overlaps its held-out evaluation text.
     """
-    if text_file is not None:
-        from ..data import load_text
+    from ..data import default_text_kind, english_text, load_text
 
+    if text_file is not None:
         return load_text(text_file=text_file)
     _check_int("n_bytes", n_bytes, 1)
+    if default_text_kind(model) == "english":
+        return english_text("calibration")
     from ..tiny.corpus import load_corpus
 
     train = load_corpus().train
@@ -63,14 +66,15 @@ def calibration_text(n_bytes: int = 200_000, seed: int = 0, text_file: str | Pat
 
 
 def calibration_ids(tokenizer, seq_len: int = 512, n_chunks: int = 8, stride: int = 256, seed: int = 0,
-                    text_file: str | Path | None = None) -> torch.Tensor:
-    """(n_chunks, seq_len) ids: overlapping chunks (`stride` apart, each after BOS) of the calibration text."""
+                    text_file: str | Path | None = None, model: str | None = None) -> torch.Tensor:
+    """(n_chunks, seq_len) ids: overlapping chunks (`stride` apart, each after BOS) of the calibration text (of
+    `model`'s kind: see `calibration_text`)."""
     for name, v in (("seq_len", seq_len), ("n_chunks", n_chunks), ("stride", stride)):
         _check_int(name, v, 1)
     from ..data import token_windows
 
     need = 4 * ((n_chunks - 1) * stride + seq_len) + 1024  # generous: a byte or more per token
-    text = calibration_text(n_bytes=need, seed=seed, text_file=text_file)
+    text = calibration_text(n_bytes=need, seed=seed, text_file=text_file, model=model)
     return token_windows(tokenizer, text, seq_len, n_chunks, stride=stride)
 
 
