@@ -9,27 +9,36 @@ keys to say anything). For one head with attention probabilities A (T x T, causa
 - `sink_mass`: mean A[t, 0]. `column_mass`: the largest mean A[t, j] over a fixed key
   j (j <= (T + skip) / 2, so that at least half of the analysed queries see it), key 0 included.
 - distance profile p(d): mean A[t, t - d] over the analysed queries t >= d (d = 0..max_distance).
-  `diag_offset`, `diag_mass`: the d in 1..max_offset with the largest p(d), and p(d).
+  `diag_offset`, `diag_mass`: the d in 1..max_offset with the largest p(d), and p(d) (max_offset 256: a diagonal
+  at any offset the profile holds, up to min(max_distance, T - 1 - skip)).
 - `period`, `period_strength`: the profile from d = 2 on is detrended (minus its centred moving average of width
   2 * max_period + 1); for every candidate period P in min_period..max_period (and at most a third of the profile's
   length) the adjusted R^2 of a period-P seasonal component (the residual folded modulo P, one mean per phase)
   is `1 - (1 - R^2) (n - 1) / (n - P)`. The period is the smallest P whose adjusted R^2 reaches 90 % of the best
   (the fundamental, not a multiple). The strength is the best adjusted R^2 (clipped at 0) times the relative
   amplitude min(1, (max - min of the P phase means) / mean profile level): how cleanly the profile repeats and how
-  much attention the repetition moves. A comb of parallel diagonals scores near 1; a smooth decay, one spike (a
-  single diagonal), noise, or the small RoPE ripples of near-uniform random-weight attention score low.
-- `predictability`: the share of row t+1's attention mass that is row t's mass staying on its key (a column:
-  sink, re-accessed key) or moving one key on (a diagonal), averaged over t >= skip (an optimal transport with moves
-  {0, +1}; see `predictability`). Sinks and diagonals score about 0.9 on noisy synthetic maps, a head whose peak
-  jumps about 0.06. Uniform attention never moves and scores 1: predictability alone does not tell a pattern from
-  diffuse attention, hence `concentration`.
+  much attention the repetition moves, times the split-half consistency (`half_consistency`: the correlation of the
+  detrended profiles of the early and the late half of the queries, clipped at 0): a periodic pattern is seen by
+  every query, while the ripple of a peak drifting at a rational rate (key t // 3: the profile's even distances
+  are hit twice as often) comes from different queries at different distances. A comb of parallel diagonals scores
+  near 1 (a noiseless one 0.88: the consistency); a smooth decay, one spike (a single diagonal), noise, a drifting
+  peak, or the small RoPE ripples of near-uniform random-weight attention score low. A NaN or infinite profile
+  gives NaN period and strength.
+- `predictability`: how well the keys each row attends to are predicted by an earlier row moved by a fixed rule
+  (TAPPA's predictable families), beyond a random guess: row t from row t - l (l = 1..max_lag) with its
+  above-average keys kept (vertical: sink, fixed key; l = 2 an alternation; l = L a seasonal map), moved l keys on
+  (sequential: a diagonal at any offset, parallel diagonals, a local window; l = P a restart every P queries) or
+  both; the gain of the predicted key set on row t over a random key set of the same size, summed over rows and
+  divided by the rows' distance from uniform (at least `structure_floor`); the best of the 3 max_lag predictors.
+  Uniform attention scores 0, i.i.d. noise and a jumping peak about 0 (maths: `predictability`).
 - `concentration`: mean over t >= skip of 1 - H(A[t]) / log(t + 1) (H the entropy): 0 for uniform attention, 1 for
   one key.
 - `pattern`: vertical if sink_mass or column_mass >= `vertical_threshold`; diagonal if diag_mass >=
   `diagonal_threshold`; periodic if period_strength >= `period_threshold`; `mixed` if several of them hold. If none
   holds: `diffuse` when concentration < `concentration_threshold` (spread attention, no pattern to predict);
   otherwise `mixed` when predictability >= `predictable_threshold` (a stable pattern that is none of the pure ones,
-  e.g. a local window) and `unpredictable` below it.
+  e.g. a local window) and `unpredictable` below it. A NaN among the metrics gives `INVALID` ("invalid"), which is
+  not a pattern and is counted in no column of `layer_table`.
 
 Calibration of `period_threshold` (0.5): `calibrate_period_threshold` runs `analyze_heads` on random-weight copies
 (`random_weight_copy`, seeds 0..4, before `stats.null_seed` existed) of the default model (then v2: 6 layers x 4 heads) and
@@ -42,19 +51,42 @@ threshold 0.5 is above every null head measured; `tests/test_metrics.py` re-chec
 copies of the tiny families. The vertical and diagonal thresholds (0.3) are far above random weights' sink and
 previous-token mass (about 1/T).
 
-Calibration of `concentration_threshold` (0.2) and `predictable_threshold` (0.5): random-weight heads cannot set the
-predictability threshold (their attention is uniform, which never moves: predictability 0.995-0.999 on copies of the
-default model and of the Llama, Mistral and Qwen2 test families); they set the concentration threshold instead
-(`null_quantile(..., "concentration")`). On random-weight copies (seeds 0..4) of the default model and of the
-five test families (420 heads, 4 windows of 256 held-out tokens), concentration had a 99th percentile of 0.127 and a maximum of 0.147 (Qwen3: q_norm/k_norm give
-logits of spread about 1; the others stay below 0.016), so 0.2 labels every null head `diffuse` when it has no pure
-pattern (`tests/test_metrics.py` re-checks this on the tiny families). `predictable_threshold` 0.5 is a definition
-(most of each row's mass carried over from the previous row); it is consistent with the concentration threshold on
-i.i.d. Gaussian logits of spread s (T = 256): predictability falls below 0.5 at s ~ 1.33, concentration reaches 0.2
-only at s ~ 1.45, so noise of any spread is `diffuse` or `unpredictable`, never `mixed` (tested).
-On the default model v3 (4 windows of 256 held-out tokens) the diagonal head L1H6 scores 0.96 and the sink head L1H5
-0.84; on v2 the diagonal head L4H2 scored 0.90 (top-16 Jaccard, the former definition: 0.37) and the sink head L5H3
-0.70 (former: 0.28).
+Calibration of `concentration_threshold` (0.2): on random-weight copies (`random_weight_copy`, seeds 0..4) of the
+default model and of the five test families (420 heads, 4 windows of 256 held-out tokens), concentration had a 99th
+percentile of 0.127 and a maximum of 0.147 (Qwen3: q_norm/k_norm give logits of spread about 1; the others stay
+below 0.016), so 0.2 labels every null head `diffuse` when it has no pure pattern (`tests/test_metrics.py`
+re-checks this on the tiny families). `predictable_threshold` 0.5 is a definition (the predictor gets at least half
+of the structure); i.i.d. noise and a jumping peak score about 0 whatever their spread (expected gain 0), so they are
+`diffuse` or `unpredictable`, never `mixed` (tested). `structure_floor` 0.5: i.i.d. N(0, 1) logits are 0.38 from
+uniform (TV), so the faint structure of near-uniform attention counts at most TV / 0.5.
+
+Synthetic maps: predictability before (the former {stay, +1} transport, and the former patterned predictability
+= predictability x concentration of `patterns.with_patterned`) and now, T = 128 / 512, skip 16; logits i.i.d.
+N(0, 1) plus 8 on the pattern's keys, mean of seeds 0..2 (`tests/test_metrics.py`, `_synthetic_map`), and the
+noiseless maps of the audit (issue 26). Labels changed only where marked.
+
+    map                                old pred     old pred x conc   new pred      label (old -> new)
+    sink (key 0)                       0.94 / 0.86  0.86 / 0.68       1.00 / 0.97   vertical
+    diagonal offset 1, 3               0.94 / 0.86  0.86 / 0.68       1.00 / 0.97   diagonal
+    diagonal offset 10                 0.94 / 0.87  0.85 / 0.69       1.00 / 0.97   mixed -> diagonal
+    diagonal offset 40 (sink before)   0.95 / 0.86  0.87 / 0.68       0.98 / 0.94   mixed -> diagonal
+    comb: t - j = 1 mod 8              0.54 / 0.50  0.31 / 0.24       0.99 / 0.99   periodic
+    restart every 4 (block's 1st key)  0.71 / 0.66  0.64 / 0.52       1.00 / 0.97   mixed
+    restart every 16                   0.89 / 0.81  0.80 / 0.64       1.00 / 0.97   mixed
+    two-key alternation (keys 3, 11)   0.03 / 0.07  0.02 / 0.06       1.00 / 0.97   vertical
+    jump (random earlier key)          0.05 / 0.09  0.05 / 0.07       0.03 / 0.02   unpredictable
+    noise only                         0.64 / 0.63  0.07 / 0.06       0.04 / 0.01   diffuse
+    jitter between offsets 2 and 3     0.70 / 0.66  0.63 / 0.53       0.71 / 0.70   diagonal
+    drift (key t // 3)                 0.94 / 0.86  0.84 / 0.68       0.97 / 0.94   mixed
+    local window of 8                  0.70 / 0.68  0.40 / 0.44       0.96 / 0.99   mixed
+    noiseless: uniform                 1.00 / 1.00  0.00 / 0.00       0.00 / 0.00   diffuse
+    noiseless: local window of 8       1.00 / 1.00  0.49 / 0.60       1.00 / 1.00   mixed
+    noiseless: sink + 50 % uniform     1.00 / 1.00  0.34 / 0.37       0.99 / 0.99   vertical
+    noiseless: two-key alternation     0.00 / 0.00  0.00 / 0.00       1.00 / 1.00   vertical
+    noiseless: drift (key t // 3)      1.00 / 1.00  1.00 / 1.00       0.98 / 0.99   mixed; T = 512: periodic -> mixed
+    noiseless: jitter 2 / 3            0.77 / 0.75  0.77 / 0.75       0.75 / 0.75   diagonal
+
+A jitter between two offsets stays below 0.8: the kept-or-moved key set of row t - 1 holds row t's key 3 times in 4.
 
 GQA: query head h reads KV head h // (H / H_kv) (column `kv_head`).
 """
@@ -319,7 +351,8 @@ def _pred_terms(p: torch.Tensor, first_row: int) -> tuple[torch.Tensor, torch.Te
     float64, and the above-average mask A[t, j] >= 1 / (t + 1)."""
     n, K = p.shape[-2:]
     level = _row_level(first_row, n, p.device)
-    causal = torch.arange(K, device=p.device)[None, :] <= torch.arange(first_row, first_row + n, device=p.device)[:, None]
+    rows = torch.arange(first_row, first_row + n, device=p.device)[:, None]
+    causal = torch.arange(K, device=p.device)[None, :] <= rows
     pd = p.double()
     return torch.where(causal, pd - level, 0.0), pd >= level
 
