@@ -9,27 +9,36 @@ keys to say anything). For one head with attention probabilities A (T x T, causa
 - `sink_mass`: mean A[t, 0]. `column_mass`: the largest mean A[t, j] over a fixed key
   j (j <= (T + skip) / 2, so that at least half of the analysed queries see it), key 0 included.
 - distance profile p(d): mean A[t, t - d] over the analysed queries t >= d (d = 0..max_distance).
-  `diag_offset`, `diag_mass`: the d in 1..max_offset with the largest p(d), and p(d).
+  `diag_offset`, `diag_mass`: the d in 1..max_offset with the largest p(d), and p(d) (max_offset 256: a diagonal
+  at any offset the profile holds, up to min(max_distance, T - 1 - skip)).
 - `period`, `period_strength`: the profile from d = 2 on is detrended (minus its centred moving average of width
   2 * max_period + 1); for every candidate period P in min_period..max_period (and at most a third of the profile's
   length) the adjusted R^2 of a period-P seasonal component (the residual folded modulo P, one mean per phase)
   is `1 - (1 - R^2) (n - 1) / (n - P)`. The period is the smallest P whose adjusted R^2 reaches 90 % of the best
   (the fundamental, not a multiple). The strength is the best adjusted R^2 (clipped at 0) times the relative
   amplitude min(1, (max - min of the P phase means) / mean profile level): how cleanly the profile repeats and how
-  much attention the repetition moves. A comb of parallel diagonals scores near 1; a smooth decay, one spike (a
-  single diagonal), noise, or the small RoPE ripples of near-uniform random-weight attention score low.
-- `predictability`: the share of row t+1's attention mass that is row t's mass staying on its key (a column:
-  sink, re-accessed key) or moving one key on (a diagonal), averaged over t >= skip (an optimal transport with moves
-  {0, +1}; see `predictability`). Sinks and diagonals score about 0.9 on noisy synthetic maps, a head whose peak
-  jumps about 0.06. Uniform attention never moves and scores 1: predictability alone does not tell a pattern from
-  diffuse attention, hence `concentration`.
+  much attention the repetition moves, times the split-half consistency (`half_consistency`: the correlation of the
+  detrended profiles of the early and the late half of the queries, clipped at 0): a periodic pattern is seen by
+  every query, while the ripple of a peak drifting at a rational rate (key t // 3: the profile's even distances
+  are hit twice as often) comes from different queries at different distances. A comb of parallel diagonals scores
+  near 1 (a noiseless one 0.88: the consistency); a smooth decay, one spike (a single diagonal), noise, a drifting
+  peak, or the small RoPE ripples of near-uniform random-weight attention score low. A NaN or infinite profile
+  gives NaN period and strength.
+- `predictability`: how well the keys each row attends to are predicted by an earlier row moved by a fixed rule
+  (TAPPA's predictable families), beyond a random guess: row t from row t - l (l = 1..max_lag) with its
+  above-average keys kept (vertical: sink, fixed key; l = 2 an alternation; l = L a seasonal map), moved l keys on
+  (sequential: a diagonal at any offset, parallel diagonals, a local window; l = P a restart every P queries) or
+  both; the gain of the predicted key set on row t over a random key set of the same size, summed over rows and
+  divided by the rows' distance from uniform (at least `structure_floor`); the best of the 3 max_lag predictors.
+  Uniform attention scores 0, i.i.d. noise and a jumping peak about 0 (maths: `predictability`).
 - `concentration`: mean over t >= skip of 1 - H(A[t]) / log(t + 1) (H the entropy): 0 for uniform attention, 1 for
   one key.
 - `pattern`: vertical if sink_mass or column_mass >= `vertical_threshold`; diagonal if diag_mass >=
   `diagonal_threshold`; periodic if period_strength >= `period_threshold`; `mixed` if several of them hold. If none
   holds: `diffuse` when concentration < `concentration_threshold` (spread attention, no pattern to predict);
   otherwise `mixed` when predictability >= `predictable_threshold` (a stable pattern that is none of the pure ones,
-  e.g. a local window) and `unpredictable` below it.
+  e.g. a local window) and `unpredictable` below it. A NaN among the metrics gives `INVALID` ("invalid"), which is
+  not a pattern and is counted in no column of `layer_table`.
 
 Calibration of `period_threshold` (0.5): `calibrate_period_threshold` runs `analyze_heads` on random-weight copies
 (`random_weight_copy`, seeds 0..4, before `stats.null_seed` existed) of the default model (then v2: 6 layers x 4 heads) and
@@ -42,24 +51,48 @@ threshold 0.5 is above every null head measured; `tests/test_metrics.py` re-chec
 copies of the tiny families. The vertical and diagonal thresholds (0.3) are far above random weights' sink and
 previous-token mass (about 1/T).
 
-Calibration of `concentration_threshold` (0.2) and `predictable_threshold` (0.5): random-weight heads cannot set the
-predictability threshold (their attention is uniform, which never moves: predictability 0.995-0.999 on copies of the
-default model and of the Llama, Mistral and Qwen2 test families); they set the concentration threshold instead
-(`null_quantile(..., "concentration")`). On random-weight copies (seeds 0..4) of the default model and of the
-five test families (420 heads, 4 windows of 256 held-out tokens), concentration had a 99th percentile of 0.127 and a maximum of 0.147 (Qwen3: q_norm/k_norm give
-logits of spread about 1; the others stay below 0.016), so 0.2 labels every null head `diffuse` when it has no pure
-pattern (`tests/test_metrics.py` re-checks this on the tiny families). `predictable_threshold` 0.5 is a definition
-(most of each row's mass carried over from the previous row); it is consistent with the concentration threshold on
-i.i.d. Gaussian logits of spread s (T = 256): predictability falls below 0.5 at s ~ 1.33, concentration reaches 0.2
-only at s ~ 1.45, so noise of any spread is `diffuse` or `unpredictable`, never `mixed` (tested).
-On the default model v3 (4 windows of 256 held-out tokens) the diagonal head L1H6 scores 0.96 and the sink head L1H5
-0.84; on v2 the diagonal head L4H2 scored 0.90 (top-16 Jaccard, the former definition: 0.37) and the sink head L5H3
-0.70 (former: 0.28).
+Calibration of `concentration_threshold` (0.2): on random-weight copies (`random_weight_copy`, seeds 0..4) of the
+default model and of the five test families (420 heads, 4 windows of 256 held-out tokens), concentration had a 99th
+percentile of 0.127 and a maximum of 0.147 (Qwen3: q_norm/k_norm give logits of spread about 1; the others stay
+below 0.016), so 0.2 labels every null head `diffuse` when it has no pure pattern (`tests/test_metrics.py`
+re-checks this on the tiny families). `predictable_threshold` 0.5 is a definition (the predictor gets at least half
+of the structure); i.i.d. noise and a jumping peak score about 0 whatever their spread (expected gain 0), so they are
+`diffuse` or `unpredictable`, never `mixed` (tested). `structure_floor` 0.5: i.i.d. N(0, 1) logits are 0.38 from
+uniform (TV), so the faint structure of near-uniform attention counts at most TV / 0.5.
+
+Synthetic maps: predictability before (the former {stay, +1} transport, and the former patterned predictability
+= predictability x concentration of `patterns.with_patterned`) and now, T = 128 / 512, skip 16; logits i.i.d.
+N(0, 1) plus 8 on the pattern's keys, mean of seeds 0..2 (`tests/test_metrics.py`, `_synthetic_map`), and the
+noiseless maps of the audit (issue 26). Labels changed only where marked.
+
+    map                                old pred     old pred x conc   new pred      label (old -> new)
+    sink (key 0)                       0.94 / 0.86  0.86 / 0.68       1.00 / 0.97   vertical
+    diagonal offset 1, 3               0.94 / 0.86  0.86 / 0.68       1.00 / 0.97   diagonal
+    diagonal offset 10                 0.94 / 0.87  0.85 / 0.69       1.00 / 0.97   mixed -> diagonal
+    diagonal offset 40 (sink before)   0.95 / 0.86  0.87 / 0.68       0.98 / 0.94   mixed -> diagonal
+    comb: t - j = 1 mod 8              0.54 / 0.50  0.31 / 0.24       0.99 / 0.99   periodic
+    restart every 4 (block's 1st key)  0.71 / 0.66  0.64 / 0.52       1.00 / 0.97   mixed
+    restart every 16                   0.89 / 0.81  0.80 / 0.64       1.00 / 0.97   mixed
+    two-key alternation (keys 3, 11)   0.03 / 0.07  0.02 / 0.06       1.00 / 0.97   vertical
+    jump (random earlier key)          0.05 / 0.09  0.05 / 0.07       0.03 / 0.02   unpredictable
+    noise only                         0.64 / 0.63  0.07 / 0.06       0.04 / 0.01   diffuse
+    jitter between offsets 2 and 3     0.70 / 0.66  0.63 / 0.53       0.71 / 0.70   diagonal
+    drift (key t // 3)                 0.94 / 0.86  0.84 / 0.68       0.97 / 0.94   mixed
+    local window of 8                  0.70 / 0.68  0.40 / 0.44       0.96 / 0.99   mixed
+    noiseless: uniform                 1.00 / 1.00  0.00 / 0.00       0.00 / 0.00   diffuse
+    noiseless: local window of 8       1.00 / 1.00  0.49 / 0.60       1.00 / 1.00   mixed
+    noiseless: sink + 50 % uniform     1.00 / 1.00  0.34 / 0.37       0.99 / 0.99   vertical
+    noiseless: two-key alternation     0.00 / 0.00  0.00 / 0.00       1.00 / 1.00   vertical
+    noiseless: drift (key t // 3)      1.00 / 1.00  1.00 / 1.00       0.98 / 0.99   mixed; T = 512: periodic -> mixed
+    noiseless: jitter 2 / 3            0.77 / 0.75  0.77 / 0.75       0.75 / 0.75   diagonal
+
+A jitter between two offsets stays below 0.8: the kept-or-moved key set of row t - 1 holds row t's key 3 times in 4.
 
 GQA: query head h reads KV head h // (H / H_kv) (column `kv_head`).
 """
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any, Iterable, Iterator
@@ -70,6 +103,7 @@ import torch
 from .capture import causal_mask
 
 PATTERNS = ("vertical", "diagonal", "periodic", "mixed", "unpredictable", "diffuse")
+INVALID = "invalid"  # the label of a head with a NaN metric: not a pattern, never counted in PATTERNS' columns
 METRIC_COLUMNS = (
     "q_sim_consecutive_pre", "q_sim_consecutive_post", "q_sim_window_pre", "q_sim_window_post", "sink_mass",
     "column_mass", "diag_offset", "diag_mass", "period", "period_strength", "predictability", "concentration",
@@ -93,9 +127,14 @@ class MetricConfig:
     window : int, default 32
         The last `window` queries, whose mean off-diagonal cosine is `q_sim_window_*`; at least 2.
     top_k : int, default 16
-        Keys per query whose overlap between consecutive queries is `predictability`.
-    max_offset : int, default 8
-        Largest diagonal offset searched for the best diagonal.
+        Unused (the former top-k Jaccard predictability); kept so that existing configs and `--top-k` still work.
+    max_offset : int, default 256
+        Largest diagonal offset searched for the best diagonal (also bounded by max_distance and T - 1 - skip).
+    max_lag : int, default 16
+        Largest lag l of the predictors of `predictability` (row t from row t - l, keys kept or moved l on).
+    structure_floor : float, default 0.5
+        Least distance from uniform that `predictability` normalises a row by (in (0, 1]): rows closer to uniform
+        count as less predictable.
     max_distance : int, default 256
         Largest query-key distance d of the distance profile p(d) (diagonals, periods).
     min_period, max_period : int, default 2 and 64
@@ -106,6 +145,8 @@ class MetricConfig:
         `period_strength` from which a head is labelled periodic (calibration: module docstring).
     predictable_threshold : float, default 0.5
         `predictability` from which a head with no pure pattern is labelled mixed rather than unpredictable.
+    concentration_threshold : float, default 0.2
+        `concentration` below which a head with no pure pattern is labelled diffuse.
 
     Examples
     --------
@@ -115,12 +156,17 @@ class MetricConfig:
     Traceback (most recent call last):
     ...
     ValueError: max_period (4) must be >= min_period (8)
+    >>> MetricConfig(vertical_threshold=float("nan"))
+    Traceback (most recent call last):
+    ...
+    ValueError: MetricConfig.vertical_threshold must be a number in [0, 1], got nan
     """
 
     skip: int = 16
     window: int = 32
     top_k: int = 16
-    max_offset: int = 8
+    max_offset: int = 256
+    max_lag: int = 16
     max_distance: int = 256
     min_period: int = 2
     max_period: int = 64
@@ -129,14 +175,24 @@ class MetricConfig:
     period_threshold: float = 0.5
     predictable_threshold: float = 0.5
     concentration_threshold: float = 0.2
+    structure_floor: float = 0.5
 
     def __post_init__(self) -> None:
-        for name in ("skip", "window", "top_k", "max_offset", "max_distance", "min_period", "max_period"):
+        for name in ("skip", "window", "top_k", "max_offset", "max_lag", "max_distance", "min_period", "max_period"):
             v = getattr(self, name)
             if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 0:
                 raise ValueError(f"MetricConfig.{name} must be a non-negative integer, got {v!r}")
-        if self.window < 2 or self.top_k < 1 or self.max_offset < 1 or self.min_period < 2:
-            raise ValueError("MetricConfig needs window >= 2, top_k >= 1, max_offset >= 1 and min_period >= 2")
+        if self.window < 2 or self.top_k < 1 or self.max_offset < 1 or self.max_lag < 1 or self.min_period < 2:
+            raise ValueError("MetricConfig needs window >= 2, top_k >= 1, max_offset >= 1, max_lag >= 1 and "
+                             "min_period >= 2")
+        for name in ("vertical_threshold", "diagonal_threshold", "period_threshold", "predictable_threshold",
+                     "concentration_threshold", "structure_floor"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) \
+                    or not 0 <= float(v) <= 1:  # NaN fails both comparisons
+                raise ValueError(f"MetricConfig.{name} must be a number in [0, 1], got {v!r}")
+        if self.structure_floor <= 0:
+            raise ValueError(f"MetricConfig.structure_floor must be > 0, got {self.structure_floor!r}")
         if self.max_period < self.min_period:
             raise ValueError(f"max_period ({self.max_period}) must be >= min_period ({self.min_period})")
 
@@ -204,6 +260,42 @@ def distance_profile(probs: torch.Tensor, skip: int = 16, max_distance: int = 25
     return vals.sum(-2) / valid.sum(0)
 
 
+def _half_split(T: int, skip: int, max_distance: int) -> tuple[int, int]:
+    """The first late query `mid` (early queries skip..mid-1, late mid..T-1) and the largest distance De of the
+    half profiles (every early query range still has a query at distance De)."""
+    mid = skip + (T - skip) // 2
+    return mid, max(0, min(max_distance, mid - 1 - skip))
+
+
+def half_profiles(probs: torch.Tensor, skip: int = 16, max_distance: int = 256) -> torch.Tensor:
+    """The distance profile of the early queries (skip..mid-1) and of the late ones (mid..T-1), d = 0..De
+    (`_half_split`): probs (..., T, T) -> (..., 2, De + 1)."""
+    T = probs.shape[-1]
+    _check_len(probs.shape[-2], skip)
+    mid, De = _half_split(T, skip, max_distance)
+    early = distance_profile(probs[..., :mid, :mid], skip, De)
+    late_rows = probs[..., mid:, :]
+    t = torch.arange(mid, T, device=probs.device)[:, None]
+    d = torch.arange(De + 1, device=probs.device)[None, :]
+    vals = torch.gather(late_rows, -1, (t - d).expand(*late_rows.shape[:-1], De + 1)).double()
+    return torch.stack([early, vals.mean(-2)], -2)
+
+
+def half_consistency(halves: torch.Tensor, max_period: int = 64, start: int = 2) -> torch.Tensor:
+    """Pearson correlation over d >= start of the detrended (as in `period_strength`) early and late half
+    profiles (..., 2, n) -> (...): near 1 when every query sees the same ripple (a comb), near 0 when the ripple
+    comes from different queries at different distances (a peak drifting at a rational rate); 0 when undefined."""
+    x = halves[..., start:].double()
+    if x.shape[-1] < 3:
+        return torch.zeros(x.shape[:-2], dtype=torch.float64, device=x.device)
+    y = x - _moving_average(x, 2 * max_period + 1)
+    y = y - y.mean(-1, keepdim=True)
+    cov = (y[..., 0, :] * y[..., 1, :]).sum(-1)
+    var = (y * y).sum(-1).prod(-1)
+    ok = var > 0
+    return torch.where(ok, cov / var.clamp_min(1e-300).sqrt(), torch.where(torch.isnan(var), var, 0.0))
+
+
 def diagonal_offset_mass(probs: torch.Tensor, skip: int = 16, max_offset: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
     """The offset d in 1..max_offset with the largest mean A[t, t - d] (t >= max(skip, d)), and that mean."""
     prof = distance_profile(probs, skip, max_offset)
@@ -218,45 +310,80 @@ def _diag_from_profile(prof: torch.Tensor, max_offset: int) -> tuple[torch.Tenso
     return arg + 1, mass
 
 
-def predictability(probs: torch.Tensor, skip: int = 16, top_k: int = 16) -> torch.Tensor:
-    """Share of each row's attention mass that is the previous row's mass kept on its key or moved one key on,
-    averaged over consecutive queries t, t+1 with t >= skip: probs (..., T, T) -> (...), float64.
+def predictability(probs: torch.Tensor, skip: int = 16, max_lag: int = 16, floor: float = 0.5) -> torch.Tensor:
+    r"""How well the keys each row attends to are predicted by an earlier row moved by a fixed rule, beyond a
+    random guess: probs (..., T, T) -> (...), float64 in [0, 1].
 
-    For a pair of rows a = A[t], b = A[t+1] it is the largest mass that can be carried from a to b when each unit
-    of a's mass may stay on its key j (a fixed column: sink, re-accessed key) or move to key j + 1 (a diagonal:
-    the attended key advances with the query), each unit used once: an optimal transport with moves {0, +1},
-    divided by b's total mass (1 for probabilities). Both moves are allowed at once, so a head that is a sink and a
-    diagonal together is predictable too; a head whose peak jumps elsewhere keeps only its background. Computed
-    exactly by a greedy left-to-right pass (targets in key order, the mass of key j - 1, which can serve no later
-    key, used first), vectorised over rows and heads, O(T) steps.
+    Predicted keys. Row t has t + 1 keys and uniform level 1 / (t + 1); M_t = {j : A[t, j] >= 1 / (t + 1)} are its
+    above-average keys. For a lag l = 1..L (L = `max_lag`) the predictors of row t are row t - l's keys
+    kept (H = M_{t-l}: vertical, a sink, a fixed key; with l = 2 an alternation between keys, with l = L a
+    seasonal map a[t, i] ~ a[t - L, i]), moved l keys on (H = M_{t-l} + l: sequential, a diagonal t - j = c at
+    *any* offset c, parallel diagonals (a comb), a local window; with l = P a map that restarts every P queries,
+    row t ~ row t - P moved P keys), or both (H = M_{t-l} | (M_{t-l} + l): a sink and a diagonal at once, a head
+    that switches between them, a peak that moves by 0 or l keys). A map that restarts every P > L queries is
+    still predicted by l = 1 on all but one row in P.
 
-    Reference values on synthetic causal maps (T = 256, logits i.i.d. N(0, 1) plus +8 on the pattern's keys,
-    skip 16): sink 0.90, offset-3 diagonal 0.90, sink and diagonal (+7 each) 0.66, a peak jumping to a random
-    earlier key every step 0.06, noise only (diffuse) 0.63; uniform attention 1 (it never moves). For rows of
-    i.i.d. weights the value lies between E[min(X, Y)] / E[X] (only "stay" moves) and E[min(X, Y + Z)] / E[X]
-    (tests/test_metrics.py checks the diffuse map against both). `top_k` is unused (kept for compatibility with
-    the former top-k Jaccard definition).
+    Score. The gain of a key set H on row t is the mass row t puts on H minus what a random set of |H| keys gets,
+    g_t(H) = sum_{j in H} (A[t, j] - 1 / (t + 1)). Its largest value, reached by H = M_t, is
+    TV_t = sum_j (A[t, j] - 1 / (t + 1))_+, the total-variation distance of row t from uniform attention. So
+
+        G(predictor) = sum_t g_t(H_t) / sum_t max(TV_t, floor),   t = skip + l .. T - 1,
+        predictability = max(0, max over the 3L predictors of G).
+
+    G <= 1. The denominator is the row's distance from uniform (the mass there is to predict), but at least
+    `floor` (0.5): a row with less than half of its mass off the uniform level counts as that much less
+    predictable. Uniform attention scores 0 (every gain is 0); for i.i.d. noise and for a peak jumping to unrelated
+    keys the expected gain is 0 (row t's mass is as likely on any key); a sink, a diagonal, a comb, a local window
+    or an alternation scores about 1 whatever the noise on the weights of its keys (only which keys are above
+    average matters); faint structure on near-uniform attention scores at most TV / floor. Old and new values on
+    synthetic maps: module docstring. Cost: 3L masked sums over the T x T map (L = 16: 48 passes).
     """
+    return _pred_from_sums(*predictor_sums(probs, skip, max_lag, floor))
+
+
+def _row_level(first_row: int, n: int, device) -> torch.Tensor:
+    """1 / (t + 1) for rows t = first_row..first_row + n - 1, float64 (n, 1)."""
+    return 1 / (torch.arange(first_row, first_row + n, dtype=torch.float64, device=device) + 1)[:, None]
+
+
+def _pred_terms(p: torch.Tensor, first_row: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows t = first_row, ... of p (..., n, K): the excess A[t, j] - 1 / (t + 1) on causal keys (0 beyond t),
+    float64, and the above-average mask A[t, j] >= 1 / (t + 1)."""
+    n, K = p.shape[-2:]
+    level = _row_level(first_row, n, p.device)
+    rows = torch.arange(first_row, first_row + n, device=p.device)[:, None]
+    causal = torch.arange(K, device=p.device)[None, :] <= rows
+    pd = p.double()
+    return torch.where(causal, pd - level, 0.0), pd >= level
+
+
+def _lag_gains(excess: torch.Tensor, mask: torch.Tensor, lag: int) -> list[torch.Tensor]:
+    """Row gains (..., n) of the kept, moved and both key sets of the rows `lag` before (`mask`, aligned with
+    `excess`): sum over keys of H * excess."""
+    moved = torch.nn.functional.pad(mask, (lag, 0))[..., : mask.shape[-1]]
+    return [(excess * h).sum(-1) for h in (mask, moved, mask | moved)]
+
+
+def predictor_sums(probs: torch.Tensor, skip: int = 16, max_lag: int = 16, floor: float = 0.5
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The sums behind `predictability`: for each lag l = 1..L and key set (kept, moved, both), in that order,
+    the gain sum_t g_t(H_t) and the norm sum_t max(TV_t, floor), t = skip + l..T-1: two (..., 3L) float64 tensors.
+    `predictability` is max over predictors of gain / norm, clipped at 0."""
     T = probs.shape[-1]
     _check_len(probs.shape[-2], skip)
-    matched, total = carried_mass(probs[..., skip : T - 1, :], probs[..., skip + 1 : T, :])
-    return (matched / torch.where(total > 0, total, torch.ones_like(total))).mean(-1)
+    excess, mask = _pred_terms(probs[..., skip:, :], skip)
+    norm_rows = excess.clamp(min=0).sum(-1).clamp(min=floor)
+    gains, norms = [], []
+    for lag in range(1, min(max_lag, T - 1 - skip) + 1):
+        norm = norm_rows[..., lag:].sum(-1)
+        for g in _lag_gains(excess[..., lag:, :], mask[..., :-lag, :], lag):
+            gains.append(g.sum(-1))
+            norms.append(norm)
+    return torch.stack(gains, -1), torch.stack(norms, -1)
 
 
-def carried_mass(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """For row pairs a (..., n, K) -> b (..., n, K): the mass of b carried over from a with moves {0, +1} (the
-    greedy transport of `predictability`) and b's total mass, both (..., n) float64."""
-    a, b = a.double(), b.double()
-    carry = torch.zeros(a.shape[:-1], dtype=torch.float64, device=a.device)  # mass of key j - 1 still unused
-    matched = torch.zeros_like(carry)
-    for j in range(a.shape[-1]):
-        bj = b[..., j]
-        u = torch.minimum(bj, carry)  # from key j - 1 (diagonal move): it can serve no later key
-        aj = a[..., j]
-        v = torch.minimum(bj - u, aj)  # from key j (stays)
-        matched += u + v
-        carry = aj - v
-    return matched, b.sum(-1)
+def _pred_from_sums(gain: torch.Tensor, norm: torch.Tensor) -> torch.Tensor:
+    return (gain / norm).amax(-1).clamp(min=0)
 
 
 def concentration(probs: torch.Tensor, skip: int = 16) -> torch.Tensor:
@@ -291,9 +418,11 @@ def period_strength(profile: torch.Tensor, min_period: int = 2, max_period: int 
     """Dominant period of a distance profile (..., n) and its strength (adjusted seasonal R^2, see module doc).
 
     Returns (period, strength), float64 of shape (...); period is NaN when the profile is too short or flat, or
-    when no period explains anything (strength 0).
+    when no period explains anything (strength 0); both are NaN when the profile holds a NaN or an infinity.
     """
     x = profile[..., start:].double()
+    bad = ~torch.isfinite(x).all(-1)
+    x = torch.where(bad[..., None], 0.0, x)
     n = x.shape[-1]
     pmax = min(max_period, n // 3)
     shape = x.shape[:-1]
@@ -323,15 +452,23 @@ def period_strength(profile: torch.Tensor, min_period: int = 2, max_period: int 
     rel_amp = torch.gather(ptp, -1, first[..., None])[..., 0] / level
     strength = best.clamp(min=0) * rel_amp.clamp(max=1.0)
     none = flat | (strength <= 0)
-    period = torch.where(none, torch.full_like(period, float("nan")), period)
+    period = torch.where(none | bad, torch.full_like(period, float("nan")), period)
     strength = torch.where(none, torch.zeros_like(strength), strength)
-    return period, strength
+    return period, torch.where(bad, torch.full_like(strength, float("nan")), strength)
 
 
 def label_pattern(sink: float, column: float, diag: float, strength: float, pred: float, cfg: MetricConfig,
                   concentration: float | None = None) -> str:
     """The pattern label from the thresholds in `cfg` (rules in the module docstring); without `concentration`
-    the `diffuse` rule is skipped."""
+    the `diffuse` rule is skipped. A NaN metric (NaN attention) gives `INVALID`, which is not in `PATTERNS`, so
+    `layer_table`'s counts never include it.
+
+    >>> label_pattern(float("nan"), 0, 0, 0, 0.9, MetricConfig())
+    'invalid'
+    """
+    values = [sink, column, diag, strength, pred] + ([] if concentration is None else [concentration])
+    if any(math.isnan(float(v)) for v in values):
+        return INVALID
     hits = [max(sink, column) >= cfg.vertical_threshold, diag >= cfg.diagonal_threshold,
             strength >= cfg.period_threshold]
     if sum(hits) > 1:
@@ -362,9 +499,10 @@ def _record_stats(record, cfg: MetricConfig) -> dict[str, torch.Tensor]:
         "q_sim_window_post": q_similarity_window(record.q_post, cfg.window),
         "sink_mass": sink_mass(probs, cfg.skip),
         "column_mass": column_mass(probs, cfg.skip),
-        "predictability": predictability(probs, cfg.skip, cfg.top_k),
+        **dict(zip(("pred_gain", "pred_norm"), predictor_sums(probs, cfg.skip, cfg.max_lag, cfg.structure_floor))),
         "concentration": concentration(probs, cfg.skip),
         "profile": distance_profile(probs, cfg.skip, cfg.max_distance),
+        "halves": half_profiles(probs, cfg.skip, cfg.max_distance),
     }
 
 
@@ -373,6 +511,9 @@ def _finalize(layer: int, kv_group: int, means: dict[str, torch.Tensor], cfg: Me
     prof = means["profile"]
     offset, mass = _diag_from_profile(prof, cfg.max_offset)
     period, strength = period_strength(prof, cfg.min_period, cfg.max_period)
+    strength = strength * half_consistency(means["halves"], cfg.max_period).clamp(min=0, max=1)
+    period = torch.where(strength > 0, period, torch.where(torch.isnan(strength), strength, float("nan")))
+    pred = _pred_from_sums(means["pred_gain"], means["pred_norm"])
     rows = []
     for h in range(prof.shape[0]):
         row: dict[str, Any] = {"layer": int(layer), "head": h, "kv_head": h // kv_group}
@@ -383,7 +524,7 @@ def _finalize(layer: int, kv_group: int, means: dict[str, torch.Tensor], cfg: Me
         row["diag_mass"] = float(mass[h])
         row["period"] = float(period[h])
         row["period_strength"] = float(strength[h])
-        row["predictability"] = float(means["predictability"][h])
+        row["predictability"] = float(pred[h])
         row["concentration"] = float(means["concentration"][h])
         row["pattern"] = label_pattern(row["sink_mass"], row["column_mass"], row["diag_mass"],
                                        row["period_strength"], row["predictability"], cfg, row["concentration"])
@@ -419,7 +560,8 @@ def block_stats(q_pre: torch.Tensor, q_post: torch.Tensor, k_post: torch.Tensor,
     Every attention metric is a sum over query rows, and a row's softmax needs only that row's logits, so each block
     computes its rows' probabilities (float32, like the model's eager attention), adds its rows to the sums, and is
     dropped: peak memory is one block (B x H x rows x T), never the layer's T x T maps. Equal to the full path on
-    the same q/k (tests/test_capture.py). Predictability pairs each block's first row with the previous block's last.
+    the same q/k (tests/test_capture.py). Predictability keeps the above-average key masks of the last `max_lag`
+    rows of the previous block: they predict this block's first rows.
     """
     B, H, T, D = q_post.shape
     Hkv = k_post.shape[1]
@@ -431,12 +573,16 @@ def block_stats(q_pre: torch.Tensor, q_post: torch.Tensor, k_post: torch.Tensor,
     jmax = (T + skip) // 2
     Dmax = max(0, min(cfg.max_distance, T - 1 - skip))
     dd = torch.arange(Dmax + 1, device=dev)
-    pred = torch.zeros(B, H, dtype=torch.float64, device=dev)
+    L = min(cfg.max_lag, T - 1 - skip)
+    gain = torch.zeros(B, H, 3 * L, dtype=torch.float64, device=dev)
+    norm = torch.zeros(B, H, 3 * L, dtype=torch.float64, device=dev)
+    hist = None  # above-average masks of the up to L rows before this block (predictors of its first rows)
     conc = torch.zeros(B, H, dtype=torch.float64, device=dev)
-    last = None  # the previous block's last row: its pair with this block's first row
     sink = torch.zeros(B, H, dtype=torch.float64, device=dev)
     cols = torch.zeros(B, H, jmax + 1, dtype=torch.float64, device=dev)
     prof = torch.zeros(B, H, Dmax + 1, dtype=torch.float64, device=dev)
+    mid, De = _half_split(T, skip, cfg.max_distance)
+    halves = torch.zeros(B, H, 2, De + 1, dtype=torch.float64, device=dev)
     kT = k_post.float().transpose(-1, -2)  # (B, Hkv, D, T)
     qg = q_post.float().reshape(B, Hkv, group, T, D)
     for t0 in range(skip, T, rows):
@@ -455,18 +601,24 @@ def block_stats(q_pre: torch.Tensor, q_post: torch.Tensor, k_post: torch.Tensor,
         valid = j >= 0
         vals = torch.gather(p, -1, j.clamp(min=0).expand(B, H, b, Dmax + 1)).double() * valid
         prof += vals.sum(-2)
+        early = (t < mid).double()[None, None]
+        halves[..., 0, :] += (vals[..., : De + 1] * early).sum(-2)
+        halves[..., 1, :] += (vals[..., : De + 1] * (1 - early)).sum(-2)
         c0 = max(0, 1 - t0)  # concentration skips query 0 (one key)
         conc += row_concentration(p[..., c0:, :], t0 + c0).sum(-1)
-        if last is None:
-            a, nb = p[..., :-1, :], p[..., 1:, :]
-        else:
-            prev = torch.nn.functional.pad(last, (0, t1 - last.shape[-1]))
-            a, nb = torch.cat([prev, p[..., :-1, :]], dim=-2), p
-        if nb.shape[-2]:
-            m, tot = carried_mass(a, nb)
-            pred += (m / torch.where(tot > 0, tot, torch.ones_like(tot))).sum(-1)
-        last = p[..., -1:, :]
-        del p
+        excess, mask = _pred_terms(p, t0)
+        norm_rows = excess.clamp(min=0).sum(-1).clamp(min=cfg.structure_floor)
+        h = 0 if hist is None else hist.shape[-2]
+        masks = mask if hist is None else torch.cat([torch.nn.functional.pad(hist, (0, t1 - hist.shape[-1])), mask], -2)
+        for lag in range(1, L + 1):
+            r0 = max(t0, skip + lag) - t0  # first row of the block with a predictor row (t - lag >= skip)
+            if r0 >= b:
+                continue
+            gs = _lag_gains(excess[..., r0:, :], masks[..., r0 + h - lag : b + h - lag, :], lag)
+            gain[..., 3 * lag - 3 : 3 * lag] += torch.stack([g.sum(-1) for g in gs], -1)
+            norm[..., 3 * lag - 3 : 3 * lag] += norm_rows[..., r0:].sum(-1)[..., None]
+        hist = masks[..., -L:, :]
+        del p, excess, mask, masks
     counts = T - torch.clamp(torch.arange(jmax + 1, device=dev), min=skip)
     tt = torch.arange(skip, T, device=dev)[:, None]
     nvalid = ((tt - dd[None, :]) >= 0).sum(0)
@@ -477,9 +629,12 @@ def block_stats(q_pre: torch.Tensor, q_post: torch.Tensor, k_post: torch.Tensor,
         "q_sim_window_post": q_similarity_window(q_post, cfg.window),
         "sink_mass": sink / (T - skip),
         "column_mass": (cols / counts).amax(-1),
-        "predictability": pred / max(1, T - 1 - skip),
+        "pred_gain": gain,
+        "pred_norm": norm,
         "concentration": conc / (T - max(skip, 1)),
         "profile": prof / nvalid,
+        "halves": halves / torch.stack([((tt < mid) & (tt >= dd[None, : De + 1])).sum(0),
+                                        ((tt >= mid) & (tt >= dd[None, : De + 1])).sum(0)]),
     }
 
 
