@@ -30,16 +30,22 @@ beyond the ~100k held-out characters).
 tokens without special tokens; the filler is cut at a word or sentence boundary so the count lands within 2 % of
 the target (`n_tokens` holds the count). A chat template adds its own tokens on top.
 
-**Depth.** `depth` d in [0, 1]: a fraction d of the filler (the context without the inserted needles) comes before
-the asked needle, which starts at `sample.needle_start` (for `qa`, the answer word's character offset).
+**Depth.** `depth` d in [0, 1], in tokens: a fraction d of the filler's tokens (the context without the inserted
+needles) comes before the asked needle, which starts at character `sample.needle_start` (at a word start, or at a
+sentence start within 1 % of the filler). For `qa`, d of the context's tokens come before the answer word.
+
+**Limits.** `qa` needs the context shorter than the held-out text (its quote must occur once); `common_words` has
+~1400 distinct words, so beyond ~2000 entries the rare words come up to a few times each (still far below the
+three frequent ones).
 """
 from __future__ import annotations
 
+import bisect
 import functools
 import hashlib
 import random
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 TASKS = ("needle_passkey", "needle_number", "needle_word", "multikey", "multivalue", "variable_tracking",
@@ -144,7 +150,14 @@ class _Filler:
     """The held-out paragraphs in a seeded order, extended (re-shuffled) on demand; `cut(n)` gives <= n chars."""
 
     def __init__(self, rng: random.Random):
-        self.rng, self.text = rng, ""
+        self.rng, self.text, self._starts = rng, "", ([], 0)
+
+    def token_starts(self, tokenizer, n: int) -> list[int]:
+        """Start characters of the tokens of the first n characters (a prefix of the text is tokenized once)."""
+        if n + 200 > self._starts[1] and self._starts[1] < len(self.text):
+            upto = min(len(self.text), 2 * n + 1000)
+            self._starts = (_token_starts(tokenizer, self.text[:upto]), upto)
+        return self._starts[0][:bisect.bisect_left(self._starts[0], n)]
 
     def extend(self, n: int) -> str:
         """The text, made at least n characters long."""
@@ -264,13 +277,15 @@ def _fit(build: Callable[[int], tuple[str, str, dict]], tokenizer, target: int, 
         n, built = measure(size)
         if best is None or abs(n - target) < abs(best[0] - target):
             best = (n, built)
-        if abs(n - target) <= max(1, target // 400):
-            break
         points.append((size, n))
+        if abs(n - target) <= max(2, target // 200):
+            break
         (s0, m0), (s1, m1) = sorted(points, key=lambda p: abs(p[1] - target))[:2]
         rate = (m1 - m0) / (s1 - s0) if s1 != s0 and m1 != m0 else max(n - n0, 1) / max(size, 1)
         new = max(1, round(size + (target - n) / max(rate, 1e-6)))
         size = new if new != size else size + (1 if n < target else -1)
+        if size in (p[0] for p in points):  # a cycle between two cuts: keep the best so far
+            break
     n, (context, question, extra) = best
     if abs(n - target) > LENGTH_TOLERANCE * target:
         raise RuntimeError(f"could not fit {what} to {target} tokens (closest {n}); report this seed")
@@ -345,31 +360,34 @@ def _needle_task(task: str, rng: random.Random, depth: float) -> tuple[list[tupl
 
 
 def _common_words(rng: random.Random, n_entries: int) -> tuple[str, list[str]]:
-    """A numbered list of `n_entries` words: three words `max(5, 4 %)` times each, the others once or twice."""
+    """A numbered list of `n_entries` words: three words max(5, 4 % of the entries) times each, the others 1 to m
+    times (m = 2, more only when the word pool runs short: m = 2 n / pool)."""
     pool = list(_list_words())
     rng.shuffle(pool)
     common, rest = pool[:3], iter(pool[3:])
     freq = max(5, round(0.04 * n_entries))
+    most = max(2, -(-2 * n_entries // len(pool)))
+    if 2 * most >= freq:
+        raise ValueError(f"common_words with {n_entries} entries needs more distinct words than the held-out text "
+                         f"has ({len(pool)}); use a shorter target_tokens")
     entries = [w for w in common for _ in range(freq)]
     while len(entries) < n_entries:
-        word = next(rest, None)
-        if word is None:
-            raise ValueError(f"common_words needs more distinct words than the held-out text has "
-                             f"({len(pool)}); use a shorter target_tokens")
-        entries += [word] * min(rng.choice((1, 2)), n_entries - len(entries))
+        word = next(rest)
+        entries += [word] * min(rng.randint(1, most), n_entries - len(entries))
     rng.shuffle(entries)
     head = "Below is a numbered list of words. Some words appear more than once.\n"
     return head + "\n".join(f"{i + 1}. {w}" for i, w in enumerate(entries)), common
 
 
+_CWE_QUESTION = "Which three words appear most often in the numbered list above? Answer with the three words only."
 _QA_WORD = re.compile(r"(?<=[ (\n])([A-Za-z]{4,})(?=[ ,.;:)\n])")
 _QA_QUESTION = 'In the text above, which word is missing in this sentence: "{}"? Answer with the missing word only.'
 
 
-def _cloze(text: str, start: int, max_left: int, max_right: int) -> tuple[int, int, int] | None:
+def _cloze(text: str, start: int, max_left: int, max_right: int, reach: int) -> tuple[int, int, int] | None:
     """(quote start, word start, quote end) of the first content word at or after `start` whose sentence can be
     quoted around it (up to 12 words a side, at most max_left / max_right characters, >= 6 words besides it) and
-    whose quote occurs once in `text`."""
+    whose quote occurs once within `reach` characters of it."""
     for m in _QA_WORD.finditer(text, start):
         if m.group(1).lower() in _STOPWORDS:
             continue
@@ -380,7 +398,7 @@ def _cloze(text: str, start: int, max_left: int, max_right: int) -> tuple[int, i
         right = [w.end() for w in re.finditer(r"\S+(?!\S)", text[m.end():hi])][:12]
         if len(left) + len(right) >= 6:
             q0, q1 = lo + (left[0] if left else m.start() - lo), m.end() + (right[-1] if right else 0)
-            if text.count(text[q0:q1]) == 1:
+            if text.count(text[q0:q1], max(0, m.start() - reach), m.start() + reach) == 1:
                 return q0, m.start(), q1
     return None
 
@@ -416,8 +434,7 @@ def make_sample(task: str, tokenizer, target_tokens: int, depth: float | None, s
         def build(size):
             rng.setstate(state)
             context, common = _common_words(rng, size)
-            question = "Which three words appear most often in the numbered list above? Answer with the three words only."
-            return context, question, {"answer": common}
+            return context, _CWE_QUESTION, {"answer": common}
 
         per_entry = _count(tokenizer, "\n123. example") or 1
         context, question, extra, n = _fit(build, tokenizer, target_tokens, target_tokens // per_entry, task)
@@ -430,7 +447,7 @@ def make_sample(task: str, tokenizer, target_tokens: int, depth: float | None, s
 
     def build(size):
         text = filler.cut(size)
-        context, offsets = _insert(text, needles, _token_starts(tokenizer, text))
+        context, offsets = _insert(text, needles, filler.token_starts(tokenizer, len(text)))
         return context, question, {"answer": answer, "start": offsets[0]}
 
     context, question, extra, n = _fit(build, tokenizer, target_tokens, guess, task)
@@ -458,7 +475,8 @@ def _make_qa(tokenizer, target_tokens: int, depth: float, seed: int, cpt: float)
     chars = int(target_tokens * cpt)
     for attempt in range(20):
         text = _Filler(random.Random(f"filler:qa:{seed}:{attempt}")).extend(4 * chars + 4000)
-        found = _cloze(text, int(depth * 2 * chars) + 200, int(0.7 * depth * chars), int(0.7 * (1 - depth) * chars))
+        found = _cloze(text, int(depth * 2 * chars) + 200, int(0.7 * depth * chars), int(0.7 * (1 - depth) * chars),
+                       2 * chars)
         if found is None:
             continue
         q0, anchor, q1 = found
