@@ -46,7 +46,8 @@ import hashlib
 import random
 import re
 from dataclasses import dataclass
-from typing import Callable
+from collections.abc import Callable
+from itertools import pairwise
 
 TASKS = ("needle_passkey", "needle_number", "needle_word", "multikey", "multivalue", "variable_tracking",
          "common_words", "qa")
@@ -232,7 +233,7 @@ def _insert(filler: str, needles: list[tuple[float, str]], tokens: list[int]) ->
     (`tokens`: the tokens' start characters), or at a sentence start within 1 % of the filler; returns the context
     and each needle's start offset, in the given order. Needles at the same spot keep their order."""
     starts = _word_starts(filler) + [len(filler)]
-    sentence = set(m.end() for m in re.finditer(r"(?:[.:] |\n)", filler)) | {0, len(filler)}
+    sentence = {m.end() for m in re.finditer(r"(?:[.:] |\n)", filler)} | {0, len(filler)}
     slack = max(2, int(0.01 * len(filler)))
     spots = []
     for frac, _ in needles:
@@ -351,12 +352,11 @@ def _needle_task(task: str, rng: random.Random, depth: float) -> tuple[list[tupl
         chain = [_var_name(rng, names) for _ in range(4)]
         lo = rng.random() * 0.5 if start is None else start
         fracs = [lo] + sorted(lo + (1 - lo) * rng.random() for _ in range(3))
-        text = [f"VAR {chain[0]} = {value}."] + [f"VAR {b} = VAR {a}." for a, b in zip(chain, chain[1:])]
+        text = [f"VAR {chain[0]} = {value}."] + [f"VAR {b} = VAR {a}." for a, b in pairwise(chain)]
         chains.append((value, chain, list(zip(fracs, text))))
     (value, chain, needles), (_, _, distractors) = chains
-    return (needles + distractors,
-            f"Which variables hold the value {value} after all the assignments above? Answer with the variable "
-            "names only.", chain)
+    question = f"Which variables hold the value {value} after all the assignments above? Answer with the names only."
+    return needles + distractors, question, chain
 
 
 def _common_words(rng: random.Random, n_entries: int) -> tuple[str, list[str]]:

@@ -112,7 +112,7 @@ def test_answers_are_recoverable_from_the_context(byte_tok, task, depth, seed):
         assert sorted(n for n, v in values.items() if v == value) == sorted(s.answer)
         assert len(s.answer) == 4 and len(values) == 8  # the asked chain and a distractor chain
     elif task == "common_words":
-        counts = collections.Counter(re.findall(r"^\d+\. (\w+)$", s.context, flags=re.M))
+        counts = collections.Counter(re.findall(r"^\d+\. (\w+)$", s.context, flags=re.MULTILINE))
         ranked = [c for _, c in counts.most_common()]
         assert {w for w, _ in counts.most_common(3)} == set(s.answer) and ranked[2] > ranked[3]
     else:  # qa: the blanked quote, filled with the answer, is a passage of the context
