@@ -45,8 +45,8 @@ import functools
 import hashlib
 import random
 import re
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 from itertools import pairwise
 
 TASKS = ("needle_passkey", "needle_number", "needle_word", "multikey", "multivalue", "variable_tracking",
