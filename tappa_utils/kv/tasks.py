@@ -49,12 +49,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import pairwise
 
+from ..data import is_calibration_topic
+
 TASKS = ("needle_passkey", "needle_number", "needle_word", "multikey", "multivalue", "variable_tracking",
          "common_words", "qa")
 DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
 QUESTION_SEP = "\n\n"
 LENGTH_TOLERANCE = 0.02
-CALIBRATION_MODULUS = 4
+
 MIN_TARGET_TOKENS = 64
 
 _ASCII = str.maketrans({"\u2019": "'", "\u2018": "'", "\u201c": '"', "\u201d": '"', "\u2026": "...",
@@ -95,7 +97,7 @@ def _prose(text: str) -> list[str]:
 
 
 def _is_calibration(topic: str) -> bool:
-    return int(hashlib.sha256(topic.encode()).hexdigest(), 16) % CALIBRATION_MODULUS == 0
+    return is_calibration_topic(topic)  # the split every calibration in the book uses (`tappa_utils.data`)
 
 
 @functools.lru_cache(maxsize=1)
