@@ -346,22 +346,58 @@ def _row_level(first_row: int, n: int, device) -> torch.Tensor:
     return 1 / (torch.arange(first_row, first_row + n, dtype=torch.float64, device=device) + 1)[:, None]
 
 
-def _pred_terms(p: torch.Tensor, first_row: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _pred_terms(p: torch.Tensor, first_row: int, dtype: torch.dtype = torch.float64
+                ) -> tuple[torch.Tensor, torch.Tensor]:
     """Rows t = first_row, ... of p (..., n, K): the excess A[t, j] - 1 / (t + 1) on causal keys (0 beyond t),
-    float64, and the above-average mask A[t, j] >= 1 / (t + 1)."""
+    in `dtype`, and the above-average mask A[t, j] >= 1 / (t + 1)."""
     n, K = p.shape[-2:]
     level = _row_level(first_row, n, p.device)
     rows = torch.arange(first_row, first_row + n, device=p.device)[:, None]
     causal = torch.arange(K, device=p.device)[None, :] <= rows
     pd = p.double()
-    return torch.where(causal, pd - level, 0.0), pd >= level
+    return torch.where(causal, pd - level, 0.0).to(dtype), pd >= level
 
 
-def _lag_gains(excess: torch.Tensor, mask: torch.Tensor, lag: int) -> list[torch.Tensor]:
-    """Row gains (..., n) of the kept, moved and both key sets of the rows `lag` before (`mask`, aligned with
-    `excess`): sum over keys of H * excess."""
-    moved = torch.nn.functional.pad(mask, (lag, 0))[..., : mask.shape[-1]]
-    return [(excess * h).sum(-1) for h in (mask, moved, mask | moved)]
+def _distance_coords(x: torch.Tensor, first_row: int) -> torch.Tensor:
+    """x (..., n, K) over keys j -> (..., n, K) over distances d = t - j (0 where j < 0), rows t = first_row, ..."""
+    n, K = x.shape[-2:]
+    j = torch.arange(first_row, first_row + n, device=x.device)[:, None] - torch.arange(K, device=x.device)[None, :]
+    return torch.gather(x, -1, j.clamp(min=0).expand(*x.shape[:-2], n, K)) * (j >= 0)
+
+
+PRED_CHUNK = 64  # query rows per matrix product in `_block_gains`
+
+
+def _block_gains(excess: torch.Tensor, masks: torch.Tensor, first_row: int, lags: int) -> torch.Tensor:
+    """Gains of the kept, moved and both key sets for lags 1..`lags`, summed over the n rows of `excess`:
+    (..., 3 * lags) in the order (lag 1: kept, moved, both), (lag 2: ...), ...
+
+    excess (..., n, K) holds rows t = first_row..first_row + n - 1 (`_pred_terms`); masks (..., lags + n, K) the
+    above-average masks of rows first_row - lags..first_row + n - 1 (zero rows where a row has no predictor). The kept
+    gain sum_j E[t, j] M[t - l, j] and the moved gain sum_j E[t, j] M[t - l, j - l] (= the kept gain in distance
+    coordinates d = t - j) are diagonals of matrix products over chunks of rows; both = kept + moved - the gain of
+    their intersection, one masked sum per lag.
+    """
+    n, K = excess.shape[-2:]
+    L = lags
+    m = masks.to(excess.dtype)
+    ed, md = _distance_coords(excess, first_row), _distance_coords(m, first_row - L)
+    i = torch.arange(min(PRED_CHUNK, n), device=excess.device)[:, None]
+    lag = torch.arange(1, L + 1, device=excess.device)[None, :]
+    kept = excess.new_zeros(*excess.shape[:-2], L)
+    moved = excess.new_zeros(*excess.shape[:-2], L)
+    for r in range(0, n, PRED_CHUNK):
+        c = min(PRED_CHUNK, n - r)
+        idx = (i[:c] + L - lag).expand(*excess.shape[:-2], c, L)  # row r + i's predictor, lag l, in the window
+        kept += torch.gather(excess[..., r:r + c, :] @ m[..., r:r + c + L, :].transpose(-1, -2), -1, idx).sum(-2)
+        moved += torch.gather(ed[..., r:r + c, :] @ md[..., r:r + c + L, :].transpose(-1, -2), -1, idx).sum(-2)
+    both = []
+    for l in range(1, L + 1):
+        prev = masks[..., L - l:L - l + n, :]
+        inter = prev & torch.nn.functional.pad(prev, (l, 0))[..., :K]
+        both.append((excess * inter).sum((-2, -1)))
+    both = kept + moved - torch.stack(both, -1)
+    return torch.stack([kept, moved, both], -1).flatten(-2).double()
 
 
 def predictor_sums(probs: torch.Tensor, skip: int = 16, max_lag: int = 16, floor: float = 0.5
@@ -373,13 +409,11 @@ def predictor_sums(probs: torch.Tensor, skip: int = 16, max_lag: int = 16, floor
     _check_len(probs.shape[-2], skip)
     excess, mask = _pred_terms(probs[..., skip:, :], skip)
     norm_rows = excess.clamp(min=0).sum(-1).clamp(min=floor)
-    gains, norms = [], []
-    for lag in range(1, min(max_lag, T - 1 - skip) + 1):
-        norm = norm_rows[..., lag:].sum(-1)
-        for g in _lag_gains(excess[..., lag:, :], mask[..., :-lag, :], lag):
-            gains.append(g.sum(-1))
-            norms.append(norm)
-    return torch.stack(gains, -1), torch.stack(norms, -1)
+    L = min(max_lag, T - 1 - skip)
+    masks = torch.cat([mask.new_zeros(*mask.shape[:-2], L, T), mask], -2)
+    gains = _block_gains(excess, masks, skip, L)
+    norms = torch.stack([norm_rows[..., lag:].sum(-1) for lag in range(1, L + 1)], -1).repeat_interleave(3, -1)
+    return gains, norms
 
 
 def _pred_from_sums(gain: torch.Tensor, norm: torch.Tensor) -> torch.Tensor:
@@ -606,17 +640,16 @@ def block_stats(q_pre: torch.Tensor, q_post: torch.Tensor, k_post: torch.Tensor,
         halves[..., 1, :] += (vals[..., : De + 1] * (1 - early)).sum(-2)
         c0 = max(0, 1 - t0)  # concentration skips query 0 (one key)
         conc += row_concentration(p[..., c0:, :], t0 + c0).sum(-1)
-        excess, mask = _pred_terms(p, t0)
-        norm_rows = excess.clamp(min=0).sum(-1).clamp(min=cfg.structure_floor)
-        h = 0 if hist is None else hist.shape[-2]
-        masks = mask if hist is None else torch.cat([torch.nn.functional.pad(hist, (0, t1 - hist.shape[-1])), mask], -2)
+        excess, mask = _pred_terms(p, t0, torch.float32)
+        norm_rows = excess.double().clamp(min=0).sum(-1).clamp(min=cfg.structure_floor)
+        if hist is None:  # rows before skip predict nothing
+            hist = mask.new_zeros(*mask.shape[:-2], L, t1)
+        masks = torch.cat([torch.nn.functional.pad(hist, (0, t1 - hist.shape[-1])), mask], -2)
+        gain += _block_gains(excess, masks, t0, L)
         for lag in range(1, L + 1):
             r0 = max(t0, skip + lag) - t0  # first row of the block with a predictor row (t - lag >= skip)
-            if r0 >= b:
-                continue
-            gs = _lag_gains(excess[..., r0:, :], masks[..., r0 + h - lag : b + h - lag, :], lag)
-            gain[..., 3 * lag - 3 : 3 * lag] += torch.stack([g.sum(-1) for g in gs], -1)
-            norm[..., 3 * lag - 3 : 3 * lag] += norm_rows[..., r0:].sum(-1)[..., None]
+            if r0 < b:
+                norm[..., 3 * lag - 3 : 3 * lag] += norm_rows[..., r0:].sum(-1)[..., None]
         hist = masks[..., -L:, :]
         del p, excess, mask, masks
     counts = T - torch.clamp(torch.arange(jmax + 1, device=dev), min=skip)
