@@ -14,6 +14,7 @@ import math
 from typing import Any, Iterable
 
 from . import claims as C
+from . import tables as T
 from .claims import Check
 
 STATUS_MARK = {"supported": "✔", "not supported": "✘", "inconclusive": "?", "holds": "✔", "violated": "✘",
@@ -43,12 +44,13 @@ def fmt(x: Any, digits: int = 3) -> str:
 
 
 def effect_text(r: dict[str, Any]) -> str:
-    """'0.42 [0.2, 0.6], p = 0.001' from a row's measured value, interval and p-value."""
+    """'0.42 [0.2, 0.6], p = 0.001' from a row's measured value, interval and p-value (for prose; missing interval
+    and p-value left out)."""
     s = fmt(r.get("measured"))
     ci = r.get("ci")
-    if ci:
+    if ci and not all(T.is_missing(v) for v in ci):
         s += f" [{fmt(ci[0])}, {fmt(ci[1])}]"
-    if r.get("p_value") is not None:
+    if not T.is_missing(r.get("p_value")):
         s += f", p = {fmt(r['p_value'], 2)}"
     return s
 
@@ -65,22 +67,129 @@ def bar_text(r: dict[str, Any]) -> str:
     return f"≈ {fmt(thr)} ± {fmt(tol)}"
 
 
+COMBINED_RULE = ("A claim checked several times (per task, budget or k) has one row per check (↳) and one combined "
+                 "status: supported when every check is supported, not supported when every check is not supported, "
+                 "mixed when some checks are supported and some not supported, inconclusive otherwise.")
+
+
+def combined_status(statuses: Iterable[str]) -> str:
+    """The status of a claim from its checks' statuses (`COMBINED_RULE`); "not run" when there is none.
+
+    >>> combined_status(["supported", "supported"]), combined_status(["supported", "not supported", "inconclusive"])
+    ('supported', 'mixed')
+    """
+    parts = {p for p in statuses if p and p != "not run"}
+    if not parts:
+        return "not run"
+    if len(parts) == 1:
+        return parts.pop()
+    return "mixed" if {"supported", "not supported"} <= parts else "inconclusive"
+
+
+def status_text(status: str) -> str:
+    """A status with its mark: '✔ supported'; a combined 'mixed' as '✔✘ mixed'."""
+    mark = {"mixed": "✔✘", "BUG": "✘"}.get(status) or STATUS_MARK.get(status, "·")
+    return f"{mark} {status}"
+
+
+def _count_text(rows: list[dict[str, Any]]) -> str:
+    counts = {s: sum(r["status"] == s for r in rows) for s in ("supported", "not supported", "inconclusive")}
+    return ", ".join(f"{n} {s}" for s, n in counts.items() if n) + f" of {len(rows)} checks"
+
+
+def check_labels(names: list[str]) -> list[str]:
+    """Short labels of several checks of one claim: their names without the words all of them share at the start
+    and the clause (from ', ' or ': ') they share at the end; the full names when that leaves them alike.
+
+    >>> check_labels(["TAPPA vs ShortGPT, 2 layers removed: gain", "TAPPA vs ShortGPT, 4 layers removed: gain"])
+    ['2 layers removed', '4 layers removed']
+    """
+    if len(names) < 2:
+        return list(names)
+    prefix = names[0]
+    for n in names[1:]:
+        while not n.startswith(prefix):
+            prefix = prefix[:-1]
+    start = prefix.rfind(" ") + 1 if any(len(n) > len(prefix) for n in names) else 0
+    suffix = names[0][start:]
+    for n in names[1:]:
+        while not n.endswith(suffix):
+            suffix = suffix[1:]
+    cut = min([i for i in (suffix.find(", "), suffix.find(": "), suffix.find(" (")) if i >= 0], default=len(suffix))
+    labels = [n[start:len(n) - len(suffix) + cut].strip(" ,:") for n in names]
+    return labels if all(labels) and len(set(labels)) == len(labels) else list(names)
+
+
+def _group(rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """Rows in order, the claim checks of one id gathered at the first one."""
+    groups: list[list[dict[str, Any]]] = []
+    by_id: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        if r["kind"] == "claim" and r.get("id") in by_id:
+            by_id[r["id"]].append(r)
+            continue
+        groups.append([r])
+        if r["kind"] == "claim" and r.get("id"):
+            by_id[r["id"]] = groups[-1]
+    return groups
+
+
+def effect_cell(r: dict[str, Any]) -> str:
+    """A row's effect for a table: '0.42 [0.2, 0.6], p = 0.001' (3 significant digits), missing parts left out,
+    a dash when there is no value."""
+    ci, p = r.get("ci"), r.get("p_value")
+    parts = [] if T.is_missing(r.get("measured")) else [T.number(r["measured"])]
+    if ci is not None and not all(T.is_missing(v) for v in ci):
+        parts.append(T.interval(ci))
+    s = " ".join(parts)
+    if not T.is_missing(p):
+        s += f"{', ' if s else ''}p = {T.number(p, 2)}"
+    return s or T.DASH
+
+
+def checks_markdown(checks: Iterable[Check | dict[str, Any]]) -> str:
+    """Every row as one table (`tables.markdown_table`): kind, check, status, effect [interval] and p, what a claim
+    or assumption needs, note. A claim checked several times is one row with the combined status, then one
+    labelled row (↳) per check; the rule is written under the table."""
+    rows, multi = [], False
+    for group in _group(as_rows(checks)):
+        r = group[0]
+        needed = bar_text(r) if r["kind"] in ("claim", "assumption", "sanity") else ""
+        if len(group) == 1:
+            rows.append({"kind": r["kind"], "check": r["name"], "status": status_text(r["status"]),
+                         "effect": effect_cell(r), "needed": needed, "note": r.get("note") or ""})
+            continue
+        multi = True
+        spec = C.REGISTRY.get(r["id"])
+        status = combined_status(x["status"] for x in group)
+        rows.append({"kind": "claim", "check": spec.statement if spec else r["id"], "note": _count_text(group),
+                     "status": status_text(status), "effect": f"{len(group)} checks ↓", "needed": needed})
+        rows += [{"kind": "", "check": f"↳ {label}", "status": status_text(x["status"]), "effect": effect_cell(x),
+                  "needed": "", "note": x.get("note") or ""}
+                 for label, x in zip(check_labels([x["name"] for x in group]), group)]
+    columns = {"kind": "kind", "check": "check", "status": "status", "effect": "effect [95 % interval], p",
+               "needed": "needed", "note": "note"}
+    return T.markdown_table(rows, columns, notes=[COMBINED_RULE] if multi else [])
+
+
 def _assumption_summary(spec_ids: Iterable[str], by_id: dict[str, list[dict]]) -> str:
     parts = []
     for a in spec_ids:
         rows = by_id.get(a)
         if not rows:
-            parts.append(f"{a} (not measured here)")
+            parts.append(f"`{a}` (not measured here)")
             continue
         states = sorted({r["status"] for r in rows})
-        parts.append(f"{a} ({'/'.join(states)}, {', '.join(fmt(r['measured']) for r in rows[:3])})")
+        parts.append(f"`{a}` ({'/'.join(states)}, {', '.join(T.number(r['measured']) for r in rows[:3])})")
     return "; ".join(parts)
 
 
-def what_held(checks: Iterable[Check | dict[str, Any]], chapter: str) -> str:
+def what_held(checks: Iterable[Check | dict[str, Any]], chapter: str, table: bool = True) -> str:
     """The Markdown of a chapter's "What held on this model" section: each claim's verdict with its effect and
-    interval and the assumptions behind it, then the assumptions, the sanity checks and the measurements in a line
-    each. `chapter` is the notebook stem (e.g. "03_predictable") or its number ("03")."""
+    interval and the assumptions behind it (a claim checked several times: its combined status), the claims not
+    tested, the counts of assumptions and sanity checks, then (`table`) every row in one table (`checks_markdown`;
+    without it, the assumptions and measurements in a line each). `chapter` is the notebook stem (e.g.
+    "03_predictable") or its number ("03")."""
     rows = as_rows(checks)
     by_id: dict[str, list[dict]] = {}
     for r in rows:
@@ -90,36 +199,49 @@ def what_held(checks: Iterable[Check | dict[str, Any]], chapter: str) -> str:
     counts = {s: sum(r["status"] == s for r in claims_rows) for s in ("supported", "not supported", "inconclusive")}
     registered = [s for s in C.by_chapter(chapter[:2]) if s.kind == "claim"]
     untested = [s for s in registered if s.id not in by_id]
+    checked = "claim checks" if len(claims_rows) > len({r.get("id") for r in claims_rows}) else "tested"
     out = [f"**Claims on this model:** {counts['supported']} supported, {counts['not supported']} not supported, "
-           f"{counts['inconclusive']} inconclusive (of {len(claims_rows)} tested"
+           f"{counts['inconclusive']} inconclusive (of {len(claims_rows)} {checked}"
            + (f"; {len(untested)} registered but not tested)." if untested else ").")]
     if claims_rows:
         out.append("")
-    for r in claims_rows:
-        spec = C.REGISTRY.get(r["id"])
-        line = (f"- {STATUS_MARK[r['status']]} **{r['status']}**: {r['name']} ({r.get('paper') or 'paper section ?'}). "
-                f"Effect {effect_text(r)}; needed {bar_text(r)}.")
+    for group in _group(claims_rows):
+        r = group[0]
+        spec = C.REGISTRY.get(r.get("id"))
+        if len(group) == 1:
+            line = (f"- {STATUS_MARK[r['status']]} **{r['status']}**: {T.escape(r['name'])} "
+                    f"({r.get('paper') or 'paper section ?'}). Effect {effect_cell(r)}; needed {bar_text(r)}.")
+        else:
+            status = combined_status(x["status"] for x in group)
+            line = (f"- {status_text(status).split()[0]} **{status}** ({_count_text(group)}, one per row of the "
+                    f"table below): {T.escape(spec.statement if spec else r['name'])} "
+                    f"({r.get('paper') or 'paper section ?'}); needed {bar_text(r)}.")
         if spec and spec.assumptions:
-            line += f" Rests on: {_assumption_summary(spec.assumptions, by_id)}."
+            line += f" Rests on: {T.escape(_assumption_summary(spec.assumptions, by_id))}."
         out.append(line)
     for s in untested:
-        out.append(f"- · **not tested here**: {s.statement} ({s.id}).")
+        out.append(f"- · **not tested here**: {T.escape(s.statement)} (`{s.id}`).")
     assumptions = [r for r in rows if r["kind"] == "assumption"]
     if assumptions:
         held = sum(r["status"] == "holds" for r in assumptions)
         out += ["", f"**Assumptions:** {held} of {len(assumptions)} hold."]
-        out += [f"- {STATUS_MARK[r['status']]} {r['name']}: {fmt(r['measured'])} (needs {bar_text(r)})"
-                for r in assumptions]
+        if not table:
+            out += [f"- {STATUS_MARK[r['status']]} {T.escape(r['name'])}: {T.number(r['measured'])} "
+                    f"(needs {bar_text(r)})" for r in assumptions]
     sanity = [r for r in rows if r["kind"] == "sanity"]
     if sanity:
         bugs = [r for r in sanity if r["status"] != "ok"]
         out += ["", f"**Sanity checks** (identities and definitions; a failure is a bug, not a finding): "
                     f"{len(sanity) - len(bugs)} of {len(sanity)} ok."]
-        out += [f"- ✘ BUG: {r['name']}: {fmt(r['measured'])} vs {fmt(r['predicted'])}" for r in bugs]
+        out += [f"- ✘ BUG: {T.escape(r['name'])}: {T.number(r['measured'])} vs {T.number(r['predicted'])}"
+                for r in bugs]
     meas = [r for r in rows if r["kind"] == "measurement"]
-    if meas:
+    if table and rows:
+        out += ["", "**Every check** (claims, assumptions, sanity checks and measurements of this run):", "",
+                checks_markdown(rows)]
+    elif meas:
         out += ["", "**Measurements** (values with their intervals; no verdict):"]
-        out += [f"- {r['name']}: {effect_text(r)}" for r in meas]
+        out += [f"- {T.escape(r['name'])}: {effect_cell(r)}" for r in meas]
     return "\n".join(out)
 
 
@@ -135,9 +257,10 @@ def verdict_line(checks: Iterable[Check | dict[str, Any]]) -> str:
 
 
 def ledger_rows(results_by_chapter: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
-    """One row per registered claim of the paper: chapter, statement, status on this model (several checks of one
-    claim: each listed), effect with interval, and the assumptions behind it with their status. Claims whose
-    chapter produced no row are 'not run'."""
+    """One row per registered claim of the paper: chapter, statement, paper section, status on this model
+    (`status`: its checks' statuses joined by '; '; `combined`: `combined_status`), effect with interval (a dash
+    when not run; several checks: their count, each in `checks` with its label, status and effect), what it needs
+    and the assumptions behind it with their status."""
     by_id: dict[str, list[dict]] = {}
     for rows in results_by_chapter.values():
         for r in as_rows(rows):
@@ -148,11 +271,15 @@ def ledger_rows(results_by_chapter: dict[str, list[dict[str, Any]]]) -> list[dic
         if s.kind != "claim":
             continue
         rows = by_id.get(s.id, [])
-        status = "; ".join(sorted({r["status"] for r in rows})) if rows else "not run"
+        labels = check_labels([r["name"] for r in rows])
         out.append({
-            "chapter": s.chapter, "id": s.id, "statement": s.statement, "paper": s.paper, "status": status,
-            "effect": "; ".join(f"{effect_text(r)}" for r in rows) or "n/a",
-            "needed": bar_text(rows[0]) if rows else "n/a",
+            "chapter": s.chapter, "id": s.id, "statement": s.statement, "paper": s.paper,
+            "status": "; ".join(sorted({r["status"] for r in rows})) if rows else "not run",
+            "combined": combined_status(r["status"] for r in rows),
+            "effect": (effect_cell(rows[0]) if len(rows) == 1 else f"{len(rows)} checks ↓") if rows else T.DASH,
+            "needed": bar_text(rows[0]) if rows else T.DASH,
             "assumptions": _assumption_summary(s.assumptions, by_id) if s.assumptions else "none",
+            "checks": [{"label": label, "status": r["status"], "effect": effect_cell(r)}
+                       for label, r in zip(labels, rows)] if len(rows) > 1 else [],
         })
     return out

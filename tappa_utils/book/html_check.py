@@ -35,6 +35,17 @@ Rules (`RULES`), all applied to the page's article (`<article class="bd-article"
   Break it (`aligned`, `multline`), shorten it, or wrap it in an explicit `overflow-x-auto` container.
 - wide-output: a printed output line longer than `OUTPUT_CHARS` characters (what fits in the output box at a
   1400 px window): it scrolls sideways. Code inputs are not checked (their line length is a code-style matter).
+- table-row: a table row whose cell count (colspans counted) differs from its header's, or a cell showing a lone
+  backtick (a code span cut by a `|`: Markdown drops or pads a split row's cells, so the count alone cannot see it).
+- dataframe: a table pandas rendered (class `dataframe`): raw floats, NaN, an index column, cut-off columns.
+  Tables a reader sees are built by `tappa_utils.tables.markdown_table`.
+- long-float: a number with `LONG_FLOAT_DIGITS` or more significant digits (a decimal point or an exponent) in a
+  table cell: an unformatted float.
+- nan-cell: `nan`, `NaN`, `<NA>`, `NaT` or a `None` value in a table cell.
+- table-scroll: a table whose narrowest layout (each column as wide as its longest unbreakable word, about 9 px per
+  character plus 16 px padding) is wider than the text column and that only the theme's automatic container or a
+  notebook output box scrolls: the reader sees it cut off at the right. Narrow it, or put it in its own scrolling
+  box (an inline `overflow-x:auto` style or class `overflow-x-auto`), as `tappa_utils.tables` does.
 """
 from __future__ import annotations
 
@@ -66,12 +77,21 @@ RULES: dict[str, str] = {
     "truncated-cell": "a table cell cut short by pandas ('...')",
     "wide-math": "a display formula wider than the text column",
     "wide-output": "a printed output line wider than the output box",
+    "table-row": "a table row whose cells do not match its header (a '|' in the text split the row)",
+    "dataframe": "a pandas-rendered table (class 'dataframe'); build it with tappa_utils.tables",
+    "long-float": "an unformatted number (7+ significant digits) in a table cell",
+    "nan-cell": "NaN / None / nan in a table cell (show a dash and explain it)",
+    "table-scroll": "a table wider than the text column without its own scrolling box",
 }
 
 COLUMN_PX = 770  # width of the text column (and of an output box) at a 1400 px window, measured in Chromium
 TABLE_PX_PER_CHAR, TABLE_PAD_PX = 9.0, 16.0
 MATH_PX_PER_CHAR = 11.0  # display maths: the (x + 1)^25 expansion, 254 visible characters, is 2553 px wide
 OUTPUT_CHARS = 88  # monospace 14 px: 8.4 px per character in a 770 px box with 24 px padding
+LONG_FLOAT_DIGITS = 7  # a table cell's number with this many significant digits was not formatted
+EXPLICIT_SCROLL_CLASSES = {"overflow-x-auto", "table-responsive"}
+LONG_FLOAT = re.compile(r"(?<![\w.])[-+−]?(?:\d+\.\d+|\.\d+|\d+(?=[eE][-+]?\d))(?:[eE][-+]?\d+)?(?![\w.])")
+NAN_CELL = re.compile(r"(?<![\w-])(?:nan|NaN|NAN)(?![\w-])|^\s*(?:None|<NA>|NaT)\s*$|[\[(,=:]\s*None\b|\bNone\s*[\]),]")
 BROWSER_WORKERS = 4
 SKIPPED_PAGES = ("genindex.html", "search.html", "py-modindex.html")
 SKIPPED_DIRS = ("_static", "_sources", "_images", "_downloads")
@@ -400,6 +420,7 @@ def check_page(html: str, page: str, page_path: Path | None = None, html_root: P
 
     if is_chapter:
         problems += _figure_problems(article, blocks, page)
+    problems += [p for p in _table_problems(article, page) if p not in problems]
     return problems
 
 
@@ -433,6 +454,99 @@ def _figure_problems(article, blocks, page: str) -> list[Problem]:
             if not any(prev_heading < v < pos for v in visuals):
                 out.append(Problem(page, "figure-ref", f"text refers to a figure above but none precedes it in "
                                                        f"its section: '{quote}'"))
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ tables
+
+
+def _row_width(row) -> int:
+    return sum(int(c.get("colspan") or 1) if str(c.get("colspan") or 1).isdigit() else 1
+               for c in row.find_all(["td", "th"], recursive=False))
+
+
+def _visible_outside_code(tag) -> str:
+    out = []
+    for string in tag.find_all(string=True):
+        parent = string.parent
+        while parent is not None and parent is not tag and parent.name != "code":
+            parent = parent.parent
+        if parent is tag or parent is None:
+            out.append(str(string))
+    return "".join(out)
+
+
+def significant_digits(number: str) -> int:
+    """The significant digits of a written number ('0.0012340' -> 5, '1.5e-07' -> 2)."""
+    mantissa = re.split(r"[eE]", number.lstrip("+-−"))[0].replace(".", "")
+    return len(mantissa.lstrip("0"))
+
+
+def _min_table_width(table) -> float:
+    """The narrowest width a browser can give `table`: each column as wide as its longest unbreakable word."""
+    widths: dict[int, int] = {}
+    for row in table.find_all("tr"):
+        for i, cell in enumerate(row.find_all(["td", "th"], recursive=False)):
+            longest = max((len(w) for w in cell.get_text(" ").split()), default=0)
+            widths[i] = max(widths.get(i, 0), longest)
+    return sum(n * TABLE_PX_PER_CHAR + TABLE_PAD_PX for n in widths.values())
+
+
+def _explicit_scroll(tag) -> bool:
+    for parent in [tag, *tag.parents]:
+        if set(_classes(parent)) & EXPLICIT_SCROLL_CLASSES:
+            return True
+        if re.search(r"overflow(-x)?\s*:\s*(auto|scroll)", parent.get("style", "") or ""):
+            return True
+        if parent.name == "article":
+            return False
+    return False
+
+
+def _table_problems(article, page: str) -> list[Problem]:
+    """table-row, dataframe, long-float, nan-cell and table-scroll problems of the article's tables."""
+    out: list[Problem] = []
+
+    def add(rule: str, detail: str) -> None:
+        if Problem(page, rule, detail) not in out:
+            out.append(Problem(page, rule, detail))
+
+    for table in article.find_all("table"):
+        rows = [r for r in table.find_all("tr") if r.find_parent("table") is table]
+        head = " | ".join(" ".join(c.get_text().split()) for c in rows[0].find_all(["th", "td"])[:3]) if rows else ""
+        if "dataframe" in _classes(table):
+            add("dataframe", f"pandas table '{_shorten(head, 60)}': display it with tappa_utils.tables")
+        if rows:
+            n_head = _row_width(rows[0])
+            for row in rows[1:]:
+                text = " | ".join(" ".join(c.get_text().split()) for c in row.find_all(["td", "th"], recursive=False))
+                if _row_width(row) != n_head:
+                    add("table-row", f"row of {_row_width(row)} cells under a header of {n_head}: "
+                                     f"'{_shorten(text, 60)}'")
+                    break
+                lone = [c for c in row.find_all(["td", "th"], recursive=False)
+                        if _visible_outside_code(c).count("`") % 2]
+                if lone:
+                    add("table-row", f"cell with a lone backtick (a '|' split a code span): "
+                                     f"'{_shorten(lone[0].get_text(), 60)}'")
+                    break
+        for cell in table.find_all(["td", "th"]):
+            text = " ".join(cell.get_text().split())
+            long = [m.group(0) for m in LONG_FLOAT.finditer(text)
+                    if significant_digits(m.group(0)) >= LONG_FLOAT_DIGITS]
+            if long:
+                add("long-float", f"'{long[0]}' ({significant_digits(long[0])} significant digits) in "
+                                  f"'{_shorten(text, 50)}'")
+                break
+        for cell in table.find_all(["td", "th"]):
+            text = " ".join(cell.get_text().split())
+            if NAN_CELL.search(text):
+                add("nan-cell", f"'{_shorten(text, 60)}' in table '{_shorten(head, 40)}'")
+                break
+        width = _min_table_width(table)
+        if width > COLUMN_PX and _has_scroll_ancestor(table, allow_output=True) and not _explicit_scroll(table):
+            add("table-scroll", f"table at least {width:.0f} px wide (column {COLUMN_PX} px), cut off at the right: "
+                                f"'{_shorten(head, 60)}'")
     return out
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .. import tables as T
 from ..io import atomic_write_text
 from ..models import model_label
 from .layout import EXECUTED_DIR, GENERATED_DIR, find_root
@@ -57,19 +58,11 @@ def read_results(folder: str | Path, stems: list[str]) -> dict[str, ChapterResul
 
 
 def claim_status(status: str) -> str:
-    """A ledger row's status (several checks of one claim joined by '; ') as one of `STATUSES`."""
-    parts = {p.strip() for p in status.split(";") if p.strip()}
-    if not parts or parts <= {"not run"}:
-        return "not run"
-    if len(parts) == 1:
-        return parts.pop()
-    if "supported" in parts and "not supported" in parts:
-        return "mixed"
-    return "supported" if parts == {"supported"} else "inconclusive"
+    """A ledger row's status (several checks of one claim joined by '; ') as one of `STATUSES`
+    (`verdicts.combined_status`)."""
+    from ..verdicts import combined_status
 
-
-def _cell(text: Any) -> str:
-    return " ".join(str(text).replace("|", "\\|").split())
+    return combined_status(p.strip() for p in status.split(";"))
 
 
 def ledger_markdown(chapters: dict[str, ChapterResults], linked: set[str] | None = None,
@@ -112,23 +105,30 @@ def ledger_markdown(chapters: dict[str, ChapterResults], linked: set[str] | None
     if missing:
         out += ["Chapters without results (their claims are *not run*): " + ", ".join(f"`{s}`" for s in missing)
                 + ".", ""]
-    out += ["| chapter | claim | paper | status | effect [interval] | needed | assumptions measured |",
-            "| --- | --- | --- | --- | --- | --- | --- |"]
+    table = []
     for r in rows:
         stem = r["chapter"]
-        chapter = f"{{doc}}`{stem[:2]} <../executed/{stem}>`" if stem in linked else stem[:2]
-        status = r["status"] if stem in ran else "not run"
-        if stem in ran and status == "not run":
-            status = "not tested (the chapter ran without it)"
-        mark = {"mixed": "✔✘"}.get(claim_status(r["status"])) or V.STATUS_MARK.get(claim_status(r["status"]), "·")
+        chapter = T.Md(f"{{doc}}`{stem[:2]} <../executed/{stem}>`") if stem in linked else stem[:2]
+        combined = r["combined"] if stem in ran else "not run"
+        status = V.status_text(combined)
+        if stem in ran and combined == "not run":
+            status = "· not tested (the chapter ran without it)"
+        elif r["checks"]:
+            status += f" ({', '.join(f'{n} {s}' for s, n in Counter(c['status'] for c in r['checks']).items())})"
         needed = r["needed"]
-        if needed == "n/a" and r["id"] in C.REGISTRY:  # untested: what the registry will ask of it
-            s = C.REGISTRY[r["id"]]
-            if s.threshold is not None:
-                needed = V.bar_text({"kind": "claim", "relation": s.relation, "predicted": s.threshold,
-                                     "tolerance": s.margin})
-        out.append(f"| {chapter} | {_cell(r['statement'])} | {_cell(r['paper'])} | {mark} {_cell(status)} | "
-                   f"{_cell(r['effect'])} | {_cell(needed)} | {_cell(r['assumptions'])} |")
+        if needed == T.DASH and r["id"] in C.REGISTRY:  # untested: what the registry will ask of it
+            spec = C.REGISTRY[r["id"]]
+            if spec.threshold is not None:
+                needed = V.bar_text({"kind": "claim", "relation": spec.relation, "predicted": spec.threshold,
+                                     "tolerance": spec.margin})
+        table.append({"chapter": chapter, "claim": r["statement"], "paper": r["paper"], "status": status,
+                      "effect": r["effect"], "needed": needed, "assumptions": r["assumptions"]})
+        table += [{"chapter": "", "claim": f"↳ {c['label']}", "paper": "", "status": V.status_text(c["status"]),
+                   "effect": c["effect"], "needed": "", "assumptions": ""} for c in r["checks"]]
+    columns = {"chapter": "chapter", "claim": "claim", "paper": "paper", "status": "status",
+               "effect": "effect [interval]", "needed": "needed", "assumptions": "assumptions measured"}
+    notes = [V.COMBINED_RULE] if any(r["checks"] for r in rows) else []
+    out += [T.markdown_table(table, columns, notes=notes)]
     out += ["", "Effects are the measured values with their bootstrap intervals and p-values (see each chapter's "
                 "*What held on this model*); *needed* is what the registry asks of the effect."]
     return "\n".join(out) + "\n"

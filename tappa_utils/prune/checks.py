@@ -126,18 +126,8 @@ def most_influential_note(res: PruneEvalResult) -> str:
 
 
 def checks_markdown(checks) -> str:
-    """The full checks table as Markdown (nothing truncated): kind, check, status, value [ci], p, what a claim
-    needs, note."""
-    import pandas as pd
+    """The full checks table as Markdown: `verdicts.checks_markdown` (the book's one table builder; each claim
+    checked at several k as one labelled row per k under its combined status)."""
+    from ..verdicts import checks_markdown as table
 
-    from ..verdicts import as_rows, bar_text
-
-    rows = []
-    for r in as_rows(checks):
-        ci = r.get("ci")
-        rows.append({"kind": r["kind"], "check": r["name"], "status": r["status"],
-                     "value [95 % ci]": fmt(r["measured"], 4) + (f" [{fmt(ci[0], 3)}, {fmt(ci[1], 3)}]" if ci else ""),
-                     "p": fmt(r["p_value"], 2) if r.get("p_value") is not None else "",
-                     "needed": bar_text(r) if r["kind"] in ("claim", "assumption") else "",
-                     "note": r.get("note") or ""})
-    return pd.DataFrame(rows).to_markdown(index=False)
+    return table(checks)

@@ -13,6 +13,7 @@ import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
 from tappa_utils.book import html_check as hc
+from tappa_utils.tables import markdown_table
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "html_check"
@@ -64,6 +65,45 @@ def test_raw_tex_ignores_currency_code_and_urls():
     page = """<article class="bd-article"><p>A GPU costs $2 to $3, or $5-$10.</p>
     <p><code class="docutils literal">$x$</code> is how you write it; see https://example.org/tmp/x</p></article>"""
     assert hc.check_page(page, "p.html") == []
+
+
+@pytest.mark.parametrize("text, found", [
+    ("nan", True), ("(nan, nan)", True), ("NaN", True), ("None", True), ("[0.1, None]", True), ("<NA>", True),
+    ("none", False), ("dominant channel", False), ("None of the heads", False), ("–", False), ("Nonetheless", False),
+])
+def test_nan_cell_pattern(text, found):
+    assert bool(hc.NAN_CELL.search(text)) is found
+
+
+@pytest.mark.parametrize("text, digits", [
+    ("0.41234567891234567", 17), ("1234567.5", 8), ("0.001234", 4), ("1.5e-07", 2), ("-0.1234567", 7),
+])
+def test_significant_digits(text, digits):
+    assert [m.group(0) for m in hc.LONG_FLOAT.finditer(text)] == [text]
+    assert hc.significant_digits(text) == digits
+
+
+@pytest.mark.parametrize("text", ["1234567", "1,234,567", "v1.2.3", "0.123", "L12 H3", "[0.2, 0.6]"])
+def test_long_float_ignores_integers_versions_and_short_numbers(text):
+    assert not [m for m in hc.LONG_FLOAT.finditer(text) if hc.significant_digits(m.group(0)) >= 7]
+
+
+def test_helper_tables_pass_and_narrow_tables_need_no_box():
+    """What `tappa_utils.tables` builds passes every table rule; a narrow table needs no scrolling box."""
+    from markdown_it import MarkdownIt
+
+    from tappa_utils import tables as T
+
+    rows = [{"check": "Spearman(|delta|, rel) of `q_sim|x`", "value": 0.41234567891234567, "ci": (float("nan"), 1.0),
+             **{f"column_with_a_long_name_{i}": "unbreakable_identifier_of_a_check" for i in range(5)}}]
+    html = MarkdownIt("commonmark", {"html": True}).enable("table").render(T.markdown_table(rows))
+    page = f'<article class="bd-article"><div class="cell_output">{html}</div></article>'
+    assert hc.check_page(page, "p.html") == []
+    bare = page.replace('<div style="overflow-x:auto">', '<div class="pst-scrollable-table-container">')  # theme's
+    assert [p.rule for p in hc.check_page(bare, "p.html")] == ["table-scroll"]
+    narrow = '<article class="bd-article"><div class="pst-scrollable-table-container"><table><tr><th>a</th></tr>' \
+             '<tr><td>a long sentence of many short words that wraps in its column</td></tr></table></div></article>'
+    assert hc.check_page(narrow, "p.html") == []
 
 
 def test_command_line_exit_status_and_one_line_per_problem(tmp_path, capsys):
@@ -139,12 +179,24 @@ def test_check_on_a_book_rendered_with_the_projects_config(tmp_path):
             "text/markdown": "Sink mass $\\ge 0.3$ in **5** heads.\n\n| head | mass |\n|---|---|\n| L5H3 | 0.55 |",
             "text/plain": "<Markdown>"})),
         _code("print(x)", new_output("stream", name="stdout", text="mean 0.41\n")),
+        _code("display(Markdown(markdown_table(rows)))", new_output("display_data", data={
+            "text/markdown": markdown_table([{"check": "Spearman(|delta|) of `q_sim|x`", "ci": (None, 0.5),
+                                              **{f"column_{i}": f"unbreakable_identifier_number_{i}"
+                                                 for i in range(5)}}]),
+            "text/plain": "<Markdown>"})),
     ])
     _chapter(tmp_path / "book" / "noisy.ipynb", [
         new_markdown_cell("# Noisy\n\nThe plot below shows the sinks.\n\n$$m^\\* = 1$$"),
         _code("tok(text)", new_output("stream", name="stderr", text="Token indices sequence length is longer\n")),
         _code("print(s)", new_output("stream", name="stdout",
                                      text="mass $\\ge$ 0.3 saved to /tmp/run/fig.png\n" + "x" * 120 + "\n")),
+        _code("df", new_output("display_data", data={
+            "text/html": '<table border="1" class="dataframe"><thead><tr><th></th><th>measured</th><th>ci</th></tr>'
+                         '</thead><tbody><tr><th>0</th><td>0.41234567891234567</td><td>(nan, nan)</td></tr></tbody>'
+                         '</table>', "text/plain": "df"})),
+        _code("display(Markdown(text))", new_output("display_data", data={
+            "text/markdown": "| " + " | ".join(f"unbreakable_identifier_number_{i}" for i in range(6)) + " |\n"
+                             + "|---" * 6 + "|\n" + "| a " * 6 + "|", "text/plain": "<Markdown>"})),
         _code("1/0", new_output("error", ename="ZeroDivisionError", evalue="division by zero", traceback=[
             "Traceback (most recent call last)", "ZeroDivisionError: division by zero"])),
     ])
@@ -160,7 +212,8 @@ def test_check_on_a_book_rendered_with_the_projects_config(tmp_path):
         by_page.setdefault(p.page, set()).add(p.rule)
     assert by_page.get("book/clean.html") is None, "\n".join(str(p) for p in problems if "clean" in p.page)
     assert by_page["book/noisy.html"] == {"figure-ref", "mathjax", "stderr", "raw-tex", "abs-path", "wide-output",
-                                          "traceback"}, "\n".join(map(str, problems))
+                                          "traceback", "dataframe", "long-float", "nan-cell", "table-scroll"}, \
+        "\n".join(map(str, problems))
     assert set(by_page) == {"book/noisy.html"}
 
     clean = (html / "book" / "clean.html").read_text()
@@ -169,6 +222,8 @@ def test_check_on_a_book_rendered_with_the_projects_config(tmp_path):
     assert "<h1>Reading this book<" in (html / "book" / "zero.html").read_text()  # no number
     assert "(1.1)" in clean  # numbered, labelled equation
     assert "pst-scrollable-table-container" in clean  # the Markdown output's table was parsed (MyST), not left raw
+    assert '<div style="overflow-x:auto">' in clean  # tappa_utils.tables' scrolling box reaches the page
+    assert "<code class=\"docutils literal notranslate\"><span class=\"pre\">q_sim|x</span></code>" in clean
     bibliography = (html / "book" / "bibliography.html").read_text()
     assert "Why attention patterns exist" in bibliography and "SnapKV" in bibliography
     assert 'href="bibliography.html#' in (html / "book" / "intro.html").read_text()  # {cite} resolved

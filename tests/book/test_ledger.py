@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -42,13 +43,19 @@ def results(tmp_path) -> Path:
 STEMS = ["03_predictable", "04_sinks", "05_diagonal", "06_seasonal", "07_kv_cache", "08_pruning"]
 
 
+def _cells(line: str) -> list[str]:
+    """The cells of a Markdown table row (an escaped `\\|` does not split)."""
+    return [c.strip() for c in re.split(r"(?<!\\)\|", line.strip()[1:-1])]
+
+
 def _rows(text: str) -> dict[str, str]:
-    """Ledger table rows keyed by their statement cell."""
+    """Ledger table rows keyed by their statement cell (unescaped); a claim's per-check rows (↳) are left out."""
     out = {}
     for line in text.splitlines():
-        cells = [c.strip() for c in line.strip("|").split(" | ")]
-        if line.startswith("| ") and len(cells) == 7 and cells[0] not in ("chapter", "---"):
-            out[cells[1].replace("\\|", "|")] = line
+        cells = _cells(line) if line.startswith("| ") else []
+        assert not cells or len(cells) == 7, f"row with {len(cells)} cells: {line}"
+        if cells and cells[0] not in ("chapter", "---", ""):
+            out[re.sub(r"\\([|*_])", r"\1", cells[1])] = line
     return out
 
 
@@ -67,20 +74,38 @@ def test_ledger_rows_statuses_and_header(results):
         row("ch03.qsim_predictability_corr")
     assert "✘ not supported" in row("ch03.trained_beats_null")
     assert "? inconclusive" in row("ch03.necessity")  # ci low end 0.5 does not clear 0.5 + 0.2
-    assert "not supported; supported" in row("ch07.tappa_vs_uniform_budgets")
+    # one claim checked at two budgets: a combined status, then one labelled row per check, and the rule below
+    assert "| ✔✘ mixed (1 supported, 1 not supported) | 2 checks ↓ |" in row("ch07.tappa_vs_uniform_budgets")
+    assert "|  | ↳ 25 % |  | ✔ supported | 0.05 [0.02, 0.08], p = 0.01 |  |  |" in text
+    assert "|  | ↳ 50 % |  | ✘ not supported | -0.05 [-0.08, -0.02], p = 0.01 |  |  |" in text
+    assert "one combined status: supported when every check is supported" in text
+    assert '<div style="overflow-x:auto">' in text  # the wide table scrolls in its own box
+    assert not re.search(r"\b(?:nan|NaN|None)\b", text)
     assert "not tested (the chapter ran without it)" in row("ch03.jump_proposition")
     assert "not tested" in row("ch04.sinks_above_null")  # ch04 ran but wrote no claim
     assert "| 08 |" in row("ch08.tappa_beats_shortgpt") and "not run" in row("ch08.tappa_beats_shortgpt")
     assert row("ch03.qsim_predictability_corr").startswith("| {doc}`03 <../executed/03_predictable>` |")
     assert row("ch07.tappa_vs_uniform_budgets").startswith("| 07 |")  # not rendered in this book: named, not linked
     # the assumption behind the supported claim, with its status and value
-    assert "ch03.A_query_not_orthogonal (holds, 0.3)" in row("ch03.qsim_predictability_corr")
+    assert "`ch03.A_query_not_orthogonal` (holds, 0.3)" in row("ch03.qsim_predictability_corr")
 
     n_run = len(claims) - 4  # four claims above have a verdict
     assert f"**{len(claims)} claims:** 1 supported, 1 not supported, 1 inconclusive, 1 mixed, {n_run} not run." \
         in text
     assert "Chapters without results (their claims are *not run*): `05_diagonal`, `06_seasonal`, `08_pruning`." \
         in text
+
+
+def test_untestable_claim_shows_a_dash_and_its_meaning(results):
+    """A claim measured as NaN (not testable on this model) shows a dash, explained under the table, never 'nan'."""
+    nan = float("nan")
+    _chapter(results, "05_diagonal", [C.claim("ch05.natural_periodic_diagonals", nan, ci=(nan, nan),
+                                              note="not testable here")])
+    text = book.ledger_markdown(book.read_results(results, STEMS))
+    row = _rows(text)[re.sub(r"\s+", " ", C.spec("ch05.natural_periodic_diagonals").statement)]
+    assert _cells(row)[3:5] == ["? inconclusive", "–"]
+    assert "\n– : no value (not measured" in text
+    assert not re.search(r"\b(?:nan|NaN|None)\b", text)
 
 
 def test_ledger_counts_follow_the_results(results):
