@@ -210,6 +210,6 @@ def test_a_folder_without_marker_or_checkpoint_is_not_taken_for_a_run(tmp_path, 
     other.mkdir()
     (other / "training_log.jsonl").write_text('{"step": 7, "loss": 1.0}\n')  # a name we write, but not our folder
     before = _snapshot(other)
-    _refused(capsys, ["--out", str(other), "--steps", "2", *TINY], f"--out {other} is not a train-tiny run folder",
+    _refused(capsys, ["--out", str(other), "--steps", "2", *TINY], f"--out {other}", "no .tappa-result marker",
              "choose a new or empty folder")
     assert _snapshot(other) == before
