@@ -91,7 +91,7 @@ def capture_overhead(model, T: int, repeats: int, read_logits: bool = False) -> 
             model(ids, use_cache=False)
             if read_logits:
                 for layer in cap.layers():
-                    cap[layer].logits
+                    cap[layer].logits  # noqa: B018 - reading builds the lazy logits
 
     plain(), captured()  # warm-up
     pairs = []

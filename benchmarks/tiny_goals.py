@@ -23,7 +23,7 @@ def position_loss(model, ids):
 
 @torch.no_grad()
 def retrieval_full(model, tok, seq_len, samples=32, seed=0):
-    from tappa_utils.kv.evaluate import KVEvalConfig, make_samples, _text_tokens, score_sample
+    from tappa_utils.kv.evaluate import KVEvalConfig, _text_tokens, make_samples, score_sample
     cfg = KVEvalConfig(seq_len=seq_len, samples=samples, seed=seed, distance=3 * seq_len // 4)
     toks = _text_tokens(tok, None)
     acc = [score_sample(model, c, t)["accuracy"] for c, t in make_samples(toks, tok.bos_token_id, cfg, "retrieval")]

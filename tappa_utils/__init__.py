@@ -9,8 +9,10 @@ import warnings  # noqa: E402
 # ipywidgets; the book shows no progress bars (HF_HUB_DISABLE_PROGRESS_BARS), so the notice is noise on every page.
 warnings.filterwarnings("ignore", message="IProgress not found", module="tqdm")
 
-from .models import DEFAULT_MODEL, UnsupportedModelError, load_model, random_weight_copy  # noqa: E402
 from .capture import capture  # noqa: E402
+from .models import DEFAULT_MODEL, UnsupportedModelError, load_model, random_weight_copy  # noqa: E402
+
+__all__ = ["DEFAULT_MODEL", "TAPPAPress", "UnsupportedModelError", "capture", "load_model", "random_weight_copy"]
 
 
 def __getattr__(name: str):

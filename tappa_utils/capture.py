@@ -17,9 +17,10 @@ with a `ValueError` before it runs; a NaN or infinity in a layer's queries, keys
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 import torch
 
@@ -96,7 +97,7 @@ def resolve_layers(model, layers: Iterable[int] | int | None) -> list[int]:
 
 def _rope_fn(attn) -> Callable:
     """The `apply_rotary_pos_emb` of the attention module's own modeling file."""
-    return getattr(sys.modules[type(attn).__module__], "apply_rotary_pos_emb")
+    return sys.modules[type(attn).__module__].apply_rotary_pos_emb
 
 
 def _sliding_window(attn) -> int | None:

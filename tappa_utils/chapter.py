@@ -10,7 +10,8 @@ In a chapter's set-up cell::
 from __future__ import annotations
 
 import ast
-from typing import Any, Iterable, MutableSequence
+from collections.abc import Iterable, MutableSequence
+from typing import Any
 
 
 def parameter_names(source: str) -> list[str] | None:

@@ -93,9 +93,10 @@ GQA: query head h reads KV head h // (H / H_kv) (column `kv_head`).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -423,7 +424,6 @@ def _pred_from_sums(gain: torch.Tensor, norm: torch.Tensor) -> torch.Tensor:
 def concentration(probs: torch.Tensor, skip: int = 16) -> torch.Tensor:
     """Mean over queries t >= skip of 1 - H(A[t]) / log(t + 1): 0 for uniform attention over the t + 1 visible
     keys, 1 for all mass on one key: probs (..., T, T) -> (...), float64. Query t = 0 (one key) is skipped."""
-    T = probs.shape[-1]
     _check_len(probs.shape[-2], skip, 1)
     start = max(skip, 1)
     return row_concentration(probs[..., start:, :], start).mean(-1)

@@ -23,9 +23,9 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 RECORD = "tappa-packaged.json"
 CONVERSION = 2  # bumped when `_convert` changes, so older cached conversions are rebuilt

@@ -11,13 +11,12 @@ line per metric whether a layer has 4 heads or 32; `top_heads` picks the heads w
 from __future__ import annotations
 
 import math
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch
 
 from .capture import capture
-
 
 MAX_MAPS = 48
 ANNOTATE_MAX_HEADS = 16

@@ -26,9 +26,9 @@ import socket
 import struct
 import sys
 import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 from .errors import UsageError  # noqa: F401 - every command's checks raise it; `preflight.UsageError` stays valid
 from .io import check_out_dir  # noqa: F401 - the output folder's check, re-exported with the other checks

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 DASH = "–"
 DASH_NOTE = f"{DASH} : no value (not measured, not applicable or not computable on this run)."

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import sympy as sp
@@ -87,7 +87,7 @@ def _pieces(expr: sp.Expr, width: int) -> list[str]:
     return [tex]
 
 
-def latex_lines(d: "Derivation", width: int = 60) -> str:
+def latex_lines(d: Derivation, width: int = 60) -> str:
     """`d.latex()` broken into an `aligned` block of lines about `width` characters wide (terms, then the factors
     of a long product), so that a long expanded identity wraps on the page instead of running off its right edge.
     Short derivations come back unchanged."""

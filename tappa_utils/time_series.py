@@ -5,7 +5,7 @@ the per-head table of `tappa_utils.metrics.analyze_heads`.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd

@@ -11,7 +11,8 @@ Both are generated from the rows `results.save_checks` writes (dicts with `kind`
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from . import claims as C
 from . import tables as T

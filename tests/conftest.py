@@ -9,8 +9,16 @@ FAMILIES = ("llama", "llama3_scaled", "mistral", "qwen2", "qwen3")
 
 def make_tiny_model(family: str = "llama", attn: str = "eager", seed: int = 0, layers: int = 3):
     """A small random model: GQA (4 query heads, 2 KV heads), head_dim 16, vocab 300."""
-    from transformers import (LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM, Qwen2Config,
-                              Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM)
+    from transformers import (
+        LlamaConfig,
+        LlamaForCausalLM,
+        MistralConfig,
+        MistralForCausalLM,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+        Qwen3Config,
+        Qwen3ForCausalLM,
+    )
 
     common = dict(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
                   num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=1024,

@@ -5,8 +5,8 @@ import json
 
 import pandas as pd
 import pytest
-
 from conftest import make_tiny_model
+
 from tappa_utils.analysis import main
 from tappa_utils.metrics import HEAD_COLUMNS, PATTERNS
 

@@ -5,8 +5,8 @@ import math
 
 import pytest
 import torch
-
 from conftest import FAMILIES, make_tiny_model
+
 from tappa_utils.capture import WHAT, capture, resolve_layers
 from tappa_utils.models import UnsupportedModelError
 from tappa_utils.rope import channel_frequencies, channel_logits

@@ -7,13 +7,30 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from conftest import FAMILIES, make_tiny_model
+
 from tappa_utils.capture import LayerRecord, capture
-from tappa_utils.metrics import (HEAD_COLUMNS, INVALID, PATTERNS, MetricConfig, analyze_heads, column_mass,
-                                 concentration, diagonal_offset_mass, distance_profile, head_metrics, label_pattern,
-                                 layer_table, null_heads, period_strength, predictability, q_similarity_consecutive,
-                                 q_similarity_window, record_block_stats, sink_mass)
+from tappa_utils.metrics import (
+    HEAD_COLUMNS,
+    INVALID,
+    PATTERNS,
+    MetricConfig,
+    analyze_heads,
+    column_mass,
+    concentration,
+    diagonal_offset_mass,
+    distance_profile,
+    head_metrics,
+    label_pattern,
+    layer_table,
+    null_heads,
+    period_strength,
+    predictability,
+    q_similarity_consecutive,
+    q_similarity_window,
+    record_block_stats,
+    sink_mass,
+)
 from tappa_utils.models import random_weight_copy
 
 

@@ -5,12 +5,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import make_tiny_model
 
 from tappa_utils import patterns as P
 from tappa_utils import theory as T
 from tappa_utils.rope import channel_frequencies
-
-from conftest import make_tiny_model
 
 THETA = 10000.0 ** (-np.arange(16) * 2 / 32)
 

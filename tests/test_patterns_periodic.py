@@ -6,14 +6,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import make_tiny_model
+from test_patterns import _Tok, synthetic_headdata
 
 from tappa_utils import patterns as P
 from tappa_utils import theory as T
 from tappa_utils.book.html_check import COLUMN_PX, MATH_PX_PER_CHAR, _math_lines, visible_math_chars
 from tappa_utils.models import random_weights
-
-from conftest import make_tiny_model
-from test_patterns import THETA, _Tok, synthetic_headdata
 
 
 def test_periodic_fit_finds_the_period_and_only_it():

@@ -155,6 +155,7 @@ def test_gallery_leaves_key_zero_clear_of_the_frame():
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     from tappa_utils.plots import plot_attention_gallery
 
     m = np.tril(np.full((64, 64), 0.01))

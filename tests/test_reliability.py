@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import make_tiny_model
+
 from tappa_utils import io as tio
 from tappa_utils import preflight as pf
 
@@ -579,9 +579,9 @@ def test_10_truncated_checkpoint(checkpoint, tmp_path, capsys):
 
 
 def test_11_book_build_keeps_run_info_of_a_failed_chapter(tmp_path):
+    import nbformat
     from nbformat.v4 import new_code_cell, new_notebook
 
-    import nbformat
     from tappa_utils import book
 
     nb = new_notebook(cells=[

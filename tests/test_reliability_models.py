@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import make_tiny_model
 from safetensors.torch import load_file, save_file
 
-from conftest import make_tiny_model
 from tappa_utils import models as M
 from tappa_utils.capture import attention_from_qk, capture
 from tappa_utils.metrics import MetricConfig, analyze_heads
@@ -172,7 +172,7 @@ def test_overflowing_logits_are_caught_when_read():
     with torch.no_grad(), capture(model, layers=[0], what=("logits",), dtype=torch.float16) as cap:
         model(ids)
     with pytest.raises(M.NonFiniteError, match="layer 0: the logits of head"):
-        cap[0].logits
+        cap[0].logits  # noqa: B018 - reading builds the lazy logits
 
 
 # ------------------------------------------------------------------------------------------------ padding

@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 from markdown_it import MarkdownIt
 
+from tappa_utils import claims as C
 from tappa_utils import tables as T
 from tappa_utils import verdicts as V
-from tappa_utils import claims as C
 
 
 def _html_rows(markdown: str) -> list[list[str]]:

@@ -12,14 +12,43 @@ Only that command line and the tests use this package; the names below are re-ex
 from __future__ import annotations
 
 from .execute import HIDDEN_TAGS, NotebookFailure, execute_chapters, execute_notebook, hide_parameter_cells
-from .layout import (EXECUTED_DIR, FAILED_DIR, GENERATED_DIR, NOTEBOOKS_DIR, RESULTS_DIR, BookError, Target,
-                     chapter_stems, effective_toc, existing_chapters, find_root, notebook_path, toc_files,
-                     write_effective_toc)
+from .layout import (
+                     EXECUTED_DIR,
+                     FAILED_DIR,
+                     GENERATED_DIR,
+                     NOTEBOOKS_DIR,
+                     RESULTS_DIR,
+                     BookError,
+                     Target,
+                     chapter_stems,
+                     effective_toc,
+                     existing_chapters,
+                     find_root,
+                     notebook_path,
+                     toc_files,
+                     write_effective_toc,
+)
 from .ledger import ChapterResults, claim_status, ledger_markdown, model_label, read_results, write_ledger
-from .params import (README_END, README_START, REQUIRED_PARAMETERS, Parameter, notebook_parameters, parameters_cell,
-                     params_table, parse_parameters, readme_params_table, update_readme)
-from .reference import (command_help, missing_docstrings, package_modules, public_objects, reference_markdown,
-                        write_reference)
+from .params import (
+                     README_END,
+                     README_START,
+                     REQUIRED_PARAMETERS,
+                     Parameter,
+                     notebook_parameters,
+                     parameters_cell,
+                     params_table,
+                     parse_parameters,
+                     readme_params_table,
+                     update_readme,
+)
+from .reference import (
+                     command_help,
+                     missing_docstrings,
+                     package_modules,
+                     public_objects,
+                     reference_markdown,
+                     write_reference,
+)
 from .render import RunOptions, book_title, build, read_build_record, render_html
 
 __all__ = ["EXECUTED_DIR", "FAILED_DIR", "GENERATED_DIR", "HIDDEN_TAGS", "NOTEBOOKS_DIR", "README_END",

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from ..preflight import UsageError, check_device, check_dtype, check_model, check_out_dir, check_positive, run_cli
 from . import html_check, lab
@@ -31,6 +31,7 @@ from .params import params_table, update_readme
 from .parser import build_parser
 from .reference import write_reference
 from .render import RunOptions, build
+
 
 def run_options(args: argparse.Namespace) -> RunOptions:
     """The build's model, device, dtype and device map, checked before any chapter runs (UsageError)."""

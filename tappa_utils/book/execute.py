@@ -10,10 +10,10 @@ import os
 import sys
 import time
 import traceback
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
 
 from ..io import atomic_path
 from .layout import BookError, Target, notebook_path

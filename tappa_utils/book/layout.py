@@ -8,9 +8,9 @@ ignores anything under `_build/`), results under `_build/results/<stem>`.
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 from ..io import atomic_write_text
 

@@ -9,7 +9,6 @@ verdicts back from their `results.json`; `side_by_side` tabulates two books' ver
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from .execute import Job, NotebookFailure, run_jobs
 from .layout import existing_chapters, notebook_path

@@ -5,9 +5,9 @@ from __future__ import annotations
 import ast
 import io
 import tokenize
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 from ..io import atomic_write_text
 from .layout import NOTEBOOKS_DIR, BookError, existing_chapters, find_root, notebook_path

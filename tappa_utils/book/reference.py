@@ -8,10 +8,10 @@ import importlib
 import inspect
 import io
 import pkgutil
+from collections.abc import Iterable
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 from types import ModuleType
-from typing import Iterable
 
 from ..io import atomic_write_text
 from .layout import GENERATED_DIR, find_root

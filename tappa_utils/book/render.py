@@ -17,8 +17,18 @@ from pathlib import Path
 
 from . import html_check
 from .execute import execute_chapters
-from .layout import EXECUTED_DIR, GENERATED_DIR, BookError, Target, chapter_stems, existing_chapters, find_root, \
-    toc_files, write_effective_toc, _load_yaml
+from .layout import (
+    EXECUTED_DIR,
+    GENERATED_DIR,
+    BookError,
+    Target,
+    _load_yaml,
+    chapter_stems,
+    existing_chapters,
+    find_root,
+    toc_files,
+    write_effective_toc,
+)
 from .ledger import model_label, write_ledger
 from .params import smoke_parameters
 from .reference import write_reference

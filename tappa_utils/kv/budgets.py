@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 
 def allocate_budgets(preferences: Sequence[float], total: int, cap: int, floor: int = 0) -> list[int]:

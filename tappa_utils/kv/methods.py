@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import importlib
 import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any
 
 Factory = Callable[[float, int, float], Any]  # (compression ratio, window, cake_alpha) -> press, or None
 

@@ -27,9 +27,9 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Generator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Generator, Optional
 
 import torch
 from kvpress import BasePress, KeyRerotationPress, ScorerPress
@@ -102,7 +102,7 @@ class TAPPAPress(BasePress):
     """
 
     compression_ratio: float = 0.0
-    token_budget: Optional[int] = None
+    token_budget: int | None = None
     window: int = 32
     allocation: str = "reference"
     rope: str = "post"
@@ -110,7 +110,7 @@ class TAPPAPress(BasePress):
     alpha: float = math.inf
     tau1: float = 1.0
     tau2: float = 1.0
-    scorer: Optional[ScorerPress] = None
+    scorer: ScorerPress | None = None
     n_sink: int = 0
     budgets: list = field(default_factory=list, init=False, repr=False)
     layer_qsim: list = field(default_factory=list, init=False, repr=False)

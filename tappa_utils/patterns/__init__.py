@@ -6,10 +6,10 @@ query t on key j is `scale * q_t^T R(t-j) k_j` with the model's own theta (`rope
 """
 from __future__ import annotations
 
+from .assumptions import *  # noqa: F401,F403
+from .diagonal import *  # noqa: F401,F403
 from .head import *  # noqa: F401,F403  (re-exported: `patterns.capture_head`, ...)
 from .head import _check_head  # noqa: F401
 from .predictable import *  # noqa: F401,F403
-from .vertical import *  # noqa: F401,F403
-from .diagonal import *  # noqa: F401,F403
 from .seasonal import *  # noqa: F401,F403
-from .assumptions import *  # noqa: F401,F403
+from .vertical import *  # noqa: F401,F403

@@ -8,7 +8,6 @@ import torch
 from .. import theory
 from .head import HeadData, capture_head, continuity
 
-
 # ---------------------------------------------------------------------------------------------------------------
 # assumptions, head selection, demonstrations
 # ---------------------------------------------------------------------------------------------------------------

@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import numpy as np
 import pandas as pd
@@ -12,8 +12,7 @@ import torch
 from .. import theory
 from ..capture import resolve_layers
 from ..rope import rotary_module
-from .head import _check_head, HeadData, capture_head
-
+from .head import HeadData, _check_head, capture_head
 
 # ---------------------------------------------------------------------------------------------------------------
 # chapter 5: diagonals
@@ -298,8 +297,8 @@ def natural_periodicity(model, input_ids: torch.Tensor, layers=None, max_distanc
     other channel whose period fits) and `r2_control`; `measured_period` (`dominant_period` of the profile) and
     `rel_error` against `period`. One forward serves every head (`qk_capture`).
     """
-    from .head import qk_capture
     from ..rope import channel_frequencies
+    from .head import qk_capture
 
     layer_list = resolve_layers(model, layers)
     cap = qk_capture(model, input_ids)

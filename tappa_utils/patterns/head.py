@@ -10,6 +10,7 @@ import torch
 from .. import theory
 from ..capture import _rope_fn, attention_from_qk, capture, resolve_layers
 from ..rope import channel_frequencies, rope_attention_scaling
+
 # ---------------------------------------------------------------------------------------------------------------
 # one head's data
 # ---------------------------------------------------------------------------------------------------------------

@@ -1,15 +1,14 @@
 """Chapter 3: q-similarity against predictability, logit jump against query jump."""
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 import numpy as np
 import pandas as pd
 
 from .. import theory
 from .head import HeadData, spearman
-
 
 # ---------------------------------------------------------------------------------------------------------------
 # chapter 3: q-similarity vs predictability, logit jump vs query jump
@@ -206,8 +205,15 @@ def necessity_test(qsim, target, groups=None, quantile: float = 0.75, n_resample
     """Share of the top-`quantile` heads by `target` whose `qsim` is above the median (0.5 without any relation),
     after removing each group's (layer's) mean from both: `stats.StatResult` with a one-sided permutation p (qsim
     shuffled within groups) and a bootstrap ci over heads (resampled within groups)."""
-    from ..stats import _demean, _group_codes, _percentile_ci, _within_group_bootstrap, _within_group_permutations
-    from ..stats import StatResult, permutation_p
+    from ..stats import (
+        StatResult,
+        _demean,
+        _group_codes,
+        _percentile_ci,
+        _within_group_bootstrap,
+        _within_group_permutations,
+        permutation_p,
+    )
 
     x, y = np.asarray(qsim, dtype=np.float64).ravel(), np.asarray(target, dtype=np.float64).ravel()
     if x.shape != y.shape:

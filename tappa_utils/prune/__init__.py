@@ -14,10 +14,27 @@ text), `report` (tables, files, figures) and `cli` (`python -m tappa_utils prune
 from __future__ import annotations
 
 from .removal import layers_removed, remove_layers
-from .scores import (QSIM_MODES, QSIM_ROPE, LayerScores, block_influence, calibration_ids, calibration_text,
-                     layer_scores, load_score_record, minmax, order_change_betas, prune_order, query_similarity,
-                     query_similarity_of, query_similarity_variants, save_score_record, score_record, shortgpt_order,
-                     tappa_order, tappa_scores)
+from .scores import (
+                     QSIM_MODES,
+                     QSIM_ROPE,
+                     LayerScores,
+                     block_influence,
+                     calibration_ids,
+                     calibration_text,
+                     layer_scores,
+                     load_score_record,
+                     minmax,
+                     order_change_betas,
+                     prune_order,
+                     query_similarity,
+                     query_similarity_of,
+                     query_similarity_variants,
+                     save_score_record,
+                     score_record,
+                     shortgpt_order,
+                     tappa_order,
+                     tappa_scores,
+)
 
 __all__ = ["QSIM_MODES", "QSIM_ROPE", "LayerScores", "block_influence", "calibration_ids", "calibration_text",
            "layer_scores", "layers_removed", "load_score_record", "minmax", "order_change_betas", "prune_order",

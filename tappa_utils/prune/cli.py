@@ -15,7 +15,7 @@ def _floats(s: str) -> tuple:
     try:
         return tuple(float(x) for x in s.split(",") if x.strip())
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {s!r}")
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {s!r}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:

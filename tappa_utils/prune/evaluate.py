@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import importlib.util
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import numpy as np
 import torch
@@ -58,7 +59,7 @@ class PruneEvalConfig:
     lm_eval_tasks: tuple = ()
     lm_eval_limit: int = 100
 
-    def validate(self, n_layers: int | None = None) -> "PruneEvalConfig":
+    def validate(self, n_layers: int | None = None) -> PruneEvalConfig:
         """Raise ValueError/TypeError naming the bad parameter; with `n_layers`, check max_removed against it."""
         for name in ("seed",):
             _int(name, getattr(self, name), 0)
@@ -136,8 +137,8 @@ def token_bytes(tokenizer, ids: torch.Tensor) -> int:
 
 def eval_data(tokenizer, cfg: PruneEvalConfig, text: str | None = None) -> EvalData:
     """Held-out windows and the copy test (random segments inserted into evaluation text) for `cfg`."""
-    from ..tiny.corpus import copy_test_batch
     from ..data import load_text, token_windows
+    from ..tiny.corpus import copy_test_batch
 
     text = load_text(text=text, text_file=None if text is not None else cfg.eval_text_file, model=cfg.model)
     ids = token_windows(tokenizer, text, cfg.seq_len, cfg.eval_windows)
@@ -322,7 +323,7 @@ def superiority(results, per_window, baseline: str = BASELINE, seed: int = 0, n_
                                        "gain", "ci_low", "ci_high", "p_value", "n_windows"])
 
 
-def gains_vs_null(res: "PruneEvalResult", null: "PruneEvalResult", baseline: str = BASELINE, seed: int = 0,
+def gains_vs_null(res: PruneEvalResult, null: PruneEvalResult, baseline: str = BASELINE, seed: int = 0,
                   n_resamples: int | None = None):
     """The calibration-chosen TAPPA's gain over `baseline` on the model minus the same on its random-weight null.
 
@@ -355,7 +356,7 @@ def gains_vs_null(res: "PruneEvalResult", null: "PruneEvalResult", baseline: str
                                        "null_tie", "n_windows"])
 
 
-def _chosen_method(res: "PruneEvalResult") -> str:
+def _chosen_method(res: PruneEvalResult) -> str:
     names = [m for m in res.orders if m.startswith(CHOSEN_PREFIX)]
     if not names:
         raise ValueError("the results have no calibration-chosen TAPPA order (method_orders(..., best_beta=...))")

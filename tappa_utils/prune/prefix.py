@@ -12,7 +12,7 @@ so most of each evaluation's forward is skipped. The numbers equal a full pruned
 """
 from __future__ import annotations
 
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 import torch
 

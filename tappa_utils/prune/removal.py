@@ -8,8 +8,8 @@ for the duration of a block.
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import Iterable, Iterator
 
 import numpy as np
 import torch

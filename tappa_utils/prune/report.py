@@ -8,7 +8,6 @@ import numpy as np
 from . import scores as P
 from .evaluate import METRICS, PruneEvalResult, lm_eval_available, superiority
 
-
 METRIC_LABELS = {"nats_per_byte": "held-out loss (nats/byte)", "next_token_acc": "next-token accuracy",
                  "copy_ratio": "copy ratio (loss 2nd / 1st copy)"}
 

@@ -340,7 +340,7 @@ def _positive(name: str):
         try:
             v = int(s)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be an integer, got {s!r}")
+            raise argparse.ArgumentTypeError(f"{name} must be an integer, got {s!r}") from None
         if v < 1:
             raise argparse.ArgumentTypeError(f"{name} must be >= 1, got {v}")
         return v

@@ -28,12 +28,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .corpus import BOS_ID, EOS_ID, MIXTURES, PAD_ID, VOCAB_SIZE, copy_test_batch, load_corpus, sample_batch
 from ..io import MARKER, ResultDir, atomic_torch_save, atomic_write_json, atomic_write_text
 from ..preflight import Parser, UsageError, check_out_dir, check_positive, one_line, run_cli, safetensors_problem
-from .run_folder import (check_export_dest, check_optimizer, check_run_dest, check_state, finite_record,
-                         load_checkpoint, read_log, read_train_args)
+from .corpus import BOS_ID, EOS_ID, MIXTURES, PAD_ID, VOCAB_SIZE, copy_test_batch, load_corpus, sample_batch
 from .measure import copy_test
+from .run_folder import (
+    check_export_dest,
+    check_optimizer,
+    check_run_dest,
+    check_state,
+    finite_record,
+    load_checkpoint,
+    read_log,
+    read_train_args,
+)
 
 RUN_FILES = ("ckpt.pt", "training_log.jsonl", "corpus_manifest.json", "train_args.json")
 CARD_FILES = ("MODEL_CARD.md", "model_card.json")  # written into an export by `model-card`; kept on re-export

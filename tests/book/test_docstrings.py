@@ -41,6 +41,6 @@ def test_the_checker_finds_missing_docstrings():
     for obj in (documented, bare, Bare, BareData, _private):
         obj.__module__ = "fake_mod"
         setattr(mod, obj.__name__, obj)
-    setattr(mod, "imported", dataclasses.field)  # defined elsewhere: not this module's business
+    mod.imported = dataclasses.field  # defined elsewhere: not this module's business
     assert book.missing_docstrings([mod]) == ["fake_mod.Bare", "fake_mod.BareData", "fake_mod.bare"]
     assert book.missing_docstrings([types.ModuleType("undocumented")]) == ["undocumented"]

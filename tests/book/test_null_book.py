@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from tappa_utils import book
 from tappa_utils import claims as C
 from tappa_utils.book import nullbook
 

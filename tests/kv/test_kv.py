@@ -5,9 +5,7 @@ import math
 
 import pytest
 import torch
-
 from conftest import make_tiny_model
-
 from kvpress import KnormPress
 
 from tappa_utils.kv.budgets import allocate_budgets

@@ -5,14 +5,19 @@ the window stays (where the method keeps one), batches, hooks, decoding and gene
 from __future__ import annotations
 
 import logging
-import math
 
 import pytest
 import torch
-from kvpress import (ComposedPress, DecodingPress, KnormPress, KVPressTextGenerationPipeline, PrefillDecodingPress,
-                     SnapKVPress)
-
 from conftest import make_tiny_model
+from kvpress import (
+    ComposedPress,
+    DecodingPress,
+    KnormPress,
+    KVPressTextGenerationPipeline,
+    PrefillDecodingPress,
+    SnapKVPress,
+)
+
 from tappa_utils.kv.budgets import adjust_budgets, reference_budgets
 from tappa_utils.kv.cake_press import CAKEPress
 from tappa_utils.kv.cake_score_press import CAKEScorePress

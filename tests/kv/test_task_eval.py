@@ -1,7 +1,6 @@
 """Task-accuracy evaluation of KV presses: intervals, paired tests, Holm, ranks, and the decode path."""
 from __future__ import annotations
 
-import itertools
 import math
 
 import numpy as np

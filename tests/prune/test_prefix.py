@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import make_tiny_model
+
 from tappa_utils.prune import evaluate as E
 from tappa_utils.prune.prefix import PrefixStates, pruned_logits
 from tappa_utils.prune.removal import layers_removed

@@ -6,8 +6,8 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from conftest import FAMILIES, make_tiny_model
+
 from tappa_utils import prune as P
 
 

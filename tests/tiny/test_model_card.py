@@ -15,9 +15,9 @@ import pandas as pd
 import pytest
 import torch
 
+from tappa_utils.models import ASSETS, load_model, random_weight_copy
 from tappa_utils.tiny import card as mc
 from tappa_utils.tiny import describe, measure
-from tappa_utils.models import ASSETS, load_model, random_weight_copy
 
 SHIPPED = ASSETS / "tappa-tiny"
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from tappa_utils.io import MARKER, read_marker
+from tappa_utils.io import read_marker
 from tappa_utils.tiny import card as mc
 from tappa_utils.tiny import train
 from tappa_utils.tiny.run_folder import ARCH_KEYS, finite_record

@@ -76,7 +76,7 @@ def test_retrieval_window_repeats_its_segment_at_least_a_quarter_later():
     for n in (64, 511, 1023):
         x = retrieval_window(rng, data, n)
         planted = np.flatnonzero(x != ord("a"))
-        first, last = planted.min(), planted.max()
+        first = planted.min()
         seg_len = (len(planted)) // 2  # two copies (a random byte may equal 'a': at most a few missing)
         assert len(x) == n and abs(len(planted) - 2 * seg_len) <= 1
         second = planted[len(planted) // 2]
@@ -132,8 +132,9 @@ def test_tokens_until_counts_each_phase_with_its_own_shape():
 
 
 def test_weight_decay_spares_norms_and_the_embedding_and_old_checkpoints_keep_one_group():
-    from tappa_utils.tiny.train import make_config, param_groups
     from transformers import LlamaForCausalLM
+
+    from tappa_utils.tiny.train import make_config, param_groups
 
     model = LlamaForCausalLM(make_config(num_hidden_layers=1))
     decay, keep = param_groups(model, 0.5, all_params=False)
@@ -149,10 +150,10 @@ def test_weight_decay_spares_norms_and_the_embedding_and_old_checkpoints_keep_on
 
 def test_sink_heads_counts_heads_beyond_layer_0_whose_mass_sits_on_the_first_token(monkeypatch):
     import pandas as pd
+    from transformers import LlamaForCausalLM
 
     from tappa_utils import metrics
     from tappa_utils.tiny.train import make_config, sink_heads
-    from transformers import LlamaForCausalLM
 
     torch.manual_seed(0)
     model = LlamaForCausalLM(make_config(num_hidden_layers=2)).eval()
