@@ -112,20 +112,23 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def params_table(root: Path | None = None, stems: Iterable[str] | None = None) -> str:
-    """The markdown table `| notebook | parameter | default | description |` of every existing chapter.
-
-    Notebooks in `notebooks/` that the toc does not list are included after the listed ones.
-    """
+def chapter_parameters(root: Path | None = None, stems: Iterable[str] | None = None) -> list[tuple[str, Parameter]]:
+    """(notebook stem, parameter) of every existing chapter, in toc order; notebooks in `notebooks/` that the toc
+    does not list come after the listed ones."""
     root = root or find_root()
     if stems is None:
         listed = existing_chapters(root, warn=False)
         extra = sorted(p.stem for p in (root / NOTEBOOKS_DIR).glob("*.ipynb") if p.stem not in listed)
         stems = listed + extra
+    return [(stem, p) for stem in stems for p in notebook_parameters(notebook_path(stem, root))]
+
+
+def params_table(root: Path | None = None, stems: Iterable[str] | None = None) -> str:
+    """The README's markdown table `| notebook | parameter | default | description |` of every existing chapter
+    (see `chapter_parameters`)."""
     lines = ["| notebook | parameter | default | description |", "| --- | --- | --- | --- |"]
-    for stem in stems:
-        for p in notebook_parameters(notebook_path(stem, root)):
-            lines.append(f"| {stem} | `{p.name}` | `{_cell(p.default)}` | {_cell(p.description)} |")
+    for stem, p in chapter_parameters(root, stems):
+        lines.append(f"| {stem} | `{p.name}` | `{_cell(p.default)}` | {_cell(p.description)} |")
     return "\n".join(lines) + "\n"
 
 

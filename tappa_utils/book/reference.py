@@ -13,10 +13,18 @@ from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 from types import ModuleType
 
+from .. import tables as T
 from ..io import atomic_write_text
 from .layout import GENERATED_DIR, find_root
-from .params import params_table
+from .params import chapter_parameters
 from .parser import build_parser
+
+
+def parameters_table(root: Path) -> str:
+    """Every chapter's parameters as one table of the book (`tables.markdown_table`: escaped, in a scrolling box)."""
+    rows = [{"notebook": stem, "parameter": T.Md(f"`{p.name}`"), "default": T.Md(f"`{p.default}`"),
+             "description": p.description} for stem, p in chapter_parameters(root)]
+    return T.markdown_table(rows, ["notebook", "parameter", "default", "description"])
 
 
 def package_modules(package: str = "tappa_utils") -> tuple[list[ModuleType], dict[str, str]]:
@@ -112,7 +120,7 @@ def reference_markdown(root: Path | None = None) -> str:
 
     out += ["## Notebook parameters", "",
             "Every chapter is a papermill notebook; override any parameter with "
-            "`papermill notebooks/<stem>.ipynb out.ipynb -p <name> <value>`.", "", params_table(root), ""]
+            "`papermill notebooks/<stem>.ipynb out.ipynb -p <name> <value>`.", "", parameters_table(root), ""]
 
     out += ["## Supported architectures", "",
             "Model types: " + ", ".join(f"`{t}`" for t in models.SUPPORTED_MODEL_TYPES) + " (checked by "

@@ -115,6 +115,16 @@ def test_params_table_and_readme_update(tmp_path):
         book.readme_params_table("no markers")
 
 
+def test_reference_parameters_table_is_a_book_table(tmp_path):
+    """The reference page's parameter table goes through tappa_utils.tables: a scrolling box, `|` and `_` escaped."""
+    from tappa_utils import tables
+    from tappa_utils.book.reference import parameters_table
+
+    text = parameters_table(_fake_root(tmp_path))
+    assert text.startswith(tables.SCROLL_OPEN) and tables.SCROLL_CLOSE in text
+    assert '| 00\\_a | `model` | `"m\\|n"` | the model |' in text.splitlines()
+
+
 def test_execute_reports_the_failing_cell_and_hides_parameters(tmp_path):
     ok = _notebook(tmp_path / "ok.ipynb", "x = 1  # x", "y = x + 1")
     assert book.execute_notebook(ok, tmp_path / "out" / "ok.ipynb", {"x": 5}, cwd=tmp_path, timeout=120) is None
