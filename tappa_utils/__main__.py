@@ -11,6 +11,7 @@ import sys
 COMMANDS = {
     "analyze": ("tappa_utils.analysis", "per-head metrics (q-similarity, sinks, diagonals, periods) of a model"),
     "kv-eval": ("tappa_utils.kv.evaluate", "KV-cache compression: TAPPA vs kvpress baselines"),
+    "kv-tasks": ("tappa_utils.kv.task_cli", "KV-cache compression judged by task accuracy (needles, QA, ...)"),
     "prune-eval": ("tappa_utils.prune.cli", "layer pruning: ShortGPT vs TAPPA orders"),
     "model-card": ("tappa_utils.tiny.card", "regenerate the default model's card (measurements vs random weights)"),
     "train-tiny": ("tappa_utils.tiny.train", "train (or resume, or export) the default model"),

@@ -41,7 +41,8 @@ Rules (`RULES`), all applied to the page's article (`<article class="bd-article"
   Tables a reader sees are built by `tappa_utils.tables.markdown_table`.
 - long-float: a number with `LONG_FLOAT_DIGITS` or more significant digits (a decimal point or an exponent) in a
   table cell: an unformatted float.
-- nan-cell: `nan`, `NaN`, `<NA>`, `NaT` or a `None` value in a table cell.
+- nan-cell: `nan`, `NaN`, `<NA>`, `NaT` or a `None` value in a table cell (outside code spans: `None` as code is
+  a Python value, e.g. a parameter's default).
 - table-scroll: a table whose narrowest layout (each column as wide as its longest unbreakable word, about 9 px per
   character plus 16 px padding) is wider than the text column and that only the theme's automatic container or a
   notebook output box scrolls: the reader sees it cut off at the right. Narrow it, or put it in its own scrolling
@@ -539,7 +540,7 @@ def _table_problems(article, page: str) -> list[Problem]:
                                   f"'{_shorten(text, 50)}'")
                 break
         for cell in table.find_all(["td", "th"]):
-            text = " ".join(cell.get_text().split())
+            text = " ".join(_visible_outside_code(cell).split())  # `None` as code is a value, not a missing cell
             if NAN_CELL.search(text):
                 add("nan-cell", f"'{_shorten(text, 60)}' in table '{_shorten(head, 40)}'")
                 break

@@ -8,6 +8,7 @@ import importlib
 import inspect
 import io
 import pkgutil
+import re
 from collections.abc import Iterable
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
@@ -20,10 +21,15 @@ from .params import chapter_parameters
 from .parser import build_parser
 
 
+def _code_none(text: str) -> str:
+    """A parameter description with the Python value `None` shown as code (a value, not a missing cell)."""
+    return re.sub(r"(?<![`\w])None(?![`\w])", "`None`", text)
+
+
 def parameters_table(root: Path) -> str:
     """Every chapter's parameters as one table of the book (`tables.markdown_table`: escaped, in a scrolling box)."""
     rows = [{"notebook": stem, "parameter": T.Md(f"`{p.name}`"), "default": T.Md(f"`{p.default}`"),
-             "description": p.description} for stem, p in chapter_parameters(root)]
+             "description": _code_none(p.description)} for stem, p in chapter_parameters(root)]
     return T.markdown_table(rows, ["notebook", "parameter", "default", "description"])
 
 
@@ -145,9 +151,11 @@ def reference_markdown(root: Path | None = None) -> str:
             out.append(f"  {_first_line(obj)}")
         out.append("")
 
-    out += ["## Pinned versions", "", "From `requirements.txt` (what `make book` / `make test` install):", "", "```text"]
-    req = root / "requirements.txt"
-    out += [line for line in (req.read_text().splitlines() if req.exists() else []) if line.strip()]
+    out += ["## Pinned versions", "", "From `requirements.txt` and `requirements-nodeps.txt` (installed with `--no-deps`), "
+            "what `make book` / `make test` install:", "", "```text"]
+    for name in ("requirements.txt", "requirements-nodeps.txt"):
+        req = root / name
+        out += [line for line in (req.read_text().splitlines() if req.exists() else []) if line.strip()]
     out += ["```", ""]
     from ..results import versions
 

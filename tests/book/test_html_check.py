@@ -236,3 +236,12 @@ def test_the_built_book_is_clean():
         pytest.skip("no built book in _build/html (run `make book`)")
     problems = hc.check_html(html)
     assert problems == [], f"{len(problems)} problem(s):\n" + "\n".join(map(str, problems))
+
+
+def test_nan_cell_ignores_none_shown_as_code():
+    def page(cell: str) -> str:
+        return (f'<article class="bd-article"><div style="overflow-x:auto"><table><tr><th>parameter</th>'
+                f'<th>default</th></tr><tr><td>layers</td><td>{cell}</td></tr></table></div></article>')
+
+    assert [p.rule for p in hc.check_page(page("None"), "p.html")] == ["nan-cell"]
+    assert hc.check_page(page('<code class="docutils literal">None</code> (all layers)'), "p.html") == []

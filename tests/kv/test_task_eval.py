@@ -83,3 +83,45 @@ def test_answer_after_equals_greedy_generate_on_the_full_cache(default_model):
     assert got == want
     stop = TE.answer_after(model, prefill(model, ctx)[0], question, 20, stop_ids=[want[2]], max_new_tokens=6)
     assert stop == want[:2]  # stops before the first stop token
+
+
+def _cli(*argv: str):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    return subprocess.run([sys.executable, "-m", "tappa_utils", "kv-tasks", *argv], capture_output=True, text=True,
+                          cwd=root, timeout=600)
+
+
+def test_kv_tasks_command_writes_every_table(tmp_path):
+    out = tmp_path / "kvt"
+    r = _cli("--model", "tappa-tiny", "--tasks", "needle_passkey", "--lengths", "256", "--samples", "2", "--keep",
+             "0.5", "--methods", "tappa", "snapkv", "--window", "16", "--max-new-tokens", "6", "--quiet",
+             "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    samples = pd.read_csv(out / "samples.csv")
+    assert len(samples) == 2 * 3 and set(samples.method) == {"full", "tappa", "snapkv"}
+    kept = samples[samples.method != "full"].kept_fraction
+    assert ((kept > 0.4) & (kept < 0.6)).all()  # the presses really evicted half of the context
+    assert (samples[samples.method == "full"].kept_fraction == 1.0).all()
+    acc = pd.read_csv(out / "accuracy.csv")
+    assert acc.accuracy.between(0, 1).all() and (acc.n == 2).all()
+    assert set(pd.read_csv(out / "comparisons.csv").method) == {"snapkv"}
+    assert (out / "accuracy_vs_keep.png").stat().st_size > 1000 and (out / "run_info.json").is_file()
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["--keep", "1.5"], "--keep 1.5"),
+    (["--tasks", "sudoku"], "--tasks: unknown"),
+    (["--methods", "magic"], "--methods"),
+    (["--lengths", "100"], "--lengths 100"),
+    (["--keep", "0.05", "--lengths", "256", "--window", "32"], "--window 32"),
+])
+def test_kv_tasks_refuses_bad_options_in_one_line_before_loading(tmp_path, argv, fragment):
+    out = tmp_path / "kvt"
+    r = _cli("--model", "tappa-tiny", *argv, "--out", str(out))
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and fragment in lines[0], r.stderr
+    assert not out.exists()
