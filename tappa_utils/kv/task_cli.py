@@ -77,7 +77,7 @@ def plot_accuracy(table, ax_size: float = 3.2):
         sub = table[(table.task == task) & (table.length == n)]
         for method, g in sub.groupby("method"):
             g = g.sort_values("keep")
-            ax.plot(g.keep, g.accuracy, "o-", color=colours.get(method, "black"), label=method,
+            ax.plot(g.keep, g.accuracy, marker="o", color=colours.get(method, "black"), label=method,
                     ls="--" if method == "full" else "-")
             ax.fill_between(g.keep, g.ci_low, g.ci_high, color=colours.get(method, "black"), alpha=0.08)
         ax.set(title=f"{task}, {n} tokens", xlabel="fraction of the cache kept", ylim=(-0.03, 1.03))
