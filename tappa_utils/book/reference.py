@@ -137,7 +137,8 @@ def reference_markdown(root: Path | None = None) -> str:
             out.append(f"  {_first_line(obj)}")
         out.append("")
 
-    out += ["## Pinned versions", "", "From `requirements.txt` (what `make book` / `make test` install):", "", "```text"]
+    out += ["## Pinned versions", "", "From `requirements.txt` (what `make book` / `make test` install):", "",
+            "```text"]
     req = root / "requirements.txt"
     out += [line for line in (req.read_text().splitlines() if req.exists() else []) if line.strip()]
     out += ["```", ""]
