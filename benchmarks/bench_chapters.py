@@ -27,7 +27,8 @@ ONE_WINDOW = {
     "04_sinks": {"num_windows": 1},
     "05_diagonal": {"num_windows": 1},
     "06_seasonal": {"num_windows": 1},
-    "07_kv_cache": {"samples": 2, "keep": [0.25, 0.5], "profile_lengths": "[{T}]", "profile_samples": 1},  # 0.1 x 256 < window + sinks
+    "07_kv_cache": {"samples": 2, "keep": [0.25, 0.5],  # 0.1 x 256 < window + sinks
+                    "profile_lengths": "[{T}]", "profile_samples": 1},
     "08_pruning": {"num_windows": 1},
 }
 

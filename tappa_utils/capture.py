@@ -107,7 +107,8 @@ def _sliding_window(attn) -> int | None:
 
 
 def causal_mask(T: int, device=None, sliding_window: int | None = None, offset: int = 0) -> torch.Tensor:
-    """Boolean (T, T + offset) mask: query t (absolute position offset + t) sees key j iff j <= t (and t - j < window)."""
+    """Boolean (T, T + offset) mask: query t (absolute position offset + t) sees key j iff j <= t
+    (and t - j < window)."""
     t = torch.arange(T, device=device)[:, None] + offset
     j = torch.arange(T + offset, device=device)[None, :]
     keep = j <= t
@@ -117,7 +118,8 @@ def causal_mask(T: int, device=None, sliding_window: int | None = None, offset: 
 
 
 def attention_from_qk(q_post: torch.Tensor, k_post: torch.Tensor, scaling: float, sliding_window: int | None = None,
-                      dtype: torch.dtype = torch.float32, probs: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+                      dtype: torch.dtype = torch.float32,
+                      probs: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Masked logits and softmax probabilities (None if `probs=False`) from post-RoPE q (B,H,T,D) and k (B,H_kv,T,D).
 
     GQA aware: query head h reads KV head h // (H / H_kv).

@@ -41,9 +41,9 @@ keys to say anything). For one head with attention probabilities A (T x T, causa
   not a pattern and is counted in no column of `layer_table`.
 
 Calibration of `period_threshold` (0.5): `calibrate_period_threshold` runs `analyze_heads` on random-weight copies
-(`random_weight_copy`, seeds 0..4, before `stats.null_seed` existed) of the default model (then v2: 6 layers x 4 heads) and
-of the five tiny test families of `tests/conftest.py` (3 layers x 4 heads each), on 4 windows of 512 held-out
-tokens: 420 null heads. Their
+(`random_weight_copy`, seeds 0..4, before `stats.null_seed` existed) of the default model (then v2: 6 layers x 4
+heads) and of the five tiny test families of `tests/conftest.py` (3 layers x 4 heads each), on 4 windows of 512
+held-out tokens: 420 null heads. Their
 period_strength had a 99th percentile of 0.11 and a maximum of 0.49; the default model's copies and the Llama,
 Mistral and Qwen2 families stayed below 0.01, while Qwen3's copies (q_norm/k_norm make queries and keys unit-scale,
 so RoPE's fastest channels ripple the attention-by-distance profile) reached 0.37 (99th percentile) to 0.49. The
@@ -757,9 +757,9 @@ def null_heads(model, input_ids: torch.Tensor, cfg: MetricConfig | None = None, 
     """`analyze_heads` on the random-weight null of `model` (same architecture).
 
     No second model: `models.random_weights` draws random weights into the model and restores its own on exit
-    (they wait in a temporary file; cost one random draw of the parameters and one write and read of the weights). The null is drawn with
-    `stats.null_seed(seed)`, never with `seed` itself, so the null of a random-weight model built with seed `seed`
-    is not that very model.
+    (they wait in a temporary file; cost one random draw of the parameters and one write and read of the weights).
+    The null is drawn with `stats.null_seed(seed)`, never with `seed` itself, so the null of a random-weight model
+    built with seed `seed` is not that very model.
     """
     from .models import random_weights
     from .stats import null_seed

@@ -125,7 +125,8 @@ def shape_name(name: str) -> str:
     if key == DEFAULT_MODEL:  # the default model's own architecture with random weights: the null book
         return key
     if key not in SHAPES:
-        raise ValueError(f"unknown model shape {name!r}; available: {', '.join([DEFAULT_MODEL, *SHAPES])} (or their hub ids)")
+        raise ValueError(f"unknown model shape {name!r}; available: {', '.join([DEFAULT_MODEL, *SHAPES])} "
+                         "(or their hub ids)")
     return key
 
 

@@ -214,7 +214,8 @@ def ensure_converted(name: str, progress: bool = False) -> Path:
             _convert(src, tmp, spec)
             (tmp / RECORD).write_text(json.dumps({
                 "name": spec.name, "title": spec.title, "distribution": f"{spec.distribution}=={spec.version}",
-                "file": spec.file, "sha256": digest, "conversion": CONVERSION, "dtype": "float32", "license": spec.license,
+                "file": spec.file, "sha256": digest, "conversion": CONVERSION, "dtype": "float32",
+                "license": spec.license,
                 "note": "dequantized from the Q4_1 GGUF, not the original bf16 checkpoint"}, indent=2) + "\n",
                 encoding="utf-8")
             if folder.exists():  # an incomplete or stale conversion: replaced whole

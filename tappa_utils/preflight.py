@@ -269,7 +269,8 @@ def _network_available(timeout: float = 2.0) -> bool:
 
 
 def _looks_like_path(name: str) -> bool:
-    return name.startswith(("/", ".", "~")) or name.endswith("/") or name.count("/") > 1 or os.sep != "/" and os.sep in name
+    return (name.startswith(("/", ".", "~")) or name.endswith("/") or name.count("/") > 1
+            or os.sep != "/" and os.sep in name)
 
 
 def _resolve_hub(name: str, option: str) -> Path | None:

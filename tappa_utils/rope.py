@@ -22,7 +22,8 @@ def rotary_module(model) -> torch.nn.Module:
     except AttributeError as e:
         from .models import UnsupportedModelError
 
-        raise UnsupportedModelError(f"{type(model).__name__} has no model.rotary_emb: not a supported RoPE model") from e
+        raise UnsupportedModelError(f"{type(model).__name__} has no model.rotary_emb: "
+                                    "not a supported RoPE model") from e
 
 
 def channel_frequencies(model) -> np.ndarray:

@@ -227,7 +227,8 @@ def diagonal_change_decomposition() -> Derivation:
     lhs = (q1.T * R(_t + 1, i + 1) * k1)[0] - (q0.T * R(_t, i) * k0)[0]
     rhs = ((q1 - q0).T * R(_t, i) * k1)[0] + (q0.T * R(_t, i) * (k1 - k0))[0]
     return Derivation("diagonal change decomposition", lhs, rhs, lhs - rhs,
-                      assumptions=["query continuity |q_{t+1} - q_t| <= eps_q", "key continuity |k_{i+1} - k_i| <= eps_k"])
+                      assumptions=["query continuity |q_{t+1} - q_t| <= eps_q",
+                                   "key continuity |k_{i+1} - k_i| <= eps_k"])
 
 
 def periodic_diagonal_identity() -> Derivation:

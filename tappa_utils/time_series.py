@@ -53,7 +53,8 @@ def consecutive_cosine(q: torch.Tensor) -> np.ndarray:
 
 
 def pca_2d(x: torch.Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Project (T, d) vectors on their first two principal components: ((T, 2) coordinates, explained fractions (2,))."""
+    """Project (T, d) vectors on their first two principal components:
+    ((T, 2) coordinates, explained fractions (2,))."""
     x = x.detach().double().cpu().numpy() if torch.is_tensor(x) else np.asarray(x, dtype=float)  # any dtype (bf16)
     if x.ndim != 2 or x.shape[0] < 2:
         raise ValueError(f"x must be (T, d) with T >= 2, got shape {x.shape}")

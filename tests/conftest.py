@@ -24,7 +24,8 @@ def make_tiny_model(family: str = "llama", attn: str = "eager", seed: int = 0, l
                   num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=1024,
                   bos_token_id=1, eos_token_id=2)
     if family == "llama":
-        cfg, cls = LlamaConfig(**common, rope_parameters={"rope_type": "default", "rope_theta": 10000.0}), LlamaForCausalLM
+        cfg, cls = (LlamaConfig(**common, rope_parameters={"rope_type": "default", "rope_theta": 10000.0}),
+                    LlamaForCausalLM)
     elif family == "llama3_scaled":
         rope = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
                 "high_freq_factor": 4.0, "original_max_position_embeddings": 64}

@@ -41,8 +41,8 @@ def test_happy_path_writes_tables_summary_and_gallery(tiny_dir, text_file, tmp_p
     rc, cap = _run(capsys, "--model", tiny_dir, "--text-file", text_file, "--seq-len", 64, "--num-windows", 2,
                    "--skip", 8, "--top-k", 4, "--out", out, "--null", "--gallery-heads", 2)
     assert rc == 0, cap.err
-    assert sorted(p.name for p in out.iterdir()) == [".tappa-result", "gallery.png", "heads.csv", "layers.csv", "null_heads.csv",
-                                                     "null_layers.csv", "summary.json"]
+    assert sorted(p.name for p in out.iterdir()) == [".tappa-result", "gallery.png", "heads.csv", "layers.csv",
+                                                     "null_heads.csv", "null_layers.csv", "summary.json"]
     heads = pd.read_csv(out / "heads.csv")
     assert list(heads.columns) == list(HEAD_COLUMNS)
     assert len(heads) == 2 * 4 and set(heads["pattern"]) <= set(PATTERNS)
@@ -86,7 +86,8 @@ def test_bad_input_exits_2_with_one_line_and_no_files(case, tiny_dir, text_file,
         from transformers import GPT2Config, GPT2LMHeadModel
 
         gdir = tmp_path / "gpt2"
-        GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=300, n_positions=128)).save_pretrained(gdir)
+        GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=300,
+                                   n_positions=128)).save_pretrained(gdir)
         argv[case] = ["--model", gdir, *base[2:]]
     before = sorted(p.name for p in tmp_path.iterdir())
     rc, cap = _run(capsys, *argv[case])

@@ -181,7 +181,8 @@ def test_imports_follow_the_architecture():
 
 @pytest.mark.parametrize("module, source, is_pkg, expected", [
     ("tappa_utils.metrics", "def f():\n    from .kv.budgets import allocate_budgets\n", False,
-     ["tappa_utils.metrics -> tappa_utils.kv.budgets", "tappa_utils.metrics -> tappa_utils.kv.budgets.allocate_budgets"]),
+     ["tappa_utils.metrics -> tappa_utils.kv.budgets",
+      "tappa_utils.metrics -> tappa_utils.kv.budgets.allocate_budgets"]),
     ("tappa_utils.time_series", "from .tiny import card\n", False,
      ["tappa_utils.time_series -> tappa_utils.tiny", "tappa_utils.time_series -> tappa_utils.tiny.card"]),
     ("tappa_utils.kv.evaluate", "import tappa_utils.book\n", False, ["tappa_utils.kv.evaluate -> tappa_utils.book"]),

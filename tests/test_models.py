@@ -92,7 +92,8 @@ def test_random_weights_swap_in_bfloat16_matches_per_forward_and_restores_exactl
 def test_random_weights_swap_restores_after_an_exception_and_checks_its_folder(tiny_llama, tmp_path):
     params = {n: p.detach().clone() for n, p in tiny_llama.named_parameters()}
     with pytest.raises(RuntimeError, match="inside"), M.random_weights(tiny_llama, seed=1, spill_dir=tmp_path):
-        assert not torch.equal(tiny_llama.model.layers[0].self_attn.q_proj.weight, params["model.layers.0.self_attn.q_proj.weight"])
+        assert not torch.equal(tiny_llama.model.layers[0].self_attn.q_proj.weight,
+                               params["model.layers.0.self_attn.q_proj.weight"])
         raise RuntimeError("inside")
     assert all(torch.equal(p, params[n]) for n, p in tiny_llama.named_parameters())
     assert list(tmp_path.iterdir()) == []  # the swap file is gone

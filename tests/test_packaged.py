@@ -174,7 +174,8 @@ def smol(tmp_path_factory):
 def test_conversion_is_the_published_architecture(smol):
     model, tok, folder = smol
     cfg = model.config
-    assert (cfg.model_type, cfg.num_hidden_layers, cfg.num_attention_heads, cfg.num_key_value_heads) == ("llama", 30, 9, 3)
+    assert ((cfg.model_type, cfg.num_hidden_layers, cfg.num_attention_heads, cfg.num_key_value_heads)
+            == ("llama", 30, 9, 3))
     assert (cfg.head_dim, cfg.hidden_size, cfg.rope_parameters["rope_theta"]) == (64, 576, 100000.0)
     assert sum(p.numel() for p in model.parameters()) == SPEC.parameters
     assert all(p.dtype == torch.float32 for p in model.parameters())

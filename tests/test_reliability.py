@@ -54,7 +54,8 @@ def models(tmp_path_factory):
     for f in ("tokenizer.json", "special_tokens_map.json"):
         (d["no_tokenizer"] / f).unlink(missing_ok=True)
     d["gpt2"] = root / "gpt2"
-    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=300, n_positions=128)).save_pretrained(d["gpt2"])
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=300,
+                               n_positions=128)).save_pretrained(d["gpt2"])
     d["neox"] = root / "neox"
     GPTNeoXForCausalLM(GPTNeoXConfig(num_hidden_layers=1, hidden_size=32, num_attention_heads=2, intermediate_size=64,
                                      vocab_size=300, max_position_embeddings=128)).save_pretrained(d["neox"])
@@ -669,7 +670,8 @@ def _finish(pid: int, err_r: int) -> tuple[int, list[str]]:
         return status, [ln for ln in f.read().splitlines() if ln.strip()]
 
 
-@pytest.mark.parametrize("sig, status, word", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")])
+@pytest.mark.parametrize("sig, status, word", [(signal.SIGINT, 130, "interrupted"),
+                                               (signal.SIGTERM, 143, "terminated")])
 def test_signal_exits_with_one_line_and_keeps_the_previous_result(sig, status, word, tmp_path):
     out = tmp_path / "res"
     before = previous_result(out, "demo", {"summary.csv": "complete"})
@@ -772,7 +774,8 @@ def test_minor_train_tiny_names_itself(tmp_path, capsys):
 
 
 def test_minor_model_card_negative_seed_names_the_option(models, texts, tmp_path, capsys, no_loading):
-    rc, err = run(capsys, "model-card", argv_for("model-card", models["good"], texts, tmp_path / "o") + ["--seed", "-1"])
+    rc, err = run(capsys, "model-card",
+                  argv_for("model-card", models["good"], texts, tmp_path / "o") + ["--seed", "-1"])
     assert rc == 2
     assert_one_line(err, "model-card", "--seed must be an integer >= 0, got -1")
 

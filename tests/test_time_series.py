@@ -98,7 +98,8 @@ def test_pick_heads():
     l_hi, h_hi, l_lo, h_lo = ts.pick_heads(df, layer=2)
     sub = df[df.layer == 2]
     assert l_hi == l_lo == 2
-    assert h_hi == int(sub.loc[sub.predictability.idxmax(), "head"]) and h_lo == int(sub.loc[sub.predictability.idxmin(), "head"])
+    assert (h_hi == int(sub.loc[sub.predictability.idxmax(), "head"])
+            and h_lo == int(sub.loc[sub.predictability.idxmin(), "head"]))
     with pytest.raises(ValueError, match="no heads in layer 9"):
         ts.pick_heads(df, layer=9)
 

@@ -135,7 +135,8 @@ def params_table(root: Path | None = None, stems: Iterable[str] | None = None) -
 def readme_params_table(readme: str) -> str:
     """The table between the README's params-table markers (BookError if the markers are missing)."""
     if README_START not in readme or README_END not in readme:
-        raise BookError("README.md lacks the params-table markers; see tappa_utils/book/params.py README_START/README_END")
+        raise BookError("README.md lacks the params-table markers; "
+                        "see tappa_utils/book/params.py README_START/README_END")
     return readme.split(README_START, 1)[1].split(README_END, 1)[0].strip("\n") + "\n"
 
 

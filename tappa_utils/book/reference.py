@@ -151,8 +151,8 @@ def reference_markdown(root: Path | None = None) -> str:
             out.append(f"  {_first_line(obj)}")
         out.append("")
 
-    out += ["## Pinned versions", "", "From `requirements.txt` and `requirements-nodeps.txt` (installed with `--no-deps`), "
-            "what `make book` / `make test` install:", "", "```text"]
+    out += ["## Pinned versions", "", "From `requirements.txt` and `requirements-nodeps.txt` (installed with "
+            "`--no-deps`), what `make book` / `make test` install:", "", "```text"]
     for name in ("requirements.txt", "requirements-nodeps.txt"):
         req = root / name
         out += [line for line in (req.read_text().splitlines() if req.exists() else []) if line.strip()]

@@ -38,9 +38,9 @@ def fit_mask(mask, key: torch.Tensor):
     q_len, k0 = mask.shape[-2], mask.shape[-1]
     allowed = mask if mask.dtype == torch.bool else mask == 0
     if not torch.equal(allowed[:, :1], causal_mask_like(allowed[:, :1], q_len, k0)):
-        raise ValueError(f"this layer caches {key.shape[-2] - q_len} tokens and layer 0 {k0 - q_len}, and the mask holds "
-                         "padding or a sliding window: per-layer compressed caches support unpadded full-attention "
-                         "batches only")
+        raise ValueError(f"this layer caches {key.shape[-2] - q_len} tokens and layer 0 {k0 - q_len}, and the mask "
+                         "holds padding or a sliding window: per-layer compressed caches support unpadded "
+                         "full-attention batches only")
     return causal_mask_like(mask, q_len, key.shape[-2])
 
 

@@ -1,4 +1,5 @@
-"""KV-cache compression benchmark: TAPPA budgets vs kvpress baselines on a long context (`python -m tappa_utils kv-eval`).
+"""KV-cache compression benchmark: TAPPA budgets vs kvpress baselines on a long context
+(`python -m tappa_utils kv-eval`).
 
 Tasks, each sample = (context, target); the context is compressed by the press during prefill, then the target is
 teacher-forced after it (positions continue from the original length, per-layer masks; see `decoding`):
@@ -91,7 +92,8 @@ class KVEvalConfig:
 def _text_tokens(tokenizer, text_file: str | None, model: str | None = None) -> np.ndarray:
     from ..data import load_text
 
-    ids = tokenizer(load_text(text_file=text_file, model=model), add_special_tokens=False, verbose=False)["input_ids"]  # cut below
+    ids = tokenizer(load_text(text_file=text_file, model=model), add_special_tokens=False,
+                    verbose=False)["input_ids"]  # cut below
     return np.asarray(ids, dtype=np.int64)
 
 
@@ -283,7 +285,7 @@ def _parse(argv):
 
     from ..preflight import Parser
 
-    p = Parser(prog="python -m tappa_utils kv-eval", description=__doc__.splitlines()[0],
+    p = Parser(prog="python -m tappa_utils kv-eval", description=__doc__.split("\n\n")[0].replace("\n", " "),
                epilog="methods:\n" + describe(), formatter_class=RawDescriptionHelpFormatter)
     d = KVEvalConfig()
     p.add_argument("--model", default=d.model)

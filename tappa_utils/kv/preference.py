@@ -16,7 +16,8 @@ def qsim_all_pairs(q: torch.Tensor) -> torch.Tensor:
 
 
 def qsim_consecutive(q: torch.Tensor) -> torch.Tensor:
-    """Mean cosine similarity of consecutive queries cos(q_t, q_t+1): q (..., W, D) -> (...) float32. W >= 2 required."""
+    """Mean cosine similarity of consecutive queries cos(q_t, q_t+1): q (..., W, D) -> (...) float32.
+    W >= 2 required."""
     return q_similarity_consecutive(q, skip=0).float()
 
 

@@ -16,7 +16,8 @@ from .methods import palette
 
 USABLE_ID = "ch07.A_long_context_usable"
 # claim id -> the method TAPPA is compared with (positive effect = TAPPA better)
-CLAIM_BASELINES = {"ch07.tappa_vs_uniform_budgets": "uniform_cake", "ch07.tappa_vs_expected_attention": "expected_attention"}
+CLAIM_BASELINES = {"ch07.tappa_vs_uniform_budgets": "uniform_cake",
+                   "ch07.tappa_vs_expected_attention": "expected_attention"}
 
 
 def _ci(x: np.ndarray) -> float:
@@ -124,7 +125,8 @@ def full_cache_accuracy(samples, task: str = "retrieval") -> float:
 
 
 def usable(samples) -> bool:
-    """The registered gate: full-cache retrieval accuracy at seq_len >= the threshold of `ch07.A_long_context_usable`."""
+    """The registered gate: full-cache retrieval accuracy at seq_len >= the threshold of
+    `ch07.A_long_context_usable`."""
     acc = full_cache_accuracy(samples)
     return bool(acc >= C.spec(USABLE_ID).threshold)
 

@@ -124,7 +124,8 @@ class TAPPAPress(BasePress):
         if not isinstance(self.compression_ratio, (int, float)) or not 0 <= self.compression_ratio < 1:
             raise ValueError(f"compression_ratio must be in [0, 1), got {self.compression_ratio!r}")
         if self.token_budget is not None and (not isinstance(self.token_budget, int) or self.token_budget < 1):
-            raise ValueError(f"token_budget must be a positive integer (tokens per layer) or None, got {self.token_budget!r}")
+            raise ValueError("token_budget must be a positive integer (tokens per layer) or None, "
+                             f"got {self.token_budget!r}")
         if not isinstance(self.window, int) or self.window < 2:
             raise ValueError(f"window must be an integer >= 2 (q-similarity needs 2 queries), got {self.window!r}")
         if self.allocation not in ALLOCATIONS:
@@ -142,7 +143,8 @@ class TAPPAPress(BasePress):
         if self.scorer is None:
             self.scorer = CAKEScorePress(window_size=self.window)
         if not isinstance(self.scorer, ScorerPress):
-            raise TypeError(f"scorer must be a kvpress ScorerPress (e.g. SnapKVPress()), got {type(self.scorer).__name__}")
+            raise TypeError("scorer must be a kvpress ScorerPress (e.g. SnapKVPress()), "
+                            f"got {type(self.scorer).__name__}")
         self._records: dict = {}
 
     # ---- one method per job: subclasses override these ---------------------------------------------------------
@@ -273,7 +275,8 @@ class TAPPAPress(BasePress):
             layer.keys = layer.keys.gather(2, gather).contiguous()
             layer.values = layer.values.gather(2, gather).contiguous()
             self.kept_indices[i] = kept
-        logger.debug(f"Compressed Context Length per layer: {[records[i]['cache'].get_seq_length(i) for i in range(n_layers)]}")
+        logger.debug("Compressed Context Length per layer: "
+                     f"{[records[i]['cache'].get_seq_length(i) for i in range(n_layers)]}")
 
     def compress(self, module, hidden_states, keys, values, attentions, kwargs):
         """Not available: budgets need every layer first (eviction happens in the last layer's `forward_hook`)."""

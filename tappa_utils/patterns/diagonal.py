@@ -184,7 +184,8 @@ def interval_experiment(model, input_ids: torch.Tensor, layer: int, head: int, c
     """For each RoPE base and channel: make the channel dominant in (layer, head), measure the spacing of the
     parallel diagonals from the logit-by-distance profile, compare with 2 pi / theta_m.
 
-    Columns: base, channel, theta, predicted, measured (periodogram), autocorr (autocorrelation), rel_error, dominant_share.
+    Columns: base, channel, theta, predicted, measured (periodogram), autocorr (autocorrelation), rel_error,
+    dominant_share.
     """
     rows = []
     for base in bases:

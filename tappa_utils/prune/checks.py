@@ -1,7 +1,7 @@
 """Chapter 8's checks and generated prose: the pruning claims, their null, and sentences built from the results.
 
-    sup = evaluate.superiority(res.results, res.per_window, seed=cfg.seed)   # each distinct pruned model once
-    vs_null = evaluate.gains_vs_null(res, null_res, seed=cfg.seed)           # null: the same procedure on random weights
+    sup = evaluate.superiority(res.results, res.per_window, seed=cfg.seed)  # each distinct pruned model once
+    vs_null = evaluate.gains_vs_null(res, null_res, seed=cfg.seed)          # null: the same procedure on random weights
     checks = pruning_checks(res, sup, vs_null)
 
 Claims (`ch08.tappa_beats_shortgpt`, `ch08.gain_over_null`) come only from the calibration-chosen beta's sets that

@@ -154,8 +154,8 @@ def eval_data(tokenizer, cfg: PruneEvalConfig, text: str | None = None) -> EvalD
     return EvalData(ids, token_bytes(tokenizer, ids[:, 1:]), torch.from_numpy(cx), first, second)
 
 
-def _nll(model, ids: torch.Tensor, batch_size: int, removed: Iterable[int] = (),
-         prefix: PrefixStates | None = None, positions: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def _nll(model, ids: torch.Tensor, batch_size: int, removed: Iterable[int] = (), prefix: PrefixStates | None = None,
+         positions: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token negative log-likelihood (N, T-1) (nll[:, i] predicts token i+1) and the argmax hits, of `model`
     without decoder layers `removed` (none: the model as it is), started from `prefix`'s states where it has them.
 

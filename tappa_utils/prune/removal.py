@@ -63,7 +63,8 @@ def remove_layers(model, layers: Iterable[int], inplace: bool = False):
     if getattr(cfg, "max_window_layers", None) is not None and getattr(cfg, "layer_types", None) is None:
         cfg.max_window_layers = min(cfg.max_window_layers, len(keep))
     cfg.tappa_kept_layers = [original[i] for i in keep]
-    cfg.tappa_removed_layers = sorted(set(getattr(cfg, "tappa_removed_layers", None) or []) | {original[i] for i in drop})
+    cfg.tappa_removed_layers = sorted(set(getattr(cfg, "tappa_removed_layers", None) or [])
+                                      | {original[i] for i in drop})
     return model
 
 

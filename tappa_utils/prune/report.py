@@ -72,7 +72,8 @@ def save_results(res: PruneEvalResult, out_dir: str | Path, figures: bool = True
             rec = P.score_record(f"tappa_beta{spec['beta']:g}", res.model_name, res.calib_data, ch,
                                  P.tappa_scores(res.scores.bi, res.scores.qsim, spec["beta"]), spec["order"])
             rec["beta"] = spec["beta"]
-            fname = "order_tappa_best.json" if name.startswith("TAPPA best") else f"order_tappa_beta{spec['beta']:g}.json"
+            fname = ("order_tappa_best.json" if name.startswith("TAPPA best")
+                     else f"order_tappa_beta{spec['beta']:g}.json")
         written.append(P.save_score_record(out / fname, rec))
     written.append(save_table(res.scores.table(), out, "layer_scores.csv"))
     written.append(save_table(res.beta_selection, out, "beta_selection.csv"))

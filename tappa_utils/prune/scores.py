@@ -99,7 +99,8 @@ class LayerScores:
 
 
 def _check_ids(input_ids) -> torch.Tensor:
-    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.dtype not in (torch.long, torch.int):
+    if (not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2
+            or input_ids.dtype not in (torch.long, torch.int)):
         raise TypeError("input_ids must be an integer tensor of shape (n_chunks, seq_len)")
     if input_ids.shape[1] < 2:
         raise ValueError(f"chunks need at least 2 tokens, got seq_len={input_ids.shape[1]}")

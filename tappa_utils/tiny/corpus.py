@@ -77,7 +77,8 @@ def copy_window(rng: np.random.Generator, data: np.ndarray, n: int, random_share
     seg_len = min(int(rng.integers(16, 97)), n // 3)  # the cap only binds for short windows (tests)
     seg = random_segment(rng, seg_len) if rng.random() < random_share else text_window(rng, data, seg_len)
     reps = int(rng.integers(2, max_reps + 1))
-    slots = np.sort(rng.choice(np.arange(0, n - seg_len, seg_len + 1), size=min(reps, (n - seg_len) // (seg_len + 1)), replace=False))
+    slots = np.sort(rng.choice(np.arange(0, n - seg_len, seg_len + 1), size=min(reps, (n - seg_len) // (seg_len + 1)),
+                               replace=False))
     for s in slots:
         x[s : s + seg_len] = seg
     return x

@@ -89,7 +89,8 @@ def training_phases(model_dir: str | Path, last_step: int | None = None) -> list
     out = []
     for i, start in enumerate(starts):
         ph = by_start[start]
-        end = starts[i + 1] if i + 1 < len(starts) else (last_step if last_step is not None else int(ph.get("steps", start)))
+        end = (starts[i + 1] if i + 1 < len(starts)
+               else (last_step if last_step is not None else int(ph.get("steps", start))))
         if last_step is not None:
             end = min(end, last_step)
         batch, seq = int(ph.get("batch", 0) or 0), int(ph.get("seq_len", 0) or 0)
@@ -115,7 +116,8 @@ def mixture_description(name: str) -> list[dict[str, Any]]:
 
     if name not in MIXTURES:
         return []
-    return [{"name": n, "weight": float(w), "what": (fn.__doc__ or "").strip().splitlines()[0]} for n, w, fn in MIXTURES[name]]
+    return [{"name": n, "weight": float(w), "what": (fn.__doc__ or "").strip().splitlines()[0]}
+            for n, w, fn in MIXTURES[name]]
 
 
 def training_summary(model_dir: str | Path) -> dict[str, Any] | None:

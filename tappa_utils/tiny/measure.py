@@ -121,7 +121,8 @@ def copy_test(model, ids: torch.Tensor, first: slice, second: slice) -> dict[str
 
 def patterned_mask(df: pd.DataFrame, cfg: CardConfig) -> pd.Series:
     """Heads that are sink heads (sink mass >= threshold) or diagonal heads (diagonal mass >= threshold)."""
-    return (df["sink_mass"] >= cfg.sink_threshold) | ((df["diag_mass"] >= cfg.diag_threshold) & df["diag_offset"].between(1, 8))
+    return ((df["sink_mass"] >= cfg.sink_threshold)
+            | ((df["diag_mass"] >= cfg.diag_threshold) & df["diag_offset"].between(1, 8)))
 
 
 def summarize_heads(df: pd.DataFrame, cfg: CardConfig) -> dict[str, Any]:

@@ -206,14 +206,15 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--init-from", type=Path, default=None,
                     help="start a new run (no checkpoint yet) from the weights of an exported folder (fresh optimizer)")
     ap.add_argument("--schedule-from", type=int, default=0,
-                    help="step at which this phase's warm-up and cosine schedule start (a new phase on a trained model)")
+                    help="step at which this phase's warm-up and cosine schedule start "
+                         "(a new phase on a trained model)")
     ap.add_argument("--long-eval", type=int, default=0,
                     help="also evaluate long-context loss halves and retrieval at this length (0: off)")
     ap.add_argument("--heads", type=int, default=None,
                     help=f"query heads per layer of a new run (default {DEFAULT_ARCH['num_attention_heads']}; a "
                          f"multiple of the {DEFAULT_ARCH['num_key_value_heads']} KV heads, head dim stays "
-                         f"{DEFAULT_ARCH['head_dim']}); a resumed run keeps its own; with --init-from, a multiple of that "
-                         "model's heads widens it (tappa_utils.tiny.widen: each head copied, same outputs)")
+                         f"{DEFAULT_ARCH['head_dim']}); a resumed run keeps its own; with --init-from, a multiple "
+                         "of that model's heads widens it (tappa_utils.tiny.widen: each head copied, same outputs)")
     return ap
 
 
@@ -392,7 +393,8 @@ def _main(argv) -> int:
     while step < last:
         for g in opt.param_groups:
             g["lr"] = lr_at(step - args.schedule_from, args.lr, args.warmup, args.steps - args.schedule_from)
-        ids = torch.from_numpy(sample_batch(rng, corpus.train, args.batch, args.seq_len, MIXTURES[args.mixture])).to(device)
+        ids = torch.from_numpy(sample_batch(rng, corpus.train, args.batch, args.seq_len,
+                                            MIXTURES[args.mixture])).to(device)
         loss = model(ids, labels=ids).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()

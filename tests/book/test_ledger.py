@@ -34,8 +34,10 @@ def results(tmp_path) -> Path:
         C.assumption("ch03.A_query_not_orthogonal", 0.3),
         C.measurement("heads", 24)])
     _chapter(r, "07_kv_cache", [
-        C.claim("ch07.tappa_vs_uniform_budgets", 0.05, ci=(0.02, 0.08), p_value=0.01, name="TAPPA vs uniform budgets at 25 %"),
-        C.claim("ch07.tappa_vs_uniform_budgets", -0.05, ci=(-0.08, -0.02), p_value=0.01, name="TAPPA vs uniform budgets at 50 %")])
+        C.claim("ch07.tappa_vs_uniform_budgets", 0.05, ci=(0.02, 0.08), p_value=0.01,
+                name="TAPPA vs uniform budgets at 25 %"),
+        C.claim("ch07.tappa_vs_uniform_budgets", -0.05, ci=(-0.08, -0.02), p_value=0.01,
+                name="TAPPA vs uniform budgets at 50 %")])
     _chapter(r, "04_sinks", [C.assumption("ch04.V1_query_continuity", 0.2)])
     return r
 

@@ -140,7 +140,8 @@ def test_batch_shares_layer_lengths_and_chooses_tokens_per_sequence():
     with twin(model):
         cache = model(torch.cat([a, a]), use_cache=True).past_key_values
     assert twin.budgets == single.budgets == cache_lengths(cache)
-    assert all(torch.equal(k[0], k[1]) and torch.equal(k[:1], s) for k, s in zip(twin.kept_indices, single.kept_indices))
+    assert all(torch.equal(k[0], k[1]) and torch.equal(k[:1], s)
+               for k, s in zip(twin.kept_indices, single.kept_indices))
     mixed = TAPPAPress(compression_ratio=0.6)
     with mixed(model):
         cache = model(torch.cat([a, b, a]), use_cache=True).past_key_values

@@ -40,7 +40,8 @@ def test_kv_eval_cli_tiny(tmp_path):
     per_row = lengths.groupby(["task", "method", "keep", "sample"]).length.sum().reset_index()
     merged = per_row.merge(samples, on=["task", "method", "keep", "sample"])
     assert merged.length.tolist() == [round(k * 160 * n_layers) for k in merged.kept_fraction]
-    ref, prop = (samples[(samples.method == m) & (samples.keep == 0.25)].layer_lengths for m in ("tappa", "tappa_proportional"))
+    ref, prop = (samples[(samples.method == m) & (samples.keep == 0.25)].layer_lengths
+                 for m in ("tappa", "tappa_proportional"))
     assert (ref.values != prop.values).any()  # the two allocation rules really differ
     cost = pd.read_csv(out / "cost.csv")
     assert (cost.press_ms > 0).all() and cost.set_index(["method", "keep"]).x_snapkv.loc[("snapkv", 0.25)] == 1
@@ -128,7 +129,8 @@ def test_default_distance_scales_with_seq_len():
 
 
 def _rows(effect_null: float, full_acc: float, n: int = 12):
-    """Synthetic per-sample NLLs: TAPPA better than uniform by 0.2 on the trained model, by `effect_null` on the null."""
+    """Synthetic per-sample NLLs: TAPPA better than uniform by 0.2 on the trained model, by `effect_null` on
+    the null."""
     rng = np.random.default_rng(0)
     out = {"trained": [], "null": []}
     for which, gain in (("trained", 0.2), ("null", effect_null)):
@@ -160,7 +162,8 @@ def test_kv_checks_are_inconclusive_when_the_full_cache_cannot_retrieve():
     assert [r.status for r in checks if r.kind == "assumption"] == ["violated"]
     claims = [r for r in checks if r.kind == "claim"]
     assert claims and all(r.status == "inconclusive" for r in claims)
-    assert all(r.measured > 0.1 for r in claims if r.id == "ch07.tappa_vs_uniform_budgets")  # the effect is still reported
+    # the effect is still reported
+    assert all(r.measured > 0.1 for r in claims if r.id == "ch07.tappa_vs_uniform_budgets")
 
 
 def test_verdicts_vs_null_flags_wins_shared_with_random_weights():

@@ -1,4 +1,5 @@
-"""tappa_utils.prune (scores, removal): scores against independent float64 loops, orders, layer removal consistency, bad input."""
+"""tappa_utils.prune (scores, removal): scores against independent float64 loops, orders, layer removal consistency,
+bad input."""
 from __future__ import annotations
 
 import math
@@ -54,7 +55,8 @@ def _manual_qsim(model, ids, mode="all_pairs"):
             h.remove()
     res = []
     with torch.no_grad():
-        res = [_layer_qsim(layer.self_attn, inputs[i], ids.shape[0], mode) for i, layer in enumerate(model.model.layers)]
+        res = [_layer_qsim(layer.self_attn, inputs[i], ids.shape[0], mode)
+               for i, layer in enumerate(model.model.layers)]
     model.float()
     return np.array(res)
 

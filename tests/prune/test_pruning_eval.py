@@ -1,4 +1,5 @@
-"""tappa_utils.prune (evaluate, report, cli): metrics against direct computations, beta choice on calibration data, CLI files/errors."""
+"""tappa_utils.prune (evaluate, report, cli): metrics against direct computations, beta choice on calibration data,
+CLI files/errors."""
 from __future__ import annotations
 
 import json

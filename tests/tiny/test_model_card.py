@@ -85,7 +85,8 @@ def test_card_numbers_agree_with_an_independent_computation(card_dir):
     for t in card["targets"]:  # kind, id and verdict from the registry, not from measure.targets
         s = claims.spec(t["id"])
         assert t["kind"] == "assumption" and t["predicted"] == s.threshold and t["relation"] == s.relation
-        ok = t["measured"] is not None and (t["measured"] >= s.threshold if s.relation == "ge" else t["measured"] <= s.threshold)
+        ok = t["measured"] is not None and (t["measured"] >= s.threshold if s.relation == "ge"
+                                            else t["measured"] <= s.threshold)
         assert t["passed"] is ok and t["status"] == ("holds" if ok else "violated")
     by_id = {t["id"]: t for t in card["targets"]}
     assert by_id["ch01.T_copying"]["measured"] == card["trained"]["copy"]["copy_ratio"]
@@ -148,7 +149,8 @@ def test_card_describes_training_and_corpus(card_dir):
     manifest = json.loads((card_dir / "corpus_manifest.json").read_text())
     assert card["corpus"]["files"] == len(manifest)
     assert card["corpus"]["bytes"] == sum(m["bytes"] for m in manifest)
-    assert card["corpus"]["manifest_sha256"] == hashlib.sha256((card_dir / "corpus_manifest.json").read_bytes()).hexdigest()
+    assert card["corpus"]["manifest_sha256"] == hashlib.sha256(
+        (card_dir / "corpus_manifest.json").read_bytes()).hexdigest()
     md = (card_dir / "MODEL_CARD.md").read_text()
     assert card["corpus"]["manifest_sha256"] in md and f"{card['training']['tokens_seen']:,} tokens seen" in md
 

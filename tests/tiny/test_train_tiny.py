@@ -41,7 +41,8 @@ def test_copy_test_batch_second_occurrence_equals_first():
 
 
 def test_resumed_training_equals_uninterrupted(tmp_path):
-    args = ["--steps", "4", "--batch", "2", "--seq-len", "64", "--warmup", "2", "--threads", "1", "--eval-every", "1000"]
+    args = ["--steps", "4", "--batch", "2", "--seq-len", "64", "--warmup", "2", "--threads", "1",
+            "--eval-every", "1000"]
     main(["--out", str(tmp_path / "a"), *args])
     main(["--out", str(tmp_path / "b"), *args, "--until", "2"])
     main(["--out", str(tmp_path / "b"), *args, "--mixture", "base"])
@@ -64,7 +65,8 @@ def test_export_loads_through_transformers(tmp_path):
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "hf")
     tok = AutoTokenizer.from_pretrained(tmp_path / "hf")
     ck = torch.load(tmp_path / "run" / "ckpt.pt", weights_only=False)
-    torch.testing.assert_close(model.state_dict()["model.embed_tokens.weight"], ck["model"]["model.embed_tokens.weight"])
+    torch.testing.assert_close(model.state_dict()["model.embed_tokens.weight"],
+                               ck["model"]["model.embed_tokens.weight"])
     assert tok("hé").input_ids == [BOS_ID, *"hé".encode()]
 
 
@@ -123,8 +125,10 @@ def test_init_from_a_folder_without_weights_is_refused(tmp_path, capsys):
 def test_tokens_until_counts_each_phase_with_its_own_shape():
     from tappa_utils.tiny.train import tokens_until
 
-    phases = [{"start_step": 0, "batch": "16", "seq_len": "512"}, {"start_step": 500, "batch": "16", "seq_len": "512"},
-              {"start_step": 500, "batch": "16", "seq_len": "512"}, {"start_step": 3000, "batch": "8", "seq_len": "1024"},
+    phases = [{"start_step": 0, "batch": "16", "seq_len": "512"},
+              {"start_step": 500, "batch": "16", "seq_len": "512"},
+              {"start_step": 500, "batch": "16", "seq_len": "512"},
+              {"start_step": 3000, "batch": "8", "seq_len": "1024"},
               {"start_step": 3100, "batch": "8", "seq_len": "1024"}]
     assert tokens_until(phases, 3000) == 3000 * 16 * 512
     assert tokens_until(phases, 3800) == 3000 * 16 * 512 + 800 * 8 * 1024  # the 3000-3100 stretch counts once
