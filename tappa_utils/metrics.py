@@ -320,8 +320,8 @@ def predictability(probs: torch.Tensor, skip: int = 16, max_lag: int = 16, floor
     kept (H = M_{t-l}: vertical, a sink, a fixed key; with l = 2 an alternation between keys, with l = L a
     seasonal map a[t, i] ~ a[t - L, i]), moved l keys on (H = M_{t-l} + l: sequential, a diagonal t - j = c at
     *any* offset c, parallel diagonals (a comb), a local window; with l = P a map that restarts every P queries,
-    row t ~ row t - P moved P keys), or both (H = M_{t-l} | (M_{t-l} + l): a sink and a diagonal at once, a head
-    that switches between them, a peak that moves by 0 or l keys). A map that restarts every P > L queries is
+    row t ~ row t - P moved P keys), and at l = 1 both (H = M_{t-1} | (M_{t-1} + 1): a sink and a diagonal at once,
+    a head that switches between them, a peak that stays or moves one key). A map that restarts every P > L queries is
     still predicted by l = 1 on all but one row in P.
 
     Score. The gain of a key set H on row t is the mass row t puts on H minus what a random set of |H| keys gets,
@@ -329,7 +329,7 @@ def predictability(probs: torch.Tensor, skip: int = 16, max_lag: int = 16, floor
     TV_t = sum_j (A[t, j] - 1 / (t + 1))_+, the total-variation distance of row t from uniform attention. So
 
         G(predictor) = sum_t g_t(H_t) / sum_t max(TV_t, floor),   t = skip + l .. T - 1,
-        predictability = max(0, max over the 3L predictors of G).
+        predictability = max(0, max over the 2L + 1 predictors of G).
 
     G <= 1. The denominator is the row's distance from uniform (the mass there is to predict), but at least
     `floor` (0.5): a row with less than half of its mass off the uniform level counts as that much less
@@ -337,7 +337,7 @@ def predictability(probs: torch.Tensor, skip: int = 16, max_lag: int = 16, floor
     keys the expected gain is 0 (row t's mass is as likely on any key); a sink, a diagonal, a comb, a local window
     or an alternation scores about 1 whatever the noise on the weights of its keys (only which keys are above
     average matters); faint structure on near-uniform attention scores at most TV / floor. Old and new values on
-    synthetic maps: module docstring. Cost: 3L masked sums over the T x T map (L = 16: 48 passes).
+    synthetic maps: module docstring. Cost: 2L matrix-product diagonals and one masked sum over the T x T map.
     """
     return _pred_from_sums(*predictor_sums(probs, skip, max_lag, floor))
 
@@ -376,8 +376,10 @@ def _block_gains(excess: torch.Tensor, masks: torch.Tensor, first_row: int, lags
     excess (..., n, K) holds rows t = first_row..first_row + n - 1 (`_pred_terms`); masks (..., lags + n, K) the
     above-average masks of rows first_row - lags..first_row + n - 1 (zero rows where a row has no predictor). The kept
     gain sum_j E[t, j] M[t - l, j] and the moved gain sum_j E[t, j] M[t - l, j - l] (= the kept gain in distance
-    coordinates d = t - j) are diagonals of matrix products over chunks of rows; both = kept + moved - the gain of
-    their intersection, one masked sum per lag.
+    coordinates d = t - j) are diagonals of matrix products over chunks of rows. The union (both) is used at lag 1
+    only, kept + moved - the gain of their intersection (one masked sum): a sink with a diagonal, or a peak that stays
+    or moves one key. At longer lags its slot repeats the kept set (a sink is kept at any lag, a diagonal moved at
+    any lag, so longer unions add little and would cost one pass over the map each).
     """
     n, K = excess.shape[-2:]
     L = lags
@@ -392,12 +394,10 @@ def _block_gains(excess: torch.Tensor, masks: torch.Tensor, first_row: int, lags
         idx = (i[:c] + L - lag).expand(*excess.shape[:-2], c, L)  # row r + i's predictor, lag l, in the window
         kept += torch.gather(excess[..., r:r + c, :] @ m[..., r:r + c + L, :].transpose(-1, -2), -1, idx).sum(-2)
         moved += torch.gather(ed[..., r:r + c, :] @ md[..., r:r + c + L, :].transpose(-1, -2), -1, idx).sum(-2)
-    both = []
-    for l in range(1, L + 1):
-        prev = masks[..., L - l:L - l + n, :]
-        inter = prev & torch.nn.functional.pad(prev, (l, 0))[..., :K]
-        both.append((excess * inter).sum((-2, -1)))
-    both = kept + moved - torch.stack(both, -1)
+    prev = masks[..., L - 1:L - 1 + n, :]  # the rows one before
+    inter = (excess * (prev & torch.nn.functional.pad(prev, (1, 0))[..., :K])).sum((-2, -1))
+    both = kept.clone()
+    both[..., 0] = kept[..., 0] + moved[..., 0] - inter
     return torch.stack([kept, moved, both], -1).flatten(-2).double()
 
 

@@ -95,7 +95,7 @@ def _predictability_loop(A: np.ndarray, skip: int, max_lag: int, floor: float = 
         for t in range(skip + lag, T):
             prev = {j for j in range(t - lag + 1) if A[t - lag, j] >= 1 / (t - lag + 1)}
             moved = {j + lag for j in prev}
-            for i, H in enumerate((prev, moved, prev | moved)):
+            for i, H in enumerate((prev, moved, prev | moved if lag == 1 else prev)):
                 sums[i] += sum(A[t, j] - 1 / (t + 1) for j in H)
             norm += max(sum(max(A[t, j] - 1 / (t + 1), 0) for j in range(t + 1)), floor)
         best = max(best, (sums / norm).max())
@@ -173,7 +173,9 @@ def test_predictability_against_loops():
             for h in range(3):
                 want = _predictability_loop(P[b, h].numpy(), skip, max_lag)
                 assert float(pred[b, h]) == pytest.approx(want, abs=1e-12)
-    assert float(predictability(P[0, 0], skip, max_lag=4)) > 0.9
+    # > 0.8, not ~1: while t < 11 this short map alternates between key 3 and the current key (key 11 clamped to t),
+    # a mix only a lag-2 union of kept and moved keys predicts, and the union is used at lag 1 only
+    assert float(predictability(P[0, 0], skip, max_lag=4)) > 0.8
 
 
 @pytest.mark.parametrize("T", [128, 512])
