@@ -1,6 +1,7 @@
 """Reliability, minor findings of the bad-input sweep (issue 29): every refusal names the option as typed, comes
 before the weights load, says what a bad text file is, and I/O failures exit 1. Same style as test_reliability.py:
 each case asserts the exit status, one line on stderr and the output folder's state afterwards."""
+# ruff: noqa: F811 - the fixtures imported from test_reliability are parameters of the tests
 from __future__ import annotations
 
 import re

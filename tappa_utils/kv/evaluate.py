@@ -91,7 +91,8 @@ class KVEvalConfig:
         if not self.seg_len < self.planted_distance <= hi:
             raise ValueError(f"{n('distance')} must lie in ({n('seg_len')} {self.seg_len}, {n('seq_len')} - 1 - "
                              f"{n('prefix_len')} = {hi}] (segment before the cue, inside the context), "
-                             f"got {self.planted_distance}")
+                             f"got {self.planted_distance}"
+                             + (f" (the default: 3/4 of {n('seq_len')})" if self.distance is None else ""))
         if min(self.keep) * self.seq_len < self.window + 4:
             raise ValueError(f"{n('keep')} {min(self.keep)} of {n('seq_len')} {self.seq_len} tokens is less than "
                              f"{n('window')} {self.window} plus 4 sinks; raise {n('seq_len')} or {n('keep')}")
