@@ -55,9 +55,11 @@ def _check(args):
     """The front door: every input checked before anything is loaded; the checked model (UsageError otherwise)."""
     from . import preflight as pf
 
-    for name in ("seq_len", "num_windows", "window", "top_k", "gallery_heads"):
+    for name in ("seq_len", "num_windows", "top_k", "gallery_heads"):
         pf.check_positive(getattr(args, name), f"--{name.replace('_', '-')}")
+    pf.check_positive(args.window, "--window", minimum=2)  # the all-pairs q-similarity needs two queries
     pf.check_positive(args.skip, "--skip", minimum=0)
+    pf.check_positive(args.seed, "--seed", minimum=0)
     if args.seq_len < max(args.skip, args.top_k - 1) + 2:
         raise UsageError(f"--seq-len {args.seq_len} is too short for --skip {args.skip} and --top-k {args.top_k}: "
                          f"use at least {max(args.skip, args.top_k - 1) + 2}")
@@ -68,7 +70,25 @@ def _check(args):
     pf.check_context(args.seq_len, info)
     pf.check_layers(args.layers, info)
     pf.check_out_dir(args.out, command="analyze")
+    _check_text_length(args, info)
     return info
+
+
+def _check_text_length(args, info) -> None:
+    """UsageError when the text has too few tokens for the windows (tokenizer alone: the weights are not loaded)."""
+    from . import preflight as pf
+    from .data import load_text, token_windows
+
+    tokenizer = pf.load_tokenizer(info)
+    if tokenizer is None:
+        return
+    text = load_text(text_file=args.text_file, model=args.model)
+    try:
+        token_windows(tokenizer, text, args.seq_len, args.num_windows)
+    except ValueError as e:
+        where = f"--text-file {args.text_file}" if args.text_file else "the built-in text"
+        raise UsageError(f"{where}: {pf.one_line(e)} (--num-windows {args.num_windows}, --seq-len {args.seq_len})") \
+            from e
 
 
 def _load_checked(args, info):

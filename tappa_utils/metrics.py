@@ -202,6 +202,13 @@ class MetricConfig:
 # q-similarity
 
 
+def _check_probs(probs: torch.Tensor) -> None:
+    """ValueError unless `probs` is (..., T, T) attention probabilities (at least 2-D, square, with a query)."""
+    if not torch.is_tensor(probs) or probs.dim() < 2 or probs.shape[-1] != probs.shape[-2] or probs.shape[-1] == 0:
+        shape = tuple(probs.shape) if torch.is_tensor(probs) else type(probs).__name__
+        raise ValueError(f"probs must be attention probabilities of shape (..., T, T) with T >= 1, got {shape}")
+
+
 def _check_len(T: int, skip: int, need: int = 2) -> None:
     if T - skip < need:
         raise ValueError(f"sequence too short: {T} positions with skip={skip} leave fewer than {need} analysed "
@@ -232,12 +239,14 @@ def q_similarity_window(q: torch.Tensor, window: int = 32) -> torch.Tensor:
 
 def sink_mass(probs: torch.Tensor, skip: int = 16) -> torch.Tensor:
     """Mean attention probability on key position 0 over queries t >= skip: probs (..., T, T) -> (...)."""
+    _check_probs(probs)
     _check_len(probs.shape[-2], skip, 1)
     return probs[..., skip:, 0].double().mean(-1)
 
 
 def column_mass(probs: torch.Tensor, skip: int = 16) -> torch.Tensor:
     """Largest mean probability on one fixed key j (over queries t >= max(skip, j)), for j <= (T + skip) // 2."""
+    _check_probs(probs)
     T = probs.shape[-1]
     _check_len(probs.shape[-2], skip, 1)
     jmax = (T + skip) // 2
@@ -248,6 +257,7 @@ def column_mass(probs: torch.Tensor, skip: int = 16) -> torch.Tensor:
 
 def distance_profile(probs: torch.Tensor, skip: int = 16, max_distance: int = 256) -> torch.Tensor:
     """p(d) = mean A[t, t - d] over queries t >= max(skip, d), d = 0..min(max_distance, T - 1 - skip): (..., n)."""
+    _check_probs(probs)
     T = probs.shape[-1]
     _check_len(probs.shape[-2], skip, 1)
     D = max(0, min(max_distance, T - 1 - skip))
@@ -271,6 +281,7 @@ def _half_split(T: int, skip: int, max_distance: int) -> tuple[int, int]:
 def half_profiles(probs: torch.Tensor, skip: int = 16, max_distance: int = 256) -> torch.Tensor:
     """The distance profile of the early queries (skip..mid-1) and of the late ones (mid..T-1), d = 0..De
     (`_half_split`): probs (..., T, T) -> (..., 2, De + 1)."""
+    _check_probs(probs)
     T = probs.shape[-1]
     _check_len(probs.shape[-2], skip)
     mid, De = _half_split(T, skip, max_distance)
@@ -406,6 +417,7 @@ def predictor_sums(probs: torch.Tensor, skip: int = 16, max_lag: int = 16, floor
     """The sums behind `predictability`: for each lag l = 1..L and key set (kept, moved, both), in that order,
     the gain sum_t g_t(H_t) and the norm sum_t max(TV_t, floor), t = skip + l..T-1: two (..., 3L) float64 tensors.
     `predictability` is max over predictors of gain / norm, clipped at 0."""
+    _check_probs(probs)
     T = probs.shape[-1]
     _check_len(probs.shape[-2], skip)
     excess, mask = _pred_terms(probs[..., skip:, :], skip)
@@ -424,6 +436,7 @@ def _pred_from_sums(gain: torch.Tensor, norm: torch.Tensor) -> torch.Tensor:
 def concentration(probs: torch.Tensor, skip: int = 16) -> torch.Tensor:
     """Mean over queries t >= skip of 1 - H(A[t]) / log(t + 1): 0 for uniform attention over the t + 1 visible
     keys, 1 for all mass on one key: probs (..., T, T) -> (...), float64. Query t = 0 (one key) is skipped."""
+    _check_probs(probs)
     _check_len(probs.shape[-2], skip, 1)
     start = max(skip, 1)
     return row_concentration(probs[..., start:, :], start).mean(-1)
@@ -524,6 +537,9 @@ def _record_stats(record, cfg: MetricConfig) -> dict[str, torch.Tensor]:
         if getattr(record, name, None) is None:
             raise ValueError(f"the layer record lacks {name}; capture with what=('q_pre', 'q_post', 'probs')")
     probs = record.probs
+    _check_probs(probs)
+    if probs.dim() != 4 or probs.shape[0] == 0:
+        raise ValueError(f"the layer record's probs must be (batch >= 1, heads, T, T), got {tuple(probs.shape)}")
     if probs.dtype not in (torch.float32, torch.float64):
         probs = probs.float()
     return {
@@ -707,6 +723,8 @@ def analyze_heads(model, input_ids: torch.Tensor, cfg: MetricConfig | None = Non
     cfg = cfg or MetricConfig()
     if not torch.is_tensor(input_ids) or input_ids.dim() != 2 or input_ids.dtype != torch.long:
         raise ValueError("input_ids must be a LongTensor of shape (num_windows, seq_len)")
+    if input_ids.shape[0] == 0:
+        raise ValueError("input_ids holds no windows (shape (0, seq_len)); give at least one window")
     T = input_ids.shape[1]
     _check_len(T, cfg.skip)
     device = next(model.parameters()).device

@@ -80,8 +80,10 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 def run_cli(prog: str, body: Callable[[], int | None], usage_errors: tuple[type[BaseException], ...] = ()) -> int:
     """Run a command's `body`; return its exit status.
 
-    `UsageError` (and any type in `usage_errors`) -> 2 and one line `prog: error: ...` on stderr; any other
-    OSError (disk full...) -> 1 and one line; Ctrl-C -> 130 and SIGTERM -> 143 with one line `prog: interrupted
+    `UsageError` (and any type in `usage_errors`) -> 2 and one line `prog: error: ...` on stderr; an OSError from
+    the system (one with an errno: disk full, read-only folder...) -> 1 and one line, even when its type is among
+    `usage_errors` (FileNotFoundError raised by a check has no errno); Ctrl-C -> 130 and SIGTERM -> 143 with one
+    line `prog: interrupted
     ...`; `SystemExit` (e.g. `--help`) -> its code.
     """
     try:
@@ -89,12 +91,13 @@ def run_cli(prog: str, body: Callable[[], int | None], usage_errors: tuple[type[
             return int(body() or 0)
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
+    except OSError as e:  # from the system (errno set: disk full, read-only...) -> 1, whatever `usage_errors` say
+        usage = isinstance(e, (UsageError, *usage_errors)) and getattr(e, "errno", None) is None
+        print(f"{prog}: error: {one_line(e)}", file=sys.stderr, flush=True)
+        return 2 if usage else 1
     except (UsageError, *usage_errors) as e:
         print(f"{prog}: error: {one_line(e)}", file=sys.stderr, flush=True)
         return 2
-    except OSError as e:  # a failure while reading or writing (disk full...): the earlier results are intact
-        print(f"{prog}: error: {one_line(e)}", file=sys.stderr, flush=True)
-        return 1
     except KeyboardInterrupt as e:
         what = "terminated" if isinstance(e, Terminated) else "interrupted"
         print(f"{prog}: {what}; earlier results are unchanged", file=sys.stderr, flush=True)
@@ -172,8 +175,10 @@ def check_text_file(path: str | os.PathLike | None, option: str = "--text-file",
     p = Path(path)
     if not p.exists():
         raise UsageError(f"{option} {path}: file not found")
+    if p.is_dir():
+        raise UsageError(f"{option} {path}: is a folder; pass a text file")
     if not p.is_file():
-        raise UsageError(f"{option} {path}: not a file")
+        raise UsageError(f"{option} {path}: is not a regular file (a device, a pipe...); pass a text file")
     try:
         raw = p.read_bytes()
     except OSError as e:
@@ -182,10 +187,51 @@ def check_text_file(path: str | os.PathLike | None, option: str = "--text-file",
     text = text.replace("\r\n", "\n").replace("\r", "\n")  # universal newlines, as `Path.read_text` reads
     if not text.strip():
         raise UsageError(f"{option} {path}: the text is empty; pass a non-empty text file")
+    if not has_printable(text):
+        raise UsageError(f"{option} {path}: holds no printable text (only NUL or control bytes); "
+                         "pass a text file")
     if n and warn:
         print(f"warning: {option} {path}: {n} of {len(raw)} bytes are not valid UTF-8 and were replaced by U+FFFD",
               file=sys.stderr, flush=True)
     return TextInfo(p, text, n)
+
+
+def has_printable(text: str) -> bool:
+    """Whether `text` holds at least one printable character other than white space (not only NUL / control)."""
+    return any(c.isprintable() and not c.isspace() and c != "\ufffd" for c in text)
+
+
+def check_finite(value, option: str, minimum: float | None = None) -> float:
+    """`value` as a finite float (>= `minimum` when given), else UsageError naming `option`."""
+    import math
+
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or (minimum is not None and value < minimum):
+        what = "a finite number" + (f" >= {minimum:g}" if minimum is not None else "")
+        raise UsageError(f"{option} must be {what}, got {value!r}")
+    return float(value)
+
+
+def load_tokenizer(info: ModelInfo, option: str = "--model"):
+    """The tokenizer of a checked model, alone (cheap: no weights), or UsageError when it cannot be loaded.
+
+    None when there is nothing to read yet (a packaged model converted on first load). Lets a command tokenize its
+    text and refuse one too short before the weights load."""
+    from .models import byte_tokenizer, is_random_name
+
+    if is_random_name(info.name):
+        return byte_tokenizer()
+    if not info.path.is_dir():
+        return None
+    try:
+        from transformers import AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()  # no "sequence longer than the model" warning for a whole text
+        return AutoTokenizer.from_pretrained(str(info.path))
+    except Exception as e:  # noqa: BLE001 - any failure (corrupt tokenizer.json...) is a bad --model
+        raise UsageError(f"{option} {info.name}: its tokenizer cannot be loaded ({one_line(e)}); copy the tokenizer "
+                         "files from the original model") from e
 
 
 # ------------------------------------------------------------------------------------------------ model

@@ -210,7 +210,7 @@ def test_4_layers_out_of_range_before_loading(models, texts, tmp_path, capsys, n
     argv[argv.index("--max-removed") + 1] = "40"
     rc, err = run(capsys, "prune-eval", argv)
     assert rc == 2
-    assert_one_line(err, "prune-eval", "max_removed=40 leaves no layer")
+    assert_one_line(err, "prune-eval", "--max-removed 40 leaves no layer")
     assert not out.exists()
 
 

@@ -59,34 +59,52 @@ class KVEvalConfig:
         """Tokens between the planted segment's start and the cue: `distance`, or 3/4 of `seq_len` when None."""
         return self.distance if self.distance is not None else 3 * self.seq_len // 4
 
-    def validate(self) -> None:
-        """Raise ValueError naming the bad parameter and what is allowed."""
-        def pos_int(name, lo=1):
+    def validate(self, names: dict[str, str] | None = None) -> None:
+        """Raise ValueError naming the bad parameter and what is allowed; `names` maps field names to the names the
+        messages use (the command line passes `OPTIONS`: `--seq-len` for seq_len)."""
+        def n(name: str) -> str:
+            return (names or {}).get(name, name)
+
+        def pos_int(name, lo=1, why=""):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < lo:
-                raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
+                raise ValueError(f"{n(name)} must be an integer >= {lo}{why}, got {v!r}")
         for name in ("samples", "cont_len", "seg_len", "prefix_len", "window"):
             pos_int(name)
-        pos_int("seq_len", 2 * self.window + 2)
+        pos_int("seed", 0)
+        pos_int("seq_len", 2 * self.window + 2, f" (2 * {n('window')} + 2, {n('window')} {self.window})")
         if not self.keep or any(not isinstance(k, (int, float)) or not 0 < k <= 1 for k in self.keep):
-            raise ValueError(f"keep must be fractions in (0, 1], got {self.keep!r}")
-        method_names(self.methods)
+            raise ValueError(f"{n('keep')} must be fractions in (0, 1], got {self.keep!r}")
+        try:
+            method_names(self.methods)
+        except ValueError as e:
+            raise ValueError(f"{n('methods')}: {e}") from e
         bad = [t for t in self.tasks if t not in TASKS]
         if bad or not self.tasks:
-            raise ValueError(f"unknown task(s) {bad}; choose from {', '.join(TASKS)}")
+            raise ValueError(f"{n('tasks')}: unknown task(s) {bad}; choose from {', '.join(TASKS)}")
         if self.prefix_len >= self.seg_len:
-            raise ValueError(f"prefix_len ({self.prefix_len}) must be smaller than seg_len ({self.seg_len})")
+            raise ValueError(f"{n('prefix_len')} ({self.prefix_len}) must be smaller than {n('seg_len')} "
+                             f"({self.seg_len})")
         if self.distance is not None and (not isinstance(self.distance, int) or isinstance(self.distance, bool)):
-            raise ValueError(f"distance must be an integer or None (3/4 of seq_len), got {self.distance!r}")
+            raise ValueError(f"{n('distance')} must be an integer or None (3/4 of {n('seq_len')}), "
+                             f"got {self.distance!r}")
         hi = self.seq_len - 1 - self.prefix_len
         if not self.seg_len < self.planted_distance <= hi:
-            raise ValueError(f"distance must lie in ({self.seg_len}, {hi}] (segment before the cue, inside the "
-                             f"context), got {self.planted_distance}")
+            raise ValueError(f"{n('distance')} must lie in ({n('seg_len')} {self.seg_len}, {n('seq_len')} - 1 - "
+                             f"{n('prefix_len')} = {hi}] (segment before the cue, inside the context), "
+                             f"got {self.planted_distance}"
+                             + (f" (the default: 3/4 of {n('seq_len')})" if self.distance is None else ""))
         if min(self.keep) * self.seq_len < self.window + 4:
-            raise ValueError(f"keep {min(self.keep)} of {self.seq_len} tokens is less than the window ({self.window}) "
-                             "plus 4 sinks; raise seq_len or keep")
+            raise ValueError(f"{n('keep')} {min(self.keep)} of {n('seq_len')} {self.seq_len} tokens is less than "
+                             f"{n('window')} {self.window} plus 4 sinks; raise {n('seq_len')} or {n('keep')}")
+        if not isinstance(self.cake_alpha, (int, float)) or isinstance(self.cake_alpha, bool) or \
+                not math.isfinite(self.cake_alpha):
+            raise ValueError(f"{n('cake_alpha')} must be a finite number, got {self.cake_alpha!r}")
         if self.attn not in ("eager", "sdpa"):
-            raise ValueError(f"attn must be 'eager' or 'sdpa', got {self.attn!r}")
+            raise ValueError(f"{n('attn')} must be 'eager' or 'sdpa', got {self.attn!r}")
+
+
+OPTIONS = {f: "--" + f.replace("_", "-") for f in KVEvalConfig.__dataclass_fields__}  # field -> command-line option
 
 
 def _text_tokens(tokenizer, text_file: str | None, model: str | None = None) -> np.ndarray:
@@ -332,7 +350,10 @@ def main(argv: list[str] | None = None) -> int:
                            tasks=tuple(args.tasks), samples=args.samples, cont_len=args.cont_len,
                            seg_len=args.seg_len, prefix_len=args.prefix_len, distance=args.distance,
                            window=args.window, cake_alpha=args.cake_alpha, seed=args.seed, text_file=args.text_file)
-        cfg.validate()
+        try:
+            cfg.validate(OPTIONS)
+        except ValueError as e:
+            raise pf.UsageError(pf.one_line(e)) from e
         pf.check_device(cfg.device)
         pf.check_dtype(cfg.dtype)
         pf.check_text_file(cfg.text_file)
@@ -343,6 +364,14 @@ def main(argv: list[str] | None = None) -> int:
             raise pf.UsageError(f"--seq-len {cfg.seq_len} plus {target} target tokens exceeds the model's context "
                                 f"length {info.context_length}; use --seq-len <= {info.context_length - target}")
         pf.check_out_dir(args.out, command="kv-eval", legacy=LEGACY_FILES, signature="run_info.json")
+        tokenizer = pf.load_tokenizer(info)  # the text's length, before the weights load
+        if tokenizer is not None:
+            n, need = len(_text_tokens(tokenizer, cfg.text_file, cfg.model)), cfg.seq_len + cfg.cont_len
+            if n < need:
+                where = f"--text-file {cfg.text_file}" if cfg.text_file else "the built-in text"
+                raise pf.UsageError(f"{where}: text too short: {n} tokens, a sample of --seq-len {cfg.seq_len} and "
+                                    f"--cont-len {cfg.cont_len} needs {need}; give a longer text or a smaller "
+                                    "--seq-len")
         with ResultDir(args.out, "kv-eval", legacy=LEGACY_FILES, signature="run_info.json") as tmp:
             model, tok = load_model(str(info.path), device=cfg.device, dtype=cfg.dtype, attn_implementation=cfg.attn)
             check_supported(model)

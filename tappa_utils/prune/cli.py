@@ -51,6 +51,34 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _validate(cfg: PruneEvalConfig, n_layers: int | None = None) -> None:
+    """`cfg.validate` with the options' names in its message (UsageError)."""
+    from ..preflight import UsageError, one_line
+
+    try:
+        cfg.validate(n_layers, names=evaluate.OPTIONS)
+    except (TypeError, ValueError) as e:
+        raise UsageError(one_line(e)) from e
+
+
+def _check_text_lengths(cfg: PruneEvalConfig, tokenizer) -> None:
+    """UsageError when the calibration or evaluation text is too short (tokenizer alone: no weights loaded yet)."""
+    from ..preflight import UsageError, one_line
+
+    if tokenizer is None:
+        return
+    for option, file, build in (
+            ("--calib-text-file", cfg.calib_text_file,
+             lambda: P.calibration_ids(tokenizer, cfg.seq_len, cfg.calib_chunks, cfg.calib_stride, cfg.seed,
+                                       cfg.calib_text_file, model=cfg.model)),
+            ("--eval-text-file", cfg.eval_text_file, lambda: evaluate.eval_data(tokenizer, cfg))):
+        try:
+            build()
+        except ValueError as e:
+            where = f"{option} {file}" if file else f"the built-in text (or give {option})"
+            raise UsageError(f"{where}: {one_line(e)} (--seq-len {cfg.seq_len})") from e
+
+
 def main(argv: list[str] | None = None) -> int:
     """`prune-eval` entry point: 0 on success, 2 with one line on stderr for bad input (nothing written).
 
@@ -73,14 +101,18 @@ def main(argv: list[str] | None = None) -> int:
             batch_size=args.batch_size, lm_eval_tasks=tuple(t for t in args.lm_eval_tasks.split(",") if t.strip()),
             lm_eval_limit=args.lm_eval_limit)
         out = pf.check_out_dir(args.out, command="prune-eval")
-        cfg.validate()
-        pf.check_device(cfg.device)
-        pf.check_dtype(cfg.dtype)
         pf.check_text_file(cfg.calib_text_file, "--calib-text-file")
         pf.check_text_file(cfg.eval_text_file, "--eval-text-file")
+        _validate(cfg)
+        if cfg.lm_eval_tasks and not evaluate.lm_eval_available():
+            raise pf.UsageError("--lm-eval-tasks needs the lm-eval harness, which is not installed: "
+                                "pip install lm-eval, or leave out --lm-eval-tasks")
+        pf.check_device(cfg.device)
+        pf.check_dtype(cfg.dtype)
         info = pf.check_model(cfg.model)
         pf.check_context(cfg.seq_len, info)
-        cfg.validate(info.num_layers or None)  # --max-removed against the config's layers, before loading
+        _validate(cfg, info.num_layers or None)  # --max-removed against the config's layers, before loading
+        _check_text_lengths(cfg, pf.load_tokenizer(info))
         with ResultDir(out, "prune-eval") as tmp:
             model, tok = load_model(str(info.path), device=cfg.device, dtype=cfg.dtype)
             res = run_pruning_eval(cfg, model, tok, progress=lambda s: print(s, file=sys.stderr))

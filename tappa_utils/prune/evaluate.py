@@ -59,43 +59,57 @@ class PruneEvalConfig:
     lm_eval_tasks: tuple = ()
     lm_eval_limit: int = 100
 
-    def validate(self, n_layers: int | None = None) -> PruneEvalConfig:
-        """Raise ValueError/TypeError naming the bad parameter; with `n_layers`, check max_removed against it."""
+    def validate(self, n_layers: int | None = None, names: dict[str, str] | None = None) -> PruneEvalConfig:
+        """Raise ValueError/TypeError naming the bad parameter; with `n_layers`, check max_removed against it.
+
+        `names` maps field names to the names the messages use (the command line passes `OPTIONS`: `--seq-len`)."""
+        def n(name: str) -> str:
+            return (names or {}).get(name, name)
+
         for name in ("seed",):
-            _int(name, getattr(self, name), 0)
+            _int(n(name), getattr(self, name), 0)
         for name in ("seq_len", "calib_chunks", "calib_stride", "eval_windows", "copy_windows", "copy_seg_len",
                      "max_removed", "batch_size", "lm_eval_limit"):
-            _int(name, getattr(self, name), 1)
+            _int(n(name), getattr(self, name), 1)
         if self.seq_len < 8:
-            raise ValueError(f"seq_len must be >= 8, got {self.seq_len}")
+            raise ValueError(f"{n('seq_len')} must be >= 8, got {self.seq_len}")
         if self.copy_seg_len * 2 + 50 > self.seq_len:
-            raise ValueError(f"copy_seg_len {self.copy_seg_len} does not fit twice in seq_len {self.seq_len}; "
-                             f"use copy_seg_len <= {(self.seq_len - 50) // 2}")
+            raise ValueError(f"{n('copy_seg_len')} {self.copy_seg_len} does not fit twice in {n('seq_len')} "
+                             f"{self.seq_len}; use {n('copy_seg_len')} <= {(self.seq_len - 50) // 2}")
         self.betas = tuple(self.betas)
         self.beta_grid = tuple(self.beta_grid)
-        if not self.betas or not self.beta_grid:
-            raise ValueError("betas and beta_grid must not be empty")
-        for b in self.betas + self.beta_grid:
-            P._check_beta(b)
+        for name in ("betas", "beta_grid"):
+            if not getattr(self, name):
+                raise ValueError(f"{n(name)} must not be empty")
+            for b in getattr(self, name):
+                try:
+                    P._check_beta(b)
+                except (TypeError, ValueError) as e:
+                    raise type(e)(f"{n(name)}: {e}") from e
         if self.qsim_rope not in P.QSIM_ROPE:
-            raise ValueError(f"qsim_rope must be one of {P.QSIM_ROPE}, got {self.qsim_rope!r}")
+            raise ValueError(f"{n('qsim_rope')} must be one of {P.QSIM_ROPE}, got {self.qsim_rope!r}")
         if self.bi_kind not in ("cosine", "angular"):
-            raise ValueError(f"bi_kind must be 'cosine' or 'angular', got {self.bi_kind!r}")
+            raise ValueError(f"{n('bi_kind')} must be 'cosine' or 'angular', got {self.bi_kind!r}")
         if self.qsim_mode not in P.QSIM_MODES:
-            raise ValueError(f"qsim_mode must be one of {P.QSIM_MODES}, got {self.qsim_mode!r}")
+            raise ValueError(f"{n('qsim_mode')} must be one of {P.QSIM_MODES}, got {self.qsim_mode!r}")
         for name in ("calib_text_file", "eval_text_file"):
             f = getattr(self, name)
             if f is not None and not Path(f).is_file():
-                raise FileNotFoundError(f"{name}: file not found: {f}")
+                what = "is a folder" if Path(f).is_dir() else "is not a regular file" if Path(f).exists() else \
+                    "file not found"
+                raise FileNotFoundError(f"{n(name)} {f}: {what}")
         if self.calib_text_file is not None and self.eval_text_file is not None and \
                 Path(self.calib_text_file).resolve() == Path(self.eval_text_file).resolve():
-            raise ValueError("calib_text_file and eval_text_file are the same file; calibration must not see the "
-                             "evaluation text")
+            raise ValueError(f"{n('calib_text_file')} and {n('eval_text_file')} are the same file; calibration must "
+                             "not see the evaluation text")
         if n_layers is not None and self.max_removed >= n_layers:
-            raise ValueError(f"max_removed={self.max_removed} leaves no layer: the model has {n_layers} layers; "
-                             f"use at most {n_layers - 1}")
+            raise ValueError(f"{n('max_removed')} {self.max_removed} leaves no layer: the model has {n_layers} "
+                             f"layers; use at most {n_layers - 1}")
         self.lm_eval_tasks = tuple(self.lm_eval_tasks)
         return self
+
+
+OPTIONS = {f: "--" + f.replace("_", "-") for f in PruneEvalConfig.__dataclass_fields__}  # field -> option
 
 
 def _int(name: str, v: Any, minimum: int) -> int:

@@ -80,7 +80,7 @@ def test_long_text_tokenized_without_length_warning(default_model, capfd, caplog
 
 
 @pytest.mark.parametrize("argv, match", [
-    (["--methods", "h2o"], "unknown method"), (["--keep", "1.5"], "keep"), (["--distance", "5"], "distance"),
+    (["--methods", "h2o"], "unknown method"), (["--keep", "1.5"], "--keep"), (["--distance", "5"], "--distance"),
     (["--distance", "156"], "distance"),
     (["--text-file", "/nonexistent.txt"], "not found")])
 def test_kv_eval_bad_input(tmp_path, capsys, argv, match):

@@ -298,11 +298,11 @@ def test_cli_tiny_run_writes_files(tmp_path):
 
 
 @pytest.mark.parametrize("argv, match", [
-    (["--max-removed", "6"], "max_removed"),
+    (["--max-removed", "6"], "--max-removed 6"),
     (["--betas", "-0.2"], "beta"),
     (["--betas", "a,b"], "comma-separated"),
     (["--model", "/nonexistent/model"], ""),
-    (["--seq-len", "0"], "seq_len"),
+    (["--seq-len", "0"], "--seq-len must be >= 1"),
     (["--eval-text-file", "/nonexistent.txt"], "not found"),
     (["--qsim-rope", "middle"], "invalid choice"),
 ])
