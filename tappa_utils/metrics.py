@@ -255,12 +255,28 @@ def column_mass(probs: torch.Tensor, skip: int = 16) -> torch.Tensor:
     return (cols / counts).amax(-1)
 
 
+def profile_length(T: int, skip: int, max_distance: int) -> int:
+    """Distances d = 0..D in the profile: D = min(max_distance, T - 1 - skip, (T + skip) // 2), so every p(d) is a
+    mean over at least half of the queries t >= skip (a diagonal far from the main one, seen on a few rows only,
+    would otherwise win the offset search by chance).
+
+    >>> profile_length(128, 16, 256), profile_length(1024, 16, 256)
+    (73, 257)
+    """
+    return max(0, min(max_distance, T - 1 - skip, (T + skip) // 2)) + 1
+
+
 def distance_profile(probs: torch.Tensor, skip: int = 16, max_distance: int = 256) -> torch.Tensor:
-    """p(d) = mean A[t, t - d] over queries t >= max(skip, d), d = 0..min(max_distance, T - 1 - skip): (..., n)."""
+    """p(d) = mean A[t, t - d] over queries t >= max(skip, d), d = 0..`profile_length` - 1: (..., n)."""
     _check_probs(probs)
     T = probs.shape[-1]
     _check_len(probs.shape[-2], skip, 1)
-    D = max(0, min(max_distance, T - 1 - skip))
+    return _profile_to(probs, skip, profile_length(T, skip, max_distance) - 1)
+
+
+def _profile_to(probs: torch.Tensor, skip: int, D: int) -> torch.Tensor:
+    """p(d) for d = 0..D (D <= T - 1 - skip), without `profile_length`'s cap."""
+    T = probs.shape[-1]
     t = torch.arange(skip, T, device=probs.device)[:, None]
     d = torch.arange(D + 1, device=probs.device)[None, :]
     j = t - d
@@ -285,7 +301,7 @@ def half_profiles(probs: torch.Tensor, skip: int = 16, max_distance: int = 256) 
     T = probs.shape[-1]
     _check_len(probs.shape[-2], skip)
     mid, De = _half_split(T, skip, max_distance)
-    early = distance_profile(probs[..., :mid, :mid], skip, De)
+    early = _profile_to(probs[..., :mid, :mid], skip, De)
     late_rows = probs[..., mid:, :]
     t = torch.arange(mid, T, device=probs.device)[:, None]
     d = torch.arange(De + 1, device=probs.device)[None, :]
@@ -621,7 +637,7 @@ def block_stats(q_pre: torch.Tensor, q_post: torch.Tensor, k_post: torch.Tensor,
     rows = rows or block_rows(H, T, B)
     dev = q_post.device
     jmax = (T + skip) // 2
-    Dmax = max(0, min(cfg.max_distance, T - 1 - skip))
+    Dmax = profile_length(T, skip, cfg.max_distance) - 1
     dd = torch.arange(Dmax + 1, device=dev)
     L = min(cfg.max_lag, T - 1 - skip)
     gain = torch.zeros(B, H, 3 * L, dtype=torch.float64, device=dev)

@@ -228,8 +228,10 @@ def test_block_stats_equal_the_full_path(family):
         assert full.keys() == blocks.keys()
         for k in full:
             assert full[k].shape == blocks[k].shape, k
-            torch.testing.assert_close(blocks[k], full[k], rtol=0, atol=1e-6, msg=k)
-            torch.testing.assert_close(odd[k], full[k], rtol=0, atol=1e-6, msg=k)
+            # predictability's sums run in float32 products when streaming (float64 in the reference), over ~T^2 terms
+            tol = dict(rtol=1e-5, atol=1e-5) if k.startswith("pred_") else dict(rtol=0, atol=1e-6)
+            torch.testing.assert_close(blocks[k], full[k], msg=k, **tol)
+            torch.testing.assert_close(odd[k], full[k], msg=k, **tol)
         assert float(full["sink_mass"].max()) > 1e-3  # the statistics are not trivially zero
 
 

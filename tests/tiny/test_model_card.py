@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 import torch
 
+from tappa_utils.metrics import MetricConfig
 from tappa_utils.models import ASSETS, load_model, random_weight_copy
 from tappa_utils.tiny import card as mc
 from tappa_utils.tiny import describe, measure
@@ -66,7 +67,10 @@ def test_card_numbers_agree_with_an_independent_computation(card_dir):
     assert len(got) == L * H == model.config.num_hidden_layers * model.config.num_attention_heads
     sink = att[:, :, skip:, 0].mean(-1).reshape(-1).numpy()
     t_idx = torch.arange(skip, T)
-    diag = np.stack([att[:, :, t_idx, t_idx - o].mean(-1).reshape(-1).numpy() for o in range(1, 9)], 1)
+    # offsets whose diagonal crosses at least half of the queries t >= skip (metrics.profile_length)
+    offsets = range(1, min(MetricConfig().max_offset, T - 1 - skip, (T + skip) // 2) + 1)
+    diag = np.stack([att[:, :, t_idx[t_idx >= o], t_idx[t_idx >= o] - o].mean(-1).reshape(-1).numpy()
+                     for o in offsets], 1)
     np.testing.assert_allclose(got["sink_mass"].to_numpy(float), sink, rtol=1e-3, atol=1e-5)
     np.testing.assert_allclose(got["diag_mass"].to_numpy(float), diag.max(1), rtol=1e-3, atol=1e-5)
     outside0 = got["layer"] != got["layer"].min()
