@@ -67,7 +67,7 @@ def test_smoke_metadata(path):
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=STEMS)
 def test_bench_metadata(path):
     """`tappa.bench`: the chapter's one-window sizes for benchmarks/bench_chapters.py, known parameters only."""
-    bench = book.bench_parameters(ROOT, path.stem, 256)  # BookError when missing
+    bench = book.bench_parameters(path.parents[1], path.stem, 256)  # BookError when missing
     names = {p.name for p in book.notebook_parameters(path)}
     unknown = sorted(set(bench) - names)
     assert not unknown, f"{path.name}: tappa.bench sets unknown parameters {unknown}"
