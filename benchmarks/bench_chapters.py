@@ -4,8 +4,9 @@
         [--dtypes float32] [--seq-len 256] [--chapters 03_predictable 08_pruning] [--json F]
 
 Each chapter runs in a fresh subprocess through the book's own executor (`book.execute.execute_notebook`, papermill)
-with `model="random:<shape>"`, the dtype, `seq_len` and one window (`ONE_WINDOW`: the chapter's window-count
-parameters set to 1 and its long profiles cut to `seq_len`); results go to a temporary folder, nothing of the book
+with `model="random:<shape>"`, the dtype, `seq_len` and one window (each notebook's metadata `tappa.bench`: the
+chapter's window-count parameters set to 1 and its long profiles cut to `seq_len`; the chapters are `_toc.yml`'s and a
+chapter without `tappa.bench` is refused before anything runs); results go to a temporary folder, nothing of the book
 is touched. Columns: wall time (s), CPU time of the kernel (user + system, s: the fair figure on a shared CPU),
 peak RSS of the kernel (GB, its VmHWM via getrusage of the finished children) and peak RSS over the weights (GB).
 The issue-16 target: every chapter <= 5 min at 256 tokens, one window, peak <= 1.3 x weights + 1.5 GB.
@@ -15,22 +16,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from shapes_common import ROOT, child_row, markdown_table, memory_goal_gb, weights_gb, write_rows
 
-# The chapter parameters for "one window at `seq_len`" (seq_len itself is set for every chapter).
-ONE_WINDOW = {
-    "00_reading": {},
-    "01_default_model": {"num_windows": 1, "copy_windows": 1, "max_new_tokens": 16},
-    "02_time_series": {"num_windows": 1},
-    "03_predictable": {"num_windows": 1},
-    "04_sinks": {"num_windows": 1},
-    "05_diagonal": {"num_windows": 1},
-    "06_seasonal": {"num_windows": 1},
-    "07_kv_cache": {"samples": 2, "keep": [0.25, 0.5],  # 0.1 x 256 < window + sinks
-                    "profile_lengths": "[{T}]", "profile_samples": 1},
-    "08_pruning": {"num_windows": 1},
-}
+from tappa_utils.book import BookError, bench_parameters, chapter_stems
 
 CHILD = r"""
 import json, resource, sys, tempfile, time
@@ -47,10 +37,10 @@ print(json.dumps({"ok": failure is None, "error": failure.describe()[-400:] if f
 """
 
 
-def chapter_parameters(stem: str, shape: str, dtype: str, seq_len: int) -> dict:
-    """The papermill parameters of one measurement."""
-    extra = {k: (json.loads(v.format(T=seq_len)) if isinstance(v, str) else v) for k, v in ONE_WINDOW[stem].items()}
-    return {"model": f"random:{shape}", "dtype": dtype, "seq_len": seq_len, **extra}
+def chapter_parameters(stem: str, shape: str, dtype: str, seq_len: int, root: Path | None = None) -> dict:
+    """The papermill parameters of one measurement (BookError when the notebook lacks `tappa.bench`)."""
+    sizes = bench_parameters(root or ROOT, stem, seq_len)
+    return {"model": f"random:{shape}", "dtype": dtype, "seq_len": seq_len, **sizes}
 
 
 def measure(stem: str, shape: str, dtype: str, seq_len: int) -> dict:
@@ -82,9 +72,16 @@ def main(argv=None) -> int:
     p.add_argument("--shapes", nargs="+", default=["qwen2.5-0.5b", "llama3.2-1b"])
     p.add_argument("--dtypes", nargs="+", default=["float32"])
     p.add_argument("--seq-len", type=int, default=256)
-    p.add_argument("--chapters", nargs="+", default=list(ONE_WINDOW), choices=list(ONE_WINDOW))
+    stems = chapter_stems(ROOT)  # _toc.yml: the one list of chapters
+    p.add_argument("--chapters", nargs="+", default=stems, choices=stems)
     p.add_argument("--json", default=None, help="also write the rows to this JSON file (rewritten after each row)")
     args = p.parse_args(argv)
+    try:  # every chapter's sizes before the first (long) measurement
+        for stem in args.chapters:
+            chapter_parameters(stem, args.shapes[0], args.dtypes[0], args.seq_len)
+    except BookError as e:
+        print(f"bench_chapters: {e}", file=sys.stderr)
+        return 2
     rows = []
     for shape in args.shapes:
         for dtype in args.dtypes:

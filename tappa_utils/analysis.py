@@ -25,9 +25,6 @@ from .preflight import Parser, UsageError
 GALLERY_METRIC = "q_sim_consecutive_post"
 
 
-InputError = UsageError  # bad command-line input (one line, exit status 2); kept under its old name
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the `analyze` command."""
     p = Parser(prog="python -m tappa_utils analyze", description="Per-head attention metrics of a model.")

@@ -284,7 +284,7 @@ SPECS: tuple[Spec, ...] = (
     # (so the random-weight null, whose heads are all `diffuse`, can be compared on the same footing), whereas
     # restricting to non-diffuse heads would leave the null empty. The restriction is reported beside it as a
     # measurement (raw predictability, non-diffuse heads only). The q-sim variant is chosen on calibration windows
-    # (chapter 2's choice when it exists for the same model, else patterns.choose_qsim_variant on chapter 3's own
+    # (chapter 2's choice when it exists for the same model, else patterns.choose_patterned_qsim on chapter 3's own
     # calibration windows); every claim is tested on held-out windows.
     Spec("ch03.qsim_predictability_corr", "claim", "03_predictable",
          "Heads with more similar consecutive queries have more predictable attention patterns (within layers).",

@@ -105,14 +105,13 @@ from .capture import causal_mask
 
 PATTERNS = ("vertical", "diagonal", "periodic", "mixed", "unpredictable", "diffuse")
 INVALID = "invalid"  # the label of a head with a NaN metric: not a pattern, never counted in PATTERNS' columns
+QSIM_VARIANTS = ("q_sim_consecutive_pre", "q_sim_consecutive_post", "q_sim_window_pre", "q_sim_window_post")
 METRIC_COLUMNS = (
-    "q_sim_consecutive_pre", "q_sim_consecutive_post", "q_sim_window_pre", "q_sim_window_post", "sink_mass",
+    *QSIM_VARIANTS, "sink_mass",
     "column_mass", "diag_offset", "diag_mass", "period", "period_strength", "predictability", "concentration",
     "pattern",
 )
 HEAD_COLUMNS = ("layer", "head", "kv_head", *METRIC_COLUMNS)
-_SCALARS = ("q_sim_consecutive_pre", "q_sim_consecutive_post", "q_sim_window_pre", "q_sim_window_post",
-            "sink_mass", "column_mass", "predictability", "concentration")
 
 
 @dataclass

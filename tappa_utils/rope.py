@@ -74,8 +74,3 @@ def channel_logits(q_pre: torch.Tensor, k_pre: torch.Tensor, t: int | torch.Tens
     delta = torch.as_tensor(t, dtype=torch.float64) - torch.as_tensor(j, dtype=torch.float64)
     phase = torch.angle(zq) - torch.angle(zk) + delta[..., None] * theta if torch.is_tensor(delta) else None
     return scale * zq.abs() * zk.abs() * torch.cos(phase)
-
-
-def channel_magnitudes(q_pre: torch.Tensor, k_pre: torch.Tensor) -> torch.Tensor:
-    """|q^m| |k^m| per channel (the amplitude each channel can contribute), shape (..., d/2)."""
-    return to_complex(q_pre).abs() * to_complex(k_pre).abs()

@@ -11,9 +11,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .metrics import QSIM_VARIANTS  # re-exported: chapter 2 reads `time_series.QSIM_VARIANTS`
 from .rope import channel_logits
-
-QSIM_VARIANTS = ("q_sim_consecutive_pre", "q_sim_consecutive_post", "q_sim_window_pre", "q_sim_window_post")
 
 
 def channel_contributions(q_pre: torch.Tensor, k_pre: torch.Tensor, theta, scale: float = 1.0,

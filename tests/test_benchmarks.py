@@ -10,6 +10,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
+import bench_chapters  # noqa: E402
 import bench_commands  # noqa: E402
 import bench_scale  # noqa: E402
 import shapes_common  # noqa: E402
@@ -51,3 +52,29 @@ def test_bench_commands_runs_analyze_and_judges_memory(monkeypatch):
     monkeypatch.setitem(bench_commands.ONE_WINDOW, "analyze", ["--num-windows", "0"])  # refused by the command
     with pytest.raises(RuntimeError, match="analyze tappa-tiny float32: exit 2"):
         bench_commands.measure("analyze", "tappa-tiny", "float32", 64)
+
+
+def test_bench_chapters_sizes_come_from_each_notebook_of_the_toc():
+    from tappa_utils import book
+
+    stems = book.chapter_stems(ROOT)
+    params = {s: bench_chapters.chapter_parameters(s, "qwen2.5-0.5b", "float32", 256) for s in stems}
+    assert params["03_predictable"] == {"model": "random:qwen2.5-0.5b", "dtype": "float32", "seq_len": 256,
+                                        "num_windows": 1}
+    assert params["07_kv_cache"]["profile_lengths"] == [256]  # "[{seq_len}]" in the metadata
+
+
+def test_bench_chapters_refuses_a_chapter_without_sizes(tmp_path, monkeypatch, capsys):
+    import nbformat
+
+    from tappa_utils import book
+
+    (tmp_path / "notebooks").mkdir()
+    (tmp_path / "_toc.yml").write_text("format: jb-book\nroot: intro\nchapters:\n  - file: book/executed/01_x\n")
+    nbformat.write(nbformat.v4.new_notebook(), str(tmp_path / "notebooks" / "01_x.ipynb"))
+    with pytest.raises(book.BookError, match=r"notebooks/01_x.ipynb has no metadata tappa.bench"):
+        bench_chapters.chapter_parameters("01_x", "qwen2.5-0.5b", "float32", 256, root=tmp_path)
+    monkeypatch.setattr(bench_chapters, "ROOT", tmp_path)
+    assert bench_chapters.main(["--chapters", "01_x"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "01_x.ipynb has no metadata tappa.bench" in err

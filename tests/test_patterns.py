@@ -27,7 +27,7 @@ def synthetic_headdata(q, k, theta=THETA, scale=0.25):
 def test_intervention_reproduces_interval_on_synthetic_head(channel):
     q, k = P.synthetic_dominant_head(256, THETA, channel, factor=6.0, noise=0.3, seed=channel)
     hd = synthetic_headdata(q, k)
-    prof = P.distance_profile(hd.logits, 160)
+    prof = P.logit_distance_profile(hd.logits, 160)
     pred = T.predicted_diagonal_interval(THETA[channel])
     assert abs(P.dominant_period(prof) - pred) / pred < 0.10
     assert abs(P.autocorr_period(prof) - pred) / pred < 0.10
@@ -200,8 +200,10 @@ def test_continuity_and_spearman():
     x = np.ones((10, 4))
     assert P.continuity(x) == 0
     assert P.continuity(np.random.default_rng(0).standard_normal((50, 4))) > 0.5
-    assert P.spearman([1, 2, 3, 4], [10, 20, 30, 25]) == pytest.approx(0.8)
-    assert np.isnan(P.spearman([1, 1, 1], [1, 2, 3]))
+    from tappa_utils.stats import spearman  # the one Spearman (patterns uses it too)
+
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 25]) == pytest.approx(0.8)
+    assert np.isnan(spearman([1, 1, 1], [1, 2, 3]))
 
 
 class _Tok:
@@ -353,13 +355,13 @@ def test_patterned_predictability_separates_uniform_from_patterns():
 def test_choose_qsim_variant_picks_the_variant_that_beats_the_null():
     rng = np.random.default_rng(0)
     trained, null = _heads_table(rng), _heads_table(rng, relation=0.0)
-    v, table = P.choose_qsim_variant(trained, null)
+    v, table = P.choose_patterned_qsim(trained, null)
     assert v == "q_sim_window_post" and table.set_index("variant").loc[v, "excess"] > 0.5
     # the same relation in the null: no variant beats it by much, the choice may not be forced by depth
-    v2, t2 = P.choose_qsim_variant(trained, trained)
+    v2, t2 = P.choose_patterned_qsim(trained, trained)
     assert np.allclose(t2.excess, 0)
     with pytest.raises(KeyError, match="lacks"):
-        P.choose_qsim_variant(trained.drop(columns="layer"), null)
+        P.choose_patterned_qsim(trained.drop(columns="layer"), null)
 
 
 def test_read_qsim_choice_checks_variant_and_model(tmp_path):

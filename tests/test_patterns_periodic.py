@@ -33,7 +33,7 @@ def test_channel_profiles_sum_to_the_logit_profile():
     hd = synthetic_headdata(q, k)
     per_channel = P.channel_distance_profiles(hd.q, hd.k, hd.theta, 40, skip=8)
     assert per_channel.shape == (41, 16)
-    np.testing.assert_allclose(hd.scale * per_channel.sum(-1), P.distance_profile(hd.logits, 40, skip=8),
+    np.testing.assert_allclose(hd.scale * per_channel.sum(-1), P.logit_distance_profile(hd.logits, 40, skip=8),
                                rtol=1e-10, atol=1e-10)
     with pytest.raises(ValueError, match="too large"):
         P.channel_distance_profiles(hd.q, hd.k, hd.theta, 90, skip=8)

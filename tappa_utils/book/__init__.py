@@ -28,17 +28,19 @@ from .layout import (
                      toc_files,
                      write_effective_toc,
 )
-from .ledger import ChapterResults, claim_status, ledger_markdown, model_label, read_results, write_ledger
+from .ledger import ChapterResults, ledger_markdown, ledger_row_status, model_label, read_results, write_ledger
 from .params import (
                      README_END,
                      README_START,
                      REQUIRED_PARAMETERS,
                      Parameter,
+                     bench_parameters,
                      notebook_parameters,
                      parameters_cell,
                      params_table,
                      parse_parameters,
                      readme_params_table,
+                     smoke_parameters,
                      update_readme,
 )
 from .reference import (
@@ -53,10 +55,10 @@ from .render import RunOptions, book_title, build, read_build_record, render_htm
 
 __all__ = ["EXECUTED_DIR", "FAILED_DIR", "GENERATED_DIR", "HIDDEN_TAGS", "NOTEBOOKS_DIR", "README_END",
            "README_START", "REQUIRED_PARAMETERS", "RESULTS_DIR", "BookError", "ChapterResults", "NotebookFailure",
-           "Parameter", "RunOptions", "Target", "book_title", "build", "chapter_stems", "claim_status",
-           "ledger_markdown", "model_label", "read_build_record", "read_results", "write_ledger", "command_help",
-           "effective_toc", "execute_chapters", "execute_notebook",
-           "existing_chapters", "find_root", "hide_parameter_cells", "missing_docstrings", "notebook_parameters",
-           "notebook_path", "package_modules", "params_table", "parameters_cell", "parse_parameters",
-           "public_objects", "readme_params_table", "reference_markdown", "render_html", "toc_files",
-           "update_readme", "write_effective_toc", "write_reference"]
+           "Parameter", "RunOptions", "Target", "bench_parameters", "book_title", "build", "chapter_stems",
+           "command_help", "effective_toc", "execute_chapters", "execute_notebook", "existing_chapters", "find_root",
+           "hide_parameter_cells", "ledger_markdown", "ledger_row_status", "missing_docstrings", "model_label",
+           "notebook_parameters", "notebook_path", "package_modules", "parameters_cell", "params_table",
+           "parse_parameters", "public_objects", "read_build_record", "read_results", "readme_params_table",
+           "reference_markdown", "render_html", "smoke_parameters", "toc_files", "update_readme",
+           "write_effective_toc", "write_ledger", "write_reference"]

@@ -57,7 +57,7 @@ def read_results(folder: str | Path, stems: list[str]) -> dict[str, ChapterResul
     return {s: read_chapter(Path(folder), s) for s in stems}
 
 
-def claim_status(status: str) -> str:
+def ledger_row_status(status: str) -> str:
     """A ledger row's status (several checks of one claim joined by '; ') as one of `STATUSES`
     (`verdicts.combined_status`)."""
     from ..verdicts import combined_status
@@ -88,7 +88,7 @@ def ledger_markdown(chapters: dict[str, ChapterResults], linked: set[str] | None
     if not models and model:
         models[model_label(model)] = 0
     title = ", ".join(models) if models else "unknown model"
-    counts = Counter(claim_status(r["status"]) for r in rows)
+    counts = Counter(ledger_row_status(r["status"]) for r in rows)
     out = [f"# Ledger: the paper's claims on {title}", "",
            "Every claim of the paper that the book tests, with its verdict on this model, generated from the "
            "chapters' results (`results.json`) by `python -m tappa_utils.book ledger`. A claim is *supported* only "

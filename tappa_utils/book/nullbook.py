@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .execute import Job, NotebookFailure, run_jobs
 from .layout import existing_chapters, notebook_path
-from .ledger import claim_status, read_results
+from .ledger import ledger_row_status, read_results
 from .params import smoke_parameters
 
 NULL_MODEL = "random:tappa-tiny"
@@ -64,7 +64,7 @@ def side_by_side(books: dict[str, str | Path], stems: list[str]) -> str:
         cells = []
         for label in books:
             got = statuses[label].get(s.chapter, {}).get(s.id)
-            cells.append(claim_status("; ".join(got)) + (f" ({len(got)} checks)" if got and len(got) > 1 else "")
+            cells.append(ledger_row_status("; ".join(got)) + (f" ({len(got)} checks)" if got and len(got) > 1 else "")
                          if got else "not run")
         lines.append(f"| `{s.id}` | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

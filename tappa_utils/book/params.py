@@ -100,12 +100,30 @@ def papermill_mismatches(path: str | Path) -> list[str]:
     return out
 
 
-def smoke_parameters(root: Path, stem: str) -> dict:
-    """A chapter's small parameters (`tappa.smoke` in its notebook metadata; empty when it has none)."""
+def tappa_metadata(root: Path, stem: str) -> dict:
+    """A chapter's `tappa` notebook metadata (`smoke`, `bench`; empty when it has none)."""
     import json
 
-    meta = json.loads(notebook_path(stem, root).read_text()).get("metadata", {})
-    return dict(meta.get("tappa", {}).get("smoke", {}))
+    return dict(json.loads(notebook_path(stem, root).read_text()).get("metadata", {}).get("tappa", {}))
+
+
+def smoke_parameters(root: Path, stem: str) -> dict:
+    """A chapter's small parameters (`tappa.smoke` in its notebook metadata; empty when it has none)."""
+    return dict(tappa_metadata(root, stem).get("smoke", {}))
+
+
+def bench_parameters(root: Path, stem: str, seq_len: int) -> dict:
+    """A chapter's "one window at `seq_len`" parameters for `benchmarks/bench_chapters.py` (`tappa.bench` in its
+    notebook metadata: its window counts set to 1 and its long profiles cut; a string holding `{seq_len}` is
+    formatted and read as JSON, e.g. `"[{seq_len}]"`). BookError (one line) when the metadata is missing."""
+    import json
+
+    bench = tappa_metadata(root, stem).get("bench")
+    if not isinstance(bench, dict):
+        raise BookError(f"{NOTEBOOKS_DIR}/{stem}.ipynb has no metadata tappa.bench (its one-window benchmark sizes, "
+                        'e.g. {"num_windows": 1}, or {} when it has none); add it beside tappa.smoke')
+    return {k: json.loads(v.format(seq_len=seq_len)) if isinstance(v, str) and "{seq_len}" in v else v
+            for k, v in bench.items()}
 
 
 def _cell(text: str) -> str:

@@ -6,10 +6,76 @@ query t on key j is `scale * q_t^T R(t-j) k_j` with the model's own theta (`rope
 """
 from __future__ import annotations
 
-from .assumptions import *  # noqa: F401,F403
-from .diagonal import *  # noqa: F401,F403
-from .head import *  # noqa: F401,F403  (re-exported: `patterns.capture_head`, ...)
-from .head import _check_head  # noqa: F401
-from .predictable import *  # noqa: F401,F403
-from .seasonal import *  # noqa: F401,F403
-from .vertical import *  # noqa: F401,F403
+from .assumptions import assumption_summary, assumption_table, phase_term_demo, reaccessed_key
+from .diagonal import (
+    autocorr_period,
+    channel_distance_profiles,
+    default_bases,
+    diagonal_steps,
+    dominant_period,
+    interval_control,
+    interval_experiment,
+    logit_distance_profile,
+    natural_periodicity,
+    periodic_fit,
+    ratio_of_sums,
+    rope_base,
+    step_blocks,
+    synthetic_dominant_head,
+    with_dominant_channel,
+    with_rope_base,
+)
+from .head import HeadData, QKCapture, _check_head, capture_head, clear_qk_capture, continuity, qk_capture
+from .predictable import (
+    PATTERNED,
+    QSIM_VARIANTS,
+    HeldOutJump,
+    JumpFit,
+    choose_patterned_qsim,
+    fit_jump_bound,
+    held_out_jump,
+    logit_jump_steps,
+    mean_test,
+    necessity_test,
+    qsim_predictability,
+    read_qsim_choice,
+    rotated,
+    with_patterned,
+)
+from .seasonal import (
+    SeasonalRuns,
+    candidate_layers,
+    periodic_ids,
+    periodicity_error,
+    resonance_groups,
+    resonance_test,
+    resonant_periods,
+    seasonal_pairs,
+    seasonal_runs,
+    seasonal_sweep,
+)
+from .vertical import (
+    column_change,
+    column_channel_contributions,
+    column_steps,
+    first_key_label,
+    key_alignment,
+    low_frequency_mask,
+    low_frequency_share,
+    vertical_strength,
+    vertical_windows,
+)
+
+__all__ = [
+    "_check_head", "assumption_summary", "assumption_table", "autocorr_period", "candidate_layers", "capture_head",
+    "channel_distance_profiles", "choose_patterned_qsim", "clear_qk_capture", "column_change",
+    "column_channel_contributions", "column_steps", "continuity", "default_bases", "diagonal_steps",
+    "dominant_period", "first_key_label", "fit_jump_bound", "HeadData", "held_out_jump", "HeldOutJump",
+    "interval_control", "interval_experiment", "JumpFit", "key_alignment", "logit_distance_profile",
+    "logit_jump_steps", "low_frequency_mask", "low_frequency_share", "mean_test", "natural_periodicity",
+    "necessity_test", "PATTERNED", "periodic_fit", "periodic_ids", "periodicity_error", "phase_term_demo",
+    "qk_capture", "QKCapture", "qsim_predictability", "QSIM_VARIANTS", "ratio_of_sums", "reaccessed_key",
+    "read_qsim_choice", "resonance_groups", "resonance_test", "resonant_periods", "rope_base", "rotated",
+    "seasonal_pairs", "seasonal_runs", "seasonal_sweep", "SeasonalRuns", "step_blocks", "synthetic_dominant_head",
+    "vertical_strength", "vertical_windows", "with_dominant_channel", "with_patterned", "with_rope_base",
+]

@@ -117,7 +117,7 @@ def with_rope_base(model, base: float) -> Iterator:
         model.config.rope_parameters = old_rp
 
 
-def distance_profile(A: np.ndarray, max_distance: int, skip: int = 16) -> np.ndarray:
+def logit_distance_profile(A: np.ndarray, max_distance: int, skip: int = 16) -> np.ndarray:
     """Mean of A[..., t, t-n] over queries t >= max(skip, n) and the leading axes, for n = 0..max_distance."""
     A = np.asarray(A, dtype=np.float64)
     T = A.shape[-1]
@@ -193,7 +193,7 @@ def interval_experiment(model, input_ids: torch.Tensor, layer: int, head: int, c
             with with_rope_base(model, base), with_dominant_channel(model, layer, head, m, factor):
                 hd = capture_head(model, input_ids, layer, head)
             pred = theory.predicted_diagonal_interval(hd.theta[m])
-            prof = distance_profile(hd.logits, max_distance, skip)
+            prof = logit_distance_profile(hd.logits, max_distance, skip)
             meas = dominant_period(prof)
             _, share = theory.dominant_channel_share(hd.q, hd.k)
             rows.append({"base": base, "channel": m, "theta": hd.theta[m], "predicted": pred, "measured": meas,
@@ -255,7 +255,7 @@ def channel_distance_profiles(q: np.ndarray, k: np.ndarray, theta: np.ndarray, m
     `mean_t Re(q_t^m conj(k_{t-n}^m) e^{i n theta_m})` over queries t >= max(skip, n) and windows.
 
     q, k: pre-RoPE (B, ..., T, d) with the window axis first (k broadcast against q, e.g. one KV head for several
-    query heads). Summed over channels and multiplied by the head's scale it is `distance_profile` of the logits.
+    query heads). Summed over channels and multiplied by the head's scale it is `logit_distance_profile` of the logits.
     """
     cq, ck = theory._c(q), theory._c(k)
     T = cq.shape[-2]
@@ -334,7 +334,7 @@ def interval_control(model, input_ids: torch.Tensor, layer: int, head: int, chan
     logit-by-distance profile) against 2 pi / theta_m for each channel of the experiment. Same columns as
     `interval_experiment` (base: the model's own)."""
     hd = capture_head(model, input_ids, layer, head)
-    prof = distance_profile(hd.logits, max_distance, skip)
+    prof = logit_distance_profile(hd.logits, max_distance, skip)
     meas = dominant_period(prof)
     _, share = theory.dominant_channel_share(hd.q, hd.k)
     rows = []

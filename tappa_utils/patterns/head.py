@@ -4,7 +4,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 import torch
 
 from .. import theory
@@ -150,13 +149,3 @@ def continuity(x: np.ndarray, skip: int = 0) -> float:
         raise ValueError("need at least two positions after skip to measure continuity")
     step = np.linalg.norm(np.diff(x, axis=-2), axis=-1).mean()
     return float(step / np.linalg.norm(x, axis=-1).mean())
-
-
-def spearman(x, y) -> float:
-    """Spearman rank correlation (NaN when either side is constant or fewer than 3 points)."""
-    x, y = pd.Series(np.asarray(x, float)), pd.Series(np.asarray(y, float))
-    if len(x) < 3 or x.nunique() < 2 or y.nunique() < 2:
-        return float("nan")
-    return float(x.rank().corr(y.rank()))
-
-

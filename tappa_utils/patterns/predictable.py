@@ -8,7 +8,9 @@ import numpy as np
 import pandas as pd
 
 from .. import theory
-from .head import HeadData, spearman
+from ..metrics import QSIM_VARIANTS
+from ..stats import spearman
+from .head import HeadData
 
 # ---------------------------------------------------------------------------------------------------------------
 # chapter 3: q-similarity vs predictability, logit jump vs query jump
@@ -101,7 +103,6 @@ def fit_jump_bound(steps: pd.DataFrame, quantile: float = 0.1) -> JumpFit:
 # ---------------------------------------------------------------------------------------------------------------
 
 PATTERNED = "patterned_predictability"
-QSIM_VARIANTS = ("q_sim_consecutive_pre", "q_sim_consecutive_post", "q_sim_window_pre", "q_sim_window_post")
 
 
 def with_patterned(heads: pd.DataFrame) -> pd.DataFrame:
@@ -114,21 +115,20 @@ def with_patterned(heads: pd.DataFrame) -> pd.DataFrame:
     return heads.assign(**{PATTERNED: heads["predictability"] * heads["concentration"]})
 
 
-def choose_qsim_variant(heads_calib: pd.DataFrame, null_calib: pd.DataFrame, target: str = PATTERNED,
-                        variants=QSIM_VARIANTS) -> tuple[str, pd.DataFrame]:
+def choose_patterned_qsim(heads_calib: pd.DataFrame, null_calib: pd.DataFrame, target: str = PATTERNED,
+                          variants=QSIM_VARIANTS) -> tuple[str, pd.DataFrame]:
     """The q-sim variant whose within-layer Spearman with `target` minus the null's is largest, on calibration
     windows: (variant, table with one row per variant: `within_layer`, `within_layer_null`, `excess`).
 
     Variants whose excess is NaN (a constant column) are skipped; when every excess is NaN the largest trained
     within-layer correlation decides, and when that is NaN too, the first variant."""
-    from ..stats import spearman as _sp
-
     for df, name in ((heads_calib, "heads_calib"), (null_calib, "null_calib")):
         missing = [c for c in (*variants, target, "layer") if c not in df.columns]
         if missing:
             raise KeyError(f"{name} lacks columns {missing}")
-    rows = [{"variant": v, "within_layer": _sp(heads_calib[v], heads_calib[target], heads_calib["layer"]),
-             "within_layer_null": _sp(null_calib[v], null_calib[target], null_calib["layer"])} for v in variants]
+    rows = [{"variant": v, "within_layer": spearman(heads_calib[v], heads_calib[target], heads_calib["layer"]),
+             "within_layer_null": spearman(null_calib[v], null_calib[target], null_calib["layer"])}
+            for v in variants]
     table = pd.DataFrame(rows)
     table["excess"] = table.within_layer - table.within_layer_null
     for col in ("excess", "within_layer"):

@@ -18,7 +18,7 @@ def low_frequency_mask(theta: np.ndarray, period: float) -> np.ndarray:
     return 2 * np.pi / np.asarray(theta, float) >= period
 
 
-def channel_contributions(hd: HeadData, key: int, b: int = 0, skip: int = 0) -> np.ndarray:
+def column_channel_contributions(hd: HeadData, key: int, b: int = 0, skip: int = 0) -> np.ndarray:
     """(T', d/2) per-channel contributions to a[t, key] for t >= max(key, skip) (they sum to the logit)."""
     ts = np.arange(max(key, skip), hd.q.shape[1])
     zq, zk = theory._c(hd.q[b, ts]), theory._c(hd.k[b, key])
@@ -27,7 +27,7 @@ def channel_contributions(hd: HeadData, key: int, b: int = 0, skip: int = 0) -> 
 
 def low_frequency_share(hd: HeadData, key: int, period: float, b: int = 0, skip: int = 0) -> float:
     """Share of |contributions| to the logits on `key` carried by channels with period >= `period`."""
-    c = np.abs(channel_contributions(hd, key, b, skip))
+    c = np.abs(column_channel_contributions(hd, key, b, skip))
     low = low_frequency_mask(hd.theta, period)
     return float(c[:, low].sum() / c.sum())
 
@@ -35,7 +35,7 @@ def low_frequency_share(hd: HeadData, key: int, period: float, b: int = 0, skip:
 def key_alignment(hd: HeadData, key: int, b: int = 0, skip: int = 0) -> float:
     """Mean over t >= max(key, skip) of a[t,key] / sum_m |q_t^m||k^m|: 1 when every channel of the rotated query
     points at the key (the "small angle" assumption), about 0 for unrelated directions."""
-    c = channel_contributions(hd, key, b, skip)
+    c = column_channel_contributions(hd, key, b, skip)
     ts = np.arange(max(key, skip), hd.q.shape[1])
     amp = hd.scale * (np.abs(theory._c(hd.q[b, ts])) * np.abs(theory._c(hd.k[b, key]))).sum(-1)
     return float((c.sum(-1) / amp).mean())
@@ -123,8 +123,8 @@ def vertical_windows(hd: HeadData, period: float, skip: int = 16, n_baseline_key
         others = rng.choice(np.arange(skip, T // 2), size=min(n_baseline_keys, T // 2 - skip), replace=False)
         s = column_steps(hd, key, b, skip).assign(window=b, key=key)
         cc = column_change(hd, b, skip)
-        base_c = [np.abs(channel_contributions(hd, int(j), b, int(j))).mean(0) for j in others]
-        c_key.append(np.abs(channel_contributions(hd, key, b, skip)).mean(0))
+        base_c = [np.abs(column_channel_contributions(hd, int(j), b, int(j))).mean(0) for j in others]
+        c_key.append(np.abs(column_channel_contributions(hd, key, b, skip)).mean(0))
         c_base.append(np.mean(base_c, 0))
         rows.append({"window": b, "key": key, "low_freq_share": low_frequency_share(hd, key, period, b, skip),
                      "baseline_share": float(np.mean([low_frequency_share(hd, int(j), period, b, int(j))

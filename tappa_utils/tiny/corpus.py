@@ -137,8 +137,6 @@ def noise_window(rng: np.random.Generator, data: np.ndarray, n: int) -> np.ndarr
     return x
 
 
-WINDOW_KINDS = {"text": text_window, "copy": copy_window, "periodic": periodic_window, "induction": induction_window,
-                "retrieval": retrieval_window, "noise": noise_window}
 MIXTURE = (("text", 0.5, text_window), ("copy", 0.35, copy_window), ("periodic", 0.15, periodic_window))
 # Phase 2 (from step 500 of the shipped run): the copy signal of phase 1 was too weak (copy ratio still 1.0).
 MIXTURE_COPY_HEAVY = (("text", 0.35, text_window), ("copy", 0.2, copy_window), ("induction", 0.3, induction_window),
@@ -180,8 +178,3 @@ def copy_test_batch(rng: np.random.Generator, data: np.ndarray, n: int, seq_len:
         x[second.start - 1 : second.stop - 1] = seg
         out[b, 1:] = x
     return out, first, second
-
-
-def heldout_sample_text(n_bytes: int = 96_000) -> str:
-    """The first `n_bytes` of the held-out files (never trained on), decoded as UTF-8: the shipped sample text."""
-    return bytes(load_corpus().heldout[:n_bytes].astype(np.uint8)).decode("utf-8", errors="replace")

@@ -20,11 +20,11 @@ import pandas as pd
 import torch
 
 from .. import claims
+from ..metrics import QSIM_VARIANTS
 from ..results import Check
 from ..time_series import within_layer_spearman
 
-QSIM_COLUMNS = ("q_sim_consecutive_pre", "q_sim_consecutive_post", "q_sim_window_pre", "q_sim_window_post")
-HEAD_COLUMNS = ("layer", "head", "sink_mass", "diag_offset", "diag_mass", *QSIM_COLUMNS, "predictability", "pattern")
+QSIM_COLUMNS = QSIM_VARIANTS  # the card's q-similarity columns: every variant
 
 
 @dataclass

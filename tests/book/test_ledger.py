@@ -118,11 +118,11 @@ def test_ledger_counts_follow_the_results(results):
     assert "`08_pruning`" not in text
 
 
-def test_claim_status():
-    assert book.claim_status("supported") == "supported"
-    assert book.claim_status("not supported; supported") == "mixed"
-    assert book.claim_status("inconclusive; supported") == "inconclusive"
-    assert book.claim_status("not run") == "not run"
+def test_ledger_row_status():
+    assert book.ledger_row_status("supported") == "supported"
+    assert book.ledger_row_status("not supported; supported") == "mixed"
+    assert book.ledger_row_status("inconclusive; supported") == "inconclusive"
+    assert book.ledger_row_status("not run") == "not run"
 
 
 def test_model_is_named_and_disagreement_shown(results, tmp_path):

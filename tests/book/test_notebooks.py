@@ -10,8 +10,8 @@ import pytest
 from tappa_utils import book
 
 ROOT = Path(__file__).resolve().parents[2]
-NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
-STEMS = [p.stem for p in NOTEBOOKS]
+STEMS = book.chapter_stems(ROOT)  # _toc.yml: the one list of chapters
+NOTEBOOKS = [book.notebook_path(s, ROOT) for s in STEMS]
 
 
 def _read(path: Path):
@@ -19,9 +19,11 @@ def _read(path: Path):
 
 
 def test_notebooks_exist_and_are_all_in_the_toc():
-    assert "00_reading" in STEMS, "notebooks/00_reading.ipynb is missing"
-    listed = book.chapter_stems(ROOT)
-    assert not set(STEMS) - set(listed), f"notebooks not listed in _toc.yml: {sorted(set(STEMS) - set(listed))}"
+    assert "00_reading" in STEMS, "_toc.yml does not list 00_reading"
+    missing = [p.name for p in NOTEBOOKS if not p.is_file()]
+    assert not missing, f"_toc.yml lists chapters without a notebook: {missing}"
+    found = {p.stem for p in (ROOT / "notebooks").glob("*.ipynb")}
+    assert not found - set(STEMS), f"notebooks not listed in _toc.yml: {sorted(found - set(STEMS))}"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=STEMS)
@@ -60,6 +62,19 @@ def test_smoke_metadata(path):
     unknown = sorted(set(smoke) - names)
     assert not unknown, f"{path.name}: tappa.smoke sets unknown parameters {unknown}"
     assert "out_dir" not in smoke, f"{path.name}: the smoke run chooses out_dir itself"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=STEMS)
+def test_bench_metadata(path):
+    """`tappa.bench`: the chapter's one-window sizes for benchmarks/bench_chapters.py, known parameters only."""
+    bench = book.bench_parameters(path.parents[1], path.stem, 256)  # BookError when missing
+    names = {p.name for p in book.notebook_parameters(path)}
+    unknown = sorted(set(bench) - names)
+    assert not unknown, f"{path.name}: tappa.bench sets unknown parameters {unknown}"
+    assert not {"model", "dtype", "seq_len", "out_dir"} & set(bench), f"{path.name}: the benchmark sets these itself"
+    for key in ("num_windows", "samples"):
+        if key in bench:
+            assert bench[key] <= 2, f"{path.name}: tappa.bench {key}={bench[key]} is not one window"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=STEMS)
