@@ -70,7 +70,29 @@ def chapter_params(namespace: dict[str, Any], names: Iterable[str] | None = None
     missing = [n for n in names if n not in namespace]
     if missing:
         raise KeyError(f"chapter_params: parameters {missing} are not defined; run the parameters cell first")
-    return {n: namespace[n] for n in names}
+    params = {n: namespace[n] for n in names}
+    check_front_door(params)
+    return params
+
+
+def check_front_door(params: dict[str, Any]) -> None:
+    """The commands' fast checks of `model`, `device` and `dtype` (those present), before a chapter loads anything:
+    an unknown model, a missing packaged wheel, a hub id without network fail in a second with one line.
+
+    >>> check_front_door({"model": "tappa-tiny", "device": "cpu", "dtype": "float32"})
+    >>> check_front_door({"dtype": "float8"})
+    Traceback (most recent call last):
+    ...
+    tappa_utils.errors.UsageError: dtype 'float8' is not supported; use float32, bfloat16 or float16
+    """
+    from . import preflight as pf
+
+    if "model" in params:
+        pf.check_model(params["model"], option="model")
+    if "device" in params:
+        pf.check_device(params["device"], option="device")
+    if "dtype" in params:
+        pf.check_dtype(params["dtype"], option="dtype")
 
 
 class DisplayMath:
