@@ -41,7 +41,7 @@ class CardConfig:
     text_file: str | None = None
     qsim_column: str = "q_sim_consecutive_pre"  # the q-similarity variant the correlation target uses
     sink_threshold: float = 0.3  # first-token mass from which a head counts as a sink head
-    diag_threshold: float = 0.3  # mass at one offset 1..8 from which a head counts as a diagonal head
+    diag_threshold: float = 0.3  # mass at one offset (metrics.profile_length) from which a head is diagonal
 
 
 TARGET_IDS = ("ch01.T_sink_heads", "ch01.T_diagonal_heads", "ch01.T_qsim_predictability", "ch01.T_copying")
@@ -164,7 +164,7 @@ def targets(trained: dict[str, Any], null: dict[str, Any], cfg: CardConfig) -> l
                           name=f"sink heads outside layer 0 (first-token mass >= {cfg.sink_threshold:.2f})",
                           note=f"random weights: {nh['sink_heads_outside_layer0']}"),
         claims.assumption("ch01.T_diagonal_heads", th["diagonal_heads"],
-                          name=f"diagonal heads (mass >= {cfg.diag_threshold:.2f} at an offset 1..8)",
+                          name=f"diagonal heads (mass >= {cfg.diag_threshold:.2f} at one offset)",
                           note=f"random weights: {nh['diagonal_heads']}"),
         claims.assumption("ch01.T_qsim_predictability", th["spearman_qsim_predictability"],
                           name=f"within-layer Spearman({cfg.qsim_column}, predictability)",
