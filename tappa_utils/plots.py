@@ -195,13 +195,29 @@ def plot_attention_gallery(maps: Sequence[np.ndarray], titles: Sequence[str] | N
         sizes = ", ".join(f"{a} x {b}" for a, b in pooled)
         label += f"\neach cell: max over {sizes} tokens"
     if image is not None:
-        cbar = fig.colorbar(image, ax=panels, shrink=min(1.0, 4.0 / (panel_size * rows)), aspect=25,
+        cbar = fig.colorbar(image, ax=panels, shrink=min(0.85, 4.0 / (panel_size * rows)), aspect=25,
                             anchor=(0.0, 1.0), panchor=(1.0, 1.0))  # at the top of a tall gallery
         cbar.set_label(label, fontsize=MIN_FONT + 1)
         cbar.ax.tick_params(labelsize=MIN_FONT)
     if suptitle:
         fig.suptitle(suptitle, fontsize=MIN_FONT + 3)
     return fig
+
+
+def legend_outside(ax, where: str = "right", **kwargs):
+    """Draw `ax`'s legend outside the axes, so that it never covers data, in `MIN_FONT`-point text.
+
+    `where="right"` (default) hangs it from the top right corner; `"below"` puts it under the x label, for
+    twin-axis plots whose right side holds the second y axis. Other keyword arguments go to `ax.legend`.
+    """
+    kwargs.setdefault("fontsize", MIN_FONT)
+    if where == "right":
+        return ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, **kwargs)
+    if where == "below":
+        height = ax.get_position().height * ax.figure.get_size_inches()[1]  # axes height in inches
+        kwargs.setdefault("ncol", 2)
+        return ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.7 / height), borderaxespad=0.0, **kwargs)
+    raise ValueError(f"where must be 'right' or 'below', got {where!r}")
 
 
 def frame_outside(ax, shape: tuple[int, ...], background) -> None:
@@ -280,7 +296,7 @@ def plot_layer_summary(df, metrics: Sequence[str], title: str | None = None,
             ns = nsum[nsum.metric == m]
             ax.plot(ns.layer, ns["mean"], color="grey", ls="--", lw=1, label="null mean")
         ax.set(xlabel="layer", title=m)
-    axes[0, -1].legend(fontsize=MIN_FONT, loc="upper left", bbox_to_anchor=(1.02, 1.0))  # outside: covers no line
+    legend_outside(axes[0, -1])
     if title:
         fig.suptitle(title)
     fig.tight_layout()

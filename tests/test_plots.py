@@ -256,3 +256,29 @@ def test_layer_summary_legend_sits_outside_the_axes():
     assert legend.get_window_extent(renderer).x0 >= fig.axes[-1].get_window_extent(renderer).x1
     assert min(t.get_fontsize() for t in legend.get_texts()) >= plots.MIN_FONT
     plt.close(fig)
+
+
+@pytest.mark.parametrize("where", ["right", "below"])
+def test_legend_outside_never_overlaps_the_axes(where):
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    for ax in axes:
+        x = np.linspace(0, 1, 50)
+        ax.plot(x, x, label="rising")
+        ax.plot(x, 1 - x, label="falling")
+        ax.set(xlabel="x label", ylabel="y")
+    legend = plots.legend_outside(axes[0], where=where)
+    fig.tight_layout()
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    box = legend.get_window_extent(renderer)
+    for ax in axes:  # neither its own panel nor the neighbour
+        assert not box.overlaps(ax.get_window_extent(renderer))
+    assert box.overlaps(fig.bbox) or where == "below"  # below may hang off the canvas: savefig(bbox_inches="tight")
+    label = axes[0].xaxis.label.get_window_extent(renderer)
+    assert not box.overlaps(label)
+    assert min(t.get_fontsize() for t in legend.get_texts()) >= plots.MIN_FONT
+    with pytest.raises(ValueError, match="where"):
+        plots.legend_outside(axes[0], where="inside")
+    plt.close(fig)
