@@ -102,35 +102,31 @@ def _load_checked(args, info):
     return text, model, tokenizer
 
 
-def gallery_figure(model, input_ids, heads_df, n: int = 3, metric: str = GALLERY_METRIC, max_tokens: int = 256):
-    """Seaborn heat maps of the first window's attention: the n highest-`metric` heads (top row), n lowest (bottom)."""
+def gallery_figure(model, input_ids, heads_df, n: int = 3, metric: str = GALLERY_METRIC, max_tokens: int = 512):
+    """Attention maps of the first window: the n highest-`metric` heads (top row), the n lowest (bottom row).
+
+    Drawn by `plots.plot_attention_gallery`: labelled axes, one colourbar, and maps longer than 128 tokens
+    max-pooled, so a one-token sink stays a visible column at any length.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-    import seaborn as sns
 
-    from .plots import attention_maps
+    from .plots import attention_maps, plot_attention_gallery
 
     order = heads_df.sort_values(metric, ascending=False)
     n = min(n, len(order))
     picks = [("highest", order.head(n)), ("lowest", order.tail(n).iloc[::-1])]
     layers = sorted({int(r.layer) for _, part in picks for r in part.itertuples()})
     maps = attention_maps(model, input_ids, layers, max_tokens=max_tokens)
-    fig, axes = plt.subplots(2, n, figsize=(3.0 * n, 6.2), squeeze=False)
-    for row, (label, part) in enumerate(picks):
-        for col, r in enumerate(part.itertuples()):
-            ax = axes[row, col]
-            m = maps[(int(r.layer), int(r.head))][:max_tokens, :max_tokens]
-            sns.heatmap(np.sqrt(np.clip(m, 0, None)), ax=ax, cmap="magma", vmin=0, vmax=1, cbar=False,
-                        xticklabels=False, yticklabels=False, square=True)
-            ax.set_title(f"{label}: L{r.layer} H{r.head} {r.pattern}\n{metric} {getattr(r, metric):.2f}", fontsize=8)
-            ax.set_xlabel("key")
-            ax.set_ylabel("query")
-    fig.suptitle(f"attention (sqrt of probability, first {min(max_tokens, input_ids.shape[1])} tokens)", fontsize=9)
-    fig.tight_layout()
-    return fig
+    shown, titles = [], []
+    for label, part in picks:
+        for r in part.itertuples():
+            shown.append(maps[(int(r.layer), int(r.head))])
+            titles.append(f"{label}: L{r.layer} H{r.head} {r.pattern}\n{metric} {getattr(r, metric):.2f}")
+    tokens = min(max_tokens, input_ids.shape[1])
+    return plot_attention_gallery(shown, titles, ncols=n, panel_size=3.0, max_width=3.0 * n,
+                                  suptitle=f"attention of the first {tokens} tokens")
 
 
 def run(args, out_tmp: Path, text, model, tokenizer) -> dict[str, Any]:

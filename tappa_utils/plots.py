@@ -3,7 +3,9 @@
 The functions that gather data (`attention_maps`, `head_grid`, `head_title`, `top_heads`) are plain logic and
 tested; the `plot_*` functions only draw what they are given and return the matplotlib Figure.
 
-Readable at any number of heads: a gallery draws at most `MAX_MAPS` (48) maps (tappa-tiny's 48 heads all fit);
+Readable at any number of heads and tokens: a gallery draws at most `MAX_MAPS` (48) maps (tappa-tiny's 48 heads all
+fit) in rows at most `MAX_WIDTH` inches wide, with labelled query/key axes, one colourbar and no text below
+`MIN_FONT` points; a map over `DISPLAY_MAX` tokens is max-pooled (`max_pool_map`), so a one-token sink stays visible;
 a per-head heat map drops its cell labels and keeps a bounded size beyond `ANNOTATE_MAX_HEADS` heads per layer or
 `ANNOTATE_MAX_CELLS` cells; `plot_layer_summary` shows each metric's per-layer mean and range, which stays one
 line per metric whether a layer has 4 heads or 32; `top_heads` picks the heads worth drawing.
@@ -11,6 +13,7 @@ line per metric whether a layer has 4 heads or 32; `top_heads` picks the heads w
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -19,6 +22,9 @@ import torch
 from .capture import capture
 
 MAX_MAPS = 48
+MAX_WIDTH = 11.0  # inches: a gallery wider than the page would shrink its text below MIN_FONT
+DISPLAY_MAX = 128  # display cells per axis of one attention map (longer maps are max-pooled)
+MIN_FONT = 9  # points, at the figure's saved size
 ANNOTATE_MAX_HEADS = 16
 ANNOTATE_MAX_CELLS = 160
 
@@ -88,16 +94,56 @@ def gallery_shape(n: int, ncols: int | None = None) -> tuple[int, int]:
     return math.ceil(n / ncols), ncols
 
 
+def max_pool_map(m: np.ndarray, size: int = DISPLAY_MAX) -> np.ndarray:
+    """Downsample a (T, S) map to at most `size` x `size` cells, each the MAX of its block of queries x keys.
+
+    Max, not mean or stride: a key that takes all the mass (a 1-token sink) stays a full-height column at any T,
+    where averaging would dim it by the block width and striding could skip it. Maps that fit are returned as is.
+    """
+    m = np.asarray(m, dtype=float)
+    if m.ndim != 2:
+        raise ValueError(f"a map must be 2-D (queries x keys), got shape {m.shape}")
+    if size < 1:
+        raise ValueError(f"size must be >= 1, got {size}")
+    for axis in (0, 1):
+        block = pool_block(m.shape[axis], size)
+        if block > 1:
+            m = np.maximum.reduceat(m, np.arange(0, m.shape[axis], block), axis=axis)
+    return m
+
+
+def pool_block(n: int, size: int = DISPLAY_MAX) -> int:
+    """Tokens per display cell when `n` tokens are max-pooled to at most `size` cells."""
+    return max(1, math.ceil(n / size))
+
+
+def position_ticks(n: int, count: int = 3) -> list[int]:
+    """A few round token positions in [0, n): 0 first, then multiples of a 1-2-5 step (e.g. 0, 50, 100 for 128)."""
+    if n <= 1:
+        return [0]
+    raw = (n - 1) / max(1, count - 1)
+    mag = 10 ** math.floor(math.log10(raw))
+    step = next(k * mag for k in (1, 2, 5, 10) if k * mag >= raw * 0.7)
+    step = max(1, int(step))
+    return list(range(0, n, step))
+
+
 def plot_attention_gallery(maps: Sequence[np.ndarray], titles: Sequence[str] | None = None, ncols: int | None = None,
-                           panel_size: float = 2.2, power: float = 0.5, max_tokens: int | None = None,
-                           suptitle: str | None = None, cmap: str = "magma", max_maps: int = MAX_MAPS):
+                           panel_size: float = 2.6, power: float = 0.5, max_tokens: int | None = None,
+                           suptitle: str | None = None, cmap: str = "magma", max_maps: int = MAX_MAPS,
+                           max_width: float = MAX_WIDTH, display_max: int = DISPLAY_MAX):
     """Draw attention maps (each (T, T), query rows, key columns) in a grid and return the Figure.
 
-    `power` < 1 brightens small probabilities (colour = p**power) so that stripes stay visible; `max_tokens`
-    crops every map to its first queries/keys. At most `max_maps` maps are drawn (the first ones: pass them best
-    first, e.g. through `top_heads`); the title then says how many were left out.
+    Every panel is in token positions: "query position t" down, "key position j" across, a few ticks; one
+    colourbar serves the whole gallery (colour = p**`power`, so that small probabilities stay visible). A map
+    longer than `display_max` tokens is max-pooled (`max_pool_map`) to at most `display_max` x `display_max`
+    cells, so a one-key sink stays a visible column at any T (the colourbar label says so). `max_tokens` crops
+    every map to its first queries/keys. The grid is at most `max_width` inches wide (more rows, never smaller
+    panels), and all text is at least `MIN_FONT` points. At most `max_maps` maps are drawn (the first ones: pass
+    them best first, e.g. through `top_heads`); the title then says how many were left out.
     """
     import matplotlib.pyplot as plt
+    from matplotlib.colors import PowerNorm
 
     maps = list(maps)
     if titles is not None and len(titles) != len(maps):
@@ -112,23 +158,66 @@ def plot_attention_gallery(maps: Sequence[np.ndarray], titles: Sequence[str] | N
     for m in maps:
         if m.ndim != 2:
             raise ValueError(f"each map must be 2-D (queries x keys), got shape {m.shape}")
+    if maps:
+        ncols = min(ncols or gallery_shape(len(maps))[1], max(1, int(max_width // panel_size)))
     rows, cols = gallery_shape(len(maps), ncols)
-    fig, axes = plt.subplots(rows, cols, figsize=(panel_size * cols, panel_size * rows * 1.12), squeeze=False)
+    wrap = max(12, int(panel_size * 72 / (0.62 * (MIN_FONT + 1))))  # characters of a title line that fit a panel
+    fig, axes = plt.subplots(rows, cols, figsize=(panel_size * cols + 1.0, panel_size * rows * 1.15 + 0.4),
+                             squeeze=False, layout="constrained")
+    norm = PowerNorm(gamma=power, vmin=0.0, vmax=1.0)
+    blocks, image, panels = set(), None, []
     for i, ax in enumerate(axes.flat):
         if i >= len(maps):
             ax.axis("off")
             continue
         m = maps[i] if max_tokens is None else maps[i][:max_tokens, :max_tokens]
-        ax.imshow(np.clip(m, 0, None) ** power, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
+        t_len, s_len = m.shape
+        blocks.add((pool_block(t_len, display_max), pool_block(s_len, display_max)))
+        image = ax.imshow(np.clip(max_pool_map(m, display_max), 0, None), cmap=cmap, norm=norm,
+                          interpolation="nearest", extent=(-0.5, s_len - 0.5, t_len - 0.5, -0.5))
         frame_outside(ax, m.shape, plt.get_cmap(cmap)(0.0))
-        ax.set_xticks([])
-        ax.set_yticks([])
+        ax.set_xticks(position_ticks(s_len))
+        ax.set_yticks(position_ticks(t_len))
+        ax.tick_params(labelsize=MIN_FONT, length=2)
+        last_row, first_col = i + cols >= len(maps), i % cols == 0
+        ax.tick_params(labelbottom=last_row, labelleft=first_col)
+        if last_row:
+            ax.set_xlabel("key position j", fontsize=MIN_FONT + 1)
+        if first_col:
+            ax.set_ylabel("query position t", fontsize=MIN_FONT + 1)
         if titles is not None:
-            ax.set_title(titles[i], fontsize=7)
+            ax.set_title("\n".join(textwrap.fill(line, wrap) for line in str(titles[i]).split("\n")),
+                         fontsize=MIN_FONT + 1)
+        panels.append(ax)
+    label = "attention probability p" + (f" (colour ~ p^{power:g})" if power != 1 else "")
+    pooled = sorted(b for b in blocks if b != (1, 1))
+    if pooled:
+        sizes = ", ".join(f"{a} x {b}" for a, b in pooled)
+        label += f"\neach cell: max over {sizes} tokens"
+    if image is not None:
+        cbar = fig.colorbar(image, ax=panels, shrink=min(0.85, 4.0 / (panel_size * rows)), aspect=25,
+                            anchor=(0.0, 1.0), panchor=(1.0, 1.0))  # at the top of a tall gallery
+        cbar.set_label(label, fontsize=MIN_FONT + 1)
+        cbar.ax.tick_params(labelsize=MIN_FONT)
     if suptitle:
-        fig.suptitle(suptitle)
-    fig.tight_layout()
+        fig.suptitle(suptitle, fontsize=MIN_FONT + 3)
     return fig
+
+
+def legend_outside(ax, where: str = "right", **kwargs):
+    """Draw `ax`'s legend outside the axes, so that it never covers data, in `MIN_FONT`-point text.
+
+    `where="right"` (default) hangs it from the top right corner; `"below"` puts it under the x label, for
+    twin-axis plots whose right side holds the second y axis. Other keyword arguments go to `ax.legend`.
+    """
+    kwargs.setdefault("fontsize", MIN_FONT)
+    if where == "right":
+        return ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, **kwargs)
+    if where == "below":
+        height = ax.get_position().height * ax.figure.get_size_inches()[1]  # axes height in inches
+        kwargs.setdefault("ncol", 2)
+        return ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.7 / height), borderaxespad=0.0, **kwargs)
+    raise ValueError(f"where must be 'right' or 'below', got {where!r}")
 
 
 def frame_outside(ax, shape: tuple[int, ...], background) -> None:
@@ -207,7 +296,7 @@ def plot_layer_summary(df, metrics: Sequence[str], title: str | None = None,
             ns = nsum[nsum.metric == m]
             ax.plot(ns.layer, ns["mean"], color="grey", ls="--", lw=1, label="null mean")
         ax.set(xlabel="layer", title=m)
-    axes[0, 0].legend(fontsize=7)
+    legend_outside(axes[0, -1])
     if title:
         fig.suptitle(title)
     fig.tight_layout()

@@ -61,12 +61,16 @@ def test_gallery_shape(n, ncols, shape):
     assert plots.gallery_shape(n, ncols) == shape
 
 
+def _panels(fig):
+    return [ax for ax in fig.axes if ax.axison and ax.get_label() != "<colorbar>"]
+
+
 def test_gallery_draws_one_titled_panel_per_map():
     maps = [np.tril(np.ones((8, 8))) / np.arange(1, 9)[:, None] for _ in range(5)]
     titles = [f"map {i}" for i in range(5)]
     fig = plots.plot_attention_gallery(maps, titles, ncols=3, max_tokens=6)
-    visible = [ax for ax in fig.axes if ax.axison]
-    assert len(fig.axes) == 6 and len(visible) == 5
+    visible = _panels(fig)
+    assert len(fig.axes) == 7 and len(visible) == 5  # 2 x 3 grid (one blank) + the colourbar
     assert [ax.get_title() for ax in visible] == titles
     assert visible[0].images[0].get_array().shape == (6, 6)
     with pytest.raises(ValueError, match="titles"):
@@ -119,11 +123,12 @@ def test_gallery_is_capped_and_says_so():
     maps = [np.eye(6) for _ in range(336)]
     titles = [f"h{i}" for i in range(336)]
     fig = plots.plot_attention_gallery(maps, titles)
-    visible = [ax for ax in fig.axes if ax.axison]
+    visible = _panels(fig)
     assert len(visible) == plots.MAX_MAPS and visible[-1].get_title() == f"h{plots.MAX_MAPS - 1}"
     assert f"first {plots.MAX_MAPS} of 336 maps" in fig._suptitle.get_text()
     fig48 = plots.plot_attention_gallery(maps[:48], titles[:48], ncols=8)  # tappa-tiny's 48 heads: all drawn
-    assert len([ax for ax in fig48.axes if ax.axison]) == 48 and fig48._suptitle is None
+    assert len(_panels(fig48)) == 48 and fig48._suptitle is None
+    assert fig48.get_size_inches()[0] <= plots.MAX_WIDTH + 1.5  # 8 asked columns wrap to more rows
 
 
 def test_head_heatmap_drops_cell_labels_and_bounds_its_size_at_scale():
@@ -169,4 +174,111 @@ def test_gallery_leaves_key_zero_clear_of_the_frame():
     x0 = int(bbox.x0) + 1 + int((1.0 + 0.5) / (ax.get_xlim()[1] - ax.get_xlim()[0]) * bbox.width)  # inside key 0
     row = img[img.shape[0] - int((bbox.y0 + bbox.y1) / 2), x0]
     assert row.mean() > 150  # key 0 is drawn bright (magma at p = 1), not the frame's colour
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# readable on the page: max-pooled maps, labelled axes, one colourbar, no small text
+
+
+def test_max_pool_keeps_a_one_key_sink_in_every_row():
+    T = 1024
+    m = np.zeros((T, T))
+    m[:, 0] = 1.0
+    m[np.arange(1, T), np.arange(1, T)] = 0.3  # a weaker diagonal beside it
+    pooled = plots.max_pool_map(m, 128)
+    assert pooled.shape == (128, 128)
+    assert (pooled[:, 0] == m.max()).all()  # key 0's column is at the maximum in every display row
+    assert pooled[:, 1:].max() == pytest.approx(0.3)  # nothing else borrows the sink's value
+    mean = m.reshape(128, 8, 128, 8).mean(axis=(1, 3))
+    assert mean[:, 0].max() < 0.2  # what averaging would have drawn instead: the sink dimmed 8-fold
+
+
+def test_max_pool_uneven_lengths_and_small_maps():
+    m = np.arange(300 * 200, dtype=float).reshape(300, 200)
+    pooled = plots.max_pool_map(m, 128)
+    assert pooled.shape == (100, 100)  # blocks of 3 queries and 2 keys
+    assert pooled[0, 0] == m[:3, :2].max() and pooled[-1, -1] == m.max()
+    small = np.random.default_rng(0).random((40, 40))
+    assert np.array_equal(plots.max_pool_map(small, 128), small)
+    with pytest.raises(ValueError, match="2-D"):
+        plots.max_pool_map(np.ones(5))
+    with pytest.raises(ValueError, match="size"):
+        plots.max_pool_map(small, 0)
+
+
+def test_position_ticks_are_few_and_inside():
+    for n in (6, 64, 128, 256, 1000, 4096):
+        ticks = plots.position_ticks(n)
+        assert ticks[0] == 0 and ticks[-1] < n and 2 <= len(ticks) <= 5
+    assert plots.position_ticks(128) == [0, 50, 100]
+
+
+def _texts(fig):
+    """Every visible text of a drawn figure: titles, axis and tick labels, colourbar, suptitle."""
+    import matplotlib.text
+
+    fig.canvas.draw()
+    return [t for t in fig.findobj(matplotlib.text.Text) if t.get_visible() and t.get_text().strip()]
+
+
+def test_long_gallery_has_axes_a_colourbar_a_visible_sink_and_no_small_text():
+    import matplotlib.pyplot as plt
+
+    T = 1024
+    m = np.tril(np.full((T, T), 1e-4))
+    m[:, 0] = 1.0
+    fig = plots.plot_attention_gallery([m] * 5, [f"L0 H{i} vertical\nsink 1.00 diag 0.00" for i in range(5)],
+                                       suptitle="five sink heads")
+    panels = _panels(fig)
+    bars = [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
+    assert len(bars) == 1  # one colourbar for the whole gallery
+    assert "max over 8 x 8 tokens" in bars[0].get_ylabel()
+    assert panels[0].get_xlabel() == "" or panels[0].get_xlabel() == "key position j"
+    assert all(ax.get_ylabel() == "query position t" for ax in panels if ax.get_subplotspec().is_first_col())
+    assert all(ax.get_xlabel() == "key position j" for ax in panels[-2:])
+    assert len(panels[0].get_xticks()) >= 2 and panels[0].get_xlim()[1] > T - 1  # ticks in token positions
+    img = panels[0].images[0].get_array()
+    assert img.shape == (128, 128) and (img[:, 0] == 1.0).all()
+    small = [(t.get_text(), t.get_fontsize()) for t in _texts(fig) if t.get_fontsize() < plots.MIN_FONT]
+    assert small == []
+    assert fig.get_size_inches()[0] <= plots.MAX_WIDTH + 1.5
+    plt.close(fig)
+
+
+def test_layer_summary_legend_sits_outside_the_axes():
+    import matplotlib.pyplot as plt
+
+    fig = plots.plot_layer_summary(_many_heads(3, 5), ["sink_mass", "predictability"])
+    fig.canvas.draw()
+    legend = fig.axes[-1].get_legend()
+    renderer = fig.canvas.get_renderer()
+    assert legend.get_window_extent(renderer).x0 >= fig.axes[-1].get_window_extent(renderer).x1
+    assert min(t.get_fontsize() for t in legend.get_texts()) >= plots.MIN_FONT
+    plt.close(fig)
+
+
+@pytest.mark.parametrize("where", ["right", "below"])
+def test_legend_outside_never_overlaps_the_axes(where):
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    for ax in axes:
+        x = np.linspace(0, 1, 50)
+        ax.plot(x, x, label="rising")
+        ax.plot(x, 1 - x, label="falling")
+        ax.set(xlabel="x label", ylabel="y")
+    legend = plots.legend_outside(axes[0], where=where)
+    fig.tight_layout()
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    box = legend.get_window_extent(renderer)
+    for ax in axes:  # neither its own panel nor the neighbour
+        assert not box.overlaps(ax.get_window_extent(renderer))
+    assert box.overlaps(fig.bbox) or where == "below"  # below may hang off the canvas: savefig(bbox_inches="tight")
+    label = axes[0].xaxis.label.get_window_extent(renderer)
+    assert not box.overlaps(label)
+    assert min(t.get_fontsize() for t in legend.get_texts()) >= plots.MIN_FONT
+    with pytest.raises(ValueError, match="where"):
+        plots.legend_outside(axes[0], where="inside")
     plt.close(fig)

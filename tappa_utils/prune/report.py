@@ -103,7 +103,8 @@ def save_results(res: PruneEvalResult, out_dir: str | Path, figures: bool = True
 
 
 def plot_layer_scores(scores: P.LayerScores, null_qsim=None):
-    """Per-layer BI and q-similarity side by side (with `null_qsim`, random weights' beside), normalised terms."""
+    """Per-layer BI and q-similarity side by side (with `null_qsim`, random weights' beside), normalised terms; the
+    legends sit below their panels, never over a bar or a line."""
     import matplotlib.pyplot as plt
 
     tab = scores.table()
@@ -115,13 +116,13 @@ def plot_layer_scores(scores: P.LayerScores, null_qsim=None):
     else:
         axes[1].bar(tab.layer - 0.2, tab.qsim, width=0.4, color="tab:orange", label="trained")
         axes[1].bar(tab.layer + 0.2, np.asarray(null_qsim), width=0.4, color="grey", label="random weights")
-        axes[1].legend(fontsize=8)
+        axes[1].legend(fontsize=9, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2)  # below: covers no bar
     axes[1].set(title=f"q-similarity ({scores.qsim_rope}-RoPE, {scores.qsim_mode})", xlabel="layer",
                 ylabel="mean cosine")
     axes[2].plot(tab.layer, tab.bi_norm, "o-", label="BI (norm.)")
     axes[2].plot(tab.layer, 1 - tab.qsim_norm, "s--", label="1 - q-sim (norm.)")
     axes[2].set(title="normalised (lower = pruned earlier)", xlabel="layer")
-    axes[2].legend(fontsize=8)
+    axes[2].legend(fontsize=9, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2)
     step = max(1, -(-len(tab) // 14))  # at most ~14 tick labels per panel (24-28 layer models stay readable)
     for ax in axes:
         ax.set_xticks(tab.layer[::step])

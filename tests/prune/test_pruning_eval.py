@@ -334,3 +334,25 @@ def test_untestable_pruning_claims_are_recorded_inconclusive():
     rows = {c.id: c for c in pruning_checks(Res(), sup, pd.DataFrame(columns=["diff"])) if c.kind == "claim"}
     assert set(rows) == {"ch08.tappa_beats_shortgpt", "ch08.gain_over_null"}
     assert all(c.status == "inconclusive" for c in rows.values())
+
+
+def test_layer_scores_legends_sit_below_their_panels():
+    """No legend of the layer-scores figure overlaps its panel (it would hide bars or lines)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from tappa_utils.prune import report as R
+
+    s = P.LayerScores(np.array([0.7, 0.2, 0.1, 0.05, 0.08, 0.2]), np.array([0.6, 0.8, 0.5, 0.55, 0.56, 0.75]))
+    fig = R.plot_layer_scores(s, null_qsim=np.array([0.2, 0.6, 0.8, 0.75, 0.8, 0.8]))
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    legends = [(ax, ax.get_legend()) for ax in fig.axes if ax.get_legend() is not None]
+    assert len(legends) == 2
+    for ax, legend in legends:
+        box, frame = legend.get_window_extent(renderer), ax.get_window_extent(renderer)
+        assert box.y1 <= frame.y0  # entirely below the panel
+        assert min(t.get_fontsize() for t in legend.get_texts()) >= 9
+    plt.close(fig)
