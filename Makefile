@@ -4,7 +4,7 @@
 #                 untouched); DEVICE=cuda DTYPE=bfloat16 DEVICE_MAP=auto reach every chapter; JOBS=N chapters
 #                 at once (default 2 for the default book, 1 with OUT); SMOKE=1 runs every chapter on its small
 #                 parameters (a quick complete book)
-#   make test   - same set-up, then pytest (unit tests + a papermill smoke run of every notebook)
+#   make test   - same set-up, then ruff (pyproject.toml) and pytest (unit tests + a papermill smoke run of every notebook)
 #   make lab    - same set-up, then JupyterLab on notebooks/ with this environment (no browser without a display)
 # The install is skipped when requirements.txt, requirements-nodeps.txt and pyproject.toml have not changed since the last one
 # (a hash of both is kept in .venv/.tappa-installed).
@@ -55,6 +55,7 @@ book: venv
 	"$(PY)" -m tappa_utils.book build $(BOOK_ARGS)
 
 test: venv
+	"$(PY)" -m ruff check .
 	"$(PY)" -m pytest $(PYTEST_ARGS)
 
 lab: venv
