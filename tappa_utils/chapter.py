@@ -95,6 +95,17 @@ def check_front_door(params: dict[str, Any]) -> None:
         pf.check_dtype(params["dtype"], option="dtype")
 
 
+def quiet_transformers() -> None:
+    """Silence transformers' warnings in a chapter (e.g. a long text tokenised whole exceeds the model's length).
+
+    Imported through `tappa_utils`, whose import filters tqdm's "IProgress not found" notice first; a chapter that
+    imported `transformers` itself before `tappa_utils` (isort puts third-party imports first) would print it.
+    """
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+
+
 class DisplayMath:
     r"""A display formula for notebooks and the rendered book: LaTeX for Jupyter, and in HTML a MathJax block inside
     a horizontally scrolling box, so a formula that cannot be broken (a 2x2 matrix of long entries) scrolls inside
