@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UsageError
+from .interrupts import note_swap
 
 
 @contextmanager
@@ -228,13 +229,16 @@ def swap_in(tmp: Path, out: Path) -> None:
     """
     if not out.exists():
         os.rename(tmp, out)
+        note_swap()
         return
     if _exchange(tmp, out):
+        note_swap()
         shutil.rmtree(tmp, ignore_errors=True)  # tmp now holds the previous result
         return
     old = _sibling_name(out, "old")
     os.rename(out, old)
     os.rename(tmp, out)
+    note_swap()
     shutil.rmtree(old, ignore_errors=True)
 
 

@@ -31,16 +31,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import UsageError  # noqa: F401 - every command's checks raise it; `preflight.UsageError` stays valid
+from .interrupts import Terminated, interrupted_line, swaps
 from .io import check_out_dir  # noqa: F401 - the output folder's check, re-exported with the other checks
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")  # kept equal to models.SUPPORTED_MODEL_TYPES (tested)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.model", "vocab.txt")
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM received while a command ran (handled like Ctrl-C; exit status 143)."""
 
 
 def one_line(exc: BaseException | str) -> str:
@@ -62,7 +59,8 @@ class Parser(argparse.ArgumentParser):
 
 @contextlib.contextmanager
 def _sigterm_as_interrupt() -> Iterator[None]:
-    """Within the block, SIGTERM raises `Terminated`, so that `finally` clauses (clean-up) run."""
+    """Within the block, SIGTERM raises `Terminated` and Ctrl-C `KeyboardInterrupt`, so that `finally` clauses
+    (clean-up) run; the handlers before it (`tappa_utils.interrupts.early_handlers`) come back after it."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -70,11 +68,13 @@ def _sigterm_as_interrupt() -> Iterator[None]:
     def handler(signum, frame):
         raise Terminated()
 
+    old_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     old = signal.signal(signal.SIGTERM, handler)
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, old)
+        signal.signal(signal.SIGINT, old_int)
 
 
 def run_cli(prog: str, body: Callable[[], int | None], usage_errors: tuple[type[BaseException], ...] = ()) -> int:
@@ -83,9 +83,10 @@ def run_cli(prog: str, body: Callable[[], int | None], usage_errors: tuple[type[
     `UsageError` (and any type in `usage_errors`) -> 2 and one line `prog: error: ...` on stderr; an OSError from
     the system (one with an errno: disk full, read-only folder...) -> 1 and one line, even when its type is among
     `usage_errors` (FileNotFoundError raised by a check has no errno); Ctrl-C -> 130 and SIGTERM -> 143 with one
-    line `prog: interrupted
-    ...`; `SystemExit` (e.g. `--help`) -> its code.
+    line `prog: interrupted; ...` that says whether a new result folder was already swapped in; `SystemExit`
+    (e.g. `--help`) -> its code.
     """
+    swaps_before = swaps()
     try:
         with _sigterm_as_interrupt():
             return int(body() or 0)
@@ -99,8 +100,7 @@ def run_cli(prog: str, body: Callable[[], int | None], usage_errors: tuple[type[
         print(f"{prog}: error: {one_line(e)}", file=sys.stderr, flush=True)
         return 2
     except KeyboardInterrupt as e:
-        what = "terminated" if isinstance(e, Terminated) else "interrupted"
-        print(f"{prog}: {what}; earlier results are unchanged", file=sys.stderr, flush=True)
+        print(interrupted_line(prog, isinstance(e, Terminated), swaps() > swaps_before), file=sys.stderr, flush=True)
         return 143 if isinstance(e, Terminated) else 130
 
 
