@@ -129,7 +129,12 @@ def check_out_dir(out: str | os.PathLike, option: str = "--out", command: str | 
     """
     if not str(out).strip():
         raise UsageError(f"{option} must name a folder")
-    out = Path(out).expanduser().resolve()
+    try:
+        out = Path(out).expanduser().resolve()
+    except RuntimeError as e:  # "Symlink loop from ..." (OSError ELOOP on newer Pythons: caught the same way)
+        raise UsageError(f"{option} {out}: a symbolic link loop; remove the link or choose another folder") from e
+    except OSError as e:
+        raise UsageError(f"{option} {out}: cannot resolve the path ({e.strerror or e}); choose another folder") from e
     if out.exists() and not out.is_dir():
         raise UsageError(f"{option} {out} is a file, not a folder")
     parent = out.parent

@@ -263,6 +263,8 @@ def safetensors_problem(path: Path) -> str | None:
             header = json.loads(f.read(n))
     except (OSError, ValueError, UnicodeDecodeError) as e:
         return f"{path.name} cannot be read ({one_line(e)})"
+    if not isinstance(header, dict):
+        return f"{path.name} has a corrupt header (a JSON {type(header).__name__}, not an object)"
     ends = [int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)
             and "data_offsets" in v]
     expected = 8 + n + max(ends, default=0)
@@ -295,6 +297,12 @@ def weights_problem(folder: Path) -> str | None:
             return "pytorch_model.bin is truncated or not a torch checkpoint"
         return None
     return f"no weights ({' or '.join(WEIGHT_FILES[::2])})"
+
+
+def pickle_weights_only(folder: Path) -> bool:
+    """Whether `folder`'s weights exist only as pickle files (`pytorch_model.bin`), which are never loaded."""
+    pickled = any((folder / f).is_file() for f in WEIGHT_FILES[2:])
+    return pickled and not any((folder / f).is_file() for f in WEIGHT_FILES[:2])
 
 
 def _network_available(timeout: float = 2.0) -> bool:
@@ -385,6 +393,10 @@ def check_model(name: str, option: str = "--model") -> ModelInfo:
         raise UsageError(f"{option} {name}: config.json cannot be read ({one_line(e)})") from e
     model_type = str(cfg.get("model_type", "unknown"))
     _check_family(name, model_type, option)
+    if pickle_weights_only(path):
+        raise UsageError(f"{option} {name}: its weights are pickled (pytorch_model.bin), which tappa never loads "
+                         "(unpickling can run code); convert them to model.safetensors (save_pretrained with "
+                         "safe_serialization=True) and pass that folder")
     why = weights_problem(path)
     if why:
         raise UsageError(f"{option} {name}: {why}; re-download or re-export the model")
