@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UsageError
-from ..preflight import one_line
 from ..io import atomic_write_text
+from ..preflight import one_line
 
 EXECUTED_DIR = "book/executed"
 GENERATED_DIR = "book/generated"
