@@ -3,6 +3,10 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from .interrupts import early_handlers  # noqa: E402 - standard library only: before torch is imported
+
+early_handlers()  # a command line: Ctrl-C / SIGTERM during the imports below give one line, not a traceback
+
 import warnings  # noqa: E402
 
 # tqdm.auto (imported by huggingface_hub / transformers) warns "IProgress not found" inside a Jupyter kernel without

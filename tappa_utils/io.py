@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UsageError
+from .interrupts import note_swap
 
 
 @contextmanager
@@ -128,7 +129,12 @@ def check_out_dir(out: str | os.PathLike, option: str = "--out", command: str | 
     """
     if not str(out).strip():
         raise UsageError(f"{option} must name a folder")
-    out = Path(out).expanduser().resolve()
+    try:
+        out = Path(out).expanduser().resolve()
+    except RuntimeError as e:  # "Symlink loop from ..." (OSError ELOOP on newer Pythons: caught the same way)
+        raise UsageError(f"{option} {out}: a symbolic link loop; remove the link or choose another folder") from e
+    except OSError as e:
+        raise UsageError(f"{option} {out}: cannot resolve the path ({e.strerror or e}); choose another folder") from e
     if out.exists() and not out.is_dir():
         raise UsageError(f"{option} {out} is a file, not a folder")
     parent = out.parent
@@ -228,13 +234,16 @@ def swap_in(tmp: Path, out: Path) -> None:
     """
     if not out.exists():
         os.rename(tmp, out)
+        note_swap()
         return
     if _exchange(tmp, out):
+        note_swap()
         shutil.rmtree(tmp, ignore_errors=True)  # tmp now holds the previous result
         return
     old = _sibling_name(out, "old")
     os.rename(out, old)
     os.rename(tmp, out)
+    note_swap()
     shutil.rmtree(old, ignore_errors=True)
 
 

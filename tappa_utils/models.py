@@ -49,6 +49,10 @@ class WeightsMismatchError(ValueError):
     """A model's weights do not match its config (a tensor missing, unexpected or of another shape; layer count)."""
 
 
+class InsufficientMemoryError(ValueError):
+    """A model's weights would not fit in the memory available (checked before anything is allocated)."""
+
+
 class NonFiniteError(ValueError):
     """NaN or infinity in a model's weights or in what `capture` recorded (named by parameter, or layer and head)."""
 
@@ -173,11 +177,42 @@ def random_model(name: str, dtype: str | torch.dtype = "float32", seed: int = 0,
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(cfg, dtype=torch_dtype, attn_implementation=attn_implementation)
     if str(device) != "meta":
+        check_memory_for(model, name, device)
         model = model.to_empty(device=device)
         model.tie_weights()  # to_empty makes new tensors: re-tie the LM head to the embedding where the config says so
         _randomize(model, seed, "model")
         _reset_rotary(model)
     return model.eval()
+
+
+def available_memory(device: str | torch.device = "cpu") -> int | None:
+    """Bytes free for new tensors on `device`: MemAvailable of /proc/meminfo (CPU), free memory (CUDA); None when
+    unknown (another system, another device)."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return int(torch.cuda.mem_get_info(dev)[0]) if torch.cuda.is_available() else None
+    if dev.type != "cpu":
+        return None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def check_memory_for(model, name: str, device: str | torch.device = "cpu") -> None:
+    """Raise `InsufficientMemoryError` when the weights of `model` (on the meta device: parameters x dtype size)
+    do not fit in the memory available on `device`; nothing is allocated."""
+    need = sum(p.numel() * p.element_size() for p in model.parameters())
+    free = available_memory(device)
+    if free is not None and need > free:
+        gib = 2**30
+        raise InsufficientMemoryError(f"{name}: its weights need {need / gib:.1f} GiB but {device} has "
+                                      f"{free / gib:.1f} GiB available; use a smaller shape, --dtype bfloat16, "
+                                      "or a machine with more memory")
 
 
 def _reset_rotary(model) -> None:
@@ -276,7 +311,7 @@ def load_model(
     logging.disable_progress_bar()
     path = resolve_model_path(name_or_path)
     torch_dtype = parse_dtype(dtype)
-    kwargs = dict(dtype=torch_dtype, attn_implementation=attn_implementation)
+    kwargs = dict(dtype=torch_dtype, attn_implementation=attn_implementation, use_safetensors=True)  # no unpickling
     if device_map is not None:
         kwargs["device_map"] = device_map
     if Path(path).is_dir():

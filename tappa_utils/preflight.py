@@ -31,16 +31,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import UsageError  # noqa: F401 - every command's checks raise it; `preflight.UsageError` stays valid
+from .interrupts import Terminated, interrupted_line, swaps
 from .io import check_out_dir  # noqa: F401 - the output folder's check, re-exported with the other checks
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")  # kept equal to models.SUPPORTED_MODEL_TYPES (tested)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.model", "vocab.txt")
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM received while a command ran (handled like Ctrl-C; exit status 143)."""
 
 
 def one_line(exc: BaseException | str) -> str:
@@ -62,7 +59,8 @@ class Parser(argparse.ArgumentParser):
 
 @contextlib.contextmanager
 def _sigterm_as_interrupt() -> Iterator[None]:
-    """Within the block, SIGTERM raises `Terminated`, so that `finally` clauses (clean-up) run."""
+    """Within the block, SIGTERM raises `Terminated` and Ctrl-C `KeyboardInterrupt`, so that `finally` clauses
+    (clean-up) run; the handlers before it (`tappa_utils.interrupts.early_handlers`) come back after it."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -70,11 +68,13 @@ def _sigterm_as_interrupt() -> Iterator[None]:
     def handler(signum, frame):
         raise Terminated()
 
+    old_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     old = signal.signal(signal.SIGTERM, handler)
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, old)
+        signal.signal(signal.SIGINT, old_int)
 
 
 def run_cli(prog: str, body: Callable[[], int | None], usage_errors: tuple[type[BaseException], ...] = ()) -> int:
@@ -83,9 +83,10 @@ def run_cli(prog: str, body: Callable[[], int | None], usage_errors: tuple[type[
     `UsageError` (and any type in `usage_errors`) -> 2 and one line `prog: error: ...` on stderr; an OSError from
     the system (one with an errno: disk full, read-only folder...) -> 1 and one line, even when its type is among
     `usage_errors` (FileNotFoundError raised by a check has no errno); Ctrl-C -> 130 and SIGTERM -> 143 with one
-    line `prog: interrupted
-    ...`; `SystemExit` (e.g. `--help`) -> its code.
+    line `prog: interrupted; ...` that says whether a new result folder was already swapped in; `SystemExit`
+    (e.g. `--help`) -> its code.
     """
+    swaps_before = swaps()
     try:
         with _sigterm_as_interrupt():
             return int(body() or 0)
@@ -99,8 +100,7 @@ def run_cli(prog: str, body: Callable[[], int | None], usage_errors: tuple[type[
         print(f"{prog}: error: {one_line(e)}", file=sys.stderr, flush=True)
         return 2
     except KeyboardInterrupt as e:
-        what = "terminated" if isinstance(e, Terminated) else "interrupted"
-        print(f"{prog}: {what}; earlier results are unchanged", file=sys.stderr, flush=True)
+        print(interrupted_line(prog, isinstance(e, Terminated), swaps() > swaps_before), file=sys.stderr, flush=True)
         return 143 if isinstance(e, Terminated) else 130
 
 
@@ -263,6 +263,8 @@ def safetensors_problem(path: Path) -> str | None:
             header = json.loads(f.read(n))
     except (OSError, ValueError, UnicodeDecodeError) as e:
         return f"{path.name} cannot be read ({one_line(e)})"
+    if not isinstance(header, dict):
+        return f"{path.name} has a corrupt header (a JSON {type(header).__name__}, not an object)"
     ends = [int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)
             and "data_offsets" in v]
     expected = 8 + n + max(ends, default=0)
@@ -295,6 +297,12 @@ def weights_problem(folder: Path) -> str | None:
             return "pytorch_model.bin is truncated or not a torch checkpoint"
         return None
     return f"no weights ({' or '.join(WEIGHT_FILES[::2])})"
+
+
+def pickle_weights_only(folder: Path) -> bool:
+    """Whether `folder`'s weights exist only as pickle files (`pytorch_model.bin`), which are never loaded."""
+    pickled = any((folder / f).is_file() for f in WEIGHT_FILES[2:])
+    return pickled and not any((folder / f).is_file() for f in WEIGHT_FILES[:2])
 
 
 def _network_available(timeout: float = 2.0) -> bool:
@@ -385,6 +393,10 @@ def check_model(name: str, option: str = "--model") -> ModelInfo:
         raise UsageError(f"{option} {name}: config.json cannot be read ({one_line(e)})") from e
     model_type = str(cfg.get("model_type", "unknown"))
     _check_family(name, model_type, option)
+    if pickle_weights_only(path):
+        raise UsageError(f"{option} {name}: its weights are pickled (pytorch_model.bin), which tappa never loads "
+                         "(unpickling can run code); convert them to model.safetensors (save_pretrained with "
+                         "safe_serialization=True) and pass that folder")
     why = weights_problem(path)
     if why:
         raise UsageError(f"{option} {name}: {why}; re-download or re-export the model")

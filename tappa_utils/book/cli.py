@@ -61,7 +61,12 @@ def check_chapters(root: Path, asked: list[str]) -> None:
 
 def check_html(args: argparse.Namespace) -> int:
     """`check-html`: check the rendered pages (no repository root needed)."""
-    return html_check.run(args.html_root, browser=args.browser)
+    try:
+        problems = html_check.check_html(args.html_root, browser=args.browser)
+    except FileNotFoundError as e:  # no built book there: bad input (run_cli: `book: error: ...`, status 2)
+        raise UsageError(str(e)) from e
+    html_check.report(problems)
+    return 1 if problems else 0
 
 
 def run_lab(args: argparse.Namespace, root: Path) -> int:
@@ -154,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
             check_chapters(root, getattr(args, "only", None) or getattr(args, "stems", None) or [])
             return HANDLERS[args.cmd](args, root)
         except BookError as e:
-            print(f"error: {e}", file=sys.stderr)
+            print(f"book: error: {e}", file=sys.stderr)
             return 1
 
     return run_cli("book", body)

@@ -663,7 +663,7 @@ def run(html_root: str | Path, browser: bool = False) -> int:
     try:
         problems = check_html(html_root, browser=browser)
     except FileNotFoundError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"check-html: error: {e}", file=sys.stderr)
         return 2
     report(problems)
     return 1 if problems else 0

@@ -12,7 +12,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import UsageError
 from ..io import atomic_write_text
+from ..preflight import one_line
 
 EXECUTED_DIR = "book/executed"
 GENERATED_DIR = "book/generated"
@@ -88,12 +90,20 @@ def find_root(start: str | Path | None = None) -> Path:
 
 
 def _load_yaml(path: Path):
+    """The mapping in a YAML file (None when empty); BookError when it is missing, UsageError when it is corrupt."""
     import yaml
 
     try:
-        return yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text())
     except FileNotFoundError as e:
         raise BookError(f"{path} is missing") from e
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        where = getattr(e, "problem_mark", None)
+        at = f" at line {where.line + 1}" if where is not None else ""
+        raise UsageError(f"{path} is not valid YAML{at} ({one_line(e)}); fix it or restore it from git") from e
+    if data is not None and not isinstance(data, dict):
+        raise UsageError(f"{path} holds a YAML {type(data).__name__}, not a mapping; fix it or restore it from git")
+    return data
 
 
 def toc_files(toc: dict) -> list[str]:
