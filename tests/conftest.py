@@ -54,6 +54,17 @@ def make_tiny_model(family: str = "llama", attn: str = "eager", seed: int = 0, l
     return model
 
 
+
+def save_tiny_llama(folder, layers: int = 2):
+    """A complete local model folder: a tiny random Llama (BOS 256) with the shipped byte tokenizer."""
+    from tappa_utils.tiny.tokenizer import build_tokenizer
+
+    model = make_tiny_model("llama", layers=layers)
+    model.config.bos_token_id = 256
+    model.save_pretrained(folder)
+    build_tokenizer().save_pretrained(folder)
+    return folder
+
 @pytest.fixture(params=FAMILIES)
 def tiny_model(request):
     return make_tiny_model(request.param)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_tiny_model
+from conftest import save_tiny_llama
 
 from tappa_utils import io as tio
 from tappa_utils import preflight as pf
@@ -32,14 +32,8 @@ def models(tmp_path_factory):
     """Model folders: a good tiny Llama with the byte tokenizer, and broken or unsupported variants of it."""
     from transformers import GPT2Config, GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM
 
-    from tappa_utils.tiny.tokenizer import build_tokenizer
-
     root = tmp_path_factory.mktemp("models")
-    good = root / "tiny"
-    model = make_tiny_model("llama", layers=2)
-    model.config.bos_token_id = 256
-    model.save_pretrained(good)
-    build_tokenizer().save_pretrained(good)
+    good = save_tiny_llama(root / "tiny")
     d = {"good": good}
     d["truncated"] = shutil.copytree(good, root / "truncated")
     st = d["truncated"] / "model.safetensors"

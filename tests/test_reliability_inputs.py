@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_tiny_model
+from conftest import save_tiny_llama
 from safetensors.torch import load_file, save_file
 
 from tappa_utils import analysis
@@ -34,14 +34,8 @@ def _analyze(capsys, *args: str) -> tuple[int, list[str]]:
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
     """A good tiny Llama folder and variants: list header, one re-shaped tensor, pickled weights only."""
-    from tappa_utils.tiny.tokenizer import build_tokenizer
-
     root = tmp_path_factory.mktemp("inputs")
-    good = root / "good"
-    model = make_tiny_model("llama", layers=2)
-    model.config.bos_token_id = 256
-    model.save_pretrained(good)
-    build_tokenizer().save_pretrained(good)
+    good = save_tiny_llama(root / "good")
     d = {"good": good}
     d["list_header"] = shutil.copytree(good, root / "list_header")
     body = b"[1, 2, 3]"
