@@ -78,3 +78,24 @@ def test_bench_chapters_refuses_a_chapter_without_sizes(tmp_path, monkeypatch, c
     assert bench_chapters.main(["--chapters", "01_x"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "01_x.ipynb has no metadata tappa.bench" in err
+
+
+def test_specificity_benchmark_applies_the_registered_rule(default_model):
+    import specificity
+
+    from tappa_utils import claims, stats
+    from tappa_utils import patterns as pt
+    from tappa_utils.data import load_text, token_windows
+    from tappa_utils.metrics import MetricConfig, analyze_heads
+
+    model, tok = default_model
+    ids = token_windows(tok, load_text(model="tappa-tiny"), 96, 2)
+    res = specificity.headline(model, ids)
+    assert set(res) == set(specificity.TARGETS)
+    heads = pt.with_patterned(analyze_heads(model, ids, MetricConfig()))
+    spec = claims.spec(specificity.CLAIM)
+    for target, (est, lo, hi, ok) in res.items():
+        assert est == pytest.approx(stats.spearman(heads[specificity.QSIM], heads[target], groups=heads.layer))
+        assert lo <= est <= hi
+        if ok:
+            assert lo > spec.threshold + spec.margin
