@@ -4,9 +4,9 @@
 
 The chapter's own functions at its default sizes: held-out windows after one calibration window, `analyze_heads`,
 the within-layer Spearman of `q_sim_consecutive_pre` with the claim's target (`patterns.PATTERNED`, and the plain
-`predictability` beside it), and the registered rule of `ch03.qsim_predictability_corr` (p < 0.05 and the interval's
-lower bound above threshold + margin). Each random draw is `models.random_weight_copy(model, seed)`. A claim about
-trained structure should be supported on at most 1 of 20 draws (issue 26).
+`predictability` beside it), and the registered rule of `predictable.qsim_predictability_corr` (p < 0.05 and
+the interval's lower bound above threshold + margin). Each random draw is `models.random_weight_copy(model,
+seed)`. A claim about trained structure should be supported on at most 1 of 20 draws (issue 26).
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from tappa_utils.data import load_text, token_windows
 from tappa_utils.metrics import MetricConfig, analyze_heads
 from tappa_utils.models import random_weight_copy
 
-CLAIM = "ch03.qsim_predictability_corr"
+CLAIM = "predictable.qsim_predictability_corr"
 QSIM = "q_sim_consecutive_pre"
 TARGETS = (pt.PATTERNED, "predictability")
 

@@ -232,8 +232,14 @@ class Spec:
             raise ValueError(f"spec {self.id}: relation must be 'ge' or 'le', got {self.relation!r}")
         if self.margin < 0:
             raise ValueError(f"spec {self.id}: the margin must be >= 0, got {self.margin}")
-        if not self.id.startswith(f"ch{self.chapter[:2]}."):
-            raise ValueError(f"spec {self.id}: the id must start with 'ch{self.chapter[:2]}.'")
+        if not self.id.startswith(f"{self.topic}."):
+            raise ValueError(f"spec {self.id}: the id must start with its chapter's topic, '{self.topic}.'")
+
+    @property
+    def topic(self) -> str:
+        """The chapter's stem without its number (`04_sinks` -> `sinks`): the prefix of the id, so inserting or
+        renumbering a chapter renames no claim."""
+        return self.chapter.split("_", 1)[1]
 
     @property
     def bar(self) -> float | None:
@@ -257,19 +263,19 @@ SPECS: tuple[Spec, ...] = (
     # `tiny.measure.summarize_heads` (chapter 1 and the model card); not claims of the paper, so they never count as
     # evidence for it. Counts are of heads; a sink head has first-token mass >= 0.3, a diagonal head mass >= 0.3 at
     # one offset (1..256, `metrics.profile_length`; `tiny.measure.CardConfig`).
-    Spec("ch01.T_sink_heads", "assumption", "01_default_model",
+    Spec("default_model.T_sink_heads", "assumption", "01_default_model",
          "The model has at least 2 sink heads outside layer 0 (first-token mass >= 0.3), for chapter 4 to study.",
          "§5.1 (premise of the book, training target)", "ge", 2.0, 0.0, (),
          "Number of heads outside the first layer with mean first-token mass >= 0.3 (queries t >= 16)."),
-    Spec("ch01.T_diagonal_heads", "assumption", "01_default_model",
+    Spec("default_model.T_diagonal_heads", "assumption", "01_default_model",
          "The model has at least 4 diagonal heads (mass >= 0.3 at one offset), for chapter 5 to study.",
          "§5.2 (premise of the book, training target)", "ge", 4.0, 0.0, (),
          "Number of heads whose best offset (1..256, crossing at least half of the queries) carries mean mass >= 0.3."),
-    Spec("ch01.T_copying", "assumption", "01_default_model",
+    Spec("default_model.T_copying", "assumption", "01_default_model",
          "The model copies: a repeated random segment costs at most half as much the second time.",
          "§4 (unpredictable / retrieval heads; premise of the book, training target)", "le", 0.5, 0.0, (),
          "Copy ratio: mean loss on the second occurrence of a random 48-token segment / on the first."),
-    Spec("ch01.T_qsim_predictability", "assumption", "01_default_model",
+    Spec("default_model.T_qsim_predictability", "assumption", "01_default_model",
          "Within layers, q-similarity (consecutive, pre-RoPE) ranks heads like their predictability "
          "(Spearman >= 0.5).",
          "§4 (premise of the book, training target)", "ge", 0.5, 0.0, (),
@@ -286,47 +292,47 @@ SPECS: tuple[Spec, ...] = (
     # measurement (raw predictability, non-diffuse heads only). The q-sim variant is chosen on calibration windows
     # (chapter 2's choice when it exists for the same model, else patterns.choose_patterned_qsim on chapter 3's own
     # calibration windows); every claim is tested on held-out windows.
-    Spec("ch03.qsim_predictability_corr", "claim", "03_predictable",
+    Spec("predictable.qsim_predictability_corr", "claim", "03_predictable",
          "Heads with more similar consecutive queries have more predictable attention patterns (within layers).",
-         "§4", "ge", 0.0, 0.1, ("ch03.A_query_not_orthogonal",),
+         "§4", "ge", 0.0, 0.1, ("predictable.A_query_not_orthogonal",),
          "Within-layer Spearman (layer means removed) of the q-sim variant chosen on calibration windows and the "
          "patterned predictability (predictability x concentration), on held-out windows; permutation p-value "
          "within layers (stats.spearman_test(groups=layer)), bootstrap ci over heads."),
-    Spec("ch03.trained_beats_null", "claim", "03_predictable",
+    Spec("predictable.trained_beats_null", "claim", "03_predictable",
          "The q-sim / predictability correlation is a property of training, not of the architecture.",
-         "§4", "ge", 0.0, 0.1, ("ch03.qsim_predictability_corr",),
-         "Within-layer Spearman of ch03.qsim_predictability_corr on the trained model minus the same on "
+         "§4", "ge", 0.0, 0.1, ("predictable.qsim_predictability_corr",),
+         "Within-layer Spearman of predictable.qsim_predictability_corr on the trained model minus the same on "
          + _NULL.rstrip("; ") + ", both on the held-out windows; stats.spearman_difference (independent "
          "bootstraps over heads)."),
-    Spec("ch03.necessity", "claim", "03_predictable",
+    Spec("predictable.necessity", "claim", "03_predictable",
          "High q-similarity is necessary for a predictable pattern: the most predictable heads have high q-sim.",
-         "§4, Proposition 1 (contrapositive)", "ge", 0.5, 0.2, ("ch03.qsim_predictability_corr",),
+         "§4, Proposition 1 (contrapositive)", "ge", 0.5, 0.2, ("predictable.qsim_predictability_corr",),
          "Layer means removed from q-sim and the patterned predictability (depth alone cannot produce it); share of "
          "the top-quartile patterned-predictable heads whose q-sim is above the median (0.5 expected without any "
          "relation); held-out windows; one-sided permutation p-value (q-sim shuffled within layers), bootstrap ci "
          "over heads (patterns.necessity_test)."),
-    Spec("ch03.jump_proposition", "claim", "03_predictable",
+    Spec("predictable.jump_proposition", "claim", "03_predictable",
          "max_j |a[t+1,j] - a[t,j]| >= c1 |q_t+1 - q_t| - c2 holds on held-out steps with c1, c2 fixed on "
          "calibration windows.",
-         "§4, Proposition 1", "ge", -0.05, 0.0, ("ch03.A_query_not_orthogonal", "ch03.A_nonvacuous"),
+         "§4, Proposition 1", "ge", -0.05, 0.0, ("predictable.A_query_not_orthogonal", "predictable.A_nonvacuous"),
          "Per head: c1 = quantile of the per-step alignment, c2 = largest per-step RoPE term, both on calibration "
          "windows; effect = fraction of the non-vacuous held-out steps (c1 |dq| > c2: a vacuous step holds trivially, "
          "so a bound that never bites cannot pass) where the inequality holds, minus the calibrated fraction "
          "1 - quantile (must not fall more than 5 points short), mean over heads with non-vacuous steps; bootstrap "
          "ci over heads, sign-flip p (patterns.held_out_jump). On the calibration steps it holds by construction "
          "(a sanity row)."),
-    Spec("ch03.query_logit_jump_corr", "claim", "03_predictable",
+    Spec("predictable.query_logit_jump_corr", "claim", "03_predictable",
          "Steps with larger query jumps have larger logit jumps.",
          "§4, Proposition 1", "ge", 0.0, 0.1, (),
          "Spearman(|q_t+1 - q_t|, max_j |a[t+1,j] - a[t,j]|) per head over held-out steps, median over heads; "
          "bootstrap ci over heads, p-value: sign test of the per-head correlations."),
-    Spec("ch03.A_query_not_orthogonal", "assumption", "03_predictable",
+    Spec("predictable.A_query_not_orthogonal", "assumption", "03_predictable",
          "The query change is not orthogonal to the rotated keys: the calibrated c1 is a sizeable share of the "
          "largest possible alignment |k|max.",
          "§4, Proposition 1 (premise)", "ge", 0.1, 0.0, (),
          "c1 / (scale * max_j |k_j|) on calibration windows, median over heads (1 = the query change points at a "
          "key, 0 = orthogonal)."),
-    Spec("ch03.A_nonvacuous", "assumption", "03_predictable",
+    Spec("predictable.A_nonvacuous", "assumption", "03_predictable",
          "The jump bound is non-vacuous (c1 |dq| > c2) on at least half of the held-out steps.",
          "§4, Proposition 1 (premise)", "ge", 0.5, 0.0, (),
          "Fraction of held-out steps with c1 |dq| - c2 > 0 (calibrated constants), median over heads."),
@@ -335,131 +341,131 @@ SPECS: tuple[Spec, ...] = (
     # explain vertical heads, so they are tested only at the chosen heads whose max(sink_mass, column_mass) reaches
     # MetricConfig.vertical_threshold; with no such head they are inconclusive (nothing to explain), e.g. on
     # random weights. Units: (chosen head, window) pairs.
-    Spec("ch04.sinks_above_null", "claim", "04_sinks",
+    Spec("sinks.sinks_above_null", "claim", "04_sinks",
          "Training creates vertical (sink / re-access) heads: more attention on one fixed key than architecture "
          "alone gives.",
-         "§5.1", "ge", 0.0, 0.05, ("ch04.V1_query_continuity", "ch04.V2_dominant_channel"),
+         "§5.1", "ge", 0.0, 0.05, ("sinks.V1_query_continuity", "sinks.V2_dominant_channel"),
          "Mean over heads of max(sink_mass, column_mass), " + _NULL + "stats.two_sample over heads (label "
          "permutation p, bootstrap ci)."),
-    Spec("ch04.low_freq_share", "claim", "04_sinks",
+    Spec("sinks.low_freq_share", "claim", "04_sinks",
          "The logits on the re-accessed key are carried by low-frequency channels more than those on ordinary keys.",
-         "§5.1", "ge", 0.0, 0.05, ("ch04.V2_dominant_channel",),
+         "§5.1", "ge", 0.0, 0.05, ("sinks.V2_dominant_channel",),
          "Low-frequency share on the re-accessed key minus the mean over ordinary keys, per (vertical head, window); "
          "stats.paired_difference (sign-flip p, bootstrap ci)."),
-    Spec("ch04.sink_alignment", "claim", "04_sinks",
+    Spec("sinks.sink_alignment", "claim", "04_sinks",
          "The rotated query makes a small angle with the re-accessed key (more aligned than with ordinary keys).",
          "§5.1 (assumption V3 as a measurable claim)", "ge", 0.0, 0.05, (),
          "Key alignment with the re-accessed key minus the mean over ordinary keys, per (vertical head, window); "
          "stats.paired_difference."),
-    Spec("ch04.column_stability", "claim", "04_sinks",
+    Spec("sinks.column_stability", "claim", "04_sinks",
          "The logit column of the re-accessed key changes less per step than a typical column.",
-         "§5.1", "le", 1.0, 0.1, ("ch04.V1_query_continuity",),
+         "§5.1", "le", 1.0, 0.1, ("sinks.V1_query_continuity",),
          "Mean |a[t+1,i] - a[t,i]| on the re-accessed key / median over keys of the same, per (vertical head, "
          "window); bootstrap ci of the mean ratio, sign-flip p against 1."),
-    Spec("ch04.V1_query_continuity", "assumption", "04_sinks",
+    Spec("sinks.V1_query_continuity", "assumption", "04_sinks",
          "Queries are continuous: the relative step |q_t+1 - q_t| / mean |q_t| is small.",
          "§5.1, assumption V1", "le", 0.5, 0.0, (),
          "patterns.continuity of the pre-RoPE queries of the chosen heads (median over heads)."),
-    Spec("ch04.V2_dominant_channel", "assumption", "04_sinks",
+    Spec("sinks.V2_dominant_channel", "assumption", "04_sinks",
          "One RoPE channel dominates the logits (share of sum_m |q^m||k^m| >= 0.5).",
          "§5.1, assumption V2", "ge", 0.5, 0.0, (),
          "theory.dominant_channel_share at the chosen heads (median)."),
     # ---- chapter 5: diagonals (section 5.2)
-    Spec("ch05.diagonals_above_null", "claim", "05_diagonal",
+    Spec("diagonal.diagonals_above_null", "claim", "05_diagonal",
          "Training creates diagonal heads: more attention at a fixed offset than architecture alone gives.",
-         "§5.2", "ge", 0.0, 0.05, ("ch05.D1_query_continuity", "ch05.D2_key_continuity"),
+         "§5.2", "ge", 0.0, 0.05, ("diagonal.D1_query_continuity", "diagonal.D2_key_continuity"),
          "Mean over heads of diag_mass, " + _NULL + "stats.two_sample."),
-    Spec("ch05.toeplitz_vs_column", "claim", "05_diagonal",
+    Spec("diagonal.toeplitz_vs_column", "claim", "05_diagonal",
          "Along a diagonal head's offset the logit is nearly a function of t - i: the Toeplitz deviation is "
          "smaller than the column change.",
-         "§5.2", "le", 1.0, 0.1, ("ch05.D1_query_continuity", "ch05.D2_key_continuity"),
+         "§5.2", "le", 1.0, 0.1, ("diagonal.D1_query_continuity", "diagonal.D2_key_continuity"),
          "Summed |a[t+1,i+1] - a[t,i]| / summed |a[t+1,i] - a[t,i]| along the offsets of the top diagonal heads; "
          "bootstrap ci over blocks of 32 consecutive steps (per head and window: neighbouring steps are not "
          "independent)."),
-    Spec("ch05.natural_periodic_diagonals", "claim", "05_diagonal",
+    Spec("diagonal.natural_periodic_diagonals", "claim", "05_diagonal",
          "On untouched weights, heads with a dominant high-frequency channel have a logit-by-distance profile that "
          "repeats every 2 pi / theta_m* tokens, more than architecture alone gives.",
-         "§5.2 (periodic sequential)", "ge", 0.0, 0.1, ("ch05.P_dominant_channel",),
+         "§5.2 (periodic sequential)", "ge", 0.0, 0.1, ("diagonal.P_dominant_channel",),
          "patterns.natural_periodicity: R^2 of a sinusoid at theta_m* in the detrended logit-by-distance profile "
          "(0 = nothing at that period, 1 = pure repeat), over the heads whose dominant channel m* has a period "
          "<= max_distance / 2; mean over those heads minus the same on " + _NULL + "stats.two_sample. Controls "
          "(measurements): the same R^2 at each head's strongest other fitting channel, and the intervention head "
          "without intervention."),
-    Spec("ch05.intervention_interval", "claim", "05_diagonal",
+    Spec("diagonal.intervention_interval", "claim", "05_diagonal",
          "Making channel m dominant (scaling it in q and k) produces parallel diagonals every 2 pi / theta_m tokens.",
          "§5.2 (intervention)", "le", 0.1, 0.0, (),
          "Largest relative error of the measured interval over channels and bases; deterministic given the input. "
          "A demonstration of the mechanism, on any weights (it says nothing about training); the same head "
          "without intervention is reported beside it as a measurement.", deterministic=True),
-    Spec("ch05.D1_query_continuity", "assumption", "05_diagonal",
+    Spec("diagonal.D1_query_continuity", "assumption", "05_diagonal",
          "Queries are continuous: |q_t+1 - q_t| / mean |q_t| small.",
          "§5.2, assumption D1", "le", 0.5, 0.0, (),
          "patterns.continuity of the queries at the top diagonal heads (median over those heads)."),
-    Spec("ch05.D2_key_continuity", "assumption", "05_diagonal",
+    Spec("diagonal.D2_key_continuity", "assumption", "05_diagonal",
          "Keys are continuous: |k_i+1 - k_i| / mean |k_i| small.",
          "§5.2, assumption D2", "le", 0.5, 0.0, (),
          "patterns.continuity of the keys at the top diagonal heads (median over those heads)."),
-    Spec("ch05.P_dominant_channel", "assumption", "05_diagonal",
+    Spec("diagonal.P_dominant_channel", "assumption", "05_diagonal",
          "At the heads tested for periodic diagonals one channel dominates |q^m||k^m| (share >= 0.5).",
          "§5.2 (periodic sequential)", "ge", 0.5, 0.0, (),
          "Share of the dominant channel (patterns.natural_periodicity), median over the heads whose dominant "
          "channel's period fits the profile."),
     # ---- chapter 6: seasonal (section 5.3)
-    Spec("ch06.resonance_helps", "claim", "06_seasonal",
+    Spec("seasonal.resonance_helps", "claim", "06_seasonal",
          "On a periodic input of period L, the logits one period later change less when L resonates with the "
          "dominant channel than at non-resonant periods.",
-         "§5.3", "ge", 0.0, 0.1, ("ch06.S1_query_periodicity", "ch06.S2_key_periodicity",
-                                  "ch06.S4_dominant_channel"),
+         "§5.3", "ge", 0.0, 0.1, ("seasonal.S1_query_periodicity", "seasonal.S2_key_periodicity",
+                                  "seasonal.S4_dominant_channel"),
          "Per (L, window) the relative change mean |a[t+L,i] - a[t,i]| / mean |a[t,i]|; effect = mean log relative "
          "change at the control periods (|delta| >= pi/2) minus at the resonant periods (|delta| <= pi/4), delta the "
          "mismatch of the dominant channel (0.1 = about 10 % smaller at resonance); stats.two_sample (label "
          "permutation p, bootstrap ci). A property of RoPE's geometry given a dominant channel and periodic q/k: "
          "it needs no training, so it is not a claim about trained structure."),
-    Spec("ch06.paper_bound_holds", "claim", "06_seasonal",
+    Spec("seasonal.paper_bound_holds", "claim", "06_seasonal",
          "The paper's seasonal bound C1 (eps_q + eps_k) + C2 |delta| (without the non-dominant phase term) holds.",
-         "§5.3, Theorem (seasonal)", "ge", 0.99, 0.0, ("ch06.S1_query_periodicity", "ch06.S4_dominant_channel"),
+         "§5.3, Theorem (seasonal)", "ge", 0.99, 0.0, ("seasonal.S1_query_periodicity", "seasonal.S4_dominant_channel"),
          "Fraction of (t, i) pairs where it holds, pooled over the periods L of the sweep and the windows; bootstrap "
          "ci over queries t (each query's pairs together). Expected to fail where the phase term matters: the "
          "complete bound (with the phase term) is a sanity row."),
-    Spec("ch06.S1_query_periodicity", "assumption", "06_seasonal",
+    Spec("seasonal.S1_query_periodicity", "assumption", "06_seasonal",
          "Queries repeat with the input's period: eps_q = mean |q_t+L - q_t| / mean |q| small, at the head used "
          "(never a layer-0 head, whose queries depend on the current token alone).",
          "§5.3, assumption S1", "le", 0.1, 0.0, (), "Median over the sweep of L, at the head used."),
-    Spec("ch06.S2_key_periodicity", "assumption", "06_seasonal",
+    Spec("seasonal.S2_key_periodicity", "assumption", "06_seasonal",
          "Keys repeat with the input's period: eps_k = mean |k_i+L - k_i| / mean |k| small, at the head used.",
          "§5.3, assumption S2", "le", 0.1, 0.0, (), "Median over the sweep of L, at the head used."),
-    Spec("ch06.S4_dominant_channel", "assumption", "06_seasonal",
+    Spec("seasonal.S4_dominant_channel", "assumption", "06_seasonal",
          "A channel whose period fits the input dominates (share >= 0.5).",
          "§5.3, assumption S4", "ge", 0.5, 0.0, (), "Share of the dominant fitting channel at the head used."),
     # ---- chapter 7: KV cache (section 6.1)
-    Spec("ch07.A_long_context_usable", "assumption", "07_kv_cache",
+    Spec("kv_cache.A_long_context_usable", "assumption", "07_kv_cache",
          "The model uses a context of seq_len tokens: with the full cache it copies the planted segment (retrieval "
          "top-1 accuracy >= 0.5).",
          "§6.1 (premise of any cache comparison)", "ge", 0.5, 0.0, (),
          "Full-cache top-1 accuracy on the retrieval task at seq_len (segment planted 3/4 of seq_len back). When it "
-         "is violated, compressing a cache the model cannot use says nothing about TAPPA: every ch07 claim row then "
-         "gets p = NaN (status inconclusive), its effect and interval still shown."),
-    Spec("ch07.tappa_vs_uniform_budgets", "claim", "07_kv_cache",
+         "is violated, compressing a cache the model cannot use says nothing about TAPPA: every kv_cache claim row "
+         "then gets p = NaN (status inconclusive), its effect and interval still shown."),
+    Spec("kv_cache.tappa_vs_uniform_budgets", "claim", "07_kv_cache",
          "Per-layer budgets from q-similarity (TAPPA) beat uniform budgets with the same token scorer "
          "(CAKE's score in both, so only the per-layer split differs; SnapKV itself is a separate row of the table).",
-         "§6.1", "ge", 0.0, 0.01, ("ch07.A_long_context_usable",),
+         "§6.1", "ge", 0.0, 0.01, ("kv_cache.A_long_context_usable",),
          "NLL (nats/token) of the target with `uniform_cake` (TAPPAPress machinery, equal preferences) minus with "
          "`tappa` (reference allocation), equal total budget, paired over samples; stats.paired_difference "
          "(sign-flip p, bootstrap ci). One check per (task: loss / retrieval, keep fraction)."),
-    Spec("ch07.tappa_vs_expected_attention", "claim", "07_kv_cache",
+    Spec("kv_cache.tappa_vs_expected_attention", "claim", "07_kv_cache",
          "TAPPA beats Expected Attention at equal budget.",
-         "§6.1, Table (LongBench; +11.34 on Qwen2.5-7B at 512)", "ge", 0.0, 0.01, ("ch07.A_long_context_usable",),
+         "§6.1, Table (LongBench; +11.34 on Qwen2.5-7B at 512)", "ge", 0.0, 0.01, ("kv_cache.A_long_context_usable",),
          "NLL (nats/token) of the target with kvpress's ExpectedAttentionPress minus with `tappa`, paired over "
          "samples; stats.paired_difference. One check per (task, keep fraction)."),
-    Spec("ch07.kv_win_over_null", "claim", "07_kv_cache",
+    Spec("kv_cache.kv_win_over_null", "claim", "07_kv_cache",
          "TAPPA's advantage over uniform budgets (same scorer) comes from the trained model: it is larger than on a "
          "random-weight copy.",
-         "§6.1 (control)", "ge", 0.0, 0.01, ("ch07.tappa_vs_uniform_budgets", "ch07.A_long_context_usable"),
+         "§6.1 (control)", "ge", 0.0, 0.01, ("kv_cache.tappa_vs_uniform_budgets", "kv_cache.A_long_context_usable"),
          "Per sample, (uniform_cake NLL - tappa NLL) on the trained model minus the same on the same sample with "
          + _NULL.rstrip("; ") + " (methods full, tappa, uniform_cake, expected_attention); paired over samples, "
          "stats.paired_difference. One check per (task, keep fraction)."),
     # ---- chapter 8: layer pruning (section 6.2)
-    Spec("ch08.tappa_beats_shortgpt", "claim", "08_pruning",
+    Spec("pruning.tappa_beats_shortgpt", "claim", "08_pruning",
          "Removing layers by TAPPA's score (BI + beta (1 - q-sim), beta chosen on calibration data) hurts less than "
          "ShortGPT's (BI alone).",
          "§6.2 (+5.60 average over ShortGPT on Llama-3.1-8B)", "ge", 0.0, 0.02, (),
@@ -469,14 +475,14 @@ SPECS: tuple[Spec, ...] = (
          "distinct pruned model once; sets equal to ShortGPT's are ties by construction, reported apart and never "
          "counted). Margin 0.02 nats/token (a 2 % perplexity gain, exp(0.02) = 1.02): the smallest gain worth a "
          "second scoring pass; the ci's low end must clear it."),
-    Spec("ch08.gain_over_null", "claim", "08_pruning",
+    Spec("pruning.gain_over_null", "claim", "08_pruning",
          "TAPPA's gain over ShortGPT comes from the trained weights: it is larger than the gain the same procedure "
          "gets on random weights.",
-         "§6.2 (control)", "ge", 0.0, 0.02, ("ch08.tappa_beats_shortgpt",),
+         "§6.2 (control)", "ge", 0.0, 0.02, ("pruning.tappa_beats_shortgpt",),
          "Per window, (ShortGPT - TAPPA loss) on the model minus the same on its random-weight null "
          "(models.random_weights(model, stats.null_seed(seed)), in place: scores, beta choice and orders re-done on "
          "the null, evaluated on the same windows); stats.paired_difference over windows, one check per k tested "
-         "in ch08.tappa_beats_shortgpt. A gain that also appears on random weights is not evidence."),
+         "in pruning.tappa_beats_shortgpt. A gain that also appears on random weights is not evidence."),
 )
 
 REGISTRY: dict[str, Spec] = {}

@@ -4,7 +4,7 @@ Both are generated from the rows `results.save_checks` writes (dicts with `kind`
 `ci`, `p_value`, ...) and from the registry (`claims`), never typed by hand, so they stay true on any model.
 
 >>> from tappa_utils import claims as C
->>> rows = [C.claim("ch03.qsim_predictability_corr", 0.42, ci=(0.2, 0.6), p_value=0.001).to_dict()]
+>>> rows = [C.claim("predictable.qsim_predictability_corr", 0.42, ci=(0.2, 0.6), p_value=0.001).to_dict()]
 >>> print(what_held(rows, "03_predictable").splitlines()[0])
 **Claims on this model:** 1 supported, 0 not supported, 0 inconclusive (of 1 tested; 4 registered but not tested).
 """

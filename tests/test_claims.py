@@ -20,7 +20,7 @@ def test_registry_is_consistent():
     stems = {p.stem for p in (ROOT / "notebooks").glob("*.ipynb")}
     for s in C.SPECS:
         assert s.chapter in stems, f"{s.id}: no notebook {s.chapter}"
-        assert s.id.startswith(f"ch{s.chapter[:2]}.") and s.statement and s.paper and s.notes
+        assert s.id.startswith(f"{s.chapter.split('_', 1)[1]}.") and s.statement and s.paper and s.notes
         assert s.threshold is None or math.isfinite(s.threshold)
         assert s.kind == "claim" or s.margin == 0  # assumptions: a threshold, no margin
         for a in s.assumptions:
@@ -28,13 +28,15 @@ def test_registry_is_consistent():
     kinds = {s.kind for s in C.SPECS}
     assert kinds == {"claim", "assumption"}
     # the claims the issue lists are registered
-    for need in ("ch03.qsim_predictability_corr", "ch03.trained_beats_null", "ch03.jump_proposition",
-                 "ch04.low_freq_share", "ch04.V1_query_continuity", "ch05.D1_query_continuity",
-                 "ch05.D2_key_continuity", "ch05.natural_periodic_diagonals", "ch06.S1_query_periodicity",
-                 "ch07.tappa_vs_uniform_budgets", "ch07.tappa_vs_expected_attention", "ch07.kv_win_over_null",
-                 "ch08.tappa_beats_shortgpt"):
+    for need in ("predictable.qsim_predictability_corr", "predictable.trained_beats_null",
+                 "predictable.jump_proposition",
+                 "sinks.low_freq_share", "sinks.V1_query_continuity", "diagonal.D1_query_continuity",
+                 "diagonal.D2_key_continuity", "diagonal.natural_periodic_diagonals", "seasonal.S1_query_periodicity",
+                 "kv_cache.tappa_vs_uniform_budgets", "kv_cache.tappa_vs_expected_attention",
+                 "kv_cache.kv_win_over_null",
+                 "pruning.tappa_beats_shortgpt"):
         assert need in C.REGISTRY, need
-    assert C.spec("ch08.tappa_beats_shortgpt").margin > 0  # superiority, not non-inferiority
+    assert C.spec("pruning.tappa_beats_shortgpt").margin > 0  # superiority, not non-inferiority
     assert [s.id for s in C.by_chapter("05")] == [s.id for s in C.SPECS if s.chapter == "05_diagonal"]
 
 
@@ -54,17 +56,17 @@ def test_every_claim_or_assumption_used_in_the_code_is_registered():
     used = {(where, i) for where, src in _sources() for i in _USE.findall(src)}
     missing = sorted(f"{where}: {i}" for where, i in used if i not in C.REGISTRY)
     assert not missing, "unregistered claim/assumption ids: " + ", ".join(missing)
-    assert _USE.findall('C.claim("ch03.x", 1)') == ["ch03.x"]  # the scan itself finds ids
+    assert _USE.findall('C.claim("predictable.x", 1)') == ["predictable.x"]  # the scan itself finds ids
 
 
 def test_results_files_hold_only_registered_claims(tmp_path):
     """Every results.json of an executed book (when one exists under _build/results) and a written one."""
-    rows = [C.claim("ch03.qsim_predictability_corr", 0.5, ci=(0.3, 0.7), p_value=0.001).to_dict()]
+    rows = [C.claim("predictable.qsim_predictability_corr", 0.5, ci=(0.3, 0.7), p_value=0.001).to_dict()]
     (tmp_path / "results.json").write_text(json.dumps(rows))
     files = [tmp_path / "results.json", *sorted((ROOT / "_build" / "results").glob("*/results.json"))]
     for f in files:
         C.validate_rows(json.loads(f.read_text()), source=str(f))
-    bad = [dict(rows[0], id="ch03.unknown")]
+    bad = [dict(rows[0], id="predictable.unknown")]
     with pytest.raises(ValueError, match="not registered"):
         C.validate_rows(bad, source="x")
 
@@ -89,30 +91,30 @@ def test_claim_status_rules(relation, measured, ci, p, want):
 
 
 def test_constructors_compute_status_from_the_registry():
-    c = C.claim("ch03.qsim_predictability_corr", 0.45, ci=(0.2, 0.7), p_value=0.004)
-    s = C.spec("ch03.qsim_predictability_corr")
+    c = C.claim("predictable.qsim_predictability_corr", 0.45, ci=(0.2, 0.7), p_value=0.004)
+    s = C.spec("predictable.qsim_predictability_corr")
     assert (c.kind, c.predicted, c.tolerance, c.relation, c.paper) == ("claim", s.threshold, s.margin, s.relation,
                                                                        s.paper)
     assert c.status == "supported" and c.passed is True
-    assert C.claim("ch03.qsim_predictability_corr", 0.15, ci=(-0.1, 0.4), p_value=0.1).passed is False
-    a = C.assumption("ch04.V1_query_continuity", 0.9)
+    assert C.claim("predictable.qsim_predictability_corr", 0.15, ci=(-0.1, 0.4), p_value=0.1).passed is False
+    a = C.assumption("sinks.V1_query_continuity", 0.9)
     assert a.status == "violated" and a.passed is False
-    assert C.assumption("ch04.V1_query_continuity", 0.3).status == "holds"
-    assert C.assumption("ch04.V2_dominant_channel", float("nan")).status == "violated"
+    assert C.assumption("sinks.V1_query_continuity", 0.3).status == "holds"
+    assert C.assumption("sinks.V2_dominant_channel", float("nan")).status == "violated"
     assert C.sanity("identity", 1.0, 1.0 + 1e-12, 1e-9).status == "ok"
     assert C.sanity("identity", 1.0, 1.1, 1e-9).status == "BUG" and C.sanity("x", 1, 1.1, 1e-9).passed is False
     m = C.measurement("looseness", 0.07, ci=(0.05, 0.09))
     assert m.status == "reported" and m.passed is None and m.ci == (0.05, 0.09)
     # deterministic claims go without statistics; others must not
-    assert C.claim("ch05.intervention_interval", 0.03).status == "supported"
+    assert C.claim("diagonal.intervention_interval", 0.03).status == "supported"
     with pytest.raises(ValueError, match="ci or a p-value"):
-        C.claim("ch03.qsim_predictability_corr", 0.5)
+        C.claim("predictable.qsim_predictability_corr", 0.5)
     with pytest.raises(KeyError, match="not a registered"):
-        C.claim("ch03.made_up", 0.5, ci=(0, 1))
+        C.claim("predictable.made_up", 0.5, ci=(0, 1))
     with pytest.raises(ValueError, match="registered as an assumption"):
-        C.claim("ch04.V1_query_continuity", 0.5, ci=(0, 1))
+        C.claim("sinks.V1_query_continuity", 0.5, ci=(0, 1))
     with pytest.raises(ValueError, match="may not override"):
-        C.claim("ch03.qsim_predictability_corr", 0.5, ci=(0, 1), predicted=0.3)
+        C.claim("predictable.qsim_predictability_corr", 0.5, ci=(0, 1), predicted=0.3)
 
 
 def test_old_style_checks_are_measurements():
@@ -126,8 +128,8 @@ def test_old_style_checks_are_measurements():
 
 
 def test_save_checks_writes_kinds_and_refuses_unregistered_rows(tmp_path):
-    checks = [C.claim("ch04.low_freq_share", 0.2, ci=(0.1, 0.3), p_value=0.001, name="L5 H3"),
-              C.assumption("ch05.D1_query_continuity", 0.3), C.sanity("bound holds", 1.0, 1.0),
+    checks = [C.claim("sinks.low_freq_share", 0.2, ci=(0.1, 0.3), p_value=0.001, name="L5 H3"),
+              C.assumption("diagonal.D1_query_continuity", 0.3), C.sanity("bound holds", 1.0, 1.0),
               C.measurement("looseness", 0.06, ci=(0.05, 0.07))]
     path = save_checks(tmp_path, checks)
     rows = json.loads(path.read_text())
@@ -137,9 +139,9 @@ def test_save_checks_writes_kinds_and_refuses_unregistered_rows(tmp_path):
     assert [r["status"] for r in rows] == ["supported", "holds", "ok", "reported"]
     assert rows[0]["ci"] == [0.1, 0.3] and rows[3]["passed"] is None and rows[1]["ci"] is None
     assert list(checks_table(checks)["kind"]) == ["claim", "assumption", "sanity", "measurement"]
-    for bad in (Check("ad hoc claim", 0.0, 1.0, 0.0, "ge", kind="claim", id="ch03.not_registered", p_value=0.01),
-                Check("moved threshold", 0.0, 0.2, 0.0, "ge", kind="claim", id="ch04.low_freq_share", p_value=0.01),
-                Check("assumption as claim", 0.5, 0.2, 0.0, "le", kind="claim", id="ch04.V1_query_continuity",
+    for bad in (Check("ad hoc claim", 0.0, 1.0, 0.0, "ge", kind="claim", id="predictable.not_registered", p_value=0.01),
+                Check("moved threshold", 0.0, 0.2, 0.0, "ge", kind="claim", id="sinks.low_freq_share", p_value=0.01),
+                Check("assumption as claim", 0.5, 0.2, 0.0, "le", kind="claim", id="sinks.V1_query_continuity",
                       p_value=0.01)):
         with pytest.raises(ValueError):
             save_checks(tmp_path / "bad", [bad])
@@ -149,15 +151,15 @@ def test_save_checks_writes_kinds_and_refuses_unregistered_rows(tmp_path):
 def test_what_held_reports_each_status_and_untested_claims():
     from tappa_utils import verdicts as V
 
-    rows = [C.claim("ch03.qsim_predictability_corr", 0.5, ci=(0.3, 0.7), p_value=0.001).to_dict(),
-            C.claim("ch03.query_logit_jump_corr", -0.4, ci=(-0.6, -0.2), p_value=0.99).to_dict(),
-            C.assumption("ch03.A_nonvacuous", 0.2).to_dict(),
+    rows = [C.claim("predictable.qsim_predictability_corr", 0.5, ci=(0.3, 0.7), p_value=0.001).to_dict(),
+            C.claim("predictable.query_logit_jump_corr", -0.4, ci=(-0.6, -0.2), p_value=0.99).to_dict(),
+            C.assumption("predictable.A_nonvacuous", 0.2).to_dict(),
             C.sanity("bound holds on every step", 1.0, 0.5).to_dict()]
     text = V.what_held(rows, "03_predictable")
     assert text.startswith("**Claims on this model:** 1 supported, 1 not supported, 0 inconclusive (of 2 tested; 3 ")
     assert "✘ BUG: bound holds on every step" in text and "0 of 1 hold" in text
-    assert "not tested here" in text and "ch03.necessity" in text
+    assert "not tested here" in text and "predictable.necessity" in text
     ledger = {r["id"]: r for r in V.ledger_rows({"03": rows})}
-    assert ledger["ch03.qsim_predictability_corr"]["status"] == "supported"
-    assert ledger["ch03.query_logit_jump_corr"]["status"] == "not supported"
-    assert ledger["ch04.low_freq_share"]["status"] == "not run"
+    assert ledger["predictable.qsim_predictability_corr"]["status"] == "supported"
+    assert ledger["predictable.query_logit_jump_corr"]["status"] == "not supported"
+    assert ledger["sinks.low_freq_share"]["status"] == "not run"

@@ -66,7 +66,7 @@ def test_markdown_cells_keep_their_markup():
 
 
 def test_checks_markdown_one_labelled_row_per_check_and_the_combined_status():
-    checks = [C.claim("ch08.tappa_beats_shortgpt", g, ci=(g - 0.01, g + 0.01), p_value=0.001,
+    checks = [C.claim("pruning.tappa_beats_shortgpt", g, ci=(g - 0.01, g + 0.01), p_value=0.001,
                       name=f"TAPPA (β = 1, chosen on calibration) vs ShortGPT, {k} layers removed: loss gain")
               for g, k in ((0.1, 2), (0.0, 4))]
     checks.append(C.measurement("value | with a pipe", 0.123456789, ci=(math.nan, math.nan)))
@@ -81,7 +81,7 @@ def test_checks_markdown_one_labelled_row_per_check_and_the_combined_status():
 
 
 def test_what_held_ends_with_every_check_in_one_table():
-    checks = [C.claim("ch03.qsim_predictability_corr", 0.5, ci=(0.3, 0.7), p_value=0.001),
+    checks = [C.claim("predictable.qsim_predictability_corr", 0.5, ci=(0.3, 0.7), p_value=0.001),
               C.sanity("bound |x| holds", 1.0, 1.0), C.measurement("number of zebras", 24)]
     text = V.what_held(checks, "03_predictable")
     head, table = text.split("**Every check**")

@@ -14,10 +14,10 @@ from .. import claims as C
 from .. import stats as S
 from .methods import palette
 
-USABLE_ID = "ch07.A_long_context_usable"
+USABLE_ID = "kv_cache.A_long_context_usable"
 # claim id -> the method TAPPA is compared with (positive effect = TAPPA better)
-CLAIM_BASELINES = {"ch07.tappa_vs_uniform_budgets": "uniform_cake",
-                   "ch07.tappa_vs_expected_attention": "expected_attention"}
+CLAIM_BASELINES = {"kv_cache.tappa_vs_uniform_budgets": "uniform_cake",
+                   "kv_cache.tappa_vs_expected_attention": "expected_attention"}
 
 
 def _ci(x: np.ndarray) -> float:
@@ -126,7 +126,7 @@ def full_cache_accuracy(samples, task: str = "retrieval") -> float:
 
 def usable(samples) -> bool:
     """The registered gate: full-cache retrieval accuracy at seq_len >= the threshold of
-    `ch07.A_long_context_usable`."""
+    `kv_cache.A_long_context_usable`."""
     acc = full_cache_accuracy(samples)
     return bool(acc >= C.spec(USABLE_ID).threshold)
 
@@ -147,7 +147,7 @@ def kv_checks(samples, null_samples=None, seed: int = 0) -> list:
     sanity row, and measurements (reference vs proportional allocation, compression cost vs SnapKV).
 
     When the full cache cannot do the retrieval task (`usable` is False), every claim keeps its effect and interval
-    but gets p = NaN, so its status is "inconclusive" (the rule registered with `ch07.A_long_context_usable`).
+    but gets p = NaN, so its status is "inconclusive" (the rule registered with `kv_cache.A_long_context_usable`).
     """
     checks = [C.assumption(USABLE_ID, full_cache_accuracy(samples))]
     ok = usable(samples)
@@ -179,10 +179,10 @@ def kv_checks(samples, null_samples=None, seed: int = 0) -> list:
                 if len(adv[0]) != len(adv[1]):
                     continue
                 if len(adv[0]) < 2:
-                    checks.append(_one_sample("ch07.kv_win_over_null", adv[0] - adv[1], name))
+                    checks.append(_one_sample("kv_cache.kv_win_over_null", adv[0] - adv[1], name))
                     continue
                 r = S.paired_difference(adv[0], adv[1], seed=seed)
-                checks.append(C.claim("ch07.kv_win_over_null", r.estimate, ci=r.ci,
+                checks.append(C.claim("kv_cache.kv_win_over_null", r.estimate, ci=r.ci,
                                       p_value=r.p_value if ok else math.nan, name=name, note=gate))
     comp = samples[samples.method != "full"]
     if len(comp):

@@ -108,7 +108,7 @@ PATTERNED = "patterned_predictability"
 def with_patterned(heads: pd.DataFrame) -> pd.DataFrame:
     """The head table with `patterned_predictability` = predictability x concentration: 0 for uniform attention
     (which never moves, so its predictability is 1), high for a concentrated pattern that stays or moves one key
-    on (sink, diagonal), low for a jumping peak. Chapter 3's claims use it (see `claims`, ch03 block)."""
+    on (sink, diagonal), low for a jumping peak. Chapter 3's claims use it (see `claims`, the `predictable.` block)."""
     for c in ("predictability", "concentration"):
         if c not in heads.columns:
             raise KeyError(f"column {c!r} missing from the head table (use metrics.analyze_heads)")

@@ -4,7 +4,7 @@
     vs_null = evaluate.gains_vs_null(res, null_res, seed=cfg.seed)          # null: the same procedure on random weights
     checks = pruning_checks(res, sup, vs_null)
 
-Claims (`ch08.tappa_beats_shortgpt`, `ch08.gain_over_null`) come only from the calibration-chosen beta's sets that
+Claims (`pruning.tappa_beats_shortgpt`, `pruning.gain_over_null`) come only from the calibration-chosen beta's sets that
 differ from ShortGPT's; the paper's fixed betas are measurements (they were tuned for 7-8B models); sets identical to
 ShortGPT's are ties by construction, counted in one measurement row and never tested.
 """
@@ -41,23 +41,23 @@ def pruning_checks(res: PruneEvalResult, sup, vs_null, restored: tuple[float, fl
     b = res.best_beta
     for r in sup[sup.chosen & ~sup.tie].itertuples():
         checks.append(C.claim(
-            "ch08.tappa_beats_shortgpt", r.gain, ci=(r.ci_low, r.ci_high), p_value=_p(r.p_value),
+            "pruning.tappa_beats_shortgpt", r.gain, ci=(r.ci_low, r.ci_high), p_value=_p(r.p_value),
             name=f"TAPPA (β = {b:g}, chosen on calibration) vs ShortGPT, {_k(r.n_removed)}: loss gain (nats/token)",
             note=f"TAPPA removes {r.removed}, ShortGPT {r.baseline_removed}; {r.n_windows} windows"))
     if not checks:  # every comparison of the chosen beta is a tie (or beta 0): the claim has nothing to test
         checks.append(C.claim(
-            "ch08.tappa_beats_shortgpt", math.nan, ci=(math.nan, math.nan),
+            "pruning.tappa_beats_shortgpt", math.nan, ci=(math.nan, math.nan),
             name=f"TAPPA (β = {b:g}, chosen on calibration) vs ShortGPT: loss gain (nats/token)",
             note="not testable on this model: the chosen β removes the same layers as ShortGPT at every k"))
     for r in vs_null.itertuples():
         checks.append(C.claim(
-            "ch08.gain_over_null", r.diff, ci=(r.ci_low, r.ci_high), p_value=_p(r.p_value),
+            "pruning.gain_over_null", r.diff, ci=(r.ci_low, r.ci_high), p_value=_p(r.p_value),
             name=f"TAPPA's gain on the model minus on random weights, {_k(r.n_removed)} (nats/token)",
             note=f"gain {fmt(r.gain)} on the model, {fmt(r.gain_null)} on random weights"
                  + (" (the null's chosen order removed ShortGPT's layers)" if r.null_tie else "")))
-    if not any(c.id == "ch08.gain_over_null" for c in checks):
+    if not any(c.id == "pruning.gain_over_null" for c in checks):
         checks.append(C.claim(
-            "ch08.gain_over_null", math.nan, ci=(math.nan, math.nan),
+            "pruning.gain_over_null", math.nan, ci=(math.nan, math.nan),
             name="TAPPA's gain on the model minus on random weights (nats/token)",
             note="not testable on this model: no comparison of the chosen β differs from ShortGPT"))
     for r in sup[~sup.chosen & ~sup.tie].itertuples():

@@ -178,8 +178,8 @@ def render_markdown(card: dict[str, Any]) -> str:
         vals = [get(t), get(r)] + ([get(prev["trained"])] if prev else [])
         L += [f"| {label} | " + " | ".join(_f(v) for v in vals) + " |"]
     L += ["", "## Targets", "",
-          "Goals fixed before training (registered as assumptions `ch01.T_*` in `tappa_utils.claims`: the later "
-          "chapters presuppose them); *met* when the measured value satisfies the registered threshold.", "",
+          "Goals fixed before training (registered as assumptions `default_model.T_*` in `tappa_utils.claims`: the "
+          "later chapters presuppose them); *met* when the measured value satisfies the registered threshold.", "",
           "| target | wanted | measured | met |" + (f" {pl} |" if prev else "") + " note |",
           "|---|---|---|---|" + ("---|" if prev else "") + "---|"]
     old = _previous_targets(prev)

@@ -5,9 +5,10 @@ random_weight_copy`), so every number on the card has its null beside it.
 
 The targets are goals the training of tappa-tiny was set before it ran (issue 13): at least 2 sink heads outside
 layer 0, at least 4 diagonal heads, a copy ratio <= 0.5, a within-layer q-sim / predictability Spearman >= 0.5.
-They are registered as *assumptions* of the book (`claims.SPECS`, ids ``ch01.T_*``: the later chapters presuppose
-a model with sinks, diagonals and copying), so their thresholds live in the registry, not here, and their status is
-"holds" (target met) or "violated" (missed). They are not claims of the paper and never count as evidence for it.
+They are registered as *assumptions* of the book (`claims.SPECS`, ids ``default_model.T_*``: the later chapters
+presuppose a model with sinks, diagonals and copying), so their thresholds live in the registry, not here, and
+their status is "holds" (target met) or "violated" (missed). They are not claims of the paper and never count as
+evidence for it.
 """
 from __future__ import annotations
 
@@ -44,7 +45,8 @@ class CardConfig:
     diag_threshold: float = 0.3  # mass at one offset (metrics.profile_length) from which a head is diagonal
 
 
-TARGET_IDS = ("ch01.T_sink_heads", "ch01.T_diagonal_heads", "ch01.T_qsim_predictability", "ch01.T_copying")
+TARGET_IDS = ("default_model.T_sink_heads", "default_model.T_diagonal_heads", "default_model.T_qsim_predictability",
+              "default_model.T_copying")
 
 
 @torch.no_grad()
@@ -152,24 +154,24 @@ def targets(trained: dict[str, Any], null: dict[str, Any], cfg: CardConfig) -> l
     random-weight null's value is in each row's note. Status "holds" = target met, "violated" = missed (NaN too)."""
     t, n = trained, null
     if (cfg.sink_threshold, cfg.diag_threshold) != (0.3, 0.3):
-        raise ValueError("the registered targets (claims ch01.T_*) count heads with mass >= 0.3; a CardConfig "
+        raise ValueError("the registered targets (claims default_model.T_*) count heads with mass >= 0.3; a CardConfig "
                          f"with sink_threshold={cfg.sink_threshold}, diag_threshold={cfg.diag_threshold} would "
                          "change them after the fact: keep 0.3 or register new targets")
     if cfg.qsim_column != "q_sim_consecutive_pre":
-        raise ValueError(f"the registered target ch01.T_qsim_predictability is about q_sim_consecutive_pre, not "
-                         f"{cfg.qsim_column}")
+        raise ValueError("the registered target default_model.T_qsim_predictability is about q_sim_consecutive_pre, "
+                         f"not {cfg.qsim_column}")
     th, nh = t["heads"], n["heads"]
     return [
-        claims.assumption("ch01.T_sink_heads", th["sink_heads_outside_layer0"],
+        claims.assumption("default_model.T_sink_heads", th["sink_heads_outside_layer0"],
                           name=f"sink heads outside layer 0 (first-token mass >= {cfg.sink_threshold:.2f})",
                           note=f"random weights: {nh['sink_heads_outside_layer0']}"),
-        claims.assumption("ch01.T_diagonal_heads", th["diagonal_heads"],
+        claims.assumption("default_model.T_diagonal_heads", th["diagonal_heads"],
                           name=f"diagonal heads (mass >= {cfg.diag_threshold:.2f} at one offset)",
                           note=f"random weights: {nh['diagonal_heads']}"),
-        claims.assumption("ch01.T_qsim_predictability", th["spearman_qsim_predictability"],
+        claims.assumption("default_model.T_qsim_predictability", th["spearman_qsim_predictability"],
                           name=f"within-layer Spearman({cfg.qsim_column}, predictability)",
                           note=f"random weights: {_num(nh['spearman_qsim_predictability'])}"),
-        claims.assumption("ch01.T_copying", t["copy"]["copy_ratio"],
+        claims.assumption("default_model.T_copying", t["copy"]["copy_ratio"],
                           name="copy test: second / first occurrence loss",
                           note=f"random weights: {_num(n['copy']['copy_ratio'])}"),
     ]

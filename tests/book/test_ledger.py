@@ -28,17 +28,17 @@ def results(tmp_path) -> Path:
     04: ran, with an assumption only; 05, 06, 08: no results at all."""
     r = tmp_path / "results"
     _chapter(r, "03_predictable", [
-        C.claim("ch03.qsim_predictability_corr", 0.5, ci=(0.3, 0.7), p_value=0.001),
-        C.claim("ch03.trained_beats_null", -0.2, ci=(-0.3, -0.1), p_value=0.9),
-        C.claim("ch03.necessity", 0.75, ci=(0.5, 0.9), p_value=0.01),
-        C.assumption("ch03.A_query_not_orthogonal", 0.3),
+        C.claim("predictable.qsim_predictability_corr", 0.5, ci=(0.3, 0.7), p_value=0.001),
+        C.claim("predictable.trained_beats_null", -0.2, ci=(-0.3, -0.1), p_value=0.9),
+        C.claim("predictable.necessity", 0.75, ci=(0.5, 0.9), p_value=0.01),
+        C.assumption("predictable.A_query_not_orthogonal", 0.3),
         C.measurement("heads", 24)])
     _chapter(r, "07_kv_cache", [
-        C.claim("ch07.tappa_vs_uniform_budgets", 0.05, ci=(0.02, 0.08), p_value=0.01,
+        C.claim("kv_cache.tappa_vs_uniform_budgets", 0.05, ci=(0.02, 0.08), p_value=0.01,
                 name="TAPPA vs uniform budgets at 25 %"),
-        C.claim("ch07.tappa_vs_uniform_budgets", -0.05, ci=(-0.08, -0.02), p_value=0.01,
+        C.claim("kv_cache.tappa_vs_uniform_budgets", -0.05, ci=(-0.08, -0.02), p_value=0.01,
                 name="TAPPA vs uniform budgets at 50 %")])
-    _chapter(r, "04_sinks", [C.assumption("ch04.V1_query_continuity", 0.2)])
+    _chapter(r, "04_sinks", [C.assumption("sinks.V1_query_continuity", 0.2)])
     return r
 
 
@@ -72,24 +72,24 @@ def test_ledger_rows_statuses_and_header(results):
     def row(claim_id: str) -> str:
         return rows[" ".join(C.spec(claim_id).statement.split())]
 
-    assert "✔ supported" in row("ch03.qsim_predictability_corr") and "0.5 [0.3, 0.7], p = 0.001" in \
-        row("ch03.qsim_predictability_corr")
-    assert "✘ not supported" in row("ch03.trained_beats_null")
-    assert "? inconclusive" in row("ch03.necessity")  # ci low end 0.5 does not clear 0.5 + 0.2
+    assert "✔ supported" in row("predictable.qsim_predictability_corr") and "0.5 [0.3, 0.7], p = 0.001" in \
+        row("predictable.qsim_predictability_corr")
+    assert "✘ not supported" in row("predictable.trained_beats_null")
+    assert "? inconclusive" in row("predictable.necessity")  # ci low end 0.5 does not clear 0.5 + 0.2
     # one claim checked at two budgets: a combined status, then one labelled row per check, and the rule below
-    assert "| ✔✘ mixed (1 supported, 1 not supported) | 2 checks ↓ |" in row("ch07.tappa_vs_uniform_budgets")
+    assert "| ✔✘ mixed (1 supported, 1 not supported) | 2 checks ↓ |" in row("kv_cache.tappa_vs_uniform_budgets")
     assert "|  | ↳ 25 % |  | ✔ supported | 0.05 [0.02, 0.08], p = 0.01 |  |  |" in text
     assert "|  | ↳ 50 % |  | ✘ not supported | -0.05 [-0.08, -0.02], p = 0.01 |  |  |" in text
     assert "one combined status: supported when every check is supported" in text
     assert '<div style="overflow-x:auto">' in text  # the wide table scrolls in its own box
     assert not re.search(r"\b(?:nan|NaN|None)\b", text)
-    assert "not tested (the chapter ran without it)" in row("ch03.jump_proposition")
-    assert "not tested" in row("ch04.sinks_above_null")  # ch04 ran but wrote no claim
-    assert "| 08 |" in row("ch08.tappa_beats_shortgpt") and "not run" in row("ch08.tappa_beats_shortgpt")
-    assert row("ch03.qsim_predictability_corr").startswith("| {doc}`03 <../executed/03_predictable>` |")
-    assert row("ch07.tappa_vs_uniform_budgets").startswith("| 07 |")  # not rendered in this book: named, not linked
+    assert "not tested (the chapter ran without it)" in row("predictable.jump_proposition")
+    assert "not tested" in row("sinks.sinks_above_null")  # ch04 ran but wrote no claim
+    assert "| 08 |" in row("pruning.tappa_beats_shortgpt") and "not run" in row("pruning.tappa_beats_shortgpt")
+    assert row("predictable.qsim_predictability_corr").startswith("| {doc}`03 <../executed/03_predictable>` |")
+    assert row("kv_cache.tappa_vs_uniform_budgets").startswith("| 07 |")  # not rendered in this book: named, not linked
     # the assumption behind the supported claim, with its status and value
-    assert "`ch03.A_query_not_orthogonal` (holds, 0.3)" in row("ch03.qsim_predictability_corr")
+    assert "`predictable.A_query_not_orthogonal` (holds, 0.3)" in row("predictable.qsim_predictability_corr")
 
     n_run = len(claims) - 4  # four claims above have a verdict
     assert f"**{len(claims)} claims:** 1 supported, 1 not supported, 1 inconclusive, 1 mixed, {n_run} not run." \
@@ -101,10 +101,10 @@ def test_ledger_rows_statuses_and_header(results):
 def test_untestable_claim_shows_a_dash_and_its_meaning(results):
     """A claim measured as NaN (not testable on this model) shows a dash, explained under the table, never 'nan'."""
     nan = float("nan")
-    _chapter(results, "05_diagonal", [C.claim("ch05.natural_periodic_diagonals", nan, ci=(nan, nan),
+    _chapter(results, "05_diagonal", [C.claim("diagonal.natural_periodic_diagonals", nan, ci=(nan, nan),
                                               note="not testable here")])
     text = book.ledger_markdown(book.read_results(results, STEMS))
-    row = _rows(text)[re.sub(r"\s+", " ", C.spec("ch05.natural_periodic_diagonals").statement)]
+    row = _rows(text)[re.sub(r"\s+", " ", C.spec("diagonal.natural_periodic_diagonals").statement)]
     assert _cells(row)[3:5] == ["? inconclusive", "–"]
     assert "\n– : no value (not measured" in text
     assert not re.search(r"\b(?:nan|NaN|None)\b", text)
@@ -112,7 +112,7 @@ def test_untestable_claim_shows_a_dash_and_its_meaning(results):
 
 def test_ledger_counts_follow_the_results(results):
     """Re-measuring one claim changes its row and the header's counts (nothing is typed in)."""
-    _chapter(results, "08_pruning", [C.claim("ch08.tappa_beats_shortgpt", 0.1, ci=(0.05, 0.15), p_value=0.001)])
+    _chapter(results, "08_pruning", [C.claim("pruning.tappa_beats_shortgpt", 0.1, ci=(0.05, 0.15), p_value=0.001)])
     text = book.ledger_markdown(book.read_results(results, STEMS))
     assert ":** 2 supported, 1 not supported" in text
     assert "`08_pruning`" not in text

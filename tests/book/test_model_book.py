@@ -82,7 +82,7 @@ def test_model_book_renders_in_its_own_folder(tmp_path):
         _chapter(out / "book" / "executed" / f"{stem}.ipynb", title)
     (out / "results" / "03_predictable").mkdir(parents=True)
     save_checks(out / "results" / "03_predictable",
-                [C.claim("ch03.trained_beats_null", -0.2, ci=(-0.3, -0.1), p_value=0.9)])
+                [C.claim("predictable.trained_beats_null", -0.2, ci=(-0.3, -0.1), p_value=0.9)])
     save_run_info(out / "results" / "03_predictable", {"model": MODEL})
 
     index = book.build(root, skip_execute=True, out=out, options=book.RunOptions(MODEL))

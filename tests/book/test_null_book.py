@@ -19,19 +19,19 @@ ROOT = Path(__file__).resolve().parents[2]
 
 # claims that hold for any weights, with the reason; everything else registered is about trained structure
 NOT_ABOUT_TRAINING = {
-    "ch03.jump_proposition": "Proposition 1's inequality with c1, c2 calibrated on the same model: it holds "
+    "predictable.jump_proposition": "Proposition 1's inequality with c1, c2 calibrated on the same model: it holds "
                              "out of sample for any weights (a property of the bound, not of training)",
-    "ch03.query_logit_jump_corr": "Proposition 1's mechanism: a larger query step moves the logits more, for any "
-                                  "weights",
-    "ch05.intervention_interval": "an intervention: scaling channel m in q and k makes it dominant, so the "
+    "predictable.query_logit_jump_corr": "Proposition 1's mechanism: a larger query step moves the logits more, "
+                                         "for any weights",
+    "diagonal.intervention_interval": "an intervention: scaling channel m in q and k makes it dominant, so the "
                                   "diagonals' period 2 pi / theta_m comes from RoPE on any weights",
-    "ch06.paper_bound_holds": "a theorem's bound checked numerically: true for any weights",
-    "ch06.resonance_helps": "RoPE resonance on a periodic input: the mismatch |delta| is a property of the "
+    "seasonal.paper_bound_holds": "a theorem's bound checked numerically: true for any weights",
+    "seasonal.resonance_helps": "RoPE resonance on a periodic input: the mismatch |delta| is a property of the "
                             "rotation, for any queries that repeat with the input",
 }
 # what the issue names as trained structure: never exempt (rename here if a chapter renames its claim)
-NAMED_TRAINED = ("ch03.trained_beats_null", "ch04.sinks_above_null", "ch05.diagonals_above_null",
-                 "ch05.natural_periodic_diagonals", "ch07.kv_win_over_null", "ch08.tappa_beats_shortgpt")
+NAMED_TRAINED = ("predictable.trained_beats_null", "sinks.sinks_above_null", "diagonal.diagonals_above_null",
+                 "diagonal.natural_periodic_diagonals", "kv_cache.kv_win_over_null", "pruning.tappa_beats_shortgpt")
 
 CLAIMS = [s for s in C.SPECS if s.kind == "claim"]
 TRAINED = [s.id for s in CLAIMS if s.id not in NOT_ABOUT_TRAINING]
@@ -79,8 +79,9 @@ def test_side_by_side_table(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     for folder, ci in ((a, (0.3, 0.7)), (b, (-0.1, 0.2))):
         (folder / "03_predictable").mkdir(parents=True)
-        save_checks(folder / "03_predictable", [C.claim("ch03.qsim_predictability_corr", 0.5, ci=ci, p_value=0.01)])
+        save_checks(folder / "03_predictable",
+                    [C.claim("predictable.qsim_predictability_corr", 0.5, ci=ci, p_value=0.01)])
     table = nullbook.side_by_side({"tappa-tiny": a, "random:tappa-tiny": b}, ["03_predictable", "04_sinks"])
-    assert "| `ch03.qsim_predictability_corr` | supported | inconclusive |" in table
-    assert "| `ch04.sinks_above_null` | not run | not run |" in table
-    assert "ch05." not in table
+    assert "| `predictable.qsim_predictability_corr` | supported | inconclusive |" in table
+    assert "| `sinks.sinks_above_null` | not run | not run |" in table
+    assert "diagonal." not in table

@@ -160,11 +160,11 @@ def test_pruning_claims_from_chosen_beta_only_and_registered_margin():
     no_null = pd.DataFrame(columns=["n_removed", "gain", "gain_null", "diff", "ci_low", "ci_high", "p_value",
                                     "null_tie", "n_windows"])
     checks = K.pruning_checks(res, sup, no_null)
-    claims = [c for c in checks if c.kind == "claim" and c.id == "ch08.tappa_beats_shortgpt"]
+    claims = [c for c in checks if c.kind == "claim" and c.id == "pruning.tappa_beats_shortgpt"]
     assert len(claims) == 1  # only the chosen beta makes a claim
-    null_rows = [c for c in checks if c.id == "ch08.gain_over_null"]
+    null_rows = [c for c in checks if c.id == "pruning.gain_over_null"]
     assert len(null_rows) == 1 and null_rows[0].status == "inconclusive"  # no null comparison given: not testable
-    assert claims[0].tolerance == C.spec("ch08.tappa_beats_shortgpt").margin == 0.02
+    assert claims[0].tolerance == C.spec("pruning.tappa_beats_shortgpt").margin == 0.02
     # significant (p < 0.05) but 0.01 nats/token does not clear the 0.02 margin: superiority is not shown
     assert claims[0].p_value < 0.05 and claims[0].status == "not supported"
     # the paper's beta (not chosen) gains 0.5 but is only a measurement
@@ -208,7 +208,7 @@ def test_gains_vs_null_and_its_claim(default_model):
         assert r.diff == pytest.approx((g - g0).mean())
     checks = K.pruning_checks(res, sup, vs, restored=(before, before), qsim_null=null.scores.qsim)
     ids = [c.id for c in checks if c.kind == "claim"]
-    assert ids.count("ch08.gain_over_null") == len(vs) and ids.count("ch08.tappa_beats_shortgpt") == len(tested)
+    assert ids.count("pruning.gain_over_null") == len(vs) and ids.count("pruning.tappa_beats_shortgpt") == len(tested)
 
 
 def test_config_validation(tmp_path):
@@ -332,7 +332,7 @@ def test_untestable_pruning_claims_are_recorded_inconclusive():
                         "ci_high": [0.0], "p_value": [1.0], "removed": [[1]], "baseline_removed": [[1]],
                         "n_windows": [4], "methods": ["TAPPA"]})
     rows = {c.id: c for c in pruning_checks(Res(), sup, pd.DataFrame(columns=["diff"])) if c.kind == "claim"}
-    assert set(rows) == {"ch08.tappa_beats_shortgpt", "ch08.gain_over_null"}
+    assert set(rows) == {"pruning.tappa_beats_shortgpt", "pruning.gain_over_null"}
     assert all(c.status == "inconclusive" for c in rows.values())
 
 

@@ -93,8 +93,8 @@ def test_card_numbers_agree_with_an_independent_computation(card_dir):
                                             else t["measured"] <= s.threshold)
         assert t["passed"] is ok and t["status"] == ("holds" if ok else "violated")
     by_id = {t["id"]: t for t in card["targets"]}
-    assert by_id["ch01.T_copying"]["measured"] == card["trained"]["copy"]["copy_ratio"]
-    assert by_id["ch01.T_diagonal_heads"]["measured"] == int((diag.max(1) >= 0.3).sum())
+    assert by_id["default_model.T_copying"]["measured"] == card["trained"]["copy"]["copy_ratio"]
+    assert by_id["default_model.T_diagonal_heads"]["measured"] == int((diag.max(1) >= 0.3).sum())
 
     md = (card_dir / "MODEL_CARD.md").read_text()
     assert f"{card['architecture']['parameters']:,} parameters" in md
@@ -115,7 +115,7 @@ def test_card_keeps_the_previous_versions_figures(card_dir):
     assert f"{p['copy']['copy_ratio']:.3f}" in md
     assert f"## Previous version: {prev['label']}" in md
     assert f"| tokens seen | {card['training']['tokens_seen']:,} | {prev['training']['tokens_seen']:,} |" in md
-    prev_sink = next(x for x in prev["targets"] if x["id"] == "ch01.T_sink_heads")
+    prev_sink = next(x for x in prev["targets"] if x["id"] == "default_model.T_sink_heads")
     sink_row = next(line for line in md.splitlines() if line.startswith("| sink heads outside layer 0 (first-token"))
     assert f"{mc._f(prev_sink['measured'])} ({'met' if prev_sink['passed'] else 'missed'})" in sink_row
     # the frozen file is a frozen card, and a non-card file is refused with a clear error
