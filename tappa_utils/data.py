@@ -64,6 +64,16 @@ def default_text_kind(model=None) -> str:
     return "english"
 
 
+CODE_PROMPTS = ("def __init__(self, ", "import os\nimport ", "    for i in range(")
+ENGLISH_PROMPTS = ("The capital of France is", "A list in Python is", "The function returns")
+
+
+def default_prompts(model=None) -> tuple[str, ...]:
+    """Prompts for continuations in the text the model reads (`default_text_kind`): code for tappa-tiny, English
+    otherwise."""
+    return CODE_PROMPTS if default_text_kind(model) == "code" else ENGLISH_PROMPTS
+
+
 def load_text(text: str | None = None, text_file: str | Path | None = None, model=None) -> str:
     """`text` if given, else the contents of `text_file`, else the built-in text for `model` (`default_text_kind`:
     the held-out code sample for tappa-tiny or when no model is named, held-out English otherwise). Empty text is an

@@ -41,3 +41,13 @@ def test_real_models_calibrate_on_english_never_on_held_out_text():
     assert not {p for p in cal.split("\n\n") if len(p) > 80} & held
     tiny = calibration_text(n_bytes=5000, model="tappa-tiny")
     assert len(tiny) <= 5000 and tiny not in data.HELDOUT_SAMPLE.read_text(encoding="utf-8")
+
+
+def test_default_prompts_follow_the_models_text():
+    """tappa-tiny (trained on code) continues code; a real English model continues English."""
+    from tappa_utils.data import default_prompts
+
+    assert any("def " in p for p in default_prompts("tappa-tiny"))
+    assert default_prompts("random:tappa-tiny") == default_prompts("tappa-tiny")
+    english = default_prompts("smollm2-135m")
+    assert english != default_prompts("tappa-tiny") and all(p[0].isupper() for p in english)

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from ..preflight import UsageError, check_device, check_dtype, check_model, check_out_dir, check_positive, run_cli
 from . import html_check, lab
+from .columns import column_books
 from .execute import execute_chapters
 from .layout import RESULTS_DIR, BookError, chapter_stems, existing_chapters, find_root, notebook_path
 from .ledger import default_ledger_path, write_ledger
@@ -91,7 +92,7 @@ def run_build(args: argparse.Namespace, root: Path) -> int:
         check_positive(args.jobs, "--jobs (JOBS)")
     build(root, only=args.only, skip_execute=args.skip_execute, timeout=args.timeout,
           check=not args.no_check, browser_check=args.browser_check, out=args.out, options=options,
-          jobs=args.jobs, smoke=args.smoke)
+          jobs=args.jobs, smoke=args.smoke, columns=not args.no_columns)
     return 0
 
 
@@ -113,8 +114,16 @@ def run_null(args: argparse.Namespace, root: Path) -> int:
 def run_ledger(args: argparse.Namespace, root: Path) -> int:
     """`ledger`: write every claim's verdict from existing results; prints the page's path."""
     results = Path(args.results) if args.results else root / RESULTS_DIR
+    others = {}
+    for spec in args.book:
+        label, sep, folder = spec.partition("=")
+        if not sep or not label or not folder:
+            raise UsageError(f"--book {spec!r}: give LABEL=DIR, e.g. --book qwen=books/qwen/results")
+        others[label] = Path(folder)
+    if not args.book and not args.results:
+        others = column_books(root)
     print(write_ledger(results, existing_chapters(root, warn=False),
-                       Path(args.output) if args.output else default_ledger_path(root)))
+                       Path(args.output) if args.output else default_ledger_path(root), others=others))
     return 0
 
 

@@ -65,8 +65,57 @@ def ledger_row_status(status: str) -> str:
     return combined_status(p.strip() for p in status.split(";"))
 
 
+def book_model(chapters: dict[str, ChapterResults], fallback: str | None = None) -> str:
+    """The label of the model a book's chapters ran on (the most frequent one recorded), else `fallback`'s."""
+    models = Counter(model_label(ch.model) for ch in chapters.values() if ch.rows is not None and ch.model)
+    if models:
+        return models.most_common(1)[0][0]
+    return model_label(fallback) if fallback else "unknown model"
+
+
+def model_cell(row: dict[str, Any]) -> str:
+    """One model's verdict on a claim for the across-models table: status, then its effect (one check) or how its
+    checks came out (several)."""
+    from .. import verdicts as V
+
+    status = V.status_text(row["combined"])
+    if row["combined"] == "not run":
+        return status
+    if row["checks"]:
+        counts = Counter(c["status"] for c in row["checks"])
+        return f"{status} ({', '.join(f'{n} {s}' for s, n in counts.items())} of {len(row['checks'])} checks)"
+    return f"{status}: {row['effect']}"
+
+
+def across_models(books: dict[str, dict[str, ChapterResults]]) -> str:
+    """The ledger's first table: each registered claim (rows) with its verdict and effect [interval] on each book's
+    model (columns, in the order given), and a line of counts per model above it."""
+    from .. import verdicts as V
+
+    rows = {label: {r["id"]: r for r in V.ledger_rows({s: ch.rows for s, ch in chapters.items()
+                                                        if ch.rows is not None})}
+            for label, chapters in books.items()}
+    names = {label: f"{label} ({book_model(chapters)})" if book_model(chapters) != label else label
+             for label, chapters in books.items()}
+    out = []
+    for label in books:
+        counts = Counter(r["combined"] for r in rows[label].values())
+        out.append(f"- **{names[label]}:** " + ", ".join(f"{counts.get(s, 0)} {s}" for s in STATUSES
+                                                        if s != "mixed" or counts.get(s)) + ".")
+    first = next(iter(rows.values()))
+    table = [{"claim": T.Md(f"`{cid}`"), "statement": r["statement"],
+              **{label: model_cell(rows[label][cid]) for label in books}} for cid, r in first.items()]
+    columns = {"claim": "claim", "statement": "statement", **{label: names[label] for label in books}}
+    differ = [cid for cid in first if len({rows[label][cid]["combined"] for label in books
+                                           if rows[label][cid]["combined"] != "not run"}) > 1]
+    out += ["", T.markdown_table(table, columns), ""]
+    out.append(f"**Verdicts that differ between models:** {len(differ)}"
+               + (f" ({', '.join(f'`{c}`' for c in differ)})." if differ else "."))
+    return "\n".join(out) + "\n"
+
+
 def ledger_markdown(chapters: dict[str, ChapterResults], linked: set[str] | None = None,
-                    model: str | None = None) -> str:
+                    model: str | None = None, others: dict[str, dict[str, ChapterResults]] | None = None) -> str:
     """The ledger page: a header naming the model and counting the claims by status, then one row per claim.
 
     Parameters
@@ -77,6 +126,9 @@ def ledger_markdown(chapters: dict[str, ChapterResults], linked: set[str] | None
         Stems whose executed page is in the same book (linked with `{doc}`); the others are named only.
     model
         The model to name when no chapter recorded one (e.g. a book whose chapters all failed).
+    others
+        Other books' results by label (e.g. tappa-tiny and its random-weight null): they get a column each in the
+        across-models table at the top; the detailed table below is this book's.
     """
     from .. import claims as C
     from .. import verdicts as V
@@ -98,6 +150,14 @@ def ledger_markdown(chapters: dict[str, ChapterResults], linked: set[str] | None
                                     "chapter(s))" if len(models) > 1 else "") + ".", "",
            f"**{len(rows)} claims:** " + ", ".join(f"{counts.get(s, 0)} {s}" for s in STATUSES
                                                   if s != "mixed" or counts.get(s)) + ".", ""]
+    if others:
+        books = {book_model(chapters, model): chapters, **others}
+        out += ["## Across models", "",
+                "The same registered claims, with the same thresholds, on each model: this book's model, the other "
+                "books' (run by `make book` with each chapter's `tappa.tiny` sizes; `python -m tappa_utils.book "
+                "ledger --book LABEL=DIR` adds any book). A claim about trained structure that is *supported* on the "
+                "random-weight null is a test that cannot fail, not a finding.", "",
+                across_models(books), f"## On {title}", ""]
     problems = [p for ch in chapters.values() for p in ch.problems]
     if problems:
         out += ["**Unreadable results:** " + "; ".join(problems) + ".", ""]
@@ -134,14 +194,69 @@ def ledger_markdown(chapters: dict[str, ChapterResults], linked: set[str] | None
     return "\n".join(out) + "\n"
 
 
+FINDINGS_START = "<!-- findings:start (generated by `make book` from the chapters' results; do not edit) -->"
+FINDINGS_END = "<!-- findings:end -->"
+
+
+def findings_markdown(books: dict[str, dict[str, ChapterResults]], titles: dict[str, str]) -> str:
+    """What the book found, for the README: the ledger's counts per model, then one line per claim chapter naming
+    its claims by verdict on each model (`titles`: chapter stem -> its title)."""
+    from .. import claims as C
+    from .. import verdicts as V
+
+    rows = {label: {r["id"]: r for r in V.ledger_rows({s: ch.rows for s, ch in chapters.items()
+                                                        if ch.rows is not None})}
+            for label, chapters in books.items()}
+    names = {label: book_model(chapters) for label, chapters in books.items()}
+    out = []
+    for label in books:
+        counts = Counter(r["combined"] for r in rows[label].values())
+        out.append(f"- **{names[label]}:** " + ", ".join(f"{counts.get(s, 0)} {s}" for s in STATUSES
+                                                        if s != "mixed" or counts.get(s))
+                   + f" of {len(rows[label])} registered claims.")
+    out.append("")
+    for stem, title in titles.items():
+        ids = [s.id for s in C.SPECS if s.kind == "claim" and s.chapter == stem]
+        if not ids:
+            continue
+        parts = []
+        for label in books:
+            got = Counter(rows[label][i]["combined"] for i in ids)
+            if set(got) == {"not run"}:
+                continue
+            supported = [i.split(".", 1)[1] for i in ids if rows[label][i]["combined"] == "supported"]
+            parts.append(f"{names[label]} {got.get('supported', 0)}/{len(ids)} supported"
+                         + (f" ({', '.join(supported)})" if supported else ""))
+        out.append(f"- **{title}:** " + ("; ".join(parts) if parts else "not run") + ".")
+    return "\n".join(out) + "\n"
+
+
+def update_readme_findings(readme: Path, block: str) -> bool:
+    """Replace the text between the README's findings markers with `block` (atomically); False when unchanged.
+    BookError when the markers are missing."""
+    from .layout import BookError
+
+    text = readme.read_text()
+    if FINDINGS_START not in text or FINDINGS_END not in text:
+        raise BookError(f"{readme.name} lacks the findings markers ({FINDINGS_START!r} ... {FINDINGS_END!r})")
+    head, rest = text.split(FINDINGS_START, 1)
+    new = f"{head}{FINDINGS_START}\n{block}{FINDINGS_END}{rest.split(FINDINGS_END, 1)[1]}"
+    if new == text:
+        return False
+    atomic_write_text(readme, new)
+    return True
+
+
 def linked_chapters(ledger_path: Path, stems: list[str]) -> set[str]:
     """Stems whose executed notebook sits beside the ledger's folder (`../executed/<stem>.ipynb`)."""
     executed = ledger_path.parent.parent / Path(EXECUTED_DIR).name
     return {s for s in stems if (executed / f"{s}.ipynb").is_file()}
 
 
-def write_ledger(results: str | Path, stems: list[str], path: str | Path, model: str | None = None) -> Path:
-    """Write the ledger of the chapters `stems` from `results/<stem>/` to `path`; the path.
+def write_ledger(results: str | Path, stems: list[str], path: str | Path, model: str | None = None,
+                 others: dict[str, str | Path] | None = None) -> Path:
+    """Write the ledger of the chapters `stems` from `results/<stem>/` to `path`, with a column for each of
+    `others` ({label: results folder}); the path.
 
     A missing results folder or an `path` that is a folder is a `UsageError` (one line; exit status 2 from the
     book's command line), raised before anything is written."""
@@ -155,8 +270,14 @@ def write_ledger(results: str | Path, stems: list[str], path: str | Path, model:
         raise UsageError(f"--results {results} is a file, not a folder of chapter results; pass --results DIR")
     if path.is_dir():
         raise UsageError(f"--output {path} is a folder; give the ledger's file name (e.g. {path / 'ledger.md'})")
+    for label, folder in (others or {}).items():
+        if not Path(folder).is_dir():
+            raise UsageError(f"--book {label}={folder}: no such folder of chapter results; build that book first "
+                             "(make book MODEL=... OUT=...) and pass its results folder")
     chapters = read_results(results, stems)
-    return atomic_write_text(path, ledger_markdown(chapters, linked_chapters(path, stems), model=model))
+    extra = {label: read_results(folder, stems) for label, folder in (others or {}).items()}
+    return atomic_write_text(path, ledger_markdown(chapters, linked_chapters(path, stems), model=model,
+                                                   others=extra or None))
 
 
 def default_ledger_path(root: Path | None = None) -> Path:

@@ -27,6 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run every chapter on its small parameters (notebook metadata tappa.smoke): a quick complete "
                         "book, e.g. to try a model or device first (make book SMOKE=1)")
     b.add_argument("--no-check", action="store_true", help="do not check the rendered HTML (see check-html)")
+    b.add_argument("--no-columns", action="store_true",
+                   help="skip the ledger's tappa-tiny and random-weight columns (the default book runs its claim "
+                        "chapters on both, with each notebook's tappa.tiny sizes)")
     b.add_argument("--browser-check", action="store_true",
                    help="also check the maths as MathJax renders it, in headless Chromium (check-html --browser)")
     b.add_argument("--model", help="run every chapter on this model (hub id, local folder, tappa-tiny or "
@@ -46,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("ledger", help="write the ledger (every claim's verdict) from existing chapter results")
     g.add_argument("--results", metavar="DIR", help=f"the chapters' result folders (default: {RESULTS_DIR})")
     g.add_argument("--output", metavar="FILE", help="where to write it (default: book/generated/ledger.md)")
+    g.add_argument("--book", action="append", default=[], metavar="LABEL=DIR",
+                   help="another book's results as a column of the ledger (repeatable), e.g. "
+                        "--book qwen=books/qwen/results (default: the ledger columns of make book, if run)")
     c = sub.add_parser("check-html", help="check the rendered book: raw TeX, MathJax errors, tracebacks, warnings, "
                                           "absolute paths, missing images and figures, over-wide tables/formulas")
     html_check.add_arguments(c)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import html_check
+from .columns import column_books, run_columns
 from .execute import execute_chapters
 from .layout import (
     EXECUTED_DIR,
@@ -137,9 +138,12 @@ def default_jobs(target: Target) -> int:
 def build(root: Path | None = None, only: list[str] | None = None, skip_execute: bool = False,
           timeout: int | None = None, check: bool = True, browser_check: bool = False,
           out: str | Path | None = None, options: RunOptions | None = None, jobs: int | None = None,
-          smoke: bool = False) -> Path:
+          smoke: bool = False, columns: bool = True) -> Path:
     """Execute the chapters, write the reference page, the ledger and the effective toc, render the HTML, check
     it; the index.
+
+    The default book also runs the ledger's other columns (`columns`: the claim chapters on tappa-tiny and on
+    its random-weight null, see `book.columns`) and writes what it found into README.md's findings block.
 
     `out` (with `options.model`): build another model's book entirely under that folder (see `Target`). `jobs`:
     chapters executed at once (default `default_jobs`). `smoke`: every chapter on its small parameters (notebook
@@ -170,12 +174,17 @@ def build(root: Path | None = None, only: list[str] | None = None, skip_execute:
                                     chapter_parameters=per_chapter)
         if failures:
             raise BookError(f"{len(failures)} notebook(s) failed:\n" + "\n".join(f.describe() for f in failures))
+        if columns and target.out is None:
+            run_ledger_columns(root, to_run, timeout, jobs if jobs is not None else default_jobs(target))
     rendered = [s for s in stems if (target.executed / f"{s}.ipynb").exists()]
     for s in sorted(set(stems) - set(rendered)):
         print(f"warning: {EXECUTED_DIR}/{s}.ipynb has not been executed: left out of the book", file=sys.stderr)
     t0 = time.time()
     write_reference(root, target.generated / "reference.md")
-    write_ledger(target.results, stems, target.generated / "ledger.md", model=options.model)
+    others = column_books(root) if target.out is None and columns else {}
+    write_ledger(target.results, stems, target.generated / "ledger.md", model=options.model, others=others)
+    if target.out is None and not smoke:
+        write_findings(root, stems, others)
     print(f"reference and ledger written in {time.time() - t0:.0f} s", flush=True)
     toc = write_effective_toc(root, rendered, base=target.base)
     index = render_html(root, toc, source=target.base)
@@ -188,6 +197,31 @@ def build(root: Path | None = None, only: list[str] | None = None, skip_execute:
             raise BookError(f"the rendered book has {len(problems)} problem(s), listed above (page: rule: detail); "
                             f"fix them at their cause (rules: tappa_utils/book/html_check.py)")
     return index
+
+
+def run_ledger_columns(root: Path, stems: list[str], timeout: int | None, jobs: int) -> None:
+    """Run the claim chapters among `stems` for the ledger's other columns (`book.columns`); BookError listing
+    the failures."""
+    from .nullbook import claim_chapters
+
+    claimed = [s for s in claim_chapters(root) if s in stems]
+    failed = {k: f for k, f in run_columns(root, claimed, workers=jobs, timeout=timeout).items() if f}
+    if failed:
+        raise BookError(f"{len(failed)} ledger-column run(s) failed:\n"
+                        + "\n".join(f"[{label}] {f.describe()}" for (label, _), f in failed.items()))
+
+
+def write_findings(root: Path, stems: list[str], others: dict[str, Path]) -> None:
+    """README.md's block of what the book found (`ledger.findings_markdown`), from the default book's results and
+    its ledger columns."""
+    from .layout import RESULTS_DIR, chapter_title
+    from .ledger import findings_markdown, read_results, update_readme_findings
+
+    books = {"book": read_results(root / RESULTS_DIR, stems),
+             **{label: read_results(folder, stems) for label, folder in others.items()}}
+    block = findings_markdown(books, {s: chapter_title(root, s) for s in stems})
+    if update_readme_findings(root / "README.md", block):
+        print("README.md: findings block updated", flush=True)
 
 
 def _record_build(target: Target, rendered: list[str], options: RunOptions, smoke: bool = False) -> None:

@@ -51,6 +51,11 @@ def architecture(model, tokenizer) -> dict[str, Any]:
     }
 
 
+def vocab_size(model_dir: str | Path) -> int:
+    """The vocabulary size in a model folder's `config.json` (what a uniform guess's loss, ln V, is computed from)."""
+    return int(json.loads((Path(model_dir) / "config.json").read_text())["vocab_size"])
+
+
 def read_training_log(model_dir: str | Path) -> pd.DataFrame:
     """`training_log.jsonl` of a model folder as a DataFrame (one row per step; eval columns NaN between evals).
 

@@ -341,3 +341,14 @@ def test_write_card_interrupted_before_the_swap_leaves_the_old_pair(tmp_path, mo
         mc.write_card({"n": 1}, tmp_path)
     assert (tmp_path / "MODEL_CARD.md").read_text() == "old card" and (tmp_path / "model_card.json").read_text() == "{}"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["MODEL_CARD.md", "model_card.json"]
+
+
+def test_vocab_size_reads_the_folders_config(tmp_path):
+    """The uniform-guess line of chapter 01 uses the vocabulary of the model whose training is drawn."""
+    from tappa_utils.models import ASSETS, DEFAULT_MODEL
+    from tappa_utils.tiny import describe
+
+    assert describe.vocab_size(ASSETS / DEFAULT_MODEL) == json.loads((ASSETS / DEFAULT_MODEL / "config.json")
+                                                                     .read_text())["vocab_size"]
+    (tmp_path / "config.json").write_text(json.dumps({"vocab_size": 49152}))
+    assert describe.vocab_size(tmp_path) == 49152
