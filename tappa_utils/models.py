@@ -122,9 +122,25 @@ def byte_tokenizer():
     return AutoTokenizer.from_pretrained(ASSETS / DEFAULT_MODEL)
 
 
+def random_seed(name: str) -> int:
+    """The draw of a random-weight model name: 'random:tappa-tiny@7' -> 7, 0 without '@' (ValueError when the part
+    after '@' is not a non-negative integer).
+
+    >>> random_seed("random:tappa-tiny@7"), random_seed("random:tappa-tiny")
+    (7, 0)
+    """
+    _, at, seed = str(name).partition("@")
+    if not at:
+        return 0
+    if not seed.isdigit():
+        raise ValueError(f"{name!r}: the draw after '@' must be a non-negative integer, e.g. random:tappa-tiny@3")
+    return int(seed)
+
+
 def shape_name(name: str) -> str:
-    """Canonical shape name from 'qwen2.5-0.5b', 'random:qwen2.5-0.5b' or 'Qwen/Qwen2.5-0.5B' (case-insensitive)."""
-    key = str(name).lower().removeprefix(RANDOM_PREFIX)
+    """Canonical shape name from 'qwen2.5-0.5b', 'random:qwen2.5-0.5b' (or its draw 'random:qwen2.5-0.5b@3') or
+    'Qwen/Qwen2.5-0.5B' (case-insensitive)."""
+    key = str(name).lower().removeprefix(RANDOM_PREFIX).partition("@")[0]
     key = _ALIASES.get(key, key)
     if key == DEFAULT_MODEL:  # the default model's own architecture with random weights: the null book
         return key
@@ -292,7 +308,8 @@ def load_model(
     `device_map="auto"` may be passed for models that need several GPUs (then `device` is ignored); when it is
     not passed, the environment variable `TAPPA_DEVICE_MAP` supplies it (how `make book DEVICE_MAP=auto` reaches
     every chapter). `random:<shape>` (e.g. `random:qwen2.5-0.5b`, see `SHAPES`) builds a random-weight model of
-    that public architecture with the byte tokenizer (seed 0), without any download.
+    that public architecture with the byte tokenizer (seed 0; `random:<shape>@N` draws weights with seed N), without
+    any download.
 
     Never silently wrong: a local folder's weights are checked against its config.json before anything is built
     (`weights_mismatch`, from the safetensors headers), transformers' loading report after (nothing missing,
@@ -304,7 +321,8 @@ def load_model(
     if is_random_name(name_or_path):
         name = shape_name(name_or_path)  # fail fast on an unknown shape
         dev = "cuda" if device_map is not None and torch.cuda.is_available() else device
-        return random_model(name, dtype, seed=0, device=dev, attn_implementation=attn_implementation), byte_tokenizer()
+        return (random_model(name, dtype, seed=random_seed(name_or_path), device=dev,
+                             attn_implementation=attn_implementation), byte_tokenizer())
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging
 

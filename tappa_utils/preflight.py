@@ -347,7 +347,7 @@ def check_model(name: str, option: str = "--model") -> ModelInfo:
     model_type, weights present and not truncated, tokenizer files present. A hub id that is not cached fails at
     once without network; with network only its config is checked (the weights are downloaded when loading).
     """
-    from .models import DEFAULT_MODEL, is_random_name, resolve_model_path, shape_facts
+    from .models import DEFAULT_MODEL, is_random_name, random_seed, resolve_model_path, shape_facts
     from .packaged import PackagedModelError, check_packaged, is_packaged_name, packaged
 
     if not isinstance(name, (str, os.PathLike)) or not str(name).strip():
@@ -356,6 +356,7 @@ def check_model(name: str, option: str = "--model") -> ModelInfo:
     if is_random_name(name):  # a random-weight public shape: built locally, nothing to read
         try:
             model_type, ctx, n_layers = shape_facts(name)
+            random_seed(name)
         except ValueError as e:
             raise UsageError(f"{option} {name}: {one_line(e)}") from e
         return ModelInfo(name, Path(name), model_type, ctx, n_layers)

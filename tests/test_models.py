@@ -144,3 +144,26 @@ def test_random_default_model_is_the_default_architecture_with_random_weights():
     assert not torch.equal(w, v)
     ids = tok("def f(x):\n    return x\n", return_tensors="pt").input_ids
     assert trained(ids).logits.std() > 5 * net(ids).logits.std()  # trained logits are confident, random ones flat
+
+
+def test_random_draws_are_named_by_seed():
+    """`random:tappa-tiny@N` is draw N of the architecture (`@0` is the plain name), reproducible, distinct from the
+    other draws, read as code like tappa-tiny; a malformed draw is refused in one line before anything loads."""
+    import torch
+
+    from tappa_utils.data import default_text_kind
+    from tappa_utils.models import load_model
+    from tappa_utils.preflight import UsageError, check_model
+
+    a, _ = load_model("random:tappa-tiny@3")
+    b, _ = load_model("random:tappa-tiny@3")
+    c, _ = load_model("random:tappa-tiny@4")
+    z, _ = load_model("random:tappa-tiny")
+    z0, _ = load_model("random:tappa-tiny@0")
+    w = "model.layers.0.self_attn.q_proj.weight"
+    sd = {k: m.state_dict()[w] for k, m in (("a", a), ("b", b), ("c", c), ("z", z), ("z0", z0))}
+    assert torch.equal(sd["a"], sd["b"]) and not torch.equal(sd["a"], sd["c"]) and torch.equal(sd["z"], sd["z0"])
+    assert default_text_kind("random:tappa-tiny@3") == "code"
+    for bad in ("random:tappa-tiny@x", "random:tappa-tiny@-1"):
+        with pytest.raises(UsageError, match="after '@' must be a non-negative integer"):
+            check_model(bad)

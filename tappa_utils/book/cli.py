@@ -77,16 +77,16 @@ def run_lab(args: argparse.Namespace, root: Path) -> int:
 
 def run_build(args: argparse.Namespace, root: Path) -> int:
     """`build`: the options checked together (OUT, MODEL, SMOKE, JOBS), then execute, reference, render, check."""
-    from ..models import DEFAULT_MODEL  # torch: only when building
+    from .columns import BOOK_MODEL
 
     if args.out is not None and not args.model:
         raise UsageError("--out (make book OUT=...) needs --model (MODEL=...): the default model's book "
                          "is the repository's own")
     if args.smoke and args.out is None:
         raise UsageError("--smoke (SMOKE=1) needs --out DIR (OUT=...): the default book is full-size")
-    if args.model and args.model != DEFAULT_MODEL and args.out is None:
+    if args.model and args.model != BOOK_MODEL and args.out is None:
         raise UsageError(f"--model {args.model} needs --out DIR (make book MODEL=... OUT=...): the "
-                         f"default book (_build/) stays {DEFAULT_MODEL}'s")
+                         f"default book (_build/) stays {BOOK_MODEL}'s")
     options = run_options(args)
     if args.jobs is not None:
         check_positive(args.jobs, "--jobs (JOBS)")

@@ -16,6 +16,7 @@ from .layout import notebook_path
 from .params import tappa_metadata
 
 COLUMNS_DIR = "_build/columns"
+BOOK_MODEL = "smollm2-135m"  # the default book's model: every notebook's `model` parameter
 
 
 @dataclass(frozen=True)

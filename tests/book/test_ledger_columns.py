@@ -116,3 +116,13 @@ def test_readme_has_the_findings_markers():
     text = (ROOT / "README.md").read_text()
     assert G.FINDINGS_START in text and G.FINDINGS_END in text
     assert text.index(G.FINDINGS_START) < text.index("The two commands")
+
+
+def test_every_chapter_defaults_to_the_book_model():
+    """The default book runs on SmolLM2-135M-Instruct: every chapter's `model` parameter says so."""
+    from tappa_utils.book.layout import existing_chapters, notebook_path
+    from tappa_utils.book.params import notebook_parameters
+
+    for stem in existing_chapters(ROOT, warn=False):
+        got = {p.name: p.default for p in notebook_parameters(notebook_path(stem, ROOT))}
+        assert got["model"] == repr(K.BOOK_MODEL).replace("'", '"'), stem
