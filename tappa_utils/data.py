@@ -58,7 +58,9 @@ def default_text_kind(model=None) -> str:
     """`code` for tappa-tiny (and its random-weight null), `english` for any other model."""
     if model is None:
         return "code"
-    name = str(model).rstrip("/").partition("@")[0] if str(model).lower().startswith("random:") else str(model).rstrip("/")
+    name = str(model).rstrip("/")
+    if name.lower().startswith("random:"):
+        name = name.partition("@")[0]  # a draw of the same architecture (random:tappa-tiny@3)
     if name.lower() in CODE_MODELS or Path(name).expanduser().resolve() == (ASSETS / DEFAULT_MODEL).resolve():
         return "code"
     return "english"

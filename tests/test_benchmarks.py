@@ -99,3 +99,20 @@ def test_specificity_benchmark_applies_the_registered_rule(default_model):
         assert lo <= est <= hi
         if ok:
             assert lo > spec.threshold + spec.margin
+
+
+def test_specificity_tally_counts_every_draw_and_flags_unspecific_claims():
+    """A claim supported on 2 of 20 draws misses the goal, on 1 meets it; draws without the claim are not run."""
+    import specificity_chapters as sc
+
+    rows = ([{"claim": "sinks.sinks_above_null", "status": "supported"}] * 2
+            + [{"claim": "sinks.sinks_above_null", "status": "inconclusive"}] * 18
+            + [{"claim": "diagonal.diagonals_above_null", "status": "supported"}]
+            + [{"claim": "diagonal.diagonals_above_null", "status": "not supported"}] * 9)
+    table = {r["claim"]: r for r in sc.tally(rows, 20)}
+    assert table["sinks.sinks_above_null"]["supported"] == 2 and not table["sinks.sinks_above_null"]["specific"]
+    diag = table["diagonal.diagonals_above_null"]
+    assert (diag["supported"], diag["not supported"], diag["not run"], diag["specific"]) == (1, 9, 10, True)
+    text = sc.markdown(list(table.values()))
+    assert "| `sinks.sinks_above_null` | 2 of 20 | 0 | 18 | 0 | MISSED |" in text
+    assert "predictable.necessity" not in text  # never run: left out of the table

@@ -26,10 +26,11 @@ class Column:
     label: str
     model: str
     sizes: str = "tiny"  # notebook metadata key tappa.<sizes>
+    base: str = COLUMNS_DIR  # its folder's parent, relative to the root (or absolute)
 
     def folder(self, root: Path) -> Path:
-        """Where its chapters' results go (`_build/columns/<label>`)."""
-        return root / COLUMNS_DIR / self.label
+        """Where its chapters' results go (`_build/columns/<label>` by default)."""
+        return root / self.base / self.label
 
 
 COLUMNS = (Column("tappa-tiny", "tappa-tiny"), Column("null", "random:tappa-tiny"))
