@@ -34,6 +34,7 @@ def number(x: Any) -> str:
     >>> number(31129600), number(0.80312), number(1234.56), number(float("nan")), number(True)
     ('31,129,600', '0.803', '1,235', 'n/a', 'True')
     """
+    x = _scalar(x)
     if x is None:
         return MISSING
     if isinstance(x, bool) or not isinstance(x, numbers.Number):
@@ -46,6 +47,11 @@ def number(x: Any) -> str:
     if math.isfinite(v) and abs(v) >= 1000:
         return f"{v:,.0f}"
     return _sig(v)
+
+
+def _scalar(x: Any) -> Any:
+    """A 0-d numpy array or torch tensor as its Python number; anything else unchanged."""
+    return x.item() if getattr(x, "shape", None) == () and hasattr(x, "item") else x
 
 
 def _lookup(values: dict[str, Any], root: str, chain: str) -> Any:
@@ -62,7 +68,7 @@ def _render(value: Any, conv: str | None, spec: str | None) -> str:
     if conv:
         value = {"r": repr, "s": str, "a": ascii}[conv](value)
     if spec:
-        return format(value, spec)
+        return format(_scalar(value), spec)
     return number(value)
 
 

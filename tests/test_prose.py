@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from tappa_utils import prose
 
@@ -13,7 +14,7 @@ from tappa_utils import prose
 @pytest.mark.parametrize("value, text", [
     (31129600, "31,129,600"), (np.int64(48), "48"), (0.80312, "0.803"), (np.float32(0.123456), "0.123"),
     (1234.56, "1,235"), (2.5e-5, "2.5e-05"), (float("nan"), "n/a"), (None, "n/a"), (True, "True"), ("abc", "abc"),
-    (math.inf, "∞"),
+    (math.inf, "∞"), (np.array(0.5), "0.5"), (torch.tensor(3), "3"),
 ])
 def test_number(value, text):
     assert prose.number(value) == text
@@ -24,6 +25,7 @@ def test_fill_formats_values_attributes_and_keys():
     out = prose.fill("L{row.layer}: {row.mass} of {d[n]} ({share:.0%}, {x!r})", row=row, d={"n": 12}, share=0.256,
                      x="a")
     assert out == "L3: 0.457 of 12 (26%, 'a')"
+    assert prose.fill("{t:.2f} and {ci[1]}", t=torch.tensor(1.0 / 3), ci=(0.1, 0.25)) == "0.33 and 0.25"
 
 
 def test_fill_keeps_markdown_latex_and_roles():
