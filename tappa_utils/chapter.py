@@ -226,9 +226,17 @@ def _training_text(card: dict[str, Any]) -> str:
             + ". Its model card (`MODEL_CARD.md` in the model folder) describes each kind and phase.")
 
 
-def model_overview(model: str, text_file: str | None = None) -> str:
+class MarkdownText(str):
+    """A string that a notebook displays as Markdown (the last expression of a cell)."""
+
+    def _repr_markdown_(self) -> str:
+        return str(self)
+
+
+def model_overview(model: str, text_file: str | None = None) -> MarkdownText:
     """Markdown naming the chapter's model for a reader: its size (layers, heads, parameters), where its weights come
-    from (and, for a model trained here, what its training data was built to contain), and the text analysed.
+    from (and, for a model trained here, what its training data was built to contain), and the text analysed. A
+    string that a notebook cell displays as Markdown.
 
     Parameters
     ----------
@@ -289,4 +297,4 @@ def model_overview(model: str, text_file: str | None = None) -> str:
     else:
         text = (f"held-out English from {ENGLISH_SOURCE}: the held-out split of its topics (calibration reads the "
                 "other split).")
-    return f"**Model.** {title}: {arch}. {origin}\n\n**Text.** {text[0].upper()}{text[1:]}"
+    return MarkdownText(f"**Model.** {title}: {arch}. {origin}\n\n**Text.** {text[0].upper()}{text[1:]}")

@@ -57,6 +57,7 @@ def test_model_overview_of_smollm2_says_where_its_weights_and_text_come_from():
                  "held-out split", "Python documentation"):
         assert fact in text, fact
     assert "Trained here" not in text
+    assert text._repr_markdown_() == str(text)  # a notebook cell shows it as Markdown
 
 
 def test_model_overview_of_a_null_and_of_a_text_file():
