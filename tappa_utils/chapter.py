@@ -106,30 +106,9 @@ def quiet_transformers() -> None:
     logging.set_verbosity_error()
 
 
-class DisplayMath:
-    r"""A display formula for notebooks and the rendered book: LaTeX for Jupyter, and in HTML a MathJax block inside
-    a horizontally scrolling box, so a formula that cannot be broken (a 2x2 matrix of long entries) scrolls inside
-    its box instead of running off the page.
-
-    >>> print(DisplayMath(r"a^2 < b")._repr_html_())
-    <div class="overflow-x-auto"><div class="math notranslate nohighlight">\[a^2 &lt; b\]</div></div>
-    """
-
-    def __init__(self, latex: str):
-        self.latex = latex
-
-    def _repr_latex_(self) -> str:
-        return f"$$ {self.latex} $$"
-
-    def _repr_html_(self) -> str:
-        import html
-
-        return (f'<div class="overflow-x-auto"><div class="math notranslate nohighlight">'
-                f"\\[{html.escape(self.latex, quote=False)}\\]</div></div>")
-
-
 def show_derivations(derivations, log: MutableSequence[dict] | None = None, display: bool = True):
-    """Show each derivation as LaTeX and return a table saying whether sympy verified it.
+    """Show each derivation (`theory.show`: its short form, sympy's expansion folded) and return a table saying
+    whether sympy verified it.
 
     Parameters
     ----------
@@ -157,9 +136,9 @@ def show_derivations(derivations, log: MutableSequence[dict] | None = None, disp
         if display:
             from IPython.display import display as ipy_display
 
-            from .theory import latex_lines
+            from .theory import show
 
-            ipy_display(DisplayMath(latex_lines(d)))  # long expansions broken into lines that fit the page
+            ipy_display(show(d))  # the short form; sympy's long expansion folded beneath it
         rows.append({"identity": d.name, "relation": d.relation, "verified by sympy": holds,
                      "assumptions": "; ".join(d.assumptions)})
         if log is not None:
