@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+from functools import partial
 
 import pytest
 
@@ -17,7 +18,7 @@ from tappa_utils.tiny import card, train
 MODEL_FORM_WORDS = ("tappa-tiny", "smollm2-135m", "local model folder", "Hugging Face id", "random:<shape>")
 
 
-def _book_sub(name: str) -> str:
+def _book_sub(name: str, capsys=None) -> str:
     sub = next(a for a in book_parser()._actions if a.dest == "cmd")
     return sub.choices[name].format_help()
 
@@ -40,7 +41,7 @@ HELPS = {
     "train-tiny": lambda capsys: train.build_parser().format_help(),
     "model-card": lambda capsys: _printed(card.main, capsys),
     "book": lambda capsys: book_parser().format_help(),
-    **{f"book {s}": (lambda s: lambda capsys: _book_sub(s))(s)
+    **{f"book {s}": partial(_book_sub, s)
        for s in ("build", "null", "ledger", "check-html", "lab", "execute", "params-table")},
     "check-html": lambda capsys: _printed(html_check.main, capsys),
 }
@@ -64,8 +65,8 @@ def option_entries(text: str) -> dict[str, str]:
 
 
 def test_option_entries_parser():
-    text = ("usage: x [--a A] --b B\n\noptions:\n  -h, --help  show\n  --a A       first\n              more (default: 1)"
-            "\n  --flag\n")
+    text = ("usage: x [--a A] --b B\n\noptions:\n  -h, --help  show\n  --a A       first\n"
+            "              more (default: 1)\n  --flag\n")
     assert option_entries(text) == {"-h, --help": "show", "--a A": "first more (default: 1)", "--flag": ""}
 
 

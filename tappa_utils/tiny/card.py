@@ -145,7 +145,9 @@ def render_markdown(card: dict[str, Any]) -> str:
               f"- Final training loss (mean of the last 20 steps): {_f(tr['final_train_loss'])} nats/byte."]
         if "eval_step" in tr:
             L += [f"- Last evaluation (step {tr['eval_step']}): held-out loss {_f(tr['eval_heldout_loss'])} nats/byte, "
-                  f"copy ratio {_f(tr['eval_copy_ratio'])}."]
+                  f"copy ratio {_f(tr['eval_copy_ratio'])}. This is training's own check, on windows at random "
+                  "offsets of all held-out files; the measurements below use consecutive windows of the shipped "
+                  "held-out sample, other held-out text, so their held-out loss differs."]
         L += ["- Phases (every window starts with BOS):"]
         for ph in tr["phases"]:
             parts = "; ".join(f"`{m['name']}` {m['weight']:.0%}" for m in tr["mixtures"].get(ph["mixture"], []))
