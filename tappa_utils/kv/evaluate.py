@@ -299,16 +299,14 @@ LEGACY_FILES = ("run_info.json", "samples.csv", "summary.csv", "comparisons.csv"
 
 
 def _parse(argv):
-    from argparse import RawDescriptionHelpFormatter
-
-    from ..preflight import Parser
+    from ..preflight import MODEL_FORMS, Parser
 
     p = Parser(prog="python -m tappa_utils kv-eval", description=__doc__.split("\n\n")[0].replace("\n", " "),
-               epilog="methods:\n" + describe(), formatter_class=RawDescriptionHelpFormatter)
+               epilog="methods:\n" + describe())
     d = KVEvalConfig()
-    p.add_argument("--model", default=d.model)
-    p.add_argument("--device", default=d.device)
-    p.add_argument("--dtype", default=d.dtype)
+    p.add_argument("--model", default=d.model, help=MODEL_FORMS)
+    p.add_argument("--device", default=d.device, help="torch device (cpu, cuda, cuda:1, ...)")
+    p.add_argument("--dtype", default=d.dtype, help="float32, bfloat16 or float16")
     p.add_argument("--attn", default=d.attn, help="eager or sdpa")
     p.add_argument("--seq-len", type=int, default=d.seq_len)
     p.add_argument("--keep", type=float, nargs="+", default=list(d.keep), help="fractions of the cache kept")
@@ -323,7 +321,8 @@ def _parse(argv):
     p.add_argument("--window", type=int, default=d.window)
     p.add_argument("--cake-alpha", type=float, default=d.cake_alpha)
     p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--text-file", default=None)
+    p.add_argument("--text-file", default=None,
+                   help="text the samples are cut from (default: the model's built-in held-out text)")
     on_null = ", ".join(m for m in null_methods() if m != "full")
     p.add_argument("--null", action="store_true",
                    help=f"also run {on_null} on a random-weight null (results.json: the claims)")

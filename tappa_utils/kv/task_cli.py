@@ -20,12 +20,12 @@ DEFAULT_METHODS = ("tappa", "uniform_cake", "snapkv", "pyramidkv", "streamingllm
 
 
 def _parse(argv):
-    from ..preflight import Parser
+    from ..preflight import MODEL_FORMS, Parser
 
     p = Parser(prog="python -m tappa_utils kv-tasks", description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="smollm2-135m", help="a model name, folder or hub id (default: smollm2-135m)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="float32")
+    p.add_argument("--model", default="smollm2-135m", help=MODEL_FORMS)
+    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, ...)")
+    p.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
     p.add_argument("--tasks", nargs="+", default=["needle_passkey", "multikey"], help=f"from {', '.join(TASKS)}")
     p.add_argument("--lengths", type=int, nargs="+", default=[1024], help="context lengths in the model's tokens")
     p.add_argument("--samples", type=int, default=10, help="samples per (task, length) (default: 10)")

@@ -20,14 +20,14 @@ def _floats(s: str) -> tuple:
 
 def build_parser() -> argparse.ArgumentParser:
     """The `prune-eval` command-line options."""
-    from ..preflight import Parser
+    from ..preflight import MODEL_FORMS, Parser
 
     d = PruneEvalConfig()
     ap = Parser(prog="python -m tappa_utils prune-eval", description=evaluate.__doc__.split("\n\n")[0])
     ap.add_argument("--out", required=True, help="output folder")
-    ap.add_argument("--model", default=d.model, help="tappa-tiny, a local folder or a hub id")
-    ap.add_argument("--device", default=d.device)
-    ap.add_argument("--dtype", default=d.dtype)
+    ap.add_argument("--model", default=d.model, help=MODEL_FORMS)
+    ap.add_argument("--device", default=d.device, help="torch device (cpu, cuda, cuda:1, ...)")
+    ap.add_argument("--dtype", default=d.dtype, help="float32, bfloat16 or float16")
     ap.add_argument("--seed", type=int, default=d.seed)
     ap.add_argument("--seq-len", type=int, default=d.seq_len, help="chunk / window length in tokens")
     ap.add_argument("--calib-chunks", type=int, default=d.calib_chunks)
@@ -45,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--bi-kind", choices=("cosine", "angular"), default=d.bi_kind,
                     help="block influence: 1 - cos (ShortGPT) or the angle / pi")
     ap.add_argument("--batch-size", type=int, default=d.batch_size)
-    ap.add_argument("--lm-eval-tasks", default="", help=f"comma-separated lm-eval tasks, e.g. {','.join(PAPER_TASKS)}")
+    ap.add_argument("--lm-eval-tasks", default="",
+                    help=f"comma-separated lm-eval tasks, e.g. {','.join(PAPER_TASKS)} (default: none)")
     ap.add_argument("--lm-eval-limit", type=int, default=d.lm_eval_limit)
     ap.add_argument("--no-figures", action="store_true")
     return ap

@@ -10,7 +10,7 @@ first), checks the targets and writes `MODEL_CARD.md` and `model_card.json` (as 
 
 Previous version: the card keeps the figures of the model's previous version beside the new ones (a column in the
 measurements and targets tables, and a section on what changed). They come from a frozen summary of the previous
-card, `--previous JSON` (default for the shipped model: `PREVIOUS_CARD`, the card of tappa-tiny v1; `--previous
+card, `--previous JSON` (default for the shipped model: `PREVIOUS_CARD`, the card of tappa-tiny v2; `--previous
 none` leaves it out). Before shipping a version N+1, freeze version N's card with
 `python -c "from tappa_utils.tiny import card; card.freeze_card('.../model_card.json', '.../tappa-tiny-vN-card.json',
 'tappa-tiny vN')"` and point `PREVIOUS_CARD` at it.
@@ -145,7 +145,9 @@ def render_markdown(card: dict[str, Any]) -> str:
               f"- Final training loss (mean of the last 20 steps): {_f(tr['final_train_loss'])} nats/byte."]
         if "eval_step" in tr:
             L += [f"- Last evaluation (step {tr['eval_step']}): held-out loss {_f(tr['eval_heldout_loss'])} nats/byte, "
-                  f"copy ratio {_f(tr['eval_copy_ratio'])}."]
+                  f"copy ratio {_f(tr['eval_copy_ratio'])}. This is training's own check, on windows at random "
+                  "offsets of all held-out files; the measurements below use consecutive windows of the shipped "
+                  "held-out sample, other held-out text, so their held-out loss differs."]
         L += ["- Phases (every window starts with BOS):"]
         for ph in tr["phases"]:
             parts = "; ".join(f"`{m['name']}` {m['weight']:.0%}" for m in tr["mixtures"].get(ph["mixture"], []))
@@ -355,8 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     from .. import preflight as pf
     from ..models import DEFAULT_MODEL, UnsupportedModelError, load_model
 
-    ap = pf.Parser(prog="python -m tappa_utils model-card", description=__doc__,
-                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = pf.Parser(prog="python -m tappa_utils model-card", description=__doc__)
     ap.add_argument("--model", default=DEFAULT_MODEL, help="model folder (default: the shipped tappa-tiny)")
     ap.add_argument("--windows", type=_positive("--windows"), default=16, help="held-out windows (default 16)")
     ap.add_argument("--seq-len", type=_positive("--seq-len"), default=512, help="tokens per window (default 512)")
@@ -366,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0, help="seed of the copy test and of the random-weight copy")
     ap.add_argument("--out", default=None,
                     help="folder for MODEL_CARD.md and model_card.json (default: the model folder)")
-    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, ...)")
     ap.add_argument("--previous", default=None,
                     help="frozen card of the previous version shown beside the new figures (default for the shipped "
                          f"model: {PREVIOUS_CARD.name}; 'none' to leave it out)")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -121,8 +122,18 @@ def mixture_description(name: str) -> list[dict[str, Any]]:
 
     if name not in MIXTURES:
         return []
-    return [{"name": n, "weight": float(w), "what": (fn.__doc__ or "").strip().splitlines()[0]}
-            for n, w, fn in MIXTURES[name]]
+    return [{"name": n, "weight": float(w), "what": first_sentence(fn.__doc__ or "")} for n, w, fn in MIXTURES[name]]
+
+
+def first_sentence(doc: str) -> str:
+    """The first sentence of a docstring, whole even when it runs over several lines.
+
+    >>> first_sentence("Retrieval: a segment re-occurs at least a\\n    quarter of the window later.  Then more.")
+    'Retrieval: a segment re-occurs at least a quarter of the window later.'
+    """
+    text = " ".join(doc.split())
+    m = re.match(r"(.+?[.!?])(?:\s|$)", text)
+    return m.group(1) if m else text
 
 
 def training_summary(model_dir: str | Path) -> dict[str, Any] | None:

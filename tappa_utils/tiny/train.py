@@ -180,8 +180,7 @@ def export(model, out: Path, ckpt_dir: Path) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The `train-tiny` command-line options."""
-    ap = Parser(prog="python -m tappa_utils train-tiny", description=__doc__,
-                formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = Parser(prog="python -m tappa_utils train-tiny", description=__doc__)
     ap.add_argument("--out", type=Path, default=Path("runs/tappa-tiny"), help="checkpoint folder (resumed if present)")
     ap.add_argument("--steps", type=int, default=6000, help="total optimizer steps (schedule length)")
     ap.add_argument("--batch", type=int, default=16)

@@ -352,3 +352,29 @@ def test_vocab_size_reads_the_folders_config(tmp_path):
                                                                      .read_text())["vocab_size"]
     (tmp_path / "config.json").write_text(json.dumps({"vocab_size": 49152}))
     assert describe.vocab_size(tmp_path) == 49152
+
+
+def test_shipped_card_is_its_json_rendered_with_whole_sentences():
+    """MODEL_CARD.md is model_card.json rendered; window kinds are described by whole sentences, and the two
+    held-out losses (training's check, the card's measurement) say why they differ."""
+    import json
+    import re
+
+    from tappa_utils.models import ASSETS
+    from tappa_utils.tiny import card as mc
+    from tappa_utils.tiny.describe import first_sentence, mixture_description
+
+    folder = ASSETS / "tappa-tiny"
+    card = json.loads((folder / "model_card.json").read_text())
+    md = (folder / "MODEL_CARD.md").read_text()
+    assert mc.render_markdown(card) == md
+    kinds = re.findall(r"^- `(\w+)`: (.*)$", md, flags=re.M)
+    assert {k for k, _ in kinds} >= {"text", "copy", "periodic", "induction", "retrieval"}
+    for kind, what in kinds:
+        assert what.endswith("."), f"window kind {kind}: cut sentence {what!r}"
+    for name, mix in card["training"]["mixtures"].items():
+        assert mix == mixture_description(name)  # the shipped JSON holds the current descriptions
+    assert "quarter of the window later." in md
+    losses = {f"{card['training']['eval_heldout_loss']:.3f}", f"{card['trained']['heldout_loss']:.3f}"}
+    assert all(v in md for v in losses) and "training's own check" in md and "so their held-out loss differs" in md
+    assert first_sentence("A b.c d.  E f.") == "A b.c d."
