@@ -228,10 +228,15 @@ def test_block_stats_equal_the_full_path(family):
         assert full.keys() == blocks.keys()
         for k in full:
             assert full[k].shape == blocks[k].shape, k
-            # predictability's sums run in float32 products when streaming (float64 in the reference), over ~T^2 terms
-            tol = dict(rtol=1e-5, atol=1e-5) if k.startswith("pred_") else dict(rtol=0, atol=1e-6)
-            torch.testing.assert_close(blocks[k], full[k], msg=k, **tol)
-            torch.testing.assert_close(odd[k], full[k], msg=k, **tol)
+            for got in (blocks, odd):
+                if k == "pred_gain":
+                    # float32 sums over ~T^2 terms, and above-average masks (p >= 1 / (t + 1)) that flip where a
+                    # probability sits within rounding of its row's level (near-uniform heads): compared at the
+                    # scale of what predictability divides them by, the norm
+                    assert float(((got[k] - full[k]) / full["pred_norm"]).abs().max()) < 1e-5, k
+                else:
+                    tol = dict(rtol=1e-5, atol=1e-5) if k == "pred_norm" else dict(rtol=0, atol=1e-6)
+                    torch.testing.assert_close(got[k], full[k], msg=k, **tol)
         assert float(full["sink_mass"].max()) > 1e-3  # the statistics are not trivially zero
 
 

@@ -384,3 +384,55 @@ def test_bad_inputs_are_rejected(tiny_llama):
         analyze_heads(tiny_llama, torch.zeros(2, 30))
     with pytest.raises(ValueError, match="lacks probs"):
         head_metrics(LayerRecord(layer=0, q_pre=torch.randn(1, 2, 30, 4), q_post=torch.randn(1, 2, 30, 4)))
+
+
+def test_a_registered_metric_reaches_analyze_heads_columns(tiny_llama, monkeypatch):
+    """ARCHITECTURE.md's new-metric recipe: one `Metric` entry in `METRICS` (here the mean attention on the query's
+    own key, added for this test only) and `analyze_heads`, `metric_columns` and `layer_table` carry its column,
+    equal to a brute-force mean over the captured maps."""
+    from tappa_utils import metrics as M
+
+    def update(b, cfg, carry):
+        own = torch.arange(b.n, device=b.p.device)
+        return {"self_mass": b.p[..., own, own + b.t0].sum(-1, dtype=torch.float64) / (b.T - cfg.skip)}
+
+    monkeypatch.setitem(M.METRICS, "self_mass", M.Metric(("self_mass",), "attention", update,
+                                                         lambda means, cfg: means))
+    assert M.metric_columns()[-2:] == ("self_mass", "pattern")
+    ids = torch.randint(3, 300, (2, 64), generator=torch.Generator().manual_seed(3))
+    cfg = MetricConfig(skip=8)
+    df = analyze_heads(tiny_llama, ids, cfg, rows=13)  # blocks that do not divide the rows
+    assert list(df.columns) == ["layer", "head", "kv_head", *M.metric_columns()]
+    with torch.no_grad(), capture(tiny_llama, what=("probs",)) as cap:
+        tiny_llama(ids)
+    for layer in cap.layers():
+        P = cap[layer].probs.double()
+        want = torch.stack([P[:, :, t, t] for t in range(8, 64)], -1).mean((-1, 0))
+        got = df[df.layer == layer]["self_mass"].to_numpy()
+        np.testing.assert_allclose(got, want.numpy(), rtol=0, atol=1e-6)
+    assert "self_mass" in layer_table(df).columns
+
+
+def test_streaming_float32_agrees_with_float64_maps(tiny_llama):
+    """The streaming path computes in float32 (probabilities, excess, distance coordinates, the entropy from the
+    logits); every column agrees with the whole float64 maps of the same q/k to float32 tolerance."""
+    from tappa_utils.capture import attention_from_qk
+    from tappa_utils.metrics import Queries, _finalize, _full_block, _window_stats, record_block_stats
+
+    ids = torch.randint(3, 300, (2, 128), generator=torch.Generator().manual_seed(11))
+    cfg = MetricConfig(skip=8)
+    with torch.no_grad(), capture(tiny_llama, what=("q_pre", "q_post", "k_post", "probs")) as cap:
+        tiny_llama(ids)
+    for layer in cap.layers():
+        rec = cap[layer]
+        probs = attention_from_qk(rec.q_post, rec.k_post, rec.scaling, dtype=torch.float64)[1]
+        stats = _window_stats(Queries(rec.q_pre, rec.q_post), [_full_block(probs, cfg.skip)], cfg)
+        full = _finalize(layer, rec.kv_group, {k: v.mean(0) for k, v in stats.items()}, cfg)
+        stream = _finalize(layer, rec.kv_group,
+                           {k: v.mean(0) for k, v in record_block_stats(rec, cfg, rows=29).items()}, cfg)
+        for f, s in zip(full, stream):
+            for k, v in f.items():
+                if isinstance(v, float):
+                    assert s[k] == pytest.approx(v, abs=2e-6, nan_ok=True), k
+                else:
+                    assert s[k] == v, k
