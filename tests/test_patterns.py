@@ -423,7 +423,7 @@ def test_necessity_test_detects_a_relation_within_layers_and_not_depth():
     rng = np.random.default_rng(1)
     df = _heads_table(rng, n_layers=6, n_heads=12)
     r = P.necessity_test(df["q_sim_window_post"], df[P.PATTERNED], df["layer"])
-    assert r.estimate > 0.8 and r.p_value < 0.01 and r.ci[0] > 0.6
+    assert r.estimate > 0.8 and r.p_value < 0.01 and r.ci[0] > 0.6 and r.reachable_p < 0.001
     # depth alone (q-sim and target both grow with the layer, nothing within layers): near 0.5, not significant
     r0 = P.necessity_test(df["q_sim_consecutive_pre"], df["layer"] + 0.01 * rng.standard_normal(len(df)),
                           df["layer"])

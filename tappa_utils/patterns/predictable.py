@@ -262,10 +262,12 @@ def necessity_test(qsim, target, groups=None, quantile: float = 0.75, n_resample
         StatResult,
         _demean,
         _group_codes,
+        _log_within_group_perms,
         _percentile_ci,
         _within_group_bootstrap,
         _within_group_permutations,
         permutation_p,
+        reachable_p,
     )
 
     x, y = np.asarray(qsim, dtype=np.float64).ravel(), np.asarray(target, dtype=np.float64).ravel()
@@ -290,7 +292,8 @@ def necessity_test(qsim, target, groups=None, quantile: float = 0.75, n_resample
         xb, yb = _demean(xb, codes), _demean(yb, codes)
     ci = _percentile_ci(_necessity_share(xb, yb, quantile), 0.95)
     return StatResult(est, p, ci, int(x.size), n_resamples,
-                      "necessity share; within-group permutation p, within-group bootstrap ci", "greater")
+                      "necessity share; within-group permutation p, within-group bootstrap ci", "greater",
+                      reachable_p(_log_within_group_perms(codes), n_resamples))
 
 
 @dataclass
