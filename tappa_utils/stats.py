@@ -16,7 +16,10 @@ is about 0.0005.
 - `two_sample`: mean of x minus mean of y (trained vs null heads); p by permuting the labels, ci by resampling each
   sample.
 - `bootstrap_ci`: any vectorised statistic.
+- `partial_spearman_test`: Spearman correlation of x and y after regressing both on z's ranks (within groups: the
+  part of the relation that z, e.g. concentration, cannot produce); p by permuting y's residuals (Freedman-Lane).
 - `sign_test`: are more of the values above 0 than chance (binomial).
+- `reachable_p`: the smallest p-value a test can give with its units and resamples (every `StatResult` has it).
 - `null_seed`: the seed of a random-weight null, never equal to the model's own seed.
 """
 from __future__ import annotations
@@ -51,6 +54,9 @@ class StatResult:
         How p and ci were obtained, in words.
     alternative : str
         "greater", "less" or "two-sided".
+    reachable_p : float
+        The smallest p-value this test can give with these units and resamples (`reachable_p`): a claim whose
+        reachable p is not below 0.05 cannot be supported, whatever the data (NaN when unknown).
     """
 
     estimate: float
@@ -60,11 +66,33 @@ class StatResult:
     n_resamples: int
     method: str
     alternative: str = "greater"
+    reachable_p: float = float("nan")
 
     def as_dict(self) -> dict:
         """Plain dict (for JSON)."""
         return {"estimate": self.estimate, "p_value": self.p_value, "ci": list(self.ci), "n": self.n,
-                "n_resamples": self.n_resamples, "method": self.method, "alternative": self.alternative}
+                "n_resamples": self.n_resamples, "method": self.method, "alternative": self.alternative,
+                "reachable_p": self.reachable_p}
+
+
+def reachable_p(log_arrangements: float, n_resamples: int = N_RESAMPLES, two_sided: bool = False) -> float:
+    """The smallest p-value a resampling test can give: ``max(1 / (1 + n_resamples), 1 / arrangements)``, where
+    `arrangements` (given as its natural log) is the number of distinct relabellings of the units (2^n sign flips
+    of n paired units, the product of n_g! within-group permutations of heads, C(n1 + n2, n1) label permutations,
+    draws + 1 ranks against a null of `draws` draws), doubled for a two-sided test. With 2 paired units it is 0.25,
+    with 4 units 0.0625: no data can make such a test significant at 0.05.
+
+    >>> round(reachable_p(2 * math.log(2)), 3), round(reachable_p(math.log(math.factorial(10))), 5)
+    (0.25, 0.0005)
+    """
+    floor = 1.0 / (1 + n_resamples)
+    p = max(floor, math.exp(-min(log_arrangements, 700.0)))
+    return float(min(1.0, 2 * p if two_sided else p))
+
+
+def _log_within_group_perms(codes: np.ndarray) -> float:
+    """log of the number of within-group permutations: sum over groups of log(n_g!)."""
+    return float(sum(math.lgamma(c + 1) for c in np.bincount(codes)))
 
 
 def null_seed(seed: int) -> int:
@@ -239,7 +267,8 @@ def spearman_test(x, y, groups=None, alternative: str = "greater", n_resamples: 
     p = permutation_p(est, null, alternative)
     ci = _percentile_ci(_spearman_boot(x, y, codes, grouped, n_resamples, rng), level)
     how = "within-group " if grouped else ""
-    return StatResult(est, p, ci, n, n_resamples, f"Spearman; {how}permutation p, {how}bootstrap ci", alternative)
+    return StatResult(est, p, ci, n, n_resamples, f"Spearman; {how}permutation p, {how}bootstrap ci", alternative,
+                      reachable_p(_log_within_group_perms(codes), n_resamples, alternative == "two-sided"))
 
 
 def spearman_difference(x1, y1, x2, y2, groups1=None, groups2=None, alternative: str = "greater",
@@ -268,7 +297,73 @@ def spearman_difference(x1, y1, x2, y2, groups1=None, groups2=None, alternative:
     else:
         p = min(1.0, 2 * (1 + min((d <= 0).sum(), (d >= 0).sum())) / (1 + d.size))
     return StatResult(float(est), float(p), _percentile_ci(d, level), int(min(ns)), n_resamples,
-                      "difference of Spearman correlations; independent bootstraps (p: bootstrap test)", alternative)
+                      "difference of Spearman correlations; independent bootstraps (p: bootstrap test)", alternative,
+                      reachable_p(math.inf, n_resamples, alternative == "two-sided"))
+
+
+def _residual_rows(a: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """Rows of a (..., n) minus their least-squares line on the rows of z (same shape), intercept included."""
+    a = a - a.mean(-1, keepdims=True)
+    z = z - z.mean(-1, keepdims=True)
+    zz = (z * z).sum(-1, keepdims=True)
+    beta = np.where(zz > 1e-300, (a * z).sum(-1, keepdims=True) / np.where(zz > 1e-300, zz, 1.0), 0.0)
+    return a - beta * z
+
+
+def _partial_rows(x: np.ndarray, y: np.ndarray, z: np.ndarray, codes: np.ndarray, grouped: bool):
+    """(residual ranks of x, of y) on z's ranks, rows of (..., n); each group's mean removed first when grouped."""
+    if grouped:
+        x, y, z = _demean(x, codes), _demean(y, codes), _demean(z, codes)
+    rz = _rank_rows(z)
+    return _residual_rows(_rank_rows(x), rz), _residual_rows(_rank_rows(y), rz)
+
+
+def partial_ranks(x, y, z, groups=None) -> tuple[np.ndarray, np.ndarray]:
+    """The residual ranks `partial_spearman_test` correlates: x's and y's ranks minus their least-squares line on
+    z's ranks (each group's mean removed from x, y, z first when `groups` is given); NaN rows dropped."""
+    x, y, z, g = _clean_triples(x, y, z, groups)
+    return _partial_rows(x, y, z, _group_codes(g, x.size), g is not None)
+
+
+def _clean_triples(x, y, z, groups):
+    x, y, z = (np.asarray(v, dtype=np.float64).ravel() for v in (x, y, z))
+    if not x.shape == y.shape == z.shape:
+        raise ValueError(f"x, y and z must have the same length, got {x.size}, {y.size} and {z.size}")
+    keep = np.isfinite(x) & np.isfinite(y) & np.isfinite(z)
+    g = None if groups is None else np.asarray(groups).ravel()
+    if g is not None and g.shape != x.shape:
+        raise ValueError(f"groups must have one label per unit ({x.size}), got {g.size}")
+    return x[keep], y[keep], z[keep], (None if g is None else g[keep])
+
+
+def partial_spearman_test(x, y, z, groups=None, alternative: str = "greater", n_resamples: int = N_RESAMPLES,
+                          seed: int = 0, level: float = 0.95) -> StatResult:
+    """Spearman correlation of x and y with z partialled out: Pearson of the residual ranks (`partial_ranks`: x's
+    and y's ranks minus their linear fit on z's ranks, within groups when `groups` is given). A relation that z
+    alone produces (x and y both following z) gives about 0.
+
+    p by permuting y's residuals within groups (Freedman-Lane), ci by resampling units within groups and
+    recomputing everything (ranks, fits). Triples with a NaN are dropped.
+    """
+    _check(alternative, n_resamples, level)
+    x, y, z, g = _clean_triples(x, y, z, groups)
+    n = x.size
+    if n < 5:
+        raise ValueError(f"partial_spearman_test needs at least 5 complete triples, got {n}")
+    codes = _group_codes(g, n)
+    grouped = g is not None
+    ex, ey = _partial_rows(x, y, z, codes, grouped)
+    est = float(_pearson_rows(ex, ey))
+    rng = np.random.default_rng(seed)
+    perm = _within_group_permutations(codes, n_resamples, rng)
+    p = permutation_p(est, _pearson_rows(ex[None, :], ey[perm]), alternative)
+    idx = _within_group_bootstrap(codes, n_resamples, rng)
+    bx, by = _partial_rows(x[idx], y[idx], z[idx], codes, grouped)
+    ci = _percentile_ci(_pearson_rows(bx, by), level)
+    how = "within-group " if grouped else ""
+    return StatResult(est, p, ci, n, n_resamples,
+                      f"partial Spearman (z's ranks regressed out); {how}residual permutation p, {how}bootstrap ci",
+                      alternative, reachable_p(_log_within_group_perms(codes), n_resamples, alternative == "two-sided"))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -294,7 +389,7 @@ def paired_difference(a, b, alternative: str = "greater", n_resamples: int = N_R
     idx = rng.integers(0, d.size, size=(n_resamples, d.size))
     ci = _percentile_ci(d[idx].mean(1), level)
     return StatResult(est, p, ci, int(d.size), n_resamples, "paired mean difference; sign-flip p, bootstrap ci",
-                      alternative)
+                      alternative, reachable_p(d.size * math.log(2), n_resamples, alternative == "two-sided"))
 
 
 def two_sample(x, y, alternative: str = "greater", n_resamples: int = N_RESAMPLES, seed: int = 0,
@@ -314,8 +409,10 @@ def two_sample(x, y, alternative: str = "greater", n_resamples: int = N_RESAMPLE
     p = permutation_p(est, null, alternative)
     bx = x[rng.integers(0, x.size, size=(n_resamples, x.size))].mean(1)
     by = y[rng.integers(0, y.size, size=(n_resamples, y.size))].mean(1)
+    log_n = math.lgamma(x.size + y.size + 1) - math.lgamma(x.size + 1) - math.lgamma(y.size + 1)
     return StatResult(est, p, _percentile_ci(bx - by, level), int(min(x.size, y.size)), n_resamples,
-                      "difference of means; label-permutation p, bootstrap ci", alternative)
+                      "difference of means; label-permutation p, bootstrap ci", alternative,
+                      reachable_p(log_n, n_resamples, alternative == "two-sided"))
 
 
 def sign_test(values, alternative: str = "greater") -> float:

@@ -6,7 +6,7 @@ Both are generated from the rows `results.save_checks` writes (dicts with `kind`
 >>> from tappa_utils import claims as C
 >>> rows = [C.claim("predictable.qsim_predictability_corr", 0.42, ci=(0.2, 0.6), p_value=0.001).to_dict()]
 >>> print(what_held(rows, "03_predictable").splitlines()[0])
-**Claims on this model:** 1 supported, 0 not supported, 0 inconclusive (of 1 tested; 4 registered but not tested).
+**Claims on this model:** 1 supported, 0 not supported, 0 inconclusive (of 1 tested; 2 registered but not tested).
 """
 from __future__ import annotations
 
@@ -18,19 +18,39 @@ from . import claims as C
 from . import tables as T
 from .claims import Check
 
-STATUS_MARK = {"supported": "✔", "not supported": "✘", "inconclusive": "?", "holds": "✔", "violated": "✘",
-               "ok": "✔", "BUG": "✘ BUG", "reported": "·"}
+SUPPORTED_VIOLATED = "supported, assumptions violated"
+STATUS_MARK = {"supported": "✔", SUPPORTED_VIOLATED: "✔⚠", "not supported": "✘", "inconclusive": "?", "holds": "✔",
+               "violated": "✘", "ok": "✔", "BUG": "✘ BUG", "reported": "·"}
+CLAIM_STATUSES = ("supported", SUPPORTED_VIOLATED, "not supported", "inconclusive")
+VIOLATED_RULE = (f"A claim that passes its test while one of its registered assumptions is violated on this model "
+                 f"reads \"{SUPPORTED_VIOLATED}\" ({STATUS_MARK[SUPPORTED_VIOLATED]}), never plain supported: the "
+                 "theorem it tests does not apply as stated.")
+
+
+def mark_violated(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows with each "supported" claim whose registered assumptions (`Spec.assumptions`, kind assumption) are
+    measured as "violated" among `rows` set to `SUPPORTED_VIOLATED`, the violated ids in `violated` (in place)."""
+    violated = {r["id"] for r in rows if r.get("kind") == "assumption" and r.get("status") == "violated"}
+    for r in rows:
+        spec = C.REGISTRY.get(r.get("id") or "")
+        if r.get("kind") != "claim" or r.get("status") != "supported" or spec is None:
+            continue
+        bad = [a for a in spec.assumptions if a in violated]
+        if bad:
+            r["status"], r["violated"] = SUPPORTED_VIOLATED, bad
+    return rows
 
 
 def as_rows(checks: Iterable[Check | dict[str, Any]]) -> list[dict[str, Any]]:
-    """Checks or results.json rows as dicts with `status` and `kind` (old rows without a kind: measurements)."""
+    """Checks or results.json rows as dicts with `status` and `kind` (old rows without a kind: measurements), a
+    claim's status downgraded when its assumptions are violated among these rows (`mark_violated`)."""
     rows = []
     for c in checks:
         r = c.to_dict() if isinstance(c, Check) else dict(c)
         r.setdefault("kind", "measurement")
         r.setdefault("status", "reported")
         rows.append(r)
-    return rows
+    return mark_violated(rows)
 
 
 def fmt(x: Any, digits: int = 3) -> str:
@@ -69,8 +89,10 @@ def bar_text(r: dict[str, Any]) -> str:
 
 
 COMBINED_RULE = ("A claim checked several times (per task, budget or k) has one row per check (↳) and one combined "
-                 "status: supported when every check is supported, not supported when every check is not supported, "
-                 "mixed when some checks are supported and some not supported, inconclusive otherwise.")
+                 "status: supported when every check is supported, supported with assumptions violated when every "
+                 "check is supported and some of them with assumptions violated, not supported when every check "
+                 "is not supported, mixed when some checks are supported and some not supported, inconclusive "
+                 "otherwise.")
 
 
 def combined_status(statuses: Iterable[str]) -> str:
@@ -78,13 +100,17 @@ def combined_status(statuses: Iterable[str]) -> str:
 
     >>> combined_status(["supported", "supported"]), combined_status(["supported", "not supported", "inconclusive"])
     ('supported', 'mixed')
+    >>> combined_status(["supported", "supported, assumptions violated"])
+    'supported, assumptions violated'
     """
     parts = {p for p in statuses if p and p != "not run"}
     if not parts:
         return "not run"
     if len(parts) == 1:
         return parts.pop()
-    return "mixed" if {"supported", "not supported"} <= parts else "inconclusive"
+    if parts == {"supported", SUPPORTED_VIOLATED}:
+        return SUPPORTED_VIOLATED
+    return "mixed" if parts & {"supported", SUPPORTED_VIOLATED} and "not supported" in parts else "inconclusive"
 
 
 def status_text(status: str) -> str:
@@ -93,9 +119,30 @@ def status_text(status: str) -> str:
     return f"{mark} {status}"
 
 
+def _counts(rows: list[dict[str, Any]]) -> dict[str, int]:
+    return {s: sum(r["status"] == s for r in rows) for s in CLAIM_STATUSES}
+
+
 def _count_text(rows: list[dict[str, Any]]) -> str:
-    counts = {s: sum(r["status"] == s for r in rows) for s in ("supported", "not supported", "inconclusive")}
-    return ", ".join(f"{n} {s}" for s, n in counts.items() if n) + f" of {len(rows)} checks"
+    return ", ".join(f"{n} {s}" for s, n in _counts(rows).items() if n) + f" of {len(rows)} checks"
+
+
+def counts_text(counts: dict[str, int]) -> str:
+    """'2 supported, 1 not supported, 0 inconclusive' (and 'n supported with assumptions violated' when n > 0)."""
+    sv = counts.get(SUPPORTED_VIOLATED, 0)
+    return (f"{counts['supported']} supported, " + (f"{sv} supported with assumptions violated, " if sv else "")
+            + f"{counts['not supported']} not supported, {counts['inconclusive']} inconclusive")
+
+
+def reachable_cell(r: dict[str, Any]) -> str:
+    """A claim row's smallest reachable p-value (`Check.reachable_p`), '≥ 0.05' flagged with '(cannot be
+    significant)'; a dash when the row does not say; empty for other kinds."""
+    if r.get("kind") != "claim":
+        return ""
+    v = r.get("reachable_p")
+    if T.is_missing(v):
+        return T.DASH
+    return T.number(v, 2) + (" (cannot be significant)" if float(v) >= C.ALPHA else "")
 
 
 def check_labels(names: list[str]) -> list[str]:
@@ -158,19 +205,35 @@ def checks_markdown(checks: Iterable[Check | dict[str, Any]]) -> str:
         needed = bar_text(r) if r["kind"] in ("claim", "assumption", "sanity") else ""
         if len(group) == 1:
             rows.append({"kind": r["kind"], "check": r["name"], "status": status_text(r["status"]),
-                         "effect": effect_cell(r), "needed": needed, "note": r.get("note") or ""})
+                         "effect": effect_cell(r), "reachable": reachable_cell(r), "needed": needed,
+                         "note": _note(r)})
             continue
         multi = True
         spec = C.REGISTRY.get(r["id"])
         status = combined_status(x["status"] for x in group)
         rows.append({"kind": "claim", "check": spec.statement if spec else r["id"], "note": _count_text(group),
-                     "status": status_text(status), "effect": f"{len(group)} checks ↓", "needed": needed})
+                     "status": status_text(status), "effect": f"{len(group)} checks ↓", "reachable": "",
+                     "needed": needed})
         rows += [{"kind": "", "check": f"↳ {label}", "status": status_text(x["status"]), "effect": effect_cell(x),
-                  "needed": "", "note": x.get("note") or ""}
+                  "reachable": reachable_cell(x), "needed": "", "note": _note(x)}
                  for label, x in zip(check_labels([x["name"] for x in group]), group)]
     columns = {"kind": "kind", "check": "check", "status": "status", "effect": "effect [95 % interval], p",
-               "needed": "needed", "note": "note"}
-    return T.markdown_table(rows, columns, notes=[COMBINED_RULE] if multi else [])
+               "reachable": "smallest reachable p", "needed": "needed", "note": "note"}
+    notes = [COMBINED_RULE] if multi else []
+    if any(r.get("kind") == "claim" for r in as_rows(checks)):
+        notes.append("Smallest reachable p: the smallest p-value the test can give with this run's units (heads, "
+                     "windows, draws) and resamples; at or above 0.05 the claim cannot be supported whatever the "
+                     "data.")
+    if any(r.get("status") == SUPPORTED_VIOLATED for r in as_rows(checks)):
+        notes.append(VIOLATED_RULE)
+    return T.markdown_table(rows, columns, notes=notes)
+
+
+def _note(r: dict[str, Any]) -> str:
+    note = r.get("note") or ""
+    if r.get("violated"):
+        note = (note + "; " if note else "") + "assumptions violated: " + ", ".join(r["violated"])
+    return note
 
 
 def _assumption_summary(spec_ids: Iterable[str], by_id: dict[str, list[dict]]) -> str:
@@ -197,12 +260,11 @@ def what_held(checks: Iterable[Check | dict[str, Any]], chapter: str, table: boo
         if r.get("id"):
             by_id.setdefault(r["id"], []).append(r)
     claims_rows = [r for r in rows if r["kind"] == "claim"]
-    counts = {s: sum(r["status"] == s for r in claims_rows) for s in ("supported", "not supported", "inconclusive")}
+    counts = _counts(claims_rows)
     registered = [s for s in C.by_chapter(chapter[:2]) if s.kind == "claim"]
     untested = [s for s in registered if s.id not in by_id]
     checked = "claim checks" if len(claims_rows) > len({r.get("id") for r in claims_rows}) else "tested"
-    out = [f"**Claims on this model:** {counts['supported']} supported, {counts['not supported']} not supported, "
-           f"{counts['inconclusive']} inconclusive (of {len(claims_rows)} {checked}"
+    out = [f"**Claims on this model:** {counts_text(counts)} (of {len(claims_rows)} {checked}"
            + (f"; {len(untested)} registered but not tested)." if untested else ").")]
     if claims_rows:
         out.append("")
@@ -211,7 +273,8 @@ def what_held(checks: Iterable[Check | dict[str, Any]], chapter: str, table: boo
         spec = C.REGISTRY.get(r.get("id"))
         if len(group) == 1:
             line = (f"- {STATUS_MARK[r['status']]} **{r['status']}**: {T.escape(r['name'])} "
-                    f"({r.get('paper') or 'paper section ?'}). Effect {effect_cell(r)}; needed {bar_text(r)}.")
+                    f"({r.get('paper') or 'paper section ?'}). Effect {effect_cell(r)}; needed {bar_text(r)}; "
+                    f"smallest reachable p {reachable_cell(r)}.")
         else:
             status = combined_status(x["status"] for x in group)
             line = (f"- {status_text(status).split()[0]} **{status}** ({_count_text(group)}, one per row of the "
@@ -252,21 +315,24 @@ def verdict_line(checks: Iterable[Check | dict[str, Any]]) -> str:
     rows = [r for r in as_rows(checks) if r["kind"] == "claim"]
     if not rows:
         return "No claim of the paper is tested in this chapter."
-    n = {s: sum(r["status"] == s for r in rows) for s in ("supported", "not supported", "inconclusive")}
-    return (f"On this model: {n['supported']} of {len(rows)} claim checks supported, {n['not supported']} not "
+    n = _counts(rows)
+    sv = f", {n[SUPPORTED_VIOLATED]} supported with assumptions violated" if n[SUPPORTED_VIOLATED] else ""
+    return (f"On this model: {n['supported']} of {len(rows)} claim checks supported{sv}, {n['not supported']} not "
             f"supported, {n['inconclusive']} inconclusive.")
 
 
 def ledger_rows(results_by_chapter: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
     """One row per registered claim of the paper: chapter, statement, paper section, status on this model
-    (`status`: its checks' statuses joined by '; '; `combined`: `combined_status`), effect with interval (a dash
-    when not run; several checks: their count, each in `checks` with its label, status and effect), what it needs
-    and the assumptions behind it with their status."""
+    (`status`: its checks' statuses joined by '; '; `combined`: `combined_status`; a supported check whose
+    assumptions are violated anywhere in the results reads `SUPPORTED_VIOLATED`), effect with interval (a dash
+    when not run; several checks: their count, each in `checks` with its label, status, effect and reachable p),
+    the smallest reachable p of its checks (`reachable_p`, NaN when no row says), what it needs and the
+    assumptions behind it with their status."""
     by_id: dict[str, list[dict]] = {}
-    for rows in results_by_chapter.values():
-        for r in as_rows(rows):
-            if r.get("id"):
-                by_id.setdefault(r["id"], []).append(r)
+    everything = mark_violated([r for rows in results_by_chapter.values() for r in as_rows(rows)])
+    for r in everything:
+        if r.get("id"):
+            by_id.setdefault(r["id"], []).append(r)
     out = []
     for s in C.SPECS:
         if s.kind != "claim":
@@ -279,8 +345,11 @@ def ledger_rows(results_by_chapter: dict[str, list[dict[str, Any]]]) -> list[dic
             "combined": combined_status(r["status"] for r in rows),
             "effect": (effect_cell(rows[0]) if len(rows) == 1 else f"{len(rows)} checks ↓") if rows else T.DASH,
             "needed": bar_text(rows[0]) if rows else T.DASH,
+            "reachable_p": min((float(r["reachable_p"]) for r in rows if not T.is_missing(r.get("reachable_p"))),
+                               default=float("nan")),
             "assumptions": _assumption_summary(s.assumptions, by_id) if s.assumptions else "none",
-            "checks": [{"label": label, "status": r["status"], "effect": effect_cell(r)}
+            "checks": [{"label": label, "status": r["status"], "effect": effect_cell(r),
+                        "reachable_p": reachable_cell(r)}
                        for label, r in zip(labels, rows)] if len(rows) > 1 else [],
         })
     return out

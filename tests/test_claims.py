@@ -28,8 +28,7 @@ def test_registry_is_consistent():
     kinds = {s.kind for s in C.SPECS}
     assert kinds == {"claim", "assumption"}
     # the claims the issue lists are registered
-    for need in ("predictable.qsim_predictability_corr", "predictable.trained_beats_null",
-                 "predictable.jump_proposition",
+    for need in ("predictable.qsim_predictability_corr", "predictable.trained_beats_null", "predictable.necessity",
                  "sinks.low_freq_share", "sinks.V1_query_continuity", "diagonal.D1_query_continuity",
                  "diagonal.D2_key_continuity", "diagonal.natural_periodic_diagonals", "seasonal.S1_query_periodicity",
                  "kv_cache.tappa_vs_uniform_budgets", "kv_cache.tappa_vs_expected_attention",
@@ -152,14 +151,14 @@ def test_what_held_reports_each_status_and_untested_claims():
     from tappa_utils import verdicts as V
 
     rows = [C.claim("predictable.qsim_predictability_corr", 0.5, ci=(0.3, 0.7), p_value=0.001).to_dict(),
-            C.claim("predictable.query_logit_jump_corr", -0.4, ci=(-0.6, -0.2), p_value=0.99).to_dict(),
+            C.claim("predictable.trained_beats_null", -0.4, ci=(-0.6, -0.2), p_value=0.99).to_dict(),
             C.assumption("predictable.A_nonvacuous", 0.2).to_dict(),
             C.sanity("bound holds on every step", 1.0, 0.5).to_dict()]
     text = V.what_held(rows, "03_predictable")
-    assert text.startswith("**Claims on this model:** 1 supported, 1 not supported, 0 inconclusive (of 2 tested; 3 ")
+    assert text.startswith("**Claims on this model:** 1 supported, 1 not supported, 0 inconclusive (of 2 tested; 1 ")
     assert "✘ BUG: bound holds on every step" in text and "0 of 1 hold" in text
     assert "not tested here" in text and "predictable.necessity" in text
     ledger = {r["id"]: r for r in V.ledger_rows({"03": rows})}
     assert ledger["predictable.qsim_predictability_corr"]["status"] == "supported"
-    assert ledger["predictable.query_logit_jump_corr"]["status"] == "not supported"
+    assert ledger["predictable.trained_beats_null"]["status"] == "not supported"
     assert ledger["sinks.low_freq_share"]["status"] == "not run"

@@ -8,6 +8,7 @@ import torch
 from conftest import make_tiny_model
 
 from tappa_utils import patterns as P
+from tappa_utils import stats as S
 from tappa_utils import theory as T
 from tappa_utils.rope import channel_frequencies
 
@@ -352,16 +353,55 @@ def test_patterned_predictability_separates_uniform_from_patterns():
         P.with_patterned(df.drop(columns="concentration"))
 
 
-def test_choose_qsim_variant_picks_the_variant_that_beats_the_null():
+def _partial_table(rng, n_layers=4, n_heads=10, sign=1.0):
+    """Heads whose predictability follows concentration, plus (q_sim_window_post) a relation with q-sim of `sign`
+    beyond concentration; the other variants follow concentration only."""
+    layer = np.repeat(np.arange(n_layers), n_heads)
+    conc = rng.uniform(0.25, 0.9, layer.size)
+    extra = rng.standard_normal(layer.size)
+    df = pd.DataFrame({"layer": layer, "head": np.tile(np.arange(n_heads), n_layers), "concentration": conc})
+    df["predictability"] = conc + 0.1 * extra
+    for v in P.QSIM_VARIANTS:
+        df[v] = conc + 0.05 * rng.standard_normal(layer.size) + layer  # concentration and depth, nothing else
+    df["q_sim_window_post"] = conc + sign * 0.1 * extra + layer
+    return df
+
+
+def test_choose_qsim_never_picks_a_wrong_sign_and_partials_concentration_out():
     rng = np.random.default_rng(0)
-    trained, null = _heads_table(rng), _heads_table(rng, relation=0.0)
-    v, table = P.choose_patterned_qsim(trained, null)
-    assert v == "q_sim_window_post" and table.set_index("variant").loc[v, "excess"] > 0.5
-    # the same relation in the null: no variant beats it by much, the choice may not be forced by depth
-    v2, t2 = P.choose_patterned_qsim(trained, trained)
-    assert np.allclose(t2.excess, 0)
+    v, table = P.choose_qsim(_partial_table(rng))
+    assert v == "q_sim_window_post" and table.set_index("variant").loc[v, "partial_rho"] > 0.5
+    # the relation beyond concentration is negative: that variant is never chosen, however large |rho|
+    v2, t2 = P.choose_qsim(_partial_table(rng, sign=-1.0))
+    assert v2 != "q_sim_window_post" and t2.set_index("variant").loc["q_sim_window_post", "partial_rho"] < -0.5
+    assert t2.set_index("variant").loc[v2, "eligible"] or v2 == P.DEFAULT_QSIM
+    # nothing positive (every variant's relation beyond concentration negative or absent): the paper's default
+    df = _partial_table(rng)
+    for q in P.QSIM_VARIANTS:
+        df[q] = -df["q_sim_window_post"]
+    df["q_sim_window_post"] = df["concentration"]
+    v3, t3 = P.choose_qsim(df)
+    assert v3 == P.DEFAULT_QSIM and not t3.eligible.any()
     with pytest.raises(KeyError, match="lacks"):
-        P.choose_patterned_qsim(trained.drop(columns="layer"), null)
+        P.choose_qsim(df.drop(columns="layer"))
+
+
+def test_qsim_partial_removes_what_concentration_produces_and_gates_on_patterned_heads():
+    rng = np.random.default_rng(2)
+    df = _partial_table(rng)
+    # q_sim_consecutive_pre follows concentration only: raw within-layer rho is large, partial about 0
+    assert S.spearman(df["q_sim_consecutive_pre"], df["predictability"], df["layer"]) > 0.5
+    r0 = P.qsim_partial(df, "q_sim_consecutive_pre")
+    assert abs(r0.estimate) < 0.35 and r0.p_value > 0.01
+    r1 = P.qsim_partial(df, "q_sim_window_post")
+    assert r1.estimate > 0.5 and r1.p_value < 0.01 and r1.reachable_p < 0.001
+    # random weights: no head has a pattern, so the headline has no units (NaN, inconclusive)
+    diffuse = df.assign(concentration=df.concentration * 1e-3)
+    assert len(P.patterned_heads(diffuse)) == 0
+    assert np.isnan(P.qsim_partial(P.patterned_heads(diffuse), "q_sim_window_post").estimate)
+    assert "Among heads with a pattern" in P.qsim_claim_name("q_sim_window_post")
+    assert "window" in P.qsim_claim_name("q_sim_window_post") and "`q_sim_window_post`" in P.qsim_claim_name(
+        "q_sim_window_post")
 
 
 def test_read_qsim_choice_checks_variant_and_model(tmp_path):
@@ -383,7 +423,7 @@ def test_necessity_test_detects_a_relation_within_layers_and_not_depth():
     rng = np.random.default_rng(1)
     df = _heads_table(rng, n_layers=6, n_heads=12)
     r = P.necessity_test(df["q_sim_window_post"], df[P.PATTERNED], df["layer"])
-    assert r.estimate > 0.8 and r.p_value < 0.01 and r.ci[0] > 0.6
+    assert r.estimate > 0.8 and r.p_value < 0.01 and r.ci[0] > 0.6 and r.reachable_p < 0.001
     # depth alone (q-sim and target both grow with the layer, nothing within layers): near 0.5, not significant
     r0 = P.necessity_test(df["q_sim_consecutive_pre"], df["layer"] + 0.01 * rng.standard_normal(len(df)),
                           df["layer"])

@@ -2,6 +2,8 @@
 strong effects (p < 0.01), depth confounds removed by within-group tests, fixed seeds."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from scipy.stats import spearmanr
@@ -115,3 +117,47 @@ def test_null_seed_never_equals_the_seed():
     assert len(set(derived)) == len(derived) and all(0 <= d < 2**31 for d in derived)
     with pytest.raises(ValueError, match="non-negative"):
         S.null_seed(-1)
+
+
+def test_partial_spearman_removes_a_shared_driver_and_keeps_a_real_relation():
+    rng = np.random.default_rng(3)
+    z = rng.uniform(0, 1, 80)
+    own = rng.standard_normal(80)
+    x_driven, y = z + 0.05 * rng.standard_normal(80), z + 0.1 * own
+    r0 = S.partial_spearman_test(x_driven, y, z, seed=1)
+    assert S.spearman(x_driven, y) > 0.8 and abs(r0.estimate) < 0.3 and r0.p_value > 0.01
+    r1 = S.partial_spearman_test(z + 0.1 * own + 0.02 * rng.standard_normal(80), y, z, seed=1)
+    assert r1.estimate > 0.8 and r1.p_value < 0.01 and r1.ci[0] > 0.6
+    # equal to Pearson of the residual ranks
+    ex, ey = S.partial_ranks(x_driven, y, z)
+    assert r0.estimate == pytest.approx(np.corrcoef(ex, ey)[0, 1])
+    with pytest.raises(ValueError, match="same length"):
+        S.partial_spearman_test(x_driven, y, z[:-1])
+    with pytest.raises(ValueError, match="at least 5"):
+        S.partial_spearman_test([1, 2, 3], [1, 2, 3], [1, 2, 3])
+
+
+def test_partial_spearman_type_one_rate_is_near_alpha():
+    rng = np.random.default_rng(4)
+    hits = 0
+    for i in range(200):
+        z = rng.standard_normal(30)
+        hits += S.partial_spearman_test(z + rng.standard_normal(30), z + rng.standard_normal(30), z,
+                                        groups=np.repeat(np.arange(3), 10), n_resamples=200, seed=i).p_value < 0.05
+    assert hits / 200 < 0.1
+
+
+def test_reachable_p_is_the_smallest_p_the_units_allow():
+    assert S.reachable_p(2 * math.log(2)) == pytest.approx(0.25)
+    assert S.reachable_p(math.inf, 1999) == pytest.approx(1 / 2000)
+    assert S.reachable_p(math.log(8), two_sided=True) == pytest.approx(0.25)
+    # sign flips of 2 units: the observed p can never go below it
+    r = S.paired_difference([1.0, 2.0], [0.0, 0.0], seed=0)
+    assert r.reachable_p == pytest.approx(0.25) and r.p_value >= r.reachable_p - 0.02
+    r = S.paired_difference(np.arange(1.0, 21.0), np.zeros(20), seed=0)
+    assert r.reachable_p == pytest.approx(1 / 2001) and r.p_value == pytest.approx(r.reachable_p)
+    # within-layer permutations of 2 layers x 2 heads: 2! * 2! = 4 arrangements
+    g = S.spearman_test([1, 2, 3, 4], [1, 2, 3, 4], groups=[0, 0, 1, 1])
+    assert g.reachable_p == pytest.approx(0.25) and g.p_value >= 0.2
+    t = S.two_sample([1.0, 2.0], [0.0, 0.1])
+    assert t.reachable_p == pytest.approx(1 / 6)

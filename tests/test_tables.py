@@ -72,8 +72,9 @@ def test_checks_markdown_one_labelled_row_per_check_and_the_combined_status():
     checks.append(C.measurement("value | with a pipe", 0.123456789, ci=(math.nan, math.nan)))
     md = V.checks_markdown(checks)
     rows = _html_rows(md)
-    assert all(len(r) == len(rows[0]) == 6 for r in rows), rows
-    assert rows[1][2] == "✔✘ mixed" and rows[1][5] == "1 supported, 1 not supported of 2 checks"
+    assert all(len(r) == len(rows[0]) == 7 for r in rows), rows
+    assert rows[0][4] == "smallest reachable p" and rows[2][4] == "–"  # claim rows without it: a dash
+    assert rows[1][2] == "✔✘ mixed" and rows[1][6] == "1 supported, 1 not supported of 2 checks"
     assert [r[1] for r in rows[2:4]] == ["↳ 2 layers removed", "↳ 4 layers removed"]
     assert rows[2][2:4] == ["✔ supported", "0.1 [0.09, 0.11], p = 0.001"]
     assert rows[4][1:4] == ["value | with a pipe", "· reported", "0.123"]
@@ -85,7 +86,7 @@ def test_what_held_ends_with_every_check_in_one_table():
               C.sanity("bound |x| holds", 1.0, 1.0), C.measurement("number of zebras", 24)]
     text = V.what_held(checks, "03_predictable")
     head, table = text.split("**Every check**")
-    assert "| sanity | bound \\|x\\| holds | ✔ ok | 1 | ≈ 1 ± 0 |" in table
+    assert "| sanity | bound \\|x\\| holds | ✔ ok | 1 |  | ≈ 1 ± 0 |" in table
     assert "| measurement | number of zebras | · reported | 24 |" in table
     assert "zebras" not in head  # measurements are in the table only
     assert "**Measurements**" in V.what_held(checks, "03_predictable", table=False)

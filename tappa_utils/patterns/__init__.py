@@ -27,16 +27,24 @@ from .diagonal import (
 )
 from .head import HeadData, QKCapture, _check_head, capture_head, clear_qk_capture, continuity, qk_capture
 from .predictable import (
+    CONTROL,
+    DEFAULT_QSIM,
+    MIN_HEADS,
     PATTERNED,
     QSIM_VARIANTS,
+    QSIM_WORDS,
+    TARGET,
     HeldOutJump,
     JumpFit,
-    choose_patterned_qsim,
+    choose_qsim,
     fit_jump_bound,
     held_out_jump,
     logit_jump_steps,
     mean_test,
     necessity_test,
+    patterned_heads,
+    qsim_claim_name,
+    qsim_partial,
     qsim_predictability,
     read_qsim_choice,
     rotated,
@@ -68,7 +76,8 @@ from .vertical import (
 
 __all__ = [
     "_check_head", "assumption_summary", "assumption_table", "autocorr_period", "candidate_layers", "capture_head",
-    "channel_distance_profiles", "choose_patterned_qsim", "clear_qk_capture", "column_change",
+    "channel_distance_profiles", "choose_qsim", "CONTROL", "DEFAULT_QSIM", "MIN_HEADS", "patterned_heads", "TARGET",
+    "qsim_claim_name", "qsim_partial", "QSIM_WORDS", "clear_qk_capture", "column_change",
     "column_channel_contributions", "column_steps", "continuity", "default_bases", "diagonal_steps",
     "dominant_period", "first_key_label", "fit_jump_bound", "HeadData", "held_out_jump", "HeldOutJump",
     "interval_control", "interval_experiment", "JumpFit", "key_alignment", "logit_distance_profile",

@@ -83,7 +83,7 @@ def test_ledger_rows_statuses_and_header(results):
     assert "one combined status: supported when every check is supported" in text
     assert '<div style="overflow-x:auto">' in text  # the wide table scrolls in its own box
     assert not re.search(r"\b(?:nan|NaN|None)\b", text)
-    assert "not tested (the chapter ran without it)" in row("predictable.jump_proposition")
+    assert "not tested (the chapter ran without it)" in row("sinks.low_freq_share")
     assert "not tested" in row("sinks.sinks_above_null")  # ch04 ran but wrote no claim
     assert "| 08 |" in row("pruning.tappa_beats_shortgpt") and "not run" in row("pruning.tappa_beats_shortgpt")
     assert row("predictable.qsim_predictability_corr").startswith("| {doc}`03 <../executed/03_predictable>` |")

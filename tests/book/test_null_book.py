@@ -19,10 +19,6 @@ ROOT = Path(__file__).resolve().parents[2]
 
 # claims that hold for any weights, with the reason; everything else registered is about trained structure
 NOT_ABOUT_TRAINING = {
-    "predictable.jump_proposition": "Proposition 1's inequality with c1, c2 calibrated on the same model: it holds "
-                             "out of sample for any weights (a property of the bound, not of training)",
-    "predictable.query_logit_jump_corr": "Proposition 1's mechanism: a larger query step moves the logits more, "
-                                         "for any weights",
     "diagonal.intervention_interval": "an intervention: scaling channel m in q and k makes it dominant, so the "
                                   "diagonals' period 2 pi / theta_m comes from RoPE on any weights",
     "seasonal.paper_bound_holds": "a theorem's bound checked numerically: true for any weights",
