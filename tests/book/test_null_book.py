@@ -23,8 +23,6 @@ NOT_ABOUT_TRAINING = {
                              "out of sample for any weights (a property of the bound, not of training)",
     "predictable.query_logit_jump_corr": "Proposition 1's mechanism: a larger query step moves the logits more, "
                                          "for any weights",
-    "diagonal.intervention_interval": "an intervention: scaling channel m in q and k makes it dominant, so the "
-                                  "diagonals' period 2 pi / theta_m comes from RoPE on any weights",
     "seasonal.paper_bound_holds": "a theorem's bound checked numerically: true for any weights",
     "seasonal.resonance_helps": "RoPE resonance on a periodic input: the mismatch |delta| is a property of the "
                             "rotation, for any queries that repeat with the input",
