@@ -109,3 +109,36 @@ def test_planted_sink_is_supported_against_the_null_and_the_argmax_selection_is_
     assert planted["alignment_gap"] > nulls.spread("alignment_gap")["max"]
     # with m = 0 (no vertical head) the alignment statistic is undefined, not a pass
     assert np.isnan(P.sink_statistics(model, ids, **{**args, "m": 0})["alignment_gap"])
+
+
+def _plant_previous_token_head(model, head: int = 0, channels=(0, 1), amp: float = 3.0) -> None:
+    """Layer 0, query head `head`: query and key read a feature every token has, with the query's channels m turned
+    by -theta_m against the key's, so the logit sum_m cos((t - i - 1) theta_m) peaks at offset 1."""
+    from tappa_utils.rope import channel_frequencies
+
+    theta = channel_frequencies(model)
+    with torch.no_grad():
+        model.model.embed_tokens.weight[:, 0] = 5.0
+        attn = model.model.layers[0].self_attn
+        d = attn.head_dim
+        kv = head // (attn.config.num_attention_heads // attn.config.num_key_value_heads)
+        attn.k_proj.weight[kv * d:(kv + 1) * d, 0] = 0.0
+        attn.q_proj.weight[head * d:(head + 1) * d, 0] = 0.0
+        for m in channels:
+            attn.k_proj.weight[kv * d + m, 0] = amp
+            attn.q_proj.weight[head * d + m, 0] = amp * float(np.cos(theta[m]))
+            attn.q_proj.weight[head * d + m + d // 2, 0] = -amp * float(np.sin(theta[m]))
+
+
+def test_planted_diagonal_head_is_supported_against_the_null():
+    model = make_tiny_model()
+    ids = torch.randint(3, 300, (1, 64), generator=torch.Generator().manual_seed(2))
+    _plant_previous_token_head(model)
+    args = dict(skip=8, k=1, max_distance=24)
+    planted = P.diagonal_statistics(model, ids, **args)
+    masses = P.head_masses(model, ids, skip=8)
+    top = masses.sort_values("diag_mass").iloc[-1]
+    assert (int(top.layer), int(top["head"]), int(top.diag_offset)) == (0, 0, 1)
+    nulls = N.null_distribution(model, lambda net: P.diagonal_statistics(net, ids, **args), draws=5, seed=0)
+    assert planted["top_diag"] > 0.5 > nulls.spread("top_diag")["max"]
+    assert nulls.rank_p("top_diag", planted["top_diag"]) == pytest.approx(1 / 6)
