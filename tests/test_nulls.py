@@ -142,3 +142,5 @@ def test_planted_diagonal_head_is_supported_against_the_null():
     nulls = N.null_distribution(model, lambda net: P.diagonal_statistics(net, ids, **args), draws=5, seed=0)
     assert planted["top_diag"] > 0.5 > nulls.spread("top_diag")["max"]
     assert nulls.rank_p("top_diag", planted["top_diag"]) == pytest.approx(1 / 6)
+    cheap = P.diagonal_statistics(model, ids, **args, periodic=False)
+    assert cheap["top_diag"] == pytest.approx(planted["top_diag"]) and np.isnan(cheap["periodic_r2"])
