@@ -105,7 +105,7 @@ def test_constructors_compute_status_from_the_registry():
     m = C.measurement("looseness", 0.07, ci=(0.05, 0.09))
     assert m.status == "reported" and m.passed is None and m.ci == (0.05, 0.09)
     # deterministic claims go without statistics; others must not
-    assert C.claim("diagonal.intervention_interval", 0.03).status == "supported"
+    assert C.Check("x", 0.1, 0.03, 0.0, "le", kind="claim", id="x").status == "supported"
     with pytest.raises(ValueError, match="ci or a p-value"):
         C.claim("predictable.qsim_predictability_corr", 0.5)
     with pytest.raises(KeyError, match="not a registered"):

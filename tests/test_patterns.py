@@ -164,10 +164,10 @@ def test_column_steps_bounds_and_low_frequency_share():
     # a key living only in low-frequency channels: the share is 1; only in high-frequency ones: 0
     k2 = np.zeros_like(k)
     k2[:, [15, 31]] = 1.0
-    assert P.low_frequency_share(synthetic_headdata(q, k2), 0, period=100) == pytest.approx(1.0)
+    assert P.low_frequency_share(synthetic_headdata(q, k2), 0, P.low_frequency_mask(THETA, 100)) == pytest.approx(1.0)
     k2[:] = 0
     k2[:, [0, 16]] = 1.0
-    assert P.low_frequency_share(synthetic_headdata(q, k2), 0, period=100) == pytest.approx(0.0)
+    assert P.low_frequency_share(synthetic_headdata(q, k2), 0, P.low_frequency_mask(THETA, 100)) == pytest.approx(0.0)
     same = np.tile(q[0], (100, 1))
     assert P.key_alignment(synthetic_headdata(same, same, theta=np.zeros(16)), 0) == pytest.approx(1.0)
     assert P.key_alignment(synthetic_headdata(same, -same, theta=np.zeros(16)), 0) == pytest.approx(-1.0)
@@ -475,7 +475,7 @@ def test_vertical_windows_find_the_sink_and_its_low_frequency_carrier():
     A = hd.logits[0]
     p = np.exp(A - A.max(1, keepdims=True))
     hd.probs = (p / p.sum(1, keepdims=True))[None]
-    rows, steps, c_key, c_base = P.vertical_windows(hd, period=2000, skip=8, n_baseline_keys=8)
+    rows, steps, c_key, c_base = P.vertical_windows(hd, P.slowest_channels(THETA, 1), skip=8, n_baseline_keys=8)
     r = rows.iloc[0]
     assert r.key == 0 and r.low_freq_share > 0.9 > r.baseline_share and r.alignment > r.baseline_alignment
     assert r.holds_chord == 1.0 and 0 < r.looseness <= 1 and r.column_ratio < 1
@@ -483,7 +483,7 @@ def test_vertical_windows_find_the_sink_and_its_low_frequency_carrier():
     assert set(steps.key) == {0}
     hd.probs = None
     with pytest.raises(ValueError, match="probs"):
-        P.vertical_windows(hd, period=64)
+        P.vertical_windows(hd, P.slowest_channels(THETA, 2))
 
 
 def test_first_key_label_from_the_tokenizer():

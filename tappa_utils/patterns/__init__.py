@@ -11,6 +11,7 @@ from .diagonal import (
     autocorr_period,
     channel_distance_profiles,
     default_bases,
+    diagonal_statistics,
     diagonal_steps,
     dominant_period,
     interval_control,
@@ -25,7 +26,16 @@ from .diagonal import (
     with_dominant_channel,
     with_rope_base,
 )
-from .head import HeadData, QKCapture, _check_head, capture_head, clear_qk_capture, continuity, qk_capture
+from .head import (
+    HeadData,
+    QKCapture,
+    _check_head,
+    capture_head,
+    clear_qk_capture,
+    continuity,
+    head_masses,
+    qk_capture,
+)
 from .predictable import (
     CONTROL,
     DEFAULT_QSIM,
@@ -53,6 +63,8 @@ from .predictable import (
 from .seasonal import (
     SeasonalRuns,
     candidate_layers,
+    channel_share,
+    per_head_seasonal,
     periodic_ids,
     periodicity_error,
     resonance_groups,
@@ -60,6 +72,7 @@ from .seasonal import (
     resonant_periods,
     seasonal_pairs,
     seasonal_runs,
+    seasonal_runs_heads,
     seasonal_sweep,
 )
 from .vertical import (
@@ -67,14 +80,19 @@ from .vertical import (
     column_channel_contributions,
     column_steps,
     first_key_label,
+    alignment_gap,
     key_alignment,
     low_frequency_mask,
     low_frequency_share,
+    sink_statistics,
+    slowest_channels,
     vertical_strength,
     vertical_windows,
 )
 
 __all__ = [
+    "alignment_gap", "head_masses", "sink_statistics", "slowest_channels", "diagonal_statistics",
+    "channel_share", "per_head_seasonal", "seasonal_runs_heads",
     "_check_head", "assumption_summary", "assumption_table", "autocorr_period", "candidate_layers", "capture_head",
     "channel_distance_profiles", "choose_qsim", "CONTROL", "DEFAULT_QSIM", "MIN_HEADS", "patterned_heads", "TARGET",
     "qsim_claim_name", "qsim_partial", "QSIM_WORDS", "clear_qk_capture", "column_change",

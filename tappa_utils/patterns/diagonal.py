@@ -344,3 +344,28 @@ def interval_control(model, input_ids: torch.Tensor, layer: int, head: int, chan
                      "measured": meas, "autocorr": autocorr_period(prof), "rel_error": abs(meas - pred) / pred,
                      "dominant_share": float(share)})
     return pd.DataFrame(rows)
+
+
+def diagonal_statistics(model, input_ids: torch.Tensor, skip: int, k: int, max_distance: int = 128,
+                        layers=None, threshold: float = 0.3, periodic: bool = True) -> dict[str, float]:
+    """The head statistics of chapter 5's claims about trained structure on one model, the same on a trained model
+    and on each random-weight draw (`nulls.null_distribution`):
+
+    - `top_diag`: mean diagonal mass (`head.head_masses`) of the `k` strongest diagonal heads (existence);
+    - `share_diag`: share of heads with diagonal mass >= `threshold` (prevalence);
+    - `periodic_r2`: mean `natural_periodicity` R^2 at the dominant period over the heads whose dominant channel's
+      period fits the profile (NaN when none), and `n_fit`, how many they are; with `periodic=False` both are NaN
+      and `natural_periodicity` is skipped (it is the costly part: on the null draws when the model itself has no
+      head to compare)."""
+    from .head import clear_qk_capture, head_masses
+
+    heads = head_masses(model, input_ids, skip, layers=layers)
+    dm = np.sort(heads.diag_mass.to_numpy())
+    out = {"top_diag": float(dm[-k:].mean()), "share_diag": float((dm >= threshold).mean()),
+           "periodic_r2": float("nan"), "n_fit": float("nan")}
+    if periodic:
+        nat = natural_periodicity(model, input_ids, layers, max_distance, skip)
+        fit = nat[nat.fits].r2_dominant.dropna()
+        out.update(periodic_r2=float(fit.mean()) if len(fit) else float("nan"), n_fit=float(len(fit)))
+    clear_qk_capture()
+    return out

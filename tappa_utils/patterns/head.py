@@ -149,3 +149,28 @@ def continuity(x: np.ndarray, skip: int = 0) -> float:
         raise ValueError("need at least two positions after skip to measure continuity")
     step = np.linalg.norm(np.diff(x, axis=-2), axis=-1).mean()
     return float(step / np.linalg.norm(x, axis=-1).mean())
+
+
+def head_masses(model, input_ids: torch.Tensor, skip: int = 16, max_offset: int = 8, layers=None):
+    """Per (layer, head): `sink_mass`, `column_mass`, `fixed_key_mass` (their max), `diag_offset` and `diag_mass`
+    (offsets 1..max_offset), means over the windows, from one forward (`qk_capture`); the same definitions as
+    `metrics.analyze_heads`' columns at a fraction of its cost (no predictability or q-similarity), so a measure
+    repeated on many random-weight draws stays cheap."""
+    import pandas as pd
+
+    from ..metrics import _diag_from_profile, column_mass, distance_profile, sink_mass
+
+    cap = qk_capture(model, input_ids)
+    rows = []
+    for layer in resolve_layers(model, layers):
+        rec = cap[layer]
+        cos, sin = cap.position_embeddings
+        q_post, k_post = rec.rope_fn(rec.q_pre, rec.k_pre, cos, sin)
+        _, pr = attention_from_qk(q_post, k_post, rec.scaling, rec.sliding_window)
+        sm, cm = sink_mass(pr, skip).mean(0), column_mass(pr, skip).mean(0)
+        off, dm = _diag_from_profile(distance_profile(pr, skip, max_offset).mean(0), max_offset)
+        for h in range(pr.shape[1]):
+            rows.append({"layer": int(layer), "head": h, "sink_mass": float(sm[h]), "column_mass": float(cm[h]),
+                         "fixed_key_mass": float(max(sm[h], cm[h])), "diag_offset": int(off[h]),
+                         "diag_mass": float(dm[h])})
+    return pd.DataFrame(rows)

@@ -162,3 +162,41 @@ def resonant_periods(theta_m: float, around: int, count: int = 9, spread: float 
     return vals
 
 
+
+
+def seasonal_runs_heads(model, tokenizer, text: str, heads, periods, seq_len: int, dominant: int,
+                        num_windows: int = 1) -> SeasonalRuns:
+    """`seasonal_runs` at several heads (`heads`: (layer, head) pairs) for the same channel `dominant`, with `layer`
+    and `head` columns; one forward per period serves every head (the periods are the outer loop)."""
+    runs, units = [], []
+    for L in periods:
+        for layer, head in heads:
+            r = seasonal_runs(model, tokenizer, text, int(layer), int(head), [int(L)], seq_len, dominant, num_windows)
+            runs.append(r.runs.assign(layer=int(layer), head=int(head)))
+            units.append(r.units.assign(layer=int(layer), head=int(head)))
+    return SeasonalRuns(pd.concat(runs, ignore_index=True), pd.concat(units, ignore_index=True))
+
+
+def channel_share(hd: HeadData, channel: int, skip: int = 16) -> float:
+    """Share of channel `channel` in mean |q^m| x mean |k^m| over the channels (queries and keys t >= skip)."""
+    amp = (np.abs(theory._c(hd.q[:, skip:])).mean((0, 1)) * np.abs(theory._c(hd.k[:, skip:])).mean((0, 1)))
+    return float(amp[channel] / amp.sum())
+
+
+def per_head_seasonal(runs: SeasonalRuns) -> pd.DataFrame:
+    """One row per (layer, head) of `seasonal_runs_heads`: `resonance_effect` (mean log relative change at the
+    control periods minus at the resonant ones, `resonance_groups`; NaN without both groups), `holds_paper` and
+    `holds_full` (fractions of the head's pairs), `eps_q`, `eps_k` (medians over its periods): the head is the unit
+    of the chapter's tests, periods and windows nested inside."""
+    rows = []
+    for (layer, head), g in runs.runs.groupby(["layer", "head"], sort=False):
+        grp = resonance_groups(g["delta"])
+        x = np.log(g["rel_change"].to_numpy(dtype=np.float64))
+        eff = (x[grp == "control"].mean() - x[grp == "resonant"].mean()
+               if (grp == "control").any() and (grp == "resonant").any() else float("nan"))
+        u = runs.units[(runs.units["layer"] == layer) & (runs.units["head"] == head)]
+        rows.append({"layer": layer, "head": head, "resonance_effect": float(eff),
+                     "holds_paper": float(u.holds_paper.sum() / u.pairs.sum()),
+                     "holds_full": float(u.holds_full.sum() / u.pairs.sum()),
+                     "eps_q": float(g.eps_q.median()), "eps_k": float(g.eps_k.median())})
+    return pd.DataFrame(rows)

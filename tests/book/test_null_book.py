@@ -19,8 +19,6 @@ ROOT = Path(__file__).resolve().parents[2]
 
 # claims that hold for any weights, with the reason; everything else registered is about trained structure
 NOT_ABOUT_TRAINING = {
-    "diagonal.intervention_interval": "an intervention: scaling channel m in q and k makes it dominant, so the "
-                                  "diagonals' period 2 pi / theta_m comes from RoPE on any weights",
     "seasonal.paper_bound_holds": "a theorem's bound checked numerically: true for any weights",
     "seasonal.resonance_helps": "RoPE resonance on a periodic input: the mismatch |delta| is a property of the "
                             "rotation, for any queries that repeat with the input",
