@@ -95,7 +95,13 @@ def status_text(status: str) -> str:
 
 def _count_text(rows: list[dict[str, Any]]) -> str:
     counts = {s: sum(r["status"] == s for r in rows) for s in ("supported", "not supported", "inconclusive")}
-    return ", ".join(f"{n} {s}" for s, n in counts.items() if n) + f" of {len(rows)} checks"
+    text = ", ".join(f"{n} {s}" for s, n in counts.items() if n) + f" of {len(rows)} checks"
+    return text + (", Holm-corrected" if corrected(rows) else "")
+
+
+def corrected(rows: list[dict[str, Any]]) -> bool:
+    """True when a claim's checks were Holm-corrected together (`claims.holm_adjust` wrote it in their notes)."""
+    return bool(rows) and any("Holm over" in (r.get("note") or "") for r in rows)
 
 
 def check_labels(names: list[str]) -> list[str]:
@@ -259,7 +265,8 @@ def verdict_line(checks: Iterable[Check | dict[str, Any]]) -> str:
 
 def ledger_rows(results_by_chapter: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
     """One row per registered claim of the paper: chapter, statement, paper section, status on this model
-    (`status`: its checks' statuses joined by '; '; `combined`: `combined_status`), effect with interval (a dash
+    (`status`: its checks' statuses joined by '; '; `combined`: `combined_status`; `holm`: its checks'
+    p-values were Holm-corrected together), effect with interval (a dash
     when not run; several checks: their count, each in `checks` with its label, status and effect), what it needs
     and the assumptions behind it with their status."""
     by_id: dict[str, list[dict]] = {}
@@ -277,6 +284,7 @@ def ledger_rows(results_by_chapter: dict[str, list[dict[str, Any]]]) -> list[dic
             "chapter": s.chapter, "id": s.id, "statement": s.statement, "paper": s.paper,
             "status": "; ".join(sorted({r["status"] for r in rows})) if rows else "not run",
             "combined": combined_status(r["status"] for r in rows),
+            "holm": corrected(rows) and len(rows) > 1,
             "effect": (effect_cell(rows[0]) if len(rows) == 1 else f"{len(rows)} checks ↓") if rows else T.DASH,
             "needed": bar_text(rows[0]) if rows else T.DASH,
             "assumptions": _assumption_summary(s.assumptions, by_id) if s.assumptions else "none",

@@ -379,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
             samples = run_kv_eval(model, tok, cfg, progress=not args.quiet)
             null = run_null_eval(model, tok, cfg, progress=not args.quiet) if args.null else None
             write_results(tmp, cfg, samples, seconds=time.perf_counter() - t0, null_samples=null)
-            save_checks(tmp, kv_checks(samples, null, seed=cfg.seed))
+            save_checks(tmp, kv_checks(samples, seed=cfg.seed))
         if not args.quiet:
             print(summarize(samples).to_string(index=False))
         return 0
