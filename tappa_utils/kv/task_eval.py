@@ -119,7 +119,7 @@ def accuracy_table(results):
     import pandas as pd
 
     rows = []
-    keeps = sorted(k for k in results.keep.unique() if k < 1.0)
+    keeps = sorted(k for k in results.keep.unique() if k < 1.0) or [1.0]  # only the full cache: at keep 1
     for (task, length, method, keep), g in results.groupby(["task", "length", "method", "keep"]):
         k, n = int(g.correct.sum()), len(g)
         lo, hi = wilson_interval(k, n)

@@ -185,7 +185,7 @@ def rank_text(results, method: str = "tappa") -> str:
         tied = int((g.accuracy == r.accuracy).sum()) - 1
         parts.append(f"rank {int(r['rank'])} of {len(g)} at {_pct(keep)} kept (mean accuracy {r.accuracy:.2f}"
                      + (f", tied with {tied} other{'s' if tied > 1 else ''}" if tied else "")
-                     + ("" if best.method == method else f"; best {best.method}, {best.accuracy:.2f}") + ")")
+                     + (f"; best {best.method}, {best.accuracy:.2f}" if best.accuracy > r.accuracy else "") + ")")
     return f"{method} takes " + "; ".join(parts) if parts else f"{method} was not run"
 
 

@@ -92,6 +92,7 @@ def test_tables_and_texts_name_every_method_and_budget():
     lines = [line for line in md.splitlines() if line.startswith("| full") or line.startswith("| tappa")]
     assert "| 1 [0.61, 1]" in lines[0] and "| 0 [0, 0.39]" in lines[1]
     assert "rank 2 of 2 at 25 % kept (mean accuracy 0.00; best snapkv, 1.00)" in TR.rank_text(data)
+    assert "rank 1 of 2 at 50 % kept (mean accuracy 1.00, tied with 1 other)" in TR.rank_text(data)
     prof = TR.layer_profile(data, 0.25)
     assert prof.tappa.tolist() == [20, 30, 25] and prof.snapkv.tolist() == [25, 25, 25]
     assert np.allclose(prof.qsim, [0.9, 0.5, 0.7])
