@@ -234,3 +234,26 @@ def test_one_sample_with_null_runs_and_its_claims_are_inconclusive(tmp_path):
     assert {c["id"] for c in claims} == {"kv_cache.probe_tappa_vs_uniform_budgets"}
     assert all(c["status"] == "inconclusive" and np.isfinite(c["measured"]) for c in claims)
     assert pd.read_csv(out / "null_comparisons.csv").empty
+
+
+def test_length_profile_scores_the_same_loss_targets_at_every_length(default_model, monkeypatch):
+    """The loss task is nested: every length scores the same continuations, each context the longest one cut from
+    the left with BOS kept (drawn per length, the texts differed and the NLL moved for that reason alone)."""
+    from tappa_utils.kv import evaluate as E
+
+    model, tok = default_model
+    seen = []
+    monkeypatch.setattr(E, "score_sample", lambda m, ctx, tgt: seen.append((ctx, tgt)) or {"nll": 1.0, "accuracy": 1})
+    cfg = KVEvalConfig(model="tappa-tiny", seq_len=256, samples=3, cont_len=8, seg_len=16, prefix_len=4)
+    E.length_profile(model, tok, cfg, lengths=(64, 128, 256), n=3)
+    loss = [(c, t) for c, t in seen if t.shape[1] == 8]
+    assert len(loss) == 3 * 3
+    by_len = {}
+    for c, t in loss:
+        by_len.setdefault(c.shape[1], []).append((c, t))
+    assert sorted(by_len) == [64, 128, 256]
+    for i in range(3):
+        targets = [by_len[L][i][1] for L in (64, 128, 256)]
+        assert all(torch.equal(targets[0], x) for x in targets)  # the same continuation at every length
+        short, long = by_len[64][i][0], by_len[256][i][0]
+        assert short[0, 0] == tok.bos_token_id and torch.equal(short[0, 1:], long[0, -63:])  # a left cut
