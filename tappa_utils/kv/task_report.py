@@ -115,7 +115,8 @@ def task_checks(results, seed: int = 0, claims: dict[str, str] | None = None) ->
                     continue
                 r = S.paired_difference(t, b, seed=seed)
                 wins, losses = int(((t == 1) & (b == 0)).sum()), int(((t == 0) & (b == 1)).sum())
-                note = f"{wins} wins, {losses} losses of {len(t)}" + (f"; {gate}" if gate else "")
+                note = (f"{wins} win{'s' * (wins != 1)}, {losses} loss{'es' * (losses != 1)} of {len(t)}"
+                        + (f"; {gate}" if gate else ""))
                 checks.append(C.claim(cid, r.estimate, ci=r.ci, p_value=sign_test_greater(t, b) if ok else math.nan,
                                       name=name, note=note))
     C.holm_adjust(checks)
