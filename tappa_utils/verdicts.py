@@ -124,7 +124,13 @@ def _counts(rows: list[dict[str, Any]]) -> dict[str, int]:
 
 
 def _count_text(rows: list[dict[str, Any]]) -> str:
-    return ", ".join(f"{n} {s}" for s, n in _counts(rows).items() if n) + f" of {len(rows)} checks"
+    text = ", ".join(f"{n} {s}" for s, n in _counts(rows).items() if n) + f" of {len(rows)} checks"
+    return text + (", Holm-corrected" if corrected(rows) else "")
+
+
+def corrected(rows: list[dict[str, Any]]) -> bool:
+    """True when a claim's checks were Holm-corrected together (`claims.holm_adjust` wrote it in their notes)."""
+    return bool(rows) and any("Holm over" in (r.get("note") or "") for r in rows)
 
 
 def counts_text(counts: dict[str, int]) -> str:
@@ -324,10 +330,10 @@ def verdict_line(checks: Iterable[Check | dict[str, Any]]) -> str:
 def ledger_rows(results_by_chapter: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
     """One row per registered claim of the paper: chapter, statement, paper section, status on this model
     (`status`: its checks' statuses joined by '; '; `combined`: `combined_status`; a supported check whose
-    assumptions are violated anywhere in the results reads `SUPPORTED_VIOLATED`), effect with interval (a dash
-    when not run; several checks: their count, each in `checks` with its label, status, effect and reachable p),
-    the smallest reachable p of its checks (`reachable_p`, NaN when no row says), what it needs and the
-    assumptions behind it with their status."""
+    assumptions are violated anywhere in the results reads `SUPPORTED_VIOLATED`; `holm`: its checks' p-values were
+    Holm-corrected together), effect with interval (a dash when not run; several checks: their count, each in
+    `checks` with its label, status, effect and reachable p), the smallest reachable p of its checks
+    (`reachable_p`, NaN when no row says), what it needs and the assumptions behind it with their status."""
     by_id: dict[str, list[dict]] = {}
     everything = mark_violated([r for rows in results_by_chapter.values() for r in as_rows(rows)])
     for r in everything:
@@ -343,6 +349,7 @@ def ledger_rows(results_by_chapter: dict[str, list[dict[str, Any]]]) -> list[dic
             "chapter": s.chapter, "id": s.id, "statement": s.statement, "paper": s.paper,
             "status": "; ".join(sorted({r["status"] for r in rows})) if rows else "not run",
             "combined": combined_status(r["status"] for r in rows),
+            "holm": corrected(rows) and len(rows) > 1,
             "effect": (effect_cell(rows[0]) if len(rows) == 1 else f"{len(rows)} checks ↓") if rows else T.DASH,
             "needed": bar_text(rows[0]) if rows else T.DASH,
             "reachable_p": min((float(r["reachable_p"]) for r in rows if not T.is_missing(r.get("reachable_p"))),

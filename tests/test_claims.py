@@ -32,7 +32,7 @@ def test_registry_is_consistent():
                  "sinks.low_freq_share", "sinks.V1_query_continuity", "diagonal.D1_query_continuity",
                  "diagonal.D2_key_continuity", "diagonal.natural_periodic_diagonals", "seasonal.S1_query_periodicity",
                  "kv_cache.tappa_vs_uniform_budgets", "kv_cache.tappa_vs_expected_attention",
-                 "kv_cache.kv_win_over_null",
+                 "kv_cache.tappa_vs_snapkv", "kv_cache.A_task_solvable",
                  "pruning.tappa_beats_shortgpt"):
         assert need in C.REGISTRY, need
     assert C.spec("pruning.tappa_beats_shortgpt").margin > 0  # superiority, not non-inferiority
@@ -162,3 +162,12 @@ def test_what_held_reports_each_status_and_untested_claims():
     assert ledger["predictable.qsim_predictability_corr"]["status"] == "supported"
     assert ledger["predictable.trained_beats_null"]["status"] == "not supported"
     assert ledger["sinks.low_freq_share"]["status"] == "not run"
+
+
+def test_no_kv_claim_repeats_its_parent():
+    """kv_win_over_null (TAPPA's gain trained minus random weights) equalled its parent when the null's gain was ~0:
+    removed; the chapter 7 claims are stated on task accuracy with the probes under their own ids."""
+    assert "kv_cache.kv_win_over_null" not in C.REGISTRY
+    for cid in ("kv_cache.tappa_vs_uniform_budgets", "kv_cache.tappa_vs_snapkv", "kv_cache.tappa_vs_expected_attention"):
+        s = C.spec(cid)
+        assert "accuracy" in s.notes and "Holm" in s.notes and s.assumptions == ("kv_cache.A_task_solvable",)

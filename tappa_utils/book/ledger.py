@@ -174,7 +174,8 @@ def ledger_markdown(chapters: dict[str, ChapterResults], linked: set[str] | None
         if stem in ran and combined == "not run":
             status = "· not tested (the chapter ran without it)"
         elif r["checks"]:
-            status += f" ({', '.join(f'{n} {s}' for s, n in Counter(c['status'] for c in r['checks']).items())})"
+            counts = ', '.join(f'{n} {s}' for s, n in Counter(c['status'] for c in r['checks']).items())
+            status += f" ({counts}" + (f"; Holm-corrected over {len(r['checks'])} checks)" if r.get("holm") else ")")
         needed = r["needed"]
         if needed == T.DASH and r["id"] in C.REGISTRY:  # untested: what the registry will ask of it
             spec = C.REGISTRY[r["id"]]

@@ -73,7 +73,8 @@ def run_task_eval(model, tokenizer, samples: Sequence, methods: Sequence[str], k
     """Per-sample, per-(method, keep) results (pandas DataFrame).
 
     Columns: task, length, depth, sample, method, keep, correct (0/1), answer, kept_fraction, press_ms, answer_ms,
-    context_tokens. The full cache is the method "full" (keep 1.0), run once per sample.
+    context_tokens, layer_lengths (cached tokens per layer, space-separated) and layer_qsim (the window
+    q-similarity per layer a TAPPA-family press recorded; empty for the others). The full cache is the method "full" (keep 1.0), run once per sample.
     """
     import pandas as pd
 
@@ -101,10 +102,13 @@ def run_task_eval(model, tokenizer, samples: Sequence, methods: Sequence[str], k
             t0 = time.perf_counter()
             ids = answer_after(model, cache, question, t, stops, max_new_tokens)
             answer = tokenizer.decode(ids, skip_special_tokens=True)
+            qsim = getattr(presses[(method, keep)], "layer_qsim", None)
             rows.append({"task": sample.task, "length": sample.target_tokens, "depth": sample.depth, "sample": i,
                          "method": method, "keep": keep, "correct": int(score(answer, sample)), "answer": answer,
                          "kept_fraction": sum(kept) / (len(kept) * t), "press_ms": 1000 * timings[(method, keep)],
-                         "answer_ms": 1000 * (time.perf_counter() - t0), "context_tokens": t})
+                         "answer_ms": 1000 * (time.perf_counter() - t0), "context_tokens": t,
+                         "layer_lengths": " ".join(str(int(n)) for n in kept),
+                         "layer_qsim": " ".join(f"{float(q):.5g}" for q in qsim) if qsim is not None else ""})
         if progress:
             print(f"  sample {i + 1}/{len(samples)} ({sample.task}, {t} tokens) done", flush=True)
     return pd.DataFrame(rows)
@@ -115,7 +119,7 @@ def accuracy_table(results):
     import pandas as pd
 
     rows = []
-    keeps = sorted(k for k in results.keep.unique() if k < 1.0)
+    keeps = sorted(k for k in results.keep.unique() if k < 1.0) or [1.0]  # only the full cache: at keep 1
     for (task, length, method, keep), g in results.groupby(["task", "length", "method", "keep"]):
         k, n = int(g.correct.sum()), len(g)
         lo, hi = wilson_interval(k, n)

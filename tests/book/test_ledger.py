@@ -34,9 +34,9 @@ def results(tmp_path) -> Path:
         C.assumption("predictable.A_query_not_orthogonal", 0.3),
         C.measurement("heads", 24)])
     _chapter(r, "07_kv_cache", [
-        C.claim("kv_cache.tappa_vs_uniform_budgets", 0.05, ci=(0.02, 0.08), p_value=0.01,
+        C.claim("kv_cache.tappa_vs_uniform_budgets", 0.15, ci=(0.1, 0.2), p_value=0.01,
                 name="TAPPA vs uniform budgets at 25 %"),
-        C.claim("kv_cache.tappa_vs_uniform_budgets", -0.05, ci=(-0.08, -0.02), p_value=0.01,
+        C.claim("kv_cache.tappa_vs_uniform_budgets", -0.15, ci=(-0.2, -0.1), p_value=0.01,
                 name="TAPPA vs uniform budgets at 50 %")])
     _chapter(r, "04_sinks", [C.assumption("sinks.V1_query_continuity", 0.2)])
     return r
@@ -78,8 +78,8 @@ def test_ledger_rows_statuses_and_header(results):
     assert "? inconclusive" in row("predictable.necessity")  # ci low end 0.5 does not clear 0.5 + 0.2
     # one claim checked at two budgets: a combined status, then one labelled row per check, and the rule below
     assert "| ✔✘ mixed (1 supported, 1 not supported) | 2 checks ↓ |" in row("kv_cache.tappa_vs_uniform_budgets")
-    assert "|  | ↳ 25 % |  | ✔ supported | 0.05 [0.02, 0.08], p = 0.01 |  |  |" in text
-    assert "|  | ↳ 50 % |  | ✘ not supported | -0.05 [-0.08, -0.02], p = 0.01 |  |  |" in text
+    assert "|  | ↳ 25 % |  | ✔ supported | 0.15 [0.1, 0.2], p = 0.01 |  |  |" in text
+    assert "|  | ↳ 50 % |  | ✘ not supported | -0.15 [-0.2, -0.1], p = 0.01 |  |  |" in text
     assert "one combined status: supported when every check is supported" in text
     assert '<div style="overflow-x:auto">' in text  # the wide table scrolls in its own box
     assert not re.search(r"\b(?:nan|NaN|None)\b", text)

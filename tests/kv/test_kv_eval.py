@@ -52,9 +52,8 @@ def test_kv_eval_cli_tiny(tmp_path):
         null.merge(samples, on=["task", "method", "keep", "sample"]).nll_y).any()  # other weights, other losses
     rows = json.loads((out / "results.json").read_text())
     ids = {r["id"] for r in rows if r["kind"] == "claim"}
-    assert ids == {"kv_cache.tappa_vs_uniform_budgets", "kv_cache.tappa_vs_expected_attention",
-                   "kv_cache.kv_win_over_null"}
-    assert sum(r["id"] == "kv_cache.tappa_vs_uniform_budgets" for r in rows) == 2 * 2  # one per (task, keep)
+    assert ids == {"kv_cache.probe_tappa_vs_uniform_budgets", "kv_cache.probe_tappa_vs_expected_attention"}
+    assert sum(r["id"] == "kv_cache.probe_tappa_vs_uniform_budgets" for r in rows) == 2 * 2  # one per (task, keep)
 
 
 def test_write_results_keeps_the_matplotlib_backend(tmp_path):
@@ -147,24 +146,24 @@ def _rows(effect_null: float, full_acc: float, n: int = 12):
     return pd.DataFrame(out["trained"]), pd.DataFrame(out["null"])
 
 
-def test_kv_checks_support_a_real_gain_and_refuse_one_that_random_weights_share():
-    trained, null = _rows(effect_null=0.0, full_acc=0.9)
-    status = {(r.id, r.name.split(",")[1].strip()): r.status for r in kv_checks(trained, null) if r.kind == "claim"}
-    assert status[("kv_cache.tappa_vs_uniform_budgets", "loss NLL")] == "supported"
-    assert status[("kv_cache.kv_win_over_null", "trained minus random weights")] == "supported"
-    trained, null = _rows(effect_null=0.2, full_acc=0.9)  # the same gain on random weights: not the mechanism
-    rows = [r for r in kv_checks(trained, null) if r.id == "kv_cache.kv_win_over_null"]
-    assert rows and all(r.status != "supported" for r in rows)
+def test_kv_checks_support_a_real_gain_holm_corrected():
+    trained, _ = _rows(effect_null=0.0, full_acc=0.9)
+    claims = [r for r in kv_checks(trained) if r.kind == "claim"]
+    status = {(r.id, r.name.split(",")[1].strip()): r.status for r in claims}
+    assert status[("kv_cache.probe_tappa_vs_uniform_budgets", "loss NLL")] == "supported"
+    assert not any("null" in r.id for r in claims)  # no trained-minus-null claim: it repeated its parent
+    uni = [r for r in claims if r.id == "kv_cache.probe_tappa_vs_uniform_budgets"]
+    assert all(f"Holm over the {len(uni)} checks" in r.note for r in uni)
 
 
 def test_kv_checks_are_inconclusive_when_the_full_cache_cannot_retrieve():
-    trained, null = _rows(effect_null=0.0, full_acc=0.1)
-    checks = kv_checks(trained, null)
+    trained, _ = _rows(effect_null=0.0, full_acc=0.1)
+    checks = kv_checks(trained)
     assert [r.status for r in checks if r.kind == "assumption"] == ["violated"]
     claims = [r for r in checks if r.kind == "claim"]
     assert claims and all(r.status == "inconclusive" for r in claims)
     # the effect is still reported
-    assert all(r.measured > 0.1 for r in claims if r.id == "kv_cache.tappa_vs_uniform_budgets")
+    assert all(r.measured > 0.1 for r in claims if r.id == "kv_cache.probe_tappa_vs_uniform_budgets")
 
 
 def test_verdicts_vs_null_flags_wins_shared_with_random_weights():
@@ -232,6 +231,29 @@ def test_one_sample_with_null_runs_and_its_claims_are_inconclusive(tmp_path):
                 "--out", str(out)]) == 0
     checks = json.loads((out / "results.json").read_text())
     claims = [c for c in checks if c.get("kind") == "claim"]
-    assert {c["id"] for c in claims} == {"kv_cache.tappa_vs_uniform_budgets", "kv_cache.kv_win_over_null"}
+    assert {c["id"] for c in claims} == {"kv_cache.probe_tappa_vs_uniform_budgets"}
     assert all(c["status"] == "inconclusive" and np.isfinite(c["measured"]) for c in claims)
     assert pd.read_csv(out / "null_comparisons.csv").empty
+
+
+def test_length_profile_scores_the_same_loss_targets_at_every_length(default_model, monkeypatch):
+    """The loss task is nested: every length scores the same continuations, each context the longest one cut from
+    the left with BOS kept (drawn per length, the texts differed and the NLL moved for that reason alone)."""
+    from tappa_utils.kv import evaluate as E
+
+    model, tok = default_model
+    seen = []
+    monkeypatch.setattr(E, "score_sample", lambda m, ctx, tgt: seen.append((ctx, tgt)) or {"nll": 1.0, "accuracy": 1})
+    cfg = KVEvalConfig(model="tappa-tiny", seq_len=256, samples=3, cont_len=8, seg_len=16, prefix_len=4)
+    E.length_profile(model, tok, cfg, lengths=(64, 128, 256), n=3)
+    loss = [(c, t) for c, t in seen if t.shape[1] == 8]
+    assert len(loss) == 3 * 3
+    by_len = {}
+    for c, t in loss:
+        by_len.setdefault(c.shape[1], []).append((c, t))
+    assert sorted(by_len) == [64, 128, 256]
+    for i in range(3):
+        targets = [by_len[L][i][1] for L in (64, 128, 256)]
+        assert all(torch.equal(targets[0], x) for x in targets)  # the same continuation at every length
+        short, long = by_len[64][i][0], by_len[256][i][0]
+        assert short[0, 0] == tok.bos_token_id and torch.equal(short[0, 1:], long[0, -63:])  # a left cut
