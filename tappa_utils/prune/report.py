@@ -65,7 +65,12 @@ def save_results(res: PruneEvalResult, out_dir: str | Path, figures: bool = True
                            res.calib_data, ch, res.scores.qsim, order=P.prune_order(-res.scores.qsim))
     written.append(P.save_score_record(out / "scores_bi.json", bi_rec))
     written.append(P.save_score_record(out / "scores_qsim.json", q_rec))
+    controls = {n: {k: v for k, v in spec.items() if k != "beta"} for n, spec in res.orders.items()
+                if spec["beta"] is None and n != "ShortGPT"}
+    written.append(save_json(out, "order_controls.json", controls))  # last layers, random draws
     for name, spec in res.orders.items():
+        if name in controls:
+            continue
         if spec["beta"] is None:
             rec = P.score_record("shortgpt", res.model_name, res.calib_data, ch, res.scores.bi, spec["order"])
             fname = "order_shortgpt.json"
