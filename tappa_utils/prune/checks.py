@@ -1,12 +1,11 @@
 """Chapter 8's checks and generated prose: the pruning claims, their null, and sentences built from the results.
 
-    sup = evaluate.superiority(res.results, res.per_window, seed=cfg.seed)  # each distinct pruned model once
-    vs_null = evaluate.gains_vs_null(res, null_res, seed=cfg.seed)          # null: the same procedure on random weights
-    checks = pruning_checks(res, sup, vs_null)
+    comp = evaluate.comparisons(res, seed=cfg.seed)   # chosen TAPPA vs ShortGPT and vs random layers, Holm over k
+    checks = pruning_checks(res, comp)
 
-Claims (`pruning.tappa_beats_shortgpt`, `pruning.gain_over_null`) come only from the calibration-chosen beta's sets that
-differ from ShortGPT's; the paper's fixed betas are measurements (they were tuned for 7-8B models); sets identical to
-ShortGPT's are ties by construction, counted in one measurement row and never tested.
+Claims (`pruning.tappa_beats_shortgpt`, `pruning.tappa_task_accuracy`, `pruning.tappa_beats_random_layers`) come
+only from the calibration-chosen beta; the paper's fixed betas are measurements (tuned for 7-8B models). Where
+TAPPA removes ShortGPT's layers (every k when beta = 0 is chosen) the gain is 0 by construction and the row says so.
 """
 from __future__ import annotations
 
@@ -23,62 +22,72 @@ def _k(k: int) -> str:
     return f"{k} layer{'s' if k != 1 else ''} removed"
 
 
-def pruning_checks(res: PruneEvalResult, sup, vs_null, restored: tuple[float, float] | None = None,
+_CLAIM_OF = {("ShortGPT", "loss"): "pruning.tappa_beats_shortgpt", ("ShortGPT", "tasks"): "pruning.tappa_task_accuracy",
+             ("random", "loss"): "pruning.tappa_beats_random_layers"}
+
+
+def pruning_checks(res: PruneEvalResult, comp, restored: tuple[float, float] | None = None,
                    qsim_null=None) -> list:
-    """The chapter's rows: claims per k for the chosen beta, the null claim, measurements, sanity rows.
+    """The chapter's rows: one claim row per (claim, k) from `evaluate.comparisons` (p Holm-adjusted over k),
+    measurements (the chosen β, the random draws' task accuracy gap, the q-sim profile against random weights) and
+    the sanity row.
 
     Parameters
     ----------
     res : the model's `PruneEvalResult`
-    sup : `evaluate.superiority(...)` of `res`
-    vs_null : `evaluate.gains_vs_null(res, null_res)`
-    restored : (loss before, loss after) of the unpruned model around every pruned and null evaluation, or None
-    qsim_null : the null's per-layer q-similarity (a Spearman of the trained profile against it is reported)
+    comp : `evaluate.comparisons(res)`
+    restored : (loss before, loss after) of the unpruned model around every evaluation, or None
+    qsim_null : per-layer q-similarity of a random-weight copy (a Spearman of the trained profile against it)
     """
     from .. import stats as S
 
     checks = []
     b = res.best_beta
-    for r in sup[sup.chosen & ~sup.tie].itertuples():
-        checks.append(C.claim(
-            "pruning.tappa_beats_shortgpt", r.gain, ci=(r.ci_low, r.ci_high), p_value=_p(r.p_value),
-            name=f"TAPPA (β = {b:g}, chosen on calibration) vs ShortGPT, {_k(r.n_removed)}: loss gain (nats/token)",
-            note=f"TAPPA removes {r.removed}, ShortGPT {r.baseline_removed}; {r.n_windows} windows"))
-    if not checks:  # every comparison of the chosen beta is a tie (or beta 0): the claim has nothing to test
-        checks.append(C.claim(
-            "pruning.tappa_beats_shortgpt", math.nan, ci=(math.nan, math.nan),
-            name=f"TAPPA (β = {b:g}, chosen on calibration) vs ShortGPT: loss gain (nats/token)",
-            note="not testable on this model: the chosen β removes the same layers as ShortGPT at every k"))
-    for r in vs_null.itertuples():
-        checks.append(C.claim(
-            "pruning.gain_over_null", r.diff, ci=(r.ci_low, r.ci_high), p_value=_p(r.p_value),
-            name=f"TAPPA's gain on the model minus on random weights, {_k(r.n_removed)} (nats/token)",
-            note=f"gain {fmt(r.gain)} on the model, {fmt(r.gain_null)} on random weights"
-                 + (" (the null's chosen order removed ShortGPT's layers)" if r.null_tie else "")))
-    if not any(c.id == "pruning.gain_over_null" for c in checks):
-        checks.append(C.claim(
-            "pruning.gain_over_null", math.nan, ci=(math.nan, math.nan),
-            name="TAPPA's gain on the model minus on random weights (nats/token)",
-            note="not testable on this model: no comparison of the chosen β differs from ShortGPT"))
-    for r in sup[~sup.chosen & ~sup.tie].itertuples():
-        checks.append(C.measurement(
-            f"{r.methods} vs ShortGPT, {_k(r.n_removed)}: loss gain (nats/token)", r.gain,
-            ci=(r.ci_low, r.ci_high), p_value=_p(r.p_value),
-            note="the paper's fixed beta (not chosen on this model): reported, not a claim"))
-    checks.append(C.measurement(
-        "comparisons that are ties by construction (TAPPA removes ShortGPT's layers; excluded from the claims)",
-        float(sup.tie.sum()), note=f"of {len(sup)} distinct (k, removed set) comparisons"))
-    checks.append(C.measurement("β chosen on calibration data", b, note="lowest mean calibration loss over k"))
+    beta0 = " β = 0 was chosen, so TAPPA's order is ShortGPT's." if b == 0 else ""
+    for r in comp.itertuples():
+        cid = _CLAIM_OF.get((r.against, r.measure))
+        unit = "nats/token" if r.measure == "loss" else "accuracy"
+        name = (f"TAPPA (β = {b:g}) vs {'ShortGPT' if r.against == 'ShortGPT' else 'random layers'}, "
+                f"{_k(r.n_removed)}: {'loss gain' if r.measure == 'loss' else 'task accuracy gain'} ({unit})")
+        if r.tie:
+            note = f"tie by construction: TAPPA removes ShortGPT's layers {r.removed}; gain 0.{beta0}"
+        else:
+            note = (f"TAPPA removes {r.removed}; {r.n_units} {'windows' if r.measure == 'loss' else 'prompts'}; "
+                    f"p Holm-adjusted over {r.n_tests} k (raw p {fmt(r.p_value, 3)})")
+        if cid is None:  # tasks against random draws: reported, not a registered claim
+            checks.append(C.measurement(name, r.gain, ci=(r.ci_low, r.ci_high), p_value=_p(r.p_holm), note=note))
+        else:
+            checks.append(C.claim(cid, r.gain, ci=(r.ci_low, r.ci_high), p_value=_p(r.p_holm), name=name, note=note))
+    checks.append(C.measurement("β chosen on calibration data", b,
+                                note="lowest mean calibration loss over k" + (beta0 and "; TAPPA = ShortGPT")))
     if qsim_null is not None and len(res.scores.qsim) >= 4:
         t = S.spearman_test(res.scores.qsim, np.asarray(qsim_null), alternative="two-sided")
         checks.append(C.measurement("Spearman of per-layer q-similarity: trained vs random weights", t.estimate,
-                                    ci=t.ci, p_value=t.p_value,
-                                    note="high: the depth profile of q-sim is architectural, not learned"))
+                                    ci=t.ci, p_value=t.p_value, note=qsim_profile_note(t.estimate, t.ci)))
     if restored is not None:
-        checks.append(C.sanity("unpruned loss after all pruned and null evaluations equals the loss before "
-                               "(in-place removal and null restore the model)", restored[0], restored[1], 0.0,
-                               "close"))
+        checks.append(C.sanity("unpruned loss after all pruned evaluations equals the loss before "
+                               "(in-place removal restores the model)", restored[0], restored[1], 0.0, "close"))
     return checks
+
+
+def qsim_profile_note(rho: float, ci: tuple[float, float]) -> str:
+    """What a Spearman ρ (with its ci) of the trained against the random-weight q-sim profile says, from its value.
+
+    >>> qsim_profile_note(-0.086, (-0.45, 0.3))
+    'the interval includes 0: no evidence that the depth profile of q-sim follows the architecture'
+    """
+    if ci[0] > 0:
+        return "positive: part of the depth profile of q-sim follows the architecture, not training"
+    if ci[1] < 0:
+        return "negative: the trained depth profile of q-sim runs against the architecture's"
+    return "the interval includes 0: no evidence that the depth profile of q-sim follows the architecture"
+
+
+def claim_summary(checks, cid: str) -> str:
+    """'supported at 2 of 8 k (Holm-corrected)' for the rows of one claim id."""
+    rows = [c for c in checks if c.kind == "claim" and c.id == cid]
+    n_sup = sum(c.status == "supported" for c in rows)
+    return f"supported at {n_sup} of {len(rows)} k (Holm-corrected)"
 
 
 def _p(p) -> float | None:

@@ -48,6 +48,13 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--lm-eval-tasks", default="",
                     help=f"comma-separated lm-eval tasks, e.g. {','.join(PAPER_TASKS)} (default: none)")
     ap.add_argument("--lm-eval-limit", type=int, default=d.lm_eval_limit)
+    ap.add_argument("--tasks", default=",".join(d.tasks),
+                    help="comma-separated task families answered greedily through the chat template "
+                         "(facts, passkey; prune.tasks); empty: none")
+    ap.add_argument("--task-prompts", type=int, default=d.task_prompts, help="prompts per task family")
+    ap.add_argument("--passkey-tokens", type=int, default=d.passkey_tokens, help="pass-key text length in tokens")
+    ap.add_argument("--random-draws", type=int, default=d.random_draws, help="control: random layer orders")
+    ap.add_argument("--random-ks", type=_floats, default=(), help="k at which the random draws run (default all)")
     ap.add_argument("--no-figures", action="store_true")
     return ap
 
@@ -100,7 +107,9 @@ def main(argv: list[str] | None = None) -> int:
             copy_seg_len=args.copy_seg_len, max_removed=args.max_removed, betas=args.betas,
             beta_grid=args.beta_grid, qsim_rope=args.qsim_rope, qsim_mode=args.qsim_mode, bi_kind=args.bi_kind,
             batch_size=args.batch_size, lm_eval_tasks=tuple(t for t in args.lm_eval_tasks.split(",") if t.strip()),
-            lm_eval_limit=args.lm_eval_limit)
+            lm_eval_limit=args.lm_eval_limit, tasks=tuple(t.strip() for t in args.tasks.split(",") if t.strip()),
+            task_prompts=args.task_prompts, passkey_tokens=args.passkey_tokens, random_draws=args.random_draws,
+            random_ks=tuple(int(k) for k in args.random_ks))
         out = pf.check_out_dir(args.out, command="prune-eval")
         pf.check_text_file(cfg.calib_text_file, "--calib-text-file")
         pf.check_text_file(cfg.eval_text_file, "--eval-text-file")

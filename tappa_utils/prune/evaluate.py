@@ -58,6 +58,11 @@ class PruneEvalConfig:
     batch_size: int = 4
     lm_eval_tasks: tuple = ()
     lm_eval_limit: int = 100
+    tasks: tuple = ()
+    task_prompts: int = 32
+    passkey_tokens: int = 160
+    random_draws: int = 3
+    random_ks: tuple = ()
 
     def validate(self, n_layers: int | None = None, names: dict[str, str] | None = None) -> PruneEvalConfig:
         """Raise ValueError/TypeError naming the bad parameter; with `n_layers`, check max_removed against it.
@@ -68,8 +73,9 @@ class PruneEvalConfig:
 
         for name in ("seed",):
             _int(n(name), getattr(self, name), 0)
+        _int(n("random_draws"), self.random_draws, 0)
         for name in ("seq_len", "calib_chunks", "calib_stride", "eval_windows", "copy_windows", "copy_seg_len",
-                     "max_removed", "batch_size", "lm_eval_limit"):
+                     "max_removed", "batch_size", "lm_eval_limit", "task_prompts", "passkey_tokens"):
             _int(n(name), getattr(self, name), 1)
         if self.seq_len < 8:
             raise ValueError(f"{n('seq_len')} must be >= 8, got {self.seq_len}")
@@ -106,6 +112,17 @@ class PruneEvalConfig:
             raise ValueError(f"{n('max_removed')} {self.max_removed} leaves no layer: the model has {n_layers} "
                              f"layers; use at most {n_layers - 1}")
         self.lm_eval_tasks = tuple(self.lm_eval_tasks)
+        from .tasks import FAMILIES
+
+        self.tasks = tuple(self.tasks)
+        bad = [t for t in self.tasks if t not in FAMILIES]
+        if bad:
+            raise ValueError(f"{n('tasks')}: unknown task {bad[0]!r}; use some of {', '.join(FAMILIES)}")
+        self.random_ks = tuple(self.random_ks)
+        for k in self.random_ks:
+            _int(n("random_ks"), k, 1)
+            if k > self.max_removed:
+                raise ValueError(f"{n('random_ks')}: {k} exceeds {n('max_removed')} {self.max_removed}")
         return self
 
 
@@ -240,9 +257,23 @@ def select_beta(model, scores: P.LayerScores, calib_ids: torch.Tensor, max_remov
     return best, df
 
 
-def method_orders(scores: P.LayerScores, betas, best_beta: float | None = None) -> dict[str, dict]:
-    """{method: {"beta", "order"}}: ShortGPT, TAPPA at each beta, and TAPPA at the calibration-chosen beta."""
+LAST = "last layers"
+RANDOM_PREFIX = "random #"
+
+
+def method_orders(scores: P.LayerScores, betas, best_beta: float | None = None, random_draws: int = 0,
+                  seed: int = 0, last: bool = False, random_ks=()) -> dict[str, dict]:
+    """{method: {"beta", "order"[, "ks"]}}: ShortGPT, TAPPA at each beta, TAPPA at the calibration-chosen beta, and
+    the controls: the last layers first (`last=True`), and `random_draws` seeded random orders (evaluated only at
+    `random_ks`, their "ks", when given)."""
     out = {"ShortGPT": {"beta": None, "order": P.shortgpt_order(scores.bi)}}
+    L = len(scores.bi)
+    if last:
+        out[LAST] = {"beta": None, "order": list(range(L - 1, -1, -1))}
+    rng = np.random.default_rng(seed + 104729)
+    for d in range(random_draws):
+        out[f"{RANDOM_PREFIX}{d + 1}"] = {"beta": None, "order": [int(x) for x in rng.permutation(L)],
+                                          **({"ks": [int(k) for k in random_ks]} if random_ks else {})}
     for b in betas:
         out[f"TAPPA b={b:g}"] = {"beta": float(b), "order": P.tappa_order(scores.bi, scores.qsim, b)}
     if best_beta is not None:
@@ -252,31 +283,45 @@ def method_orders(scores: P.LayerScores, betas, best_beta: float | None = None) 
 
 
 def evaluate_orders(model, orders: dict[str, dict], data: EvalData, max_removed: int, batch_size: int = 4,
-                    progress: Callable[[str], None] | None = None, held_out_only: bool = False):
-    """(results, per_window): one row per (method, n_removed in 0..max_removed) with the removed layers and
-    `lm_quality`, and the per-window held-out losses (method, n_removed, window, nats_per_token). Pruned sets are
-    evaluated once. `held_out_only=True`: n_removed 1..max_removed, held-out windows only (no copy test): what
-    `gains_vs_null` reads from a random-weight null."""
+                    progress: Callable[[str], None] | None = None, held_out_only: bool = False,
+                    task_sets: dict | None = None):
+    """(results, per_window, per_prompt): one row per (method, n_removed in 0..max_removed; a method with "ks" only
+    at those) with the removed layers, `lm_quality` and the accuracy on each task family (`acc_<family>`); the
+    per-window held-out losses (method, n_removed, window, nats_per_token); and the per-prompt greedy correctness
+    (method, n_removed, family, prompt, correct; empty without `task_sets`). Pruned sets are evaluated once.
+    `held_out_only=True`: n_removed 1..max_removed, held-out windows only (no copy test, no tasks)."""
     import pandas as pd
 
-    firsts = {min(spec["order"][:k]) for spec in orders.values() for k in range(1, max_removed + 1)}
+    from .tasks import task_correct
+
+    task_sets = {} if held_out_only else dict(task_sets or {})
+    plan = [(name, k) for name, spec in orders.items() for k in range(1 if held_out_only else 0, max_removed + 1)
+            if k == 0 or "ks" not in spec or k in spec["ks"]]
+    firsts = {min(orders[name]["order"][:k]) for name, k in plan if k > 0}
     prefixes = [PrefixStates(model, data.ids, batch_size, firsts)]
     if not held_out_only:
         prefixes.append(PrefixStates(model, data.copy_ids, batch_size, firsts))
+    task_prefix = {f: PrefixStates(model, ts.ids, batch_size, firsts) for f, ts in task_sets.items()}
     cache: dict[tuple, tuple] = {}
-    rows, win = [], []
-    for name, spec in orders.items():
-        for k in range(1 if held_out_only else 0, max_removed + 1):
-            key = tuple(sorted(spec["order"][:k]))
-            if key not in cache:
-                if progress:
-                    progress(f"evaluating without layers {list(key)}")
-                cache[key] = lm_quality(model, data, batch_size, per_window=True, removed=key, prefixes=prefixes,
-                                        copy_test=not held_out_only)
-            q, w = cache[key]
-            rows.append({"method": name, "beta": spec["beta"], "n_removed": k, "removed": list(key), **q})
-            win += [{"method": name, "n_removed": k, "window": i, "nats_per_token": float(v)} for i, v in enumerate(w)]
-    return pd.DataFrame(rows), pd.DataFrame(win)
+    rows, win, per_prompt = [], [], []
+    for name, k in plan:
+        spec = orders[name]
+        key = tuple(sorted(spec["order"][:k]))
+        if key not in cache:
+            if progress:
+                progress(f"evaluating without layers {list(key)}")
+            q, w = lm_quality(model, data, batch_size, per_window=True, removed=key, prefixes=prefixes,
+                              copy_test=not held_out_only)
+            correct = {f: task_correct(model, ts, key, batch_size, task_prefix[f]) for f, ts in task_sets.items()}
+            cache[key] = (q, w, correct)
+        q, w, correct = cache[key]
+        accs = {f"acc_{f}": float(c.mean()) for f, c in correct.items()}
+        rows.append({"method": name, "beta": spec["beta"], "n_removed": k, "removed": list(key), **q, **accs})
+        win += [{"method": name, "n_removed": k, "window": i, "nats_per_token": float(v)} for i, v in enumerate(w)]
+        per_prompt += [{"method": name, "n_removed": k, "family": f, "prompt": i, "correct": int(v)}
+                       for f, c in correct.items() for i, v in enumerate(c)]
+    return pd.DataFrame(rows), pd.DataFrame(win), pd.DataFrame(
+        per_prompt, columns=["method", "n_removed", "family", "prompt", "correct"])
 
 
 BASELINE = "ShortGPT"
@@ -320,7 +365,7 @@ def superiority(results, per_window, baseline: str = BASELINE, seed: int = 0, n_
         base_set = removed[(baseline, k)]
         groups: dict[tuple, list] = {}
         for name in results.method.unique():
-            if name != baseline and (name, k) in removed:
+            if name != baseline and name.startswith("TAPPA") and (name, k) in removed:
                 groups.setdefault(removed[(name, k)], []).append(name)
         base = _window_losses(per_window, baseline, k)
         for key, names in groups.items():
@@ -377,6 +422,97 @@ def _chosen_method(res: PruneEvalResult) -> str:
     return names[0]
 
 
+def task_accuracy(per_prompt):
+    """Accuracy with its Wilson 95 % interval per (method, n_removed, family); random draws also pooled as
+    "random (all draws)" (their prompts x draws as units)."""
+    import pandas as pd
+
+    from .tasks import wilson_interval
+
+    if per_prompt is None or per_prompt.empty:
+        return pd.DataFrame(columns=["method", "n_removed", "family", "accuracy", "ci_low", "ci_high", "n"])
+    pooled = per_prompt[per_prompt.method.str.startswith(RANDOM_PREFIX)].assign(method="random (all draws)")
+    rows = []
+    for (m, k, f), g in pd.concat([per_prompt, pooled]).groupby(["method", "n_removed", "family"], sort=False):
+        c, n = int(g.correct.sum()), len(g)
+        lo, hi = wilson_interval(c, n)
+        rows.append({"method": m, "n_removed": int(k), "family": f, "accuracy": c / n, "ci_low": lo, "ci_high": hi,
+                     "n": n})
+    return pd.DataFrame(rows)
+
+
+def _units(res: PruneEvalResult, measure: str, method: str, k: int) -> np.ndarray:
+    """Per-unit values of `method` at k: held-out window losses ("loss") or 0/1 task answers of every family
+    ("tasks", in family then prompt order); a "random" method is the mean over the random draws per unit."""
+    names = ([m for m in res.orders if m.startswith(RANDOM_PREFIX)] if method == "random" else [method])
+    vals = []
+    for m in names:
+        if measure == "loss":
+            vals.append(_window_losses(res.per_window, m, k))
+        else:
+            g = res.per_prompt[(res.per_prompt.method == m) & (res.per_prompt.n_removed == k)]
+            vals.append(g.sort_values(["family", "prompt"]).correct.to_numpy(dtype=np.float64))
+    return np.mean(vals, axis=0)
+
+
+def comparisons(res: PruneEvalResult, seed: int = 0, n_resamples: int | None = None):
+    """The calibration-chosen TAPPA against ShortGPT and against the random draws, per k and measure.
+
+    One row per (against, measure, k): `gain` = the comparator's loss minus TAPPA's (measure "loss", nats/token,
+    paired over held-out windows) or TAPPA's accuracy minus the comparator's ("tasks", paired over prompts);
+    positive favours TAPPA. `stats.paired_difference` (one-sided sign-flip p, bootstrap ci), then `p_holm`: Holm
+    over the k of each (against, measure). `tie` = TAPPA removes the comparator's layers (ShortGPT only): gain 0
+    exactly, ci [0, 0], no test (a tie by construction). Random draws are compared at the k they were run at.
+    """
+    import pandas as pd
+
+    from .. import stats as S
+
+    n_resamples = n_resamples or S.N_RESAMPLES
+    chosen = _chosen_method(res)
+    sets = {(r.method, int(r.n_removed)): list(r.removed) for r in res.results.itertuples()}
+    measures = ["loss"] + (["tasks"] if res.per_prompt is not None and not res.per_prompt.empty else [])
+    has_random = any(m.startswith(RANDOM_PREFIX) for m in res.orders)
+    rows = []
+    for against in [BASELINE] + (["random"] if has_random else []):
+        ref = BASELINE if against == BASELINE else next(m for m in res.orders if m.startswith(RANDOM_PREFIX))
+        ks = sorted(k for (m, k) in sets if m == ref and k > 0)
+        for measure in measures:
+            block = []
+            for k in ks:
+                mine, theirs = _units(res, measure, chosen, k), _units(res, measure, against, k)
+                tie = against == BASELINE and sets[(chosen, k)] == sets[(BASELINE, k)]
+                if tie:
+                    gain, ci, p = 0.0, (0.0, 0.0), float("nan")
+                else:
+                    a, b = (theirs, mine) if measure == "loss" else (mine, theirs)
+                    gain, ci, p = _paired_gain(a, b, seed, n_resamples)
+                block.append({"against": against, "measure": measure, "n_removed": k, "tie": tie, "gain": gain,
+                              "ci_low": ci[0], "ci_high": ci[1], "p_value": p, "n_units": len(mine),
+                              "removed": sets[(chosen, k)]})
+            tested = [r for r in block if not np.isnan(r["p_value"])]
+            adj = holm([r["p_value"] for r in tested])
+            for r, q in zip(tested, adj):
+                r["p_holm"] = q
+            rows += [{**r, "p_holm": r.get("p_holm", float("nan")), "n_tests": len(tested)} for r in block]
+    return pd.DataFrame(rows, columns=["against", "measure", "n_removed", "tie", "gain", "ci_low", "ci_high",
+                                       "p_value", "p_holm", "n_tests", "n_units", "removed"])
+
+
+def holm(p_values) -> list[float]:
+    """Holm-Bonferroni adjusted p-values (same order as given).
+
+    >>> holm([0.01, 0.04, 0.03])
+    [0.03, 0.06, 0.06]
+    """
+    p = np.asarray(list(p_values), float)
+    adj, running = np.empty_like(p), 0.0
+    for rank, i in enumerate(np.argsort(p, kind="stable")):
+        running = max(running, min(1.0, (len(p) - rank) * p[i]))
+        adj[i] = running
+    return [round(float(x), 12) for x in adj]
+
+
 # ------------------------------------------------------------------------------------------------ lm-eval
 def lm_eval_available() -> bool:
     """Whether the `lm-eval` harness is installed (`importlib.util.find_spec("lm_eval")`)."""
@@ -416,6 +552,8 @@ class PruneEvalResult:
     eval_data_desc: str = ""
     calib_ids: torch.Tensor | None = None
     per_window: Any = None
+    per_prompt: Any = None
+    task_sets: dict = field(default_factory=dict)
 
 
 def run_pruning_eval(cfg: PruneEvalConfig, model=None, tokenizer=None,
@@ -456,10 +594,16 @@ def run_pruning_eval(cfg: PruneEvalConfig, model=None, tokenizer=None,
     say("choosing beta on calibration data")
     best, sel = select_beta(model, scores, calib, cfg.max_removed, cfg.beta_grid, cfg.batch_size)
     timings["select_beta_s"] = time.time() - t
-    orders = method_orders(scores, () if null else cfg.betas, best)
+    orders = method_orders(scores, () if null else cfg.betas, best, 0 if null else cfg.random_draws, cfg.seed,
+                           last=not null, random_ks=cfg.random_ks)
+    tsets = {}
+    if cfg.tasks and not null:
+        from .tasks import task_sets
+
+        tsets = task_sets(tokenizer, cfg.tasks, cfg.task_prompts, cfg.seed, cfg.passkey_tokens)
     t = time.time()
-    results, per_window = evaluate_orders(model, orders, data, cfg.max_removed, cfg.batch_size, progress,
-                                          held_out_only=null)
+    results, per_window, per_prompt = evaluate_orders(model, orders, data, cfg.max_removed, cfg.batch_size, progress,
+                                                      held_out_only=null, task_sets=tsets)
     timings["evaluate_s"] = time.time() - t
     lm = {}
     if cfg.lm_eval_tasks and not null:
@@ -475,7 +619,7 @@ def run_pruning_eval(cfg: PruneEvalConfig, model=None, tokenizer=None,
     calib_desc = cfg.calib_text_file or f"tappa_utils.tiny.corpus training split, seeded stretch (seed {cfg.seed})"
     eval_desc = cfg.eval_text_file or "tappa_utils held-out sample (assets/heldout_sample.txt)"
     return PruneEvalResult(cfg, str(cfg.model), L, scores, best, sel, orders, results, lm, timings, calib_desc,
-                           eval_desc, calib, per_window)
+                           eval_desc, calib, per_window, per_prompt, tsets)
 
 
 def _texts_overlap(a: str, b: str, probe: int = 1000) -> bool:

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from . import scores as P
-from .evaluate import METRICS, PruneEvalResult, lm_eval_available, superiority
+from .evaluate import METRICS, PruneEvalResult, comparisons, lm_eval_available, superiority, task_accuracy
 
 METRIC_LABELS = {"nats_per_byte": "held-out loss (nats/byte)", "next_token_acc": "next-token accuracy",
                  "copy_ratio": "copy ratio (loss 2nd / 1st copy)"}
@@ -20,8 +20,9 @@ def summary_table(res: PruneEvalResult):
     """
     df = merge_identical_methods(res.results)
     df["method"] = df.method.map(short_label)
-    long = df.melt(id_vars=["method", "n_removed"], value_vars=list(METRICS), var_name="metric")
-    long["metric"] = long.metric.map(METRIC_LABELS)
+    metrics = list(METRICS) + [c for c in df.columns if c.startswith("acc_")]
+    long = df.melt(id_vars=["method", "n_removed"], value_vars=metrics, var_name="metric")
+    long["metric"] = long.metric.map(lambda m: METRIC_LABELS.get(m, m.replace("acc_", "accuracy: ")))
     tab = long.pivot_table(index=["metric", "n_removed"], columns="method", values="value", sort=False)
     tab.columns.name = None
     return tab.rename_axis(["metric", "layers removed"])
@@ -64,7 +65,12 @@ def save_results(res: PruneEvalResult, out_dir: str | Path, figures: bool = True
                            res.calib_data, ch, res.scores.qsim, order=P.prune_order(-res.scores.qsim))
     written.append(P.save_score_record(out / "scores_bi.json", bi_rec))
     written.append(P.save_score_record(out / "scores_qsim.json", q_rec))
+    controls = {n: {k: v for k, v in spec.items() if k != "beta"} for n, spec in res.orders.items()
+                if spec["beta"] is None and n != "ShortGPT"}
+    written.append(save_json(out, "order_controls.json", controls))  # last layers, random draws
     for name, spec in res.orders.items():
+        if name in controls:
+            continue
         if spec["beta"] is None:
             rec = P.score_record("shortgpt", res.model_name, res.calib_data, ch, res.scores.bi, spec["order"])
             fname = "order_shortgpt.json"
@@ -83,12 +89,19 @@ def save_results(res: PruneEvalResult, out_dir: str | Path, figures: bool = True
         written.append(save_table(res.per_window, out, "per_window.csv"))
         comparison = superiority(res.results, res.per_window, seed=res.cfg.seed)
         written.append(save_table(comparison, out, "paired_vs_shortgpt.csv"))
+        comp = comparisons(res, seed=res.cfg.seed)
+        written.append(save_table(comp, out, "comparisons.csv"))
+    if res.per_prompt is not None and not res.per_prompt.empty:
+        written.append(save_table(res.per_prompt, out, "per_prompt.csv"))
+        written.append(save_table(task_accuracy(res.per_prompt), out, "task_accuracy.csv"))
     written.append(save_json(out, "results.json", {
         "model": res.model_name, "n_layers": res.n_layers, "calibration_data": res.calib_data,
         "evaluation_data": res.eval_data_desc, "best_beta": res.best_beta,
         "best_beta_chosen_on": "calibration loss (mean over 1..max_removed removed layers)",
         "orders": res.orders, "results": res.results.to_dict(orient="records"),
         "paired_vs_shortgpt": comparison.to_dict(orient="records") if comparison is not None else None,
+        "comparisons": comp.to_dict(orient="records") if comparison is not None else None,
+        "task_accuracy": task_accuracy(res.per_prompt).to_dict(orient="records"),
         "lm_eval": res.lm_eval or {"available": lm_eval_available(), "tasks": []}, "timings": res.timings}))
     if figures:
         import matplotlib.pyplot as plt

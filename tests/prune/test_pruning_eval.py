@@ -144,71 +144,69 @@ def test_superiority_counts_each_pruned_model_once_and_excludes_ties():
     assert sup_w.gain.iloc[0] == pytest.approx(-0.2) and sup_w.p_value.iloc[0] > 0.95 and sup_w.ci_high.iloc[0] < 0
 
 
-def test_pruning_claims_from_chosen_beta_only_and_registered_margin():
+def test_comparisons_are_paired_holm_corrected_and_become_claims(default_model):
+    """Chosen TAPPA vs ShortGPT and vs the random draws: gains equal the direct paired means, p Holm-adjusted over
+    k, one registered claim row per (claim, k); the paper's betas and the controls make no claim."""
     from tappa_utils import claims as C
     from tappa_utils.prune import checks as K
 
-    rng = np.random.default_rng(1)
-    base = rng.normal(2.0, 0.3, 30)
-    sets = {"ShortGPT": {0: [], 1: [1]}, "TAPPA b=0.3": {0: [], 1: [2]}, "TAPPA best (b=0.1)": {0: [], 1: [3]}}
-    gains = {"ShortGPT": 0.0, "TAPPA b=0.3": 0.5, "TAPPA best (b=0.1)": 0.01}  # chosen gain below the margin
-    losses = {m: {0: np.ones(30), 1: base - g + rng.normal(0, 0.002, 30)} for m, g in gains.items()}
-    results, per_window = _results_and_windows(sets, losses, 30)
-    sup = E.superiority(results, per_window, seed=0)
-    res = type("R", (), {"best_beta": 0.1, "scores": P.LayerScores(np.arange(4.0), np.arange(4.0)),
-                         "results": results})()
-    no_null = pd.DataFrame(columns=["n_removed", "gain", "gain_null", "diff", "ci_low", "ci_high", "p_value",
-                                    "null_tie", "n_windows"])
-    checks = K.pruning_checks(res, sup, no_null)
-    claims = [c for c in checks if c.kind == "claim" and c.id == "pruning.tappa_beats_shortgpt"]
-    assert len(claims) == 1  # only the chosen beta makes a claim
-    null_rows = [c for c in checks if c.id == "pruning.gain_over_null"]
-    assert len(null_rows) == 1 and null_rows[0].status == "inconclusive"  # no null comparison given: not testable
-    assert claims[0].tolerance == C.spec("pruning.tappa_beats_shortgpt").margin == 0.02
-    # significant (p < 0.05) but 0.01 nats/token does not clear the 0.02 margin: superiority is not shown
-    assert claims[0].p_value < 0.05 and claims[0].status == "not supported"
-    # the paper's beta (not chosen) gains 0.5 but is only a measurement
-    meas = [c for c in checks if c.kind == "measurement" and "TAPPA b=0.3" in c.name]
-    assert len(meas) == 1 and meas[0].measured == pytest.approx(0.5, abs=0.01) and meas[0].passed is None
+    model, tok = default_model
+    cfg = _cfg(beta_grid=(0.5,), betas=(0.5,), eval_windows=3, max_removed=3, tasks=("facts",), task_prompts=4,
+               random_draws=2, random_ks=(1, 3))
+    res = E.run_pruning_eval(cfg, model=model, tokenizer=tok)
+    assert {"last layers", "random #1", "random #2"} <= set(res.orders)
+    assert set(res.results[res.results.method == "random #1"].n_removed) == {0, 1, 3}  # only at random_ks
+    L = res.n_layers
+    assert res.orders["last layers"]["order"][:3] == [L - 1, L - 2, L - 3]
+    comp = E.comparisons(res, seed=0)
+    pw = res.per_window
+    for r in comp[(comp.measure == "loss") & ~comp.tie].itertuples():
+        k = r.n_removed
+        mine = pw[(pw.method == "TAPPA best (b=0.5)") & (pw.n_removed == k)].nats_per_token.to_numpy()
+        names = ["ShortGPT"] if r.against == "ShortGPT" else ["random #1", "random #2"]
+        theirs = np.mean([pw[(pw.method == m) & (pw.n_removed == k)].nats_per_token.to_numpy() for m in names], 0)
+        assert r.gain == pytest.approx((theirs - mine).mean())
+    tested = comp[~comp.tie]
+    assert (tested.p_holm >= tested.p_value - 1e-12).all()
+    assert set(comp[comp.against == "random"].n_removed) == {1, 3}
+    checks = K.pruning_checks(res, comp, restored=(1.0, 1.0))
+    ids = [c.id for c in checks if c.kind == "claim"]
+    assert ids.count("pruning.tappa_beats_shortgpt") == 3 and ids.count("pruning.tappa_beats_random_layers") == 2
+    assert ids.count("pruning.tappa_task_accuracy") == 3 and "pruning.gain_over_null" not in C.REGISTRY
+    for c in checks:
+        if c.kind == "claim":
+            C.validate_check(c)
+            assert c.tolerance == C.spec(c.id).margin == 0.02
 
 
-def test_gains_vs_null_and_its_claim(default_model):
-    """The null claim compares per-window gains with those of the same procedure on random weights."""
-    from tappa_utils import stats as S
-    from tappa_utils.models import random_weights
+def test_beta_zero_gives_zero_gains_read_not_supported(default_model):
+    """beta = 0 chosen: TAPPA is ShortGPT, so each ShortGPT comparison is a tie with gain 0 (not NaN) and reads
+    'not supported', saying why; the random-layers control is still tested."""
     from tappa_utils.prune import checks as K
 
     model, tok = default_model
-    cfg = _cfg(beta_grid=(0.5,), betas=(0.5,), eval_windows=3)  # force a TAPPA order (no beta 0 to choose)
-    res = E.run_pruning_eval(cfg, model=model, tokenizer=tok)
-    probe = res.calib_ids[:1]
-    before = E.calibration_loss(model, probe)
-    with random_weights(model, S.null_seed(cfg.seed)) as nm:
-        null = E.run_pruning_eval(cfg, model=nm, tokenizer=tok, null=True)
-        full = E.run_pruning_eval(cfg, model=nm, tokenizer=tok)
-    assert E.calibration_loss(model, probe) == before  # restored exactly
-    # null=True evaluates only k >= 1 of ShortGPT and the chosen beta, held-out windows only: the same numbers
-    assert set(null.orders) == {"ShortGPT", "TAPPA best (b=0.5)"} and set(null.results.n_removed) == {1, 2}
-    assert null.results.copy_ratio.isna().all() and full.results.copy_ratio.notna().all()
-    keep = full.per_window.method.isin(list(null.orders)) & (full.per_window.n_removed > 0)
-    pd.testing.assert_frame_equal(null.per_window.reset_index(drop=True),
-                                  full.per_window[keep].reset_index(drop=True))
-    assert not np.allclose(null.scores.bi, res.scores.bi)  # the null really is another network
-    vs = E.gains_vs_null(res, null, seed=0)
-    sup = E.superiority(res.results, res.per_window, seed=0)
-    tested = sup[sup.chosen & ~sup.tie]
-    assert len(vs) > 0 and list(vs.n_removed) == list(tested.n_removed)
-    for r in vs.itertuples():
-        k = r.n_removed  # noqa: F841 - read by the queries below (@k)
-        g = (res.per_window.query("method == 'ShortGPT' and n_removed == @k").nats_per_token.to_numpy()
-             - res.per_window.query("method == 'TAPPA best (b=0.5)' and n_removed == @k").nats_per_token.to_numpy())
-        g0 = (null.per_window.query("method == 'ShortGPT' and n_removed == @k").nats_per_token.to_numpy()
-              - null.per_window.query("method == 'TAPPA best (b=0.5)' and n_removed == @k").nats_per_token.to_numpy())
-        assert r.gain == pytest.approx(g.mean()) and r.gain_null == pytest.approx(g0.mean())
-        assert r.diff == pytest.approx((g - g0).mean())
-    checks = K.pruning_checks(res, sup, vs, restored=(before, before), qsim_null=null.scores.qsim)
-    ids = [c.id for c in checks if c.kind == "claim"]
-    assert ids.count("pruning.gain_over_null") == len(vs) and ids.count("pruning.tappa_beats_shortgpt") == len(tested)
+    res = E.run_pruning_eval(_cfg(beta_grid=(0.0,), eval_windows=3, random_draws=2), model=model, tokenizer=tok)
+    checks = K.pruning_checks(res, E.comparisons(res, seed=0))
+    short = [c for c in checks if c.id == "pruning.tappa_beats_shortgpt"]
+    assert len(short) == 2 and all(c.measured == 0 and c.status == "not supported" for c in short)
+    assert all("tie by construction" in c.note and "β = 0" in c.note for c in short)
+    rand = [c for c in checks if c.id == "pruning.tappa_beats_random_layers"]
+    assert len(rand) == 2 and all(not np.isnan(c.measured) and c.p_value is not None for c in rand)
+    assert K.claim_summary(checks, "pruning.tappa_beats_shortgpt") == "supported at 0 of 2 k (Holm-corrected)"
+
+
+def test_holm_matches_definition():
+    p = [0.01, 0.04, 0.03, 0.2]
+    assert E.holm(p) == pytest.approx([0.04, 0.09, 0.09, 0.2])
+    assert E.holm([]) == []
+
+
+def test_qsim_profile_note_follows_the_value():
+    from tappa_utils.prune.checks import qsim_profile_note
+
+    assert "includes 0" in qsim_profile_note(-0.086, (-0.4, 0.3))
+    assert qsim_profile_note(0.8, (0.5, 0.9)).startswith("positive")
+    assert qsim_profile_note(-0.8, (-0.9, -0.5)).startswith("negative")
 
 
 def test_config_validation(tmp_path):
@@ -317,23 +315,6 @@ def test_cli_errors_exit_2_one_line_no_files(tmp_path, capsys, argv, match):
 
 def test_cli_missing_out(capsys):
     assert cli_main([]) == 2 and "--out" in capsys.readouterr().err
-
-
-def test_untestable_pruning_claims_are_recorded_inconclusive():
-    import pandas as pd
-
-    from tappa_utils.prune.checks import pruning_checks
-
-    class Res:  # only what pruning_checks reads
-        best_beta = 0.0
-        scores = type("S", (), {"qsim": [0.1, 0.2]})()
-
-    sup = pd.DataFrame({"chosen": [True], "tie": [True], "n_removed": [1], "gain": [0.0], "ci_low": [0.0],
-                        "ci_high": [0.0], "p_value": [1.0], "removed": [[1]], "baseline_removed": [[1]],
-                        "n_windows": [4], "methods": ["TAPPA"]})
-    rows = {c.id: c for c in pruning_checks(Res(), sup, pd.DataFrame(columns=["diff"])) if c.kind == "claim"}
-    assert set(rows) == {"pruning.tappa_beats_shortgpt", "pruning.gain_over_null"}
-    assert all(c.status == "inconclusive" for c in rows.values())
 
 
 def test_layer_scores_legends_sit_below_their_panels():
