@@ -606,7 +606,8 @@ def _block_gains(b: Block, masks: torch.Tensor, lags: int) -> torch.Tensor:
 
     masks (..., lags + n, K): the above-average masks of rows t0 - lags..t0 + n - 1 (zero rows where a row has no
     predictor). The kept gain sum_j E[t, j] M[t - l, j] and the moved gain sum_j E[t, j] M[t - l, j - l] (= the kept
-    gain in distance coordinates d = t - j, `distance_coords`) are diagonals of matrix products over chunks of rows. The union (both) is
+    gain in distance coordinates d = t - j, `distance_coords`) are diagonals of matrix products over chunks of rows.
+    The union (both) is
     used at lag 1 only, kept + moved - the gain of their intersection (one masked sum): a sink with a diagonal, or a
     peak that stays or moves one key. At longer lags its slot repeats the kept set (a sink is kept at any lag, a
     diagonal moved at any lag, so longer unions add little and would cost one pass over the map each).

@@ -55,7 +55,8 @@ from .metric_defs import (
 
 __all__ = [
     "HEAD_COLUMNS", "INVALID", "METRIC_COLUMNS", "METRICS", "PATTERNS", "QSIM_VARIANTS", "BLOCK_BYTES", "Block",
-    "Metric", "MetricConfig", "Queries", "analyze_heads", "attention_blocks", "attention_implementation", "block_rows", "block_stats",
+    "Metric", "MetricConfig", "Queries", "analyze_heads", "attention_blocks", "attention_implementation",
+    "block_rows", "block_stats",
     "calibrate_period_threshold", "column_mass", "concentration", "config_dict", "diagonal_offset_mass",
     "distance_coords", "distance_profile", "half_consistency", "half_profiles", "head_metrics", "label_pattern",
     "layer_table", "metric_columns", "null_heads", "null_quantile", "period_strength", "predictability",

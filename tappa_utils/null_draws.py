@@ -12,8 +12,8 @@ With n draws the smallest rank p is 1 / (n + 1): 20 draws reach 0.048, below the
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Callable, Mapping
 
 import numpy as np
 import pandas as pd

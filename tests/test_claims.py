@@ -168,6 +168,7 @@ def test_no_kv_claim_repeats_its_parent():
     """kv_win_over_null (TAPPA's gain trained minus random weights) equalled its parent when the null's gain was ~0:
     removed; the chapter 7 claims are stated on task accuracy with the probes under their own ids."""
     assert "kv_cache.kv_win_over_null" not in C.REGISTRY
-    for cid in ("kv_cache.tappa_vs_uniform_budgets", "kv_cache.tappa_vs_snapkv", "kv_cache.tappa_vs_expected_attention"):
+    for cid in ("kv_cache.tappa_vs_uniform_budgets", "kv_cache.tappa_vs_snapkv",
+                "kv_cache.tappa_vs_expected_attention"):
         s = C.spec(cid)
         assert "accuracy" in s.notes and "Holm" in s.notes and s.assumptions == ("kv_cache.A_task_solvable",)

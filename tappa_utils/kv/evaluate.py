@@ -269,7 +269,9 @@ def length_profile(model, tokenizer, cfg: KVEvalConfig, lengths=(256, 512, 1024,
     The tasks are `cfg`'s (cont_len, seg_len, prefix_len, seed, text) at each length. The loss task is nested: the
     same `n` continuations at every length, each context the longest one cut from the left (BOS kept), so a change
     with length is the context's effect, not a different text (drawn per length, 6 samples gave 0.59, 0.97, 0.85,
-    1.32 nats/token on tappa-tiny: the texts differed). The retrieval segment is planted at 3/4 of each length. Returns one row per (context_len, task): nll, accuracy (means over `n` samples) and accuracy_ci95.
+    1.32 nats/token on tappa-tiny: the texts differed). The retrieval segment is planted at 3/4 of each length.
+    Returns one row per (context_len, task): nll, accuracy (means over `n` samples) and
+    accuracy_ci95.
     Lengths beyond the model's `max_position_embeddings` are skipped.
     """
     import dataclasses

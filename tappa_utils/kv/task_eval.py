@@ -74,7 +74,8 @@ def run_task_eval(model, tokenizer, samples: Sequence, methods: Sequence[str], k
 
     Columns: task, length, depth, sample, method, keep, correct (0/1), answer, kept_fraction, press_ms, answer_ms,
     context_tokens, layer_lengths (cached tokens per layer, space-separated) and layer_qsim (the window
-    q-similarity per layer a TAPPA-family press recorded; empty for the others). The full cache is the method "full" (keep 1.0), run once per sample.
+    q-similarity per layer a TAPPA-family press recorded; empty for the others). The full cache is the method "full"
+    (keep 1.0), run once per sample.
     """
     import pandas as pd
 

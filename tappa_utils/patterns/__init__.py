@@ -76,11 +76,11 @@ from .seasonal import (
     seasonal_sweep,
 )
 from .vertical import (
+    alignment_gap,
     column_change,
     column_channel_contributions,
     column_steps,
     first_key_label,
-    alignment_gap,
     key_alignment,
     low_frequency_mask,
     low_frequency_share,
