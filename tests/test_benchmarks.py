@@ -60,7 +60,7 @@ def test_bench_chapters_sizes_come_from_each_notebook_of_the_toc():
     stems = book.chapter_stems(ROOT)
     params = {s: bench_chapters.chapter_parameters(s, "qwen2.5-0.5b", "float32", 256) for s in stems}
     assert params["03_predictable"] == {"model": "random:qwen2.5-0.5b", "dtype": "float32", "seq_len": 256,
-                                        "num_windows": 1}
+                                        "num_windows": 1, "null_draws": 2}
     assert params["07_kv_cache"]["profile_lengths"] == [256]  # "[{seq_len}]" in the metadata
 
 

@@ -158,7 +158,7 @@ def head_masses(model, input_ids: torch.Tensor, skip: int = 16, max_offset: int 
     repeated on many random-weight draws stays cheap."""
     import pandas as pd
 
-    from ..metrics import _diag_from_profile, column_mass, distance_profile, sink_mass
+    from ..metric_defs import _diag_from_profile, column_mass, distance_profile, sink_mass
 
     cap = qk_capture(model, input_ids)
     rows = []
@@ -167,7 +167,7 @@ def head_masses(model, input_ids: torch.Tensor, skip: int = 16, max_offset: int 
         cos, sin = cap.position_embeddings
         q_post, k_post = rec.rope_fn(rec.q_pre, rec.k_pre, cos, sin)
         _, pr = attention_from_qk(q_post, k_post, rec.scaling, rec.sliding_window)
-        sm, cm = sink_mass(pr, skip).mean(0), column_mass(pr, skip).mean(0)
+        sm, cm = sink_mass(pr, skip).mean(0), column_mass(pr.mean(0), skip)  # best key of the windows together
         off, dm = _diag_from_profile(distance_profile(pr, skip, max_offset).mean(0), max_offset)
         for h in range(pr.shape[1]):
             rows.append({"layer": int(layer), "head": h, "sink_mass": float(sm[h]), "column_mass": float(cm[h]),

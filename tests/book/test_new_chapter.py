@@ -21,7 +21,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import bench_chapters  # noqa: E402
 import test_notebooks as conventions  # noqa: E402  (pytest puts tests/book on sys.path)
 
-PARAMETERS = """model = "tappa-tiny"  # the model
+PARAMETERS = """model = "smollm2-135m"  # the model
 device = "cpu"  # the device
 dtype = "float32"  # the dtype
 seed = 0  # random seed
@@ -53,7 +53,7 @@ def _add_scratch_chapter(root: Path) -> str:
                              new_code_cell(PARAMETERS.format(stem=stem), metadata={"tags": ["parameters"]}),
                              new_code_cell(SETUP)])
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nb.metadata["tappa"] = {"smoke": {"num_windows": 1, "seq_len": 64},
+    nb.metadata["tappa"] = {"smoke": {"model": "tappa-tiny", "num_windows": 1, "seq_len": 64},
                             "bench": {"num_windows": 1}}
     nbformat.write(nb, str(book.notebook_path(stem, root)))
     numbered[-1]["chapters"].append({"file": f"{book.EXECUTED_DIR}/{stem}"})
@@ -89,7 +89,7 @@ def test_every_reader_of_the_chapter_list_sees_the_new_chapter(scratch):
     rows = [line for line in book.params_table(root).splitlines() if line.startswith(f"| {stem} |")]
     assert [r.split(" | ")[1] for r in rows] == ["`model`", "`device`", "`dtype`", "`seed`", "`num_windows`",
                                                  "`seq_len`", "`out_dir`"]
-    assert book.smoke_parameters(root, stem) == {"num_windows": 1, "seq_len": 64}
+    assert book.smoke_parameters(root, stem) == {"model": "tappa-tiny", "num_windows": 1, "seq_len": 64}
     assert bench_chapters.chapter_parameters(stem, "qwen2.5-0.5b", "float32", 128, root=root) == {
         "model": "random:qwen2.5-0.5b", "dtype": "float32", "seq_len": 128, "num_windows": 1}
     toc = yaml.safe_load((root / "_toc.yml").read_text())
