@@ -10,6 +10,7 @@ from conftest import make_tiny_model
 from tappa_utils import patterns as P
 from tappa_utils import stats as S
 from tappa_utils import theory as T
+from tappa_utils.metrics import MetricConfig, analyze_heads
 from tappa_utils.rope import channel_frequencies
 
 THETA = 10000.0 ** (-np.arange(16) * 2 / 32)
@@ -539,3 +540,24 @@ def test_read_qsim_choice_refuses_a_choice_calibrated_on_the_held_out_windows(tm
     assert P.read_qsim_choice(f, "m", held_out=[1, 2], seq_len=256) is None  # chosen on rows it would be tested on
     assert P.read_qsim_choice(f, "m", held_out=[4, 5], seq_len=256) == "q_sim_window_pre"
     assert P.read_qsim_choice(f, "m", held_out=[1, 2], seq_len=512) == "q_sim_window_pre"  # other windows
+
+
+def test_head_masses_agree_with_analyze_heads():
+    model = make_tiny_model()
+    ids = torch.randint(3, 300, (2, 64), generator=torch.Generator().manual_seed(0))
+    fast = P.head_masses(model, ids, skip=8)
+    full = analyze_heads(model, ids, MetricConfig(skip=8))
+    assert np.allclose(fast.sink_mass, full.sink_mass, atol=1e-6)
+    assert np.allclose(fast.column_mass, full.column_mass, atol=1e-6)
+    assert np.allclose(fast.fixed_key_mass, P.vertical_strength(full), atol=1e-6)
+
+
+def test_slowest_channels_mean_the_same_on_any_base():
+    for base in (1e4, 1e5, 1e6):
+        theta = base ** (-np.arange(32) * 2 / 64)
+        assert np.flatnonzero(P.slowest_channels(theta, 2)).tolist() == [30, 31]
+    # whereas a cut at the context length takes more channels the larger the base
+    counts = [int(P.low_frequency_mask(b ** (-np.arange(32) / 32), 512).sum()) for b in (1e4, 1e5)]
+    assert counts[0] < counts[1]
+    with pytest.raises(ValueError, match="low_freq_channels"):
+        P.slowest_channels(np.ones(8), 8)
