@@ -31,6 +31,8 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from .stats import holm
+
 KINDS = ("claim", "assumption", "sanity", "measurement")
 ALPHA = 0.05  # significance level of every claim
 
@@ -572,12 +574,10 @@ def holm_adjust(checks: list[Check]) -> list[Check]:
         if c.kind == "claim" and c.p_value is not None and math.isfinite(c.p_value):
             family.setdefault(str(c.id), []).append(c)
     for rows in family.values():
-        m, running = len(rows), 0.0
-        for rank, c in enumerate(sorted(rows, key=lambda r: r.p_value)):
-            raw = float(c.p_value)
-            running = max(running, min(1.0, (m - rank) * raw))
-            c.p_value = running
-            note = HOLM_NOTE.format(m=m, raw=f"{raw:.3g}")
+        raws = [float(c.p_value) for c in rows]
+        for c, raw, adjusted in zip(rows, raws, holm(raws)):
+            c.p_value = adjusted
+            note = HOLM_NOTE.format(m=len(rows), raw=f"{raw:.3g}")
             c.note = f"{c.note}; {note}" if c.note else note
     return checks
 

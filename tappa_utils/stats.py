@@ -21,11 +21,13 @@ is about 0.0005.
 - `sign_test`: are more of the values above 0 than chance (binomial).
 - `reachable_p`: the smallest p-value a test can give with its units and resamples (every `StatResult` has it).
 - `null_seed`: the seed of a random-weight null, never equal to the model's own seed.
+- `holm`: Holm-Bonferroni adjusted p-values of a family of tests.
+- `wilson_interval`: the Wilson score interval of a proportion k / n (task accuracies).
 """
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -427,3 +429,32 @@ def sign_test(values, alternative: str = "greater") -> float:
     if v.size == 0:
         return float("nan")
     return float(binomtest(int((v > 0).sum()), int(v.size), 0.5, alternative=alternative).pvalue)
+
+
+def holm(p_values: Iterable[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values, in the order given (rounded to 12 digits); a NaN p-value sorts last and
+    gets 1.0.
+
+    >>> holm([0.01, 0.04, 0.03])
+    [0.03, 0.06, 0.06]
+    """
+    p = np.asarray(list(p_values), dtype=np.float64)
+    adj, running = np.empty_like(p), 0.0
+    for rank, i in enumerate(np.argsort(p, kind="stable")):
+        running = max(running, min(1.0, (len(p) - rank) * p[i]))
+        adj[i] = running
+    return [round(float(x), 12) for x in adj]
+
+
+def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval of a proportion k/n (95 % by default); (nan, nan) for n = 0.
+
+    >>> [round(x, 3) for x in wilson_interval(8, 10)]
+    [0.49, 0.943]
+    """
+    if n == 0:
+        return (math.nan, math.nan)
+    p, d = k / n, 1 + z * z / n
+    c = (p + z * z / (2 * n)) / d
+    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return (max(0.0, c - h), min(1.0, c + h))

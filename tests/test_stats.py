@@ -161,3 +161,28 @@ def test_reachable_p_is_the_smallest_p_the_units_allow():
     assert g.reachable_p == pytest.approx(0.25) and g.p_value >= 0.2
     t = S.two_sample([1.0, 2.0], [0.0, 0.1])
     assert t.reachable_p == pytest.approx(1 / 6)
+
+
+def test_holm_controls_in_order_and_is_monotone():
+    p = [0.001, 0.02, 0.04, 0.5]
+    assert S.holm(p) == pytest.approx([0.004, 0.06, 0.08, 0.5])
+    shuffled = [0.04, 0.5, 0.001, 0.02]
+    assert S.holm(shuffled) == pytest.approx([0.08, 0.5, 0.004, 0.06])
+    p = [0.01, 0.04, 0.03, 0.2]
+    assert S.holm(p) == pytest.approx([0.04, 0.09, 0.09, 0.2])
+    assert S.holm([]) == []
+    assert S.holm([0.01, float("nan"), 0.03]) == [0.03, 1.0, 0.06]  # NaN sorts last and gets 1
+
+
+def test_wilson_interval_matches_the_formula_and_its_edges():
+    lo, hi = S.wilson_interval(0, 20)
+    assert lo == 0.0 and 0.15 < hi < 0.17  # Wilson's upper bound for 0/20 is 0.161
+    lo, hi = S.wilson_interval(20, 20)
+    assert hi == 1.0 and 0.83 < lo < 0.85
+    assert all(math.isnan(x) for x in S.wilson_interval(0, 0))
+    assert [round(x, 3) for x in S.wilson_interval(0, 4)] == [0.0, 0.49]
+    # coverage on a known proportion: about 95 % of intervals contain p (binomial draws, exact enumeration)
+    n, p = 30, 0.3
+    cover = sum(math.comb(n, k) * p**k * (1 - p) ** (n - k)
+                for k in range(n + 1) if S.wilson_interval(k, n)[0] <= p <= S.wilson_interval(k, n)[1])
+    assert 0.92 < cover < 0.98  # Wilson coverage oscillates around 0.95 (0.930 here)

@@ -19,22 +19,8 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import torch
 
+from ..stats import holm, wilson_interval
 from .decoding import cache_lengths, continue_forward
-
-
-def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """Wilson score interval of a proportion k/n (95 % by default); (nan, nan) for n = 0.
-
-    >>> [round(x, 3) for x in wilson_interval(8, 10)]
-    [0.49, 0.943]
-    """
-    if n == 0:
-        return (math.nan, math.nan)
-    p = k / n
-    d = 1 + z * z / n
-    c = (p + z * z / (2 * n)) / d
-    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
-    return (max(0.0, c - h), min(1.0, c + h))
 
 
 @torch.no_grad()
@@ -145,22 +131,6 @@ def mcnemar_p(a: np.ndarray, b: np.ndarray) -> float:
     return min(1.0, 2 * tail)
 
 
-def holm(p_values: Sequence[float]) -> list[float]:
-    """Holm-Bonferroni adjusted p-values (same order as given).
-
-    >>> holm([0.01, 0.04, 0.03])
-    [0.03, 0.06, 0.06]
-    """
-    p = np.asarray(p_values, float)
-    order = np.argsort(p)
-    adj = np.empty_like(p)
-    running = 0.0
-    for rank, i in enumerate(order):
-        running = max(running, min(1.0, (len(p) - rank) * p[i]))
-        adj[i] = running
-    return [round(float(x), 12) for x in adj]
-
-
 def paired_comparisons(results, reference: str = "tappa"):
     """TAPPA (or `reference`) against every other method at every (task, length, keep), on the same samples.
 
@@ -198,5 +168,5 @@ def ranks(results, keep: float | None = None):
     return table.sort_values(["keep", "rank"]).reset_index(drop=True)
 
 
-__all__ = ["accuracy_table", "answer_after", "holm", "mcnemar_p", "paired_comparisons", "ranks", "run_task_eval",
-           "stop_token_ids", "wilson_interval"]
+__all__ = ["accuracy_table", "answer_after", "mcnemar_p", "paired_comparisons", "ranks", "run_task_eval",
+           "stop_token_ids"]

@@ -15,7 +15,8 @@ import numpy as np
 from .. import claims as C
 from .. import stats as S
 from .. import tables as T
-from .task_eval import accuracy_table, ranks, wilson_interval
+from ..stats import wilson_interval
+from .task_eval import accuracy_table, ranks
 
 SOLVABLE_ID = "kv_cache.A_task_solvable"
 # claim id -> the method TAPPA is compared with (positive effect = TAPPA answers more)

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..stats import holm, wilson_interval
 from . import scores as P
 from .prefix import PrefixStates, pruned_logits
 from .removal import layers_removed
@@ -427,7 +428,6 @@ def task_accuracy(per_prompt):
     "random (all draws)" (their prompts x draws as units)."""
     import pandas as pd
 
-    from .tasks import wilson_interval
 
     if per_prompt is None or per_prompt.empty:
         return pd.DataFrame(columns=["method", "n_removed", "family", "accuracy", "ci_low", "ci_high", "n"])
@@ -497,20 +497,6 @@ def comparisons(res: PruneEvalResult, seed: int = 0, n_resamples: int | None = N
             rows += [{**r, "p_holm": r.get("p_holm", float("nan")), "n_tests": len(tested)} for r in block]
     return pd.DataFrame(rows, columns=["against", "measure", "n_removed", "tie", "gain", "ci_low", "ci_high",
                                        "p_value", "p_holm", "n_tests", "n_units", "removed"])
-
-
-def holm(p_values) -> list[float]:
-    """Holm-Bonferroni adjusted p-values (same order as given).
-
-    >>> holm([0.01, 0.04, 0.03])
-    [0.03, 0.06, 0.06]
-    """
-    p = np.asarray(list(p_values), float)
-    adj, running = np.empty_like(p), 0.0
-    for rank, i in enumerate(np.argsort(p, kind="stable")):
-        running = max(running, min(1.0, (len(p) - rank) * p[i]))
-        adj[i] = running
-    return [round(float(x), 12) for x in adj]
 
 
 # ------------------------------------------------------------------------------------------------ lm-eval

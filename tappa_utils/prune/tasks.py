@@ -168,17 +168,3 @@ def task_correct(model, ts: TaskSet, removed=(), batch_size: int = 8, prefix=Non
             out[row] = int(got == ts.targets[row])
             row += 1
     return out
-
-
-def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """Wilson score interval of a proportion k/n (95 % by default); (nan, nan) for n = 0.
-
-    >>> [round(x, 3) for x in wilson_interval(8, 10)]
-    [0.49, 0.943]
-    """
-    if n == 0:
-        return (float("nan"), float("nan"))
-    p, d = k / n, 1 + z * z / n
-    c = (p + z * z / (2 * n)) / d
-    h = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
-    return (max(0.0, float(c - h)), min(1.0, float(c + h)))

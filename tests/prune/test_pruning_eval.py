@@ -195,12 +195,6 @@ def test_beta_zero_gives_zero_gains_read_not_supported(default_model):
     assert K.claim_summary(checks, "pruning.tappa_beats_shortgpt") == "supported at 0 of 2 k (Holm-corrected)"
 
 
-def test_holm_matches_definition():
-    p = [0.01, 0.04, 0.03, 0.2]
-    assert E.holm(p) == pytest.approx([0.04, 0.09, 0.09, 0.2])
-    assert E.holm([]) == []
-
-
 def test_qsim_profile_note_follows_the_value():
     from tappa_utils.prune.checks import qsim_profile_note
 
