@@ -6,7 +6,8 @@ writes them. A code cell shows the computation and one `say(...)`:
 
 Placeholders are `str.format` fields naming a given value: `{x}`, `{row.attr}`, `{d[key]}`, with a conversion and a
 format spec if wanted (`{share:.0%}`, `{n:,}`). Without a spec a number is written by `number`: integers whole with
-thousands separators, other numbers to 3 significant digits (`tables.number`), a missing one (None, NaN) as n/a.
+thousands separators, other numbers to 3 significant digits (`tables.number`), a missing one (None, NaN) as n/a
+(with a format spec too).
 Everything else of Markdown is kept as written: a MyST role (`{doc}`...), LaTeX braces inside `$...$` that name no
 given value (`$\\theta_{m}$`), and `{{` / `}}` (one literal brace, outside maths). A placeholder naming no given value
 outside maths is an error that names it.
@@ -68,7 +69,9 @@ def _render(value: Any, conv: str | None, spec: str | None) -> str:
     if conv:
         value = {"r": repr, "s": str, "a": ascii}[conv](value)
     if spec:
-        return format(_scalar(value), spec)
+        value = _scalar(value)
+        missing = value is None or isinstance(value, numbers.Real) and math.isnan(value)
+        return MISSING if missing else format(value, spec)
     return number(value)
 
 

@@ -26,6 +26,8 @@ def test_fill_formats_values_attributes_and_keys():
                      x="a")
     assert out == "L3: 0.457 of 12 (26%, 'a')"
     assert prose.fill("{t:.2f} and {ci[1]}", t=torch.tensor(1.0 / 3), ci=(0.1, 0.25)) == "0.33 and 0.25"
+    assert prose.fill("p = {p:.2g}, {share:.0%}, {x:.3f}", p=float("nan"), share=None, x=np.float32("nan")) == (
+        "p = n/a, n/a, n/a")
 
 
 def test_fill_keeps_markdown_latex_and_roles():
