@@ -36,6 +36,11 @@ def test_fill_keeps_markdown_latex_and_roles():
                                   "{numref}`fig-x`; {literal}")
 
 
+def test_fill_fills_inline_code_but_keeps_roles():
+    assert prose.fill("On `{model}` (**`{qv}`**), see {doc}`03_predictable`.", model="m", qv="q") == (
+        "On `m` (**`q`**), see {doc}`03_predictable`.")
+
+
 def test_fill_substitutes_inside_maths_only_given_names():
     assert prose.fill(r"$\ln {V} = {lnv:.2f}$ on $x_{i}$", V=259, lnv=math.log(259)) == r"$\ln 259 = 5.56$ on $x_{i}$"
 
