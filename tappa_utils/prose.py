@@ -7,10 +7,9 @@ writes them. A code cell shows the computation and one `say(...)`:
 Placeholders are `str.format` fields naming a given value: `{x}`, `{row.attr}`, `{d[key]}`, with a conversion and a
 format spec if wanted (`{share:.0%}`, `{n:,}`). Without a spec a number is written by `number`: integers whole with
 thousands separators, other numbers to 3 significant digits (`tables.number`), a missing one (None, NaN) as n/a
-(with a format spec too).
-Everything else of Markdown is kept as written: a MyST role naming no given value (`{doc}`...), LaTeX braces inside `$...$` that name no
-given value (`$\\theta_{m}$`), and `{{` / `}}` (one literal brace, outside maths). A placeholder naming no given value
-outside maths is an error that names it.
+(with a format spec too). Everything else of Markdown is kept as written: a MyST role naming no given value
+(`{doc}`...), LaTeX braces inside `$...$` that name no given value (`$\\theta_{m}$`), and `{{` / `}}` (one literal
+brace, outside maths). A placeholder naming no given value outside maths is an error that names it.
 """
 from __future__ import annotations
 
