@@ -6,10 +6,10 @@ writes them. A code cell shows the computation and one `say(...)`:
 
 Placeholders are `str.format` fields naming a given value: `{x}`, `{row.attr}`, `{d[key]}`, with a conversion and a
 format spec if wanted (`{share:.0%}`, `{n:,}`). Without a spec a number is written by `number`: integers whole with
-thousands separators, other numbers to 3 significant digits (`tables.number`), a missing one (None, NaN) as n/a.
-Everything else of Markdown is kept as written: a MyST role (`{doc}`...), LaTeX braces inside `$...$` that name no
-given value (`$\\theta_{m}$`), and `{{` / `}}` (one literal brace, outside maths). A placeholder naming no given value
-outside maths is an error that names it.
+thousands separators, other numbers to 3 significant digits (`tables.number`), a missing one (None, NaN) as n/a
+(with a format spec too). Everything else of Markdown is kept as written: a MyST role naming no given value
+(`{doc}`...), LaTeX braces inside `$...$` that name no given value (`$\\theta_{m}$`), and `{{` / `}}` (one literal
+brace, outside maths). A placeholder naming no given value outside maths is an error that names it.
 """
 from __future__ import annotations
 
@@ -22,8 +22,8 @@ from typing import Any
 from .tables import number as _sig
 
 MISSING = "n/a"
-# {{ or }} | {name(.attr|[key])*(!conv)?(:spec)?} not followed by a backtick (a MyST role)
-_FIELD = re.compile(r"\{\{|\}\}|\{([A-Za-z_]\w*)((?:\.\w+|\[[^\]{}]+\])*)(?:!([rsa]))?(?::([^{}]*))?\}(?!`)")
+# {{ or }} | {name(.attr|[key])*(!conv)?(:spec)?}
+_FIELD = re.compile(r"\{\{|\}\}|\{([A-Za-z_]\w*)((?:\.\w+|\[[^\]{}]+\])*)(?:!([rsa]))?(?::([^{}]*))?\}")
 _MATH = re.compile(r"\$\$.+?\$\$|(?<![\\$])\$[^$\n]+?\$", re.S)
 
 
@@ -68,7 +68,9 @@ def _render(value: Any, conv: str | None, spec: str | None) -> str:
     if conv:
         value = {"r": repr, "s": str, "a": ascii}[conv](value)
     if spec:
-        return format(_scalar(value), spec)
+        value = _scalar(value)
+        missing = value is None or isinstance(value, numbers.Real) and math.isnan(value)
+        return MISSING if missing else format(value, spec)
     return number(value)
 
 
@@ -90,8 +92,8 @@ def fill(template: str, /, **values: Any) -> str:
         if root is None:  # {{ or }}
             return whole if in_math else whole[0]
         if root not in values:
-            if in_math:
-                return whole  # LaTeX braces
+            if in_math or m.string.startswith("`", m.end()):
+                return whole  # LaTeX braces, or a MyST role such as {doc}`page` (inline code `{x}` is filled)
             raise KeyError(f"fill: the template names {{{root}}} but no value {root!r} was given; pass {root}=... "
                            "or write {{ }}")
         return _render(_lookup(values, root, m.group(2)), m.group(3), m.group(4))

@@ -26,12 +26,19 @@ def test_fill_formats_values_attributes_and_keys():
                      x="a")
     assert out == "L3: 0.457 of 12 (26%, 'a')"
     assert prose.fill("{t:.2f} and {ci[1]}", t=torch.tensor(1.0 / 3), ci=(0.1, 0.25)) == "0.33 and 0.25"
+    assert prose.fill("p = {p:.2g}, {share:.0%}, {x:.3f}", p=float("nan"), share=None, x=np.float32("nan")) == (
+        "p = n/a, n/a, n/a")
 
 
 def test_fill_keeps_markdown_latex_and_roles():
     t = r"$\theta_{m}$ and $$\frac{a}{b_{c}}$$ at {n}, see {doc}`00_reading` and {numref}`fig-x`; {{literal}}"
     assert prose.fill(t, n=5) == (r"$\theta_{m}$ and $$\frac{a}{b_{c}}$$ at 5, see {doc}`00_reading` and "
                                   "{numref}`fig-x`; {literal}")
+
+
+def test_fill_fills_inline_code_but_keeps_roles():
+    assert prose.fill("On `{model}` (**`{qv}`**), see {doc}`03_predictable`.", model="m", qv="q") == (
+        "On `m` (**`q`**), see {doc}`03_predictable`.")
 
 
 def test_fill_substitutes_inside_maths_only_given_names():
