@@ -274,6 +274,26 @@ def test_pipeline_several_questions_about_one_compressed_context(pipe):
                        for q in questions[:2]] + answers[2:]
 
 
+@pytest.mark.parametrize("make", [lambda: TAPPAPress(compression_ratio=0.4, window=4),
+                                  lambda: SnapKVPress(compression_ratio=0.4, window_size=4)], ids=["tappa", "snapkv"])
+def test_kvpress_test_generate_recipe_with_a_four_token_window(default_model, make):
+    """kvpress's own `test_generate`: the pipeline's answer (context compressed, "\\n" fed after it) equals
+    `model.generate` inside the press on context + "\\n" (the press then also sees the newline), at window 4."""
+    _, tok = default_model
+    model = make_tiny_model("llama")
+    model.generation_config.pad_token_id = 0
+    pipe = KVPressTextGenerationPipeline(model=model, tokenizer=tok, device="cpu")
+    context = "This is a test article. It was written on 2022-01-01. " * 6
+    answer = pipe(context, press=make(), max_new_tokens=10)["answer"]
+    ids = tok.encode(tok.bos_token + context + "\n", return_tensors="pt", add_special_tokens=False)
+    press = make()
+    with press(model):
+        out = model.generate(ids, max_new_tokens=10, do_sample=False)
+    assert answer == tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+    if isinstance(press, TAPPAPress):
+        assert sum(press.budgets) < 0.7 * ids.shape[1] * model.config.num_hidden_layers  # it did compress
+
+
 # ---- every registered press ----------------------------------------------------------------------------------------
 PRESSES = [m for m in METHODS if m != "full"]
 WINDOW = 16
