@@ -13,6 +13,7 @@ from conftest import make_tiny_model
 
 from tappa_utils import nulls as N
 from tappa_utils import patterns as P
+from tappa_utils.controls import plant_previous_token_head, plant_sink_head
 from tappa_utils.stats import null_seed
 
 
@@ -99,28 +100,12 @@ def test_null_distribution_of_a_mapping_keeps_one_column_per_statistic():
         d.column("nope")
 
 
-def _plant_sink(model, head: int = 0) -> None:
-    """Layer 0, query head `head`: a constant query and a key that only the BOS token (id 1) has, both in the
-    slowest RoPE channel (index 7 of head_dim 16), so every query attends to key 0."""
-    with torch.no_grad():
-        emb = model.model.embed_tokens.weight
-        emb[:, 0] = 5.0  # a feature every token has: the query
-        emb[:, 1] = 0.0
-        emb[1, 1] = 8.0  # a feature only BOS has: the key
-        attn = model.model.layers[0].self_attn
-        d = attn.head_dim
-        kv = head // (attn.config.num_attention_heads // attn.config.num_key_value_heads)
-        attn.k_proj.weight[kv * d:(kv + 1) * d, 0] = 0.0  # keys do not read the shared feature
-        attn.q_proj.weight[head * d + 7, 0] = 3.0
-        attn.k_proj.weight[kv * d + 7, 1] = 3.0
-
-
 def test_planted_sink_is_supported_against_the_null_and_the_argmax_selection_is_not():
     model = make_tiny_model()
     ids = torch.randint(3, 300, (2, 64), generator=torch.Generator().manual_seed(1))
     ids[:, 0] = 1
     args = dict(skip=8, threshold=0.3, k=1, m=1, n_baseline_keys=8)
-    _plant_sink(model)
+    plant_sink_head(model)
     planted = P.sink_statistics(model, ids, **args)
     nulls = N.null_distribution(model, lambda net: P.sink_statistics(net, ids, **args), draws=5, seed=0)
     # existence: the planted head beats the strongest head of every draw (the smallest rank p with 5 draws)
@@ -134,29 +119,10 @@ def test_planted_sink_is_supported_against_the_null_and_the_argmax_selection_is_
     assert np.isnan(P.sink_statistics(model, ids, **{**args, "m": 0})["alignment_gap"])
 
 
-def _plant_previous_token_head(model, head: int = 0, channels=(0, 1), amp: float = 3.0) -> None:
-    """Layer 0, query head `head`: query and key read a feature every token has, with the query's channels m turned
-    by -theta_m against the key's, so the logit sum_m cos((t - i - 1) theta_m) peaks at offset 1."""
-    from tappa_utils.rope import channel_frequencies
-
-    theta = channel_frequencies(model)
-    with torch.no_grad():
-        model.model.embed_tokens.weight[:, 0] = 5.0
-        attn = model.model.layers[0].self_attn
-        d = attn.head_dim
-        kv = head // (attn.config.num_attention_heads // attn.config.num_key_value_heads)
-        attn.k_proj.weight[kv * d:(kv + 1) * d, 0] = 0.0
-        attn.q_proj.weight[head * d:(head + 1) * d, 0] = 0.0
-        for m in channels:
-            attn.k_proj.weight[kv * d + m, 0] = amp
-            attn.q_proj.weight[head * d + m, 0] = amp * float(np.cos(theta[m]))
-            attn.q_proj.weight[head * d + m + d // 2, 0] = -amp * float(np.sin(theta[m]))
-
-
 def test_planted_diagonal_head_is_supported_against_the_null():
     model = make_tiny_model()
     ids = torch.randint(3, 300, (1, 64), generator=torch.Generator().manual_seed(2))
-    _plant_previous_token_head(model)
+    plant_previous_token_head(model)
     args = dict(skip=8, k=1, max_distance=24)
     planted = P.diagonal_statistics(model, ids, **args)
     masses = P.head_masses(model, ids, skip=8)
@@ -167,3 +133,13 @@ def test_planted_diagonal_head_is_supported_against_the_null():
     assert nulls.rank_p("top_diag", planted["top_diag"]) == pytest.approx(1 / 6)
     cheap = P.diagonal_statistics(model, ids, **args, periodic=False)
     assert cheap["top_diag"] == pytest.approx(planted["top_diag"]) and np.isnan(cheap["periodic_r2"])
+
+
+def test_planting_refuses_heads_and_channels_the_model_does_not_have():
+    model = make_tiny_model()
+    with pytest.raises(ValueError, match="layer 5 is out of range: the model has 3 layers"):
+        plant_sink_head(model, layer=5)
+    with pytest.raises(ValueError, match="head 4 is out of range"):
+        plant_previous_token_head(model, head=4)
+    with pytest.raises(ValueError, match=r"channels must be in 0\.\.7"):
+        plant_previous_token_head(model, channels=(8,))
