@@ -134,8 +134,11 @@ class NullDistribution:
                 "max": float(v.max())}
 
     def describe(self, name: str = VALUE, digits: int = 3) -> str:
-        """The spread of statistic `name` in words: 'median m (range [a, b], 95 % quantile q; n draws)'."""
+        """The spread of statistic `name` in words: 'median m (range [a, b], 95 % quantile q; n draws)', or
+        that no draw has a value."""
         s = self.spread(name)
+        if not s["draws"]:
+            return f"no value on any of the {len(self.values)} draws"
         f = f"{{:.{digits}g}}"
         return (f"median {f.format(s['median'])} (range [{f.format(s['min'])}, {f.format(s['max'])}], "
                 f"95 % quantile {f.format(s['q95'])}; {s['draws']} draws)")
