@@ -15,6 +15,26 @@ import numpy as np
 import torch
 
 
+def rope_summary(rope_parameters: dict | None) -> str:
+    """A config's `rope_parameters` as a reader reads them: the type, the base, then any scaling settings.
+
+    >>> rope_summary({"rope_theta": 100000.0, "rope_type": "default"})
+    'default, base 100,000'
+    >>> rope_summary({"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0})
+    'llama3, base 500,000, factor 8, low_freq_factor 1'
+    >>> rope_summary(None)
+    'none'
+    """
+    if not rope_parameters:
+        return "none"
+    rp = dict(rope_parameters)
+    kind = rp.pop("rope_type", "default")
+    base = rp.pop("rope_theta", None)
+    parts = [str(kind)] + ([f"base {base:,.0f}"] if isinstance(base, (int, float)) else [])
+    parts += [f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in rp.items()]
+    return ", ".join(parts)
+
+
 def rotary_module(model) -> torch.nn.Module:
     """The model's rotary embedding module (`model.model.rotary_emb`)."""
     try:
