@@ -88,7 +88,8 @@ def model_cell(row: dict[str, Any]) -> str:
 
 
 def across_models(books: dict[str, dict[str, ChapterResults]]) -> str:
-    """The ledger's first table: each registered claim (rows) with its verdict and effect [interval] on each book's
+    """The ledger's first table: each registered claim (rows, by id: the statements are in the detailed table, so the
+    models' columns fit the page) with its verdict and effect [interval] on each book's
     model (columns, in the order given), and a line of counts per model above it."""
     from .. import verdicts as V
 
@@ -103,9 +104,9 @@ def across_models(books: dict[str, dict[str, ChapterResults]]) -> str:
         out.append(f"- **{names[label]}:** " + ", ".join(f"{counts.get(s, 0)} {s}" for s in STATUSES
                                                         if s != "mixed" or counts.get(s)) + ".")
     first = next(iter(rows.values()))
-    table = [{"claim": T.Md(f"`{cid}`"), "statement": r["statement"],
-              **{label: model_cell(rows[label][cid]) for label in books}} for cid, r in first.items()]
-    columns = {"claim": "claim", "statement": "statement", **{label: names[label] for label in books}}
+    table = [{"claim": T.Md(f"`{cid}`"), **{label: model_cell(rows[label][cid]) for label in books}}
+             for cid in first]
+    columns = {"claim": "claim (its statement: the table below)", **{label: names[label] for label in books}}
     differ = [cid for cid in first if len({rows[label][cid]["combined"] for label in books
                                            if rows[label][cid]["combined"] != "not run"}) > 1]
     out += ["", T.markdown_table(table, columns), ""]

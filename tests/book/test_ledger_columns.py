@@ -48,13 +48,14 @@ def test_across_models_has_a_column_per_model_with_effects(books, tmp_path):
     out = tmp_path / "ledger.md"
     G.write_ledger(books["main"], STEMS, out, others={"tappa-tiny": books["tappa-tiny"], "null": books["null"]})
     text = out.read_text()
-    assert "## Across models" in text and "| claim | statement | SmolLM2-135M-Instruct | tappa-tiny | null (" in text
+    assert "## Across models" in text
+    assert "| claim (its statement: the table below) | SmolLM2-135M-Instruct | tappa-tiny | null (" in text
     head = _row(text, "predictable.qsim_predictability_corr")
-    assert "not supported" in head[2] and "[-0.4, -0.2]" in head[2]
-    assert head[3].startswith("✔ supported") and "0.5 [0.3, 0.7]" in head[3]
-    assert "inconclusive" in head[4]
+    assert "not supported" in head[1] and "[-0.4, -0.2]" in head[1]
+    assert head[2].startswith("✔ supported") and "0.5 [0.3, 0.7]" in head[2]
+    assert "inconclusive" in head[3]
     sinks = _row(text, "sinks.sinks_above_null")
-    assert "✔ supported" in sinks[2] and "✔ supported" in sinks[3] and "not supported" in sinks[4]
+    assert "✔ supported" in sinks[1] and "✔ supported" in sinks[2] and "not supported" in sinks[3]
     assert "- **SmolLM2-135M-Instruct:** 1 supported, 1 not supported" in text
     assert "- **tappa-tiny:** 2 supported, 0 not supported" in text
     assert "**Verdicts that differ between models:** 2 (`predictable.qsim_predictability_corr`, " \
