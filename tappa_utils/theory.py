@@ -209,9 +209,7 @@ def channel_logit_identity() -> Derivation:
     lhs = (rotation(_t * _theta) * q).T * (rotation(_j * _theta) * k)
     rhs = rq * rk * sp.cos((_t - _j) * _theta + aq - ak)
     return Derivation("logit of one channel", lhs[0], rhs, lhs[0] - rhs,
-                      short=r"(R_t\,q)^{\top} (R_j\,k) = r_q r_k "
-                            r"\cos\big((t-j)\theta + \alpha_q - \alpha_k\big),\quad "
-                            r"q = r_q (\cos\alpha_q, \sin\alpha_q),\ k = r_k (\cos\alpha_k, \sin\alpha_k)")
+                      short=r"(R_t\,q)^{\top} (R_j\,k) = |q|\,|k| \cos\big((t-j)\theta + \arg q - \arg k\big)")
 
 
 def logit_change_decomposition() -> Derivation:
