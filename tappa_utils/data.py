@@ -66,6 +66,24 @@ def default_text_kind(model=None) -> str:
     return "english"
 
 
+def text_source(model=None, split: str = "heldout", seed: int = 0) -> str:
+    """In words, where the built-in text of `split` for `model` comes from (`default_text_kind`), for pages and
+    result files.
+
+    >>> text_source("smollm2-135m", "calibration")
+    'the calibration split of the Python documentation bundled with Python (pydoc_data.topics, PSF license)'
+    >>> text_source("tappa-tiny")
+    'tappa_utils held-out sample of Python code (assets/heldout_sample.txt)'
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    if default_text_kind(model) == "english":
+        return f"the {'held-out' if split == 'heldout' else split} split of {ENGLISH_SOURCE}"
+    if split == "calibration":
+        return f"tappa_utils.tiny.corpus training split, seeded stretch (seed {seed})"
+    return "tappa_utils held-out sample of Python code (assets/heldout_sample.txt)"
+
+
 CODE_PROMPTS = ("def __init__(self, ", "import os\nimport ", "    for i in range(")
 ENGLISH_PROMPTS = ("The capital of France is", "A list in Python is", "The function returns")
 

@@ -550,7 +550,7 @@ def run_pruning_eval(cfg: PruneEvalConfig, model=None, tokenizer=None,
     ShortGPT and the calibration-chosen beta (not `cfg.betas`), 1..max_removed removed layers, held-out loss
     only (no copy test, no unpruned row). Scores and the choice of beta are the full procedure.
     """
-    from ..data import load_text
+    from ..data import load_text, text_source
     from ..models import check_supported, load_model, num_layers
 
     cfg.validate()
@@ -602,8 +602,8 @@ def run_pruning_eval(cfg: PruneEvalConfig, model=None, tokenizer=None,
         else:
             lm["note"] = "lm-eval is not installed: zero-shot tasks skipped"
     timings["total_s"] = time.time() - t0
-    calib_desc = cfg.calib_text_file or f"tappa_utils.tiny.corpus training split, seeded stretch (seed {cfg.seed})"
-    eval_desc = cfg.eval_text_file or "tappa_utils held-out sample (assets/heldout_sample.txt)"
+    calib_desc = cfg.calib_text_file or text_source(cfg.model, "calibration", cfg.seed)
+    eval_desc = cfg.eval_text_file or text_source(cfg.model, "heldout")
     return PruneEvalResult(cfg, str(cfg.model), L, scores, best, sel, orders, results, lm, timings, calib_desc,
                            eval_desc, calib, per_window, per_prompt, tsets)
 
