@@ -218,6 +218,10 @@ class Spec:
         How the effect is measured and tested.
     deterministic : bool
         True when the effect involves no sampling, so no interval or p-value applies.
+    any_weights : str
+        Claims that hold for any weights (a theorem, RoPE's geometry): why. Empty (the default) for a claim about
+        trained structure, which random weights must fail (`tests/book/test_null_book.py`,
+        `benchmarks/specificity_chapters.py`).
     """
 
     id: str
@@ -231,6 +235,7 @@ class Spec:
     assumptions: tuple[str, ...] = field(default_factory=tuple)
     notes: str = ""
     deterministic: bool = False
+    any_weights: str = ""
 
     def __post_init__(self) -> None:
         if self.kind not in ("claim", "assumption"):
@@ -427,13 +432,16 @@ SPECS: tuple[Spec, ...] = (
          "mismatch of the dominant channel m* of the analysed head (0.1 = about 10 % smaller at resonance); units: the "
          "n_heads heads where m* carries most (periods and windows nested, patterns.per_head_seasonal); mean over "
          "heads, sign-flip p, bootstrap ci. A property of RoPE's geometry given a dominant channel and periodic q/k: "
-         "it needs no training, so it is not a claim about trained structure."),
+         "it needs no training, so it is not a claim about trained structure.",
+         any_weights="RoPE resonance on a periodic input: the mismatch |delta| is a property of the rotation, for any "
+                     "queries that repeat with the input"),
     Spec("seasonal.paper_bound_holds", "claim", "06_seasonal",
          "The paper's seasonal bound C1 (eps_q + eps_k) + C2 |delta| (without the non-dominant phase term) holds.",
          "§5.3, Theorem (seasonal)", "ge", 0.99, 0.0, ("seasonal.S1_query_periodicity", "seasonal.S4_dominant_channel"),
          "Per head, the fraction of (t, i) pairs where it holds over the periods L of the sweep and the windows; mean "
          "over the n_heads tested heads, bootstrap ci over heads. Expected to fail where the phase term matters: the "
-         "complete bound (with the phase term) is a sanity row."),
+         "complete bound (with the phase term) is a sanity row.",
+         any_weights="a theorem's bound checked numerically: true for any weights"),
     Spec("seasonal.S1_query_periodicity", "assumption", "06_seasonal",
          "Queries repeat with the input's period: eps_q = mean |q_t+L - q_t| / mean |q| small, at the head used "
          "(never a layer-0 head, whose queries depend on the current token alone).",

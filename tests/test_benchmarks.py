@@ -117,3 +117,6 @@ def test_specificity_tally_counts_every_draw_and_flags_unspecific_claims():
     text = sc.markdown(list(table.values()))
     assert "| `sinks.sinks_above_null` | 2 of 20 | 0 | 18 | 0 | MISSED |" in text
     assert "predictable.necessity" not in text  # never run: left out of the table
+    resonance = sc.tally([{"claim": "seasonal.resonance_helps", "status": "supported"}] * 20, 20)
+    row = next(r for r in resonance if r["claim"] == "seasonal.resonance_helps")
+    assert "| 20 of 20 | 0 | 0 | 0 | does not apply (holds on any weights: RoPE resonance" in sc.markdown([row])

@@ -17,12 +17,8 @@ from tappa_utils.book import nullbook
 
 ROOT = Path(__file__).resolve().parents[2]
 
-# claims that hold for any weights, with the reason; everything else registered is about trained structure
-NOT_ABOUT_TRAINING = {
-    "seasonal.paper_bound_holds": "a theorem's bound checked numerically: true for any weights",
-    "seasonal.resonance_helps": "RoPE resonance on a periodic input: the mismatch |delta| is a property of the "
-                            "rotation, for any queries that repeat with the input",
-}
+# claims that hold for any weights, with the reason (registered: Spec.any_weights); the rest is trained structure
+NOT_ABOUT_TRAINING = {s.id: s.any_weights for s in C.SPECS if s.any_weights}
 # what the issue names as trained structure: never exempt (rename here if a chapter renames its claim)
 NAMED_TRAINED = ("predictable.trained_beats_null", "sinks.sinks_above_null", "diagonal.diagonals_above_null",
                  "diagonal.natural_periodic_diagonals", "kv_cache.probe_tappa_vs_uniform_budgets",
