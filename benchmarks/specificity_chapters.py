@@ -23,6 +23,7 @@ sys.path.insert(0, str(ROOT))
 from tappa_utils import claims as C  # noqa: E402
 from tappa_utils.book.columns import Column, run_columns  # noqa: E402
 from tappa_utils.book.nullbook import claim_chapters, claim_statuses  # noqa: E402
+from tappa_utils.tables import escape  # noqa: E402
 from tappa_utils.verdicts import combined_status  # noqa: E402
 
 STATUSES = ("supported", "not supported", "inconclusive", "not run")
@@ -48,7 +49,7 @@ def goal(row: dict[str, object]) -> str:
     """'met' / 'MISSED' for a claim about trained structure; for one that holds on any weights, that it does not
     apply (and why: `claims.Spec.any_weights`)."""
     if row["any_weights"]:
-        return f"does not apply (holds on any weights: {row['any_weights']})"
+        return f"does not apply (holds on any weights: {escape(row['any_weights'])})"
     return "met" if row["specific"] else "MISSED"
 
 

@@ -119,4 +119,6 @@ def test_specificity_tally_counts_every_draw_and_flags_unspecific_claims():
     assert "predictable.necessity" not in text  # never run: left out of the table
     resonance = sc.tally([{"claim": "seasonal.resonance_helps", "status": "supported"}] * 20, 20)
     row = next(r for r in resonance if r["claim"] == "seasonal.resonance_helps")
-    assert "| 20 of 20 | 0 | 0 | 0 | does not apply (holds on any weights: RoPE resonance" in sc.markdown([row])
+    line = sc.markdown([row]).splitlines()[-1]
+    assert "| 20 of 20 | 0 | 0 | 0 | does not apply (holds on any weights: RoPE resonance" in line
+    assert line.replace("\\|", "").count("|") == 7  # the reason's |delta| is escaped: one row, six cells
