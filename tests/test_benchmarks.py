@@ -117,6 +117,8 @@ def test_specificity_tally_counts_every_draw_and_flags_unspecific_claims():
     text = sc.markdown(list(table.values()))
     assert "| `sinks.sinks_above_null` | 2 of 20 | 0 | 18 | 0 | MISSED |" in text
     assert "predictable.necessity" not in text  # never run: left out of the table
+    violated = sc.tally([{"claim": "sinks.sinks_above_null", "status": "supported, assumptions violated"}] * 2, 20)
+    assert next(r for r in violated if r["claim"] == "sinks.sinks_above_null")["supported"] == 2  # the test passed
     resonance = sc.tally([{"claim": "seasonal.resonance_helps", "status": "supported"}] * 20, 20)
     row = next(r for r in resonance if r["claim"] == "seasonal.resonance_helps")
     line = sc.markdown([row]).splitlines()[-1]

@@ -18,7 +18,14 @@ from ..io import atomic_write_text
 from ..models import model_label
 from .layout import EXECUTED_DIR, GENERATED_DIR, find_root
 
-STATUSES = ("supported", "not supported", "inconclusive", "mixed", "not run")
+STATUSES = ("supported", "supported, assumptions violated", "not supported", "inconclusive", "mixed", "not run")
+SHOWN_IF_ANY = ("supported, assumptions violated", "mixed")  # counted aloud only when some claim has them
+
+
+def status_counts(counts: Counter) -> str:
+    """'7 supported; 3 supported, assumptions violated; ...': every status of `STATUSES` (the rarer ones only when
+    present), so the counts add up to the claims."""
+    return "; ".join(f"{counts.get(s, 0)} {s}" for s in STATUSES if s not in SHOWN_IF_ANY or counts.get(s))
 
 
 @dataclass
@@ -101,8 +108,7 @@ def across_models(books: dict[str, dict[str, ChapterResults]]) -> str:
     out = []
     for label in books:
         counts = Counter(r["combined"] for r in rows[label].values())
-        out.append(f"- **{names[label]}:** " + ", ".join(f"{counts.get(s, 0)} {s}" for s in STATUSES
-                                                        if s != "mixed" or counts.get(s)) + ".")
+        out.append(f"- **{names[label]}:** " + status_counts(counts) + ".")
     first = next(iter(rows.values()))
     table = [{"claim": T.Md(f"`{cid}`"), **{label: model_cell(rows[label][cid]) for label in books}}
              for cid in first]
@@ -149,8 +155,7 @@ def ledger_markdown(chapters: dict[str, ChapterResults], linked: set[str] | None
            "p < 0.05); *not supported* when the interval lies on the wrong side; *inconclusive* otherwise.", "",
            f"**Model:** {title}" + (f" (chapters disagree: {', '.join(f'{m} in {n}' for m, n in models.items())} "
                                     "chapter(s))" if len(models) > 1 else "") + ".", "",
-           f"**{len(rows)} claims:** " + ", ".join(f"{counts.get(s, 0)} {s}" for s in STATUSES
-                                                  if s != "mixed" or counts.get(s)) + ".", ""]
+           f"**{len(rows)} claims:** " + status_counts(counts) + ".", ""]
     if others:
         books = {book_model(chapters, model): chapters, **others}
         out += ["## Across models", "",
@@ -213,8 +218,7 @@ def findings_markdown(books: dict[str, dict[str, ChapterResults]], titles: dict[
     out = []
     for label in books:
         counts = Counter(r["combined"] for r in rows[label].values())
-        out.append(f"- **{names[label]}:** " + ", ".join(f"{counts.get(s, 0)} {s}" for s in STATUSES
-                                                        if s != "mixed" or counts.get(s))
+        out.append(f"- **{names[label]}:** " + status_counts(counts)
                    + f" of {len(rows[label])} registered claims.")
     out.append("")
     for stem, title in titles.items():
@@ -227,8 +231,11 @@ def findings_markdown(books: dict[str, dict[str, ChapterResults]], titles: dict[
             if set(got) == {"not run"}:
                 continue
             supported = [i.split(".", 1)[1] for i in ids if rows[label][i]["combined"] == "supported"]
+            violated = [i.split(".", 1)[1] for i in ids if rows[label][i]["combined"] == V.SUPPORTED_VIOLATED]
             parts.append(f"{names[label]} {got.get('supported', 0)}/{len(ids)} supported"
-                         + (f" ({', '.join(supported)})" if supported else ""))
+                         + (f" ({', '.join(supported)})" if supported else "")
+                         + (f", {len(violated)} supported with assumptions violated ({', '.join(violated)})"
+                            if violated else ""))
         out.append(f"- **{title}:** " + ("; ".join(parts) if parts else "not run") + ".")
     return "\n".join(out) + "\n"
 

@@ -92,7 +92,7 @@ def test_ledger_rows_statuses_and_header(results):
     assert "`predictable.A_query_not_orthogonal` (holds, 0.3)" in row("predictable.qsim_predictability_corr")
 
     n_run = len(claims) - 4  # four claims above have a verdict
-    assert f"**{len(claims)} claims:** 1 supported, 1 not supported, 1 inconclusive, 1 mixed, {n_run} not run." \
+    assert f"**{len(claims)} claims:** 1 supported; 1 not supported; 1 inconclusive; 1 mixed; {n_run} not run." \
         in text
     assert "Chapters without results (their claims are *not run*): `05_diagonal`, `06_seasonal`, `08_pruning`." \
         in text
@@ -114,7 +114,7 @@ def test_ledger_counts_follow_the_results(results):
     """Re-measuring one claim changes its row and the header's counts (nothing is typed in)."""
     _chapter(results, "08_pruning", [C.claim("pruning.tappa_beats_shortgpt", 0.1, ci=(0.05, 0.15), p_value=0.001)])
     text = book.ledger_markdown(book.read_results(results, STEMS))
-    assert ":** 2 supported, 1 not supported" in text
+    assert ":** 2 supported; 1 not supported" in text
     assert "`08_pruning`" not in text
 
 

@@ -56,8 +56,8 @@ def test_across_models_has_a_column_per_model_with_effects(books, tmp_path):
     assert "inconclusive" in head[3]
     sinks = _row(text, "sinks.sinks_above_null")
     assert "✔ supported" in sinks[1] and "✔ supported" in sinks[2] and "not supported" in sinks[3]
-    assert "- **SmolLM2-135M-Instruct:** 1 supported, 1 not supported" in text
-    assert "- **tappa-tiny:** 2 supported, 0 not supported" in text
+    assert "- **SmolLM2-135M-Instruct:** 1 supported; 1 not supported" in text
+    assert "- **tappa-tiny:** 2 supported; 0 not supported" in text
     assert "**Verdicts that differ between models:** 2 (`predictable.qsim_predictability_corr`, " \
            "`sinks.sinks_above_null`)." in text
     assert "## On SmolLM2-135M-Instruct" in text  # the detailed table stays the main book's
@@ -82,7 +82,7 @@ def test_findings_block_counts_per_model_and_names_supported_claims(books, tmp_p
     read = {k: G.read_results(v, STEMS) for k, v in books.items()}
     block = G.findings_markdown(read, {"03_predictable": "Predictable patterns", "04_sinks": "Sinks",
                                        "01_default_model": "The two models"})
-    assert "- **SmolLM2-135M-Instruct:** 1 supported, 1 not supported" in block
+    assert "- **SmolLM2-135M-Instruct:** 1 supported; 1 not supported" in block
     assert "- **Sinks:** SmolLM2-135M-Instruct 1/4 supported (sinks_above_null); tappa-tiny 1/4 supported " \
            "(sinks_above_null); random:tappa-tiny 0/4 supported." in block
     assert "The two models" not in block  # no claims of its own
@@ -127,3 +127,12 @@ def test_every_chapter_defaults_to_the_book_model():
     for stem in existing_chapters(ROOT, warn=False):
         got = {p.name: p.default for p in notebook_parameters(notebook_path(stem, ROOT))}
         assert got["model"] == repr(K.BOOK_MODEL).replace("'", '"'), stem
+
+
+def test_status_counts_add_up_to_the_claims_with_assumption_violations_named():
+    from collections import Counter
+
+    counts = Counter({"supported": 1, "supported, assumptions violated": 2, "inconclusive": 3})
+    text = G.status_counts(counts)
+    assert text == "1 supported; 2 supported, assumptions violated; 0 not supported; 3 inconclusive; 0 not run"
+    assert "mixed" not in text and sum(int(p.split()[0]) for p in text.split("; ")) == 6
