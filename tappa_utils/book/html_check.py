@@ -43,6 +43,9 @@ Rules (`RULES`), all applied to the page's article (`<article class="bd-article"
   table cell: an unformatted float.
 - nan-cell: `nan`, `NaN`, `<NA>`, `NaT` or a `None` value in a table cell (outside code spans: `None` as code is
   a Python value, e.g. a parameter's default).
+- unresolved-ref: a `{numref}` Sphinx could not resolve (to a figure, table or equation label the page does not
+  have, e.g. a figure a chapter did not draw on this model): Sphinx only warns, and the page prints the bare label.
+  `{doc}` / `{ref}` to a page a partial book leaves out are not flagged.
 - table-scroll: a table whose narrowest layout (each column as wide as its longest unbreakable word, about 9 px per
   character plus 16 px padding) is wider than the text column and that only the theme's automatic container or a
   notebook output box scrolls: the reader sees it cut off at the right. Narrow it, or put it in its own scrolling
@@ -83,6 +86,7 @@ RULES: dict[str, str] = {
     "long-float": "an unformatted number (7+ significant digits) in a table cell",
     "nan-cell": "NaN / None / nan in a table cell (show a dash and explain it)",
     "table-scroll": "a table wider than the text column without its own scrolling box",
+    "unresolved-ref": "a {numref} Sphinx could not resolve (shown as its bare label)",
 }
 
 COLUMN_PX = 770  # width of the text column (and of an output box) at a 1400 px window, measured in Chromium
@@ -394,6 +398,11 @@ def check_page(html: str, page: str, page_path: Path | None = None, html_root: P
             add("missing-image", f"img src '{src[:90]}' is an absolute file path, not a file of the book")
         elif page_path is not None and not (page_path.parent / path).exists():
             add("missing-image", f"img src '{src[:90]}' does not exist")
+
+    for xref in article.select(".xref.std-numref"):
+        if xref.find_parent("a") is None:
+            add("unresolved-ref", f"'{_shorten(xref.get_text(), 60)}' links nowhere (a label the page does not define, "
+                                  "e.g. a figure that was not drawn)")
 
     math_blocks = [(block, text) for ctx, block, text in blocks if ctx == "math"]
     for block, text in math_blocks:

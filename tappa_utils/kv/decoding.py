@@ -49,8 +49,45 @@ def continue_forward(model, cache, input_ids: torch.Tensor, start: int) -> torch
     pos = torch.arange(start, start + n, device=model.device)
     # only position_ids: cache_position is left to the model (layer 0's cache length + arange), which is what its
     # causal mask is built from; original positions there would let the fed tokens see each other's future
-    out = model(ids, past_key_values=cache, position_ids=pos.unsqueeze(0), use_cache=True)
+    with head_masks(model, cache):
+        out = model(ids, past_key_values=cache, position_ids=pos.unsqueeze(0), use_cache=True)
     return out.logits[0]
+
+
+_HEAD_MASKS = "tappa_masked_key_indices"  # attribute of a replayed cache: {layer: kvpress's masked_key_indices}
+
+
+def keep_head_masks(cache, layers) -> None:
+    """Move the head-wise masks a press left on the attention modules (kvpress's `masked_key_indices`: AdaKV, ...)
+    onto `cache`, and clear the modules: a replayed cache carries its own masks, so the next cache is not masked."""
+    masks = {i: getattr(layer.self_attn, "masked_key_indices", None) for i, layer in enumerate(layers)}
+    for layer in layers:
+        if hasattr(layer.self_attn, "masked_key_indices"):
+            layer.self_attn.masked_key_indices = None
+    if any(m is not None for m in masks.values()):
+        setattr(cache, _HEAD_MASKS, masks)
+
+
+class head_masks:
+    """`with head_masks(model, cache):` the attention modules hold the masks `keep_head_masks` stored on `cache` (if
+    any), and none again afterwards. A cache without stored masks leaves the modules as they are."""
+
+    def __init__(self, model, cache):
+        self.masks = getattr(cache, _HEAD_MASKS, None)
+        self.layers = None
+        if self.masks is not None:
+            from ..models import decoder_layers
+            self.layers = decoder_layers(model)
+
+    def __enter__(self):
+        for i, mask in (self.masks or {}).items():
+            self.layers[i].self_attn.masked_key_indices = mask
+        return self
+
+    def __exit__(self, *exc):
+        for layer in self.layers or ():
+            layer.self_attn.masked_key_indices = None
+        return False
 
 
 @torch.no_grad()
@@ -64,8 +101,17 @@ def greedy_decode(model, cache, first_logits: torch.Tensor, start: int, max_new_
 
 
 def cache_lengths(cache) -> list[int]:
-    """Number of cached tokens per layer."""
-    return [int(layer.keys.shape[-2]) for layer in cache.layers]
+    """Number of tokens per layer that attention can see: the cached ones, less (for a replayed cache with head-wise
+    masks, e.g. AdaKV) the masked entries averaged over the KV heads, rounded. The memory held is `cache_bytes`."""
+    masks = getattr(cache, _HEAD_MASKS, None) or {}
+    out = []
+    for i, layer in enumerate(cache.layers):
+        n = int(layer.keys.shape[-2])
+        mask = masks.get(i)
+        if mask is not None:
+            n -= round(len(mask[0]) / (layer.keys.shape[0] * layer.keys.shape[1]))
+        out.append(n)
+    return out
 
 
 def cache_bytes(cache) -> int:

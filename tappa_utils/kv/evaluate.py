@@ -154,7 +154,7 @@ def compressed_caches(model, context: torch.Tensor, presses: dict, timings: dict
     from transformers import DynamicCache
 
     from ..models import decoder_layers
-    from .decoding import prefill
+    from .decoding import keep_head_masks, prefill
 
     records = {}
 
@@ -182,6 +182,7 @@ def compressed_caches(model, context: torch.Tensor, presses: dict, timings: dict
             for i in sorted(records):
                 module, kwargs, output = records[i]
                 press.forward_hook(module, (), {**kwargs, "past_key_values": cache}, output)
+            keep_head_masks(cache, layers)
             if timings is not None:
                 timings[name] = time.perf_counter() - t0
         elif timings is not None:

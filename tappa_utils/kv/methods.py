@@ -22,7 +22,9 @@ Factory = Callable[[float, int, float], Any]  # (compression ratio, window, cake
 class KVMethod:
     """One compared method: `factory(ratio, window, cake_alpha)` builds its press (None: the full cache);
     `colour` ("#rrggbb") draws it; `runs_on_null`: also run on the random-weight null; `keeps_window`: its press
-    always keeps the last `window` tokens of every layer (the conformance tests check it)."""
+    always keeps the last `window` tokens of every layer (the conformance tests check it); `head_masks`: its press
+    keeps the whole cache and masks the evicted entries per head instead (kvpress's AdaKV: the cache is as long as the
+    full one, and the attention modules hold `masked_key_indices`; needs sdpa, as `kv-eval` runs)."""
 
     name: str
     factory: Factory
@@ -30,6 +32,7 @@ class KVMethod:
     runs_on_null: bool = False
     description: str = ""
     keeps_window: bool = False
+    head_masks: bool = False
 
     def __post_init__(self):
         if not re.fullmatch(r"[a-z][a-z0-9_]*", self.name):
@@ -81,6 +84,15 @@ METHODS: dict[str, KVMethod] = _registry(
     KVMethod("expected_attention",
              lambda r, w, a: press_class("kvpress:ExpectedAttentionPress")(compression_ratio=r), "#8c564b", True,
              "kvpress's Expected Attention: scores from the expected future queries"),
+    KVMethod("adakv_snapkv",
+             lambda r, w, a: press_class("kvpress:AdaKVPress")(press_class("kvpress:SnapKVPress")(
+                 compression_ratio=r, window_size=w)), "#f5b7b1", False,
+             "kvpress's AdaKV around SnapKV: head-wise budgets from SnapKV's scores pooled over a layer's heads",
+             head_masks=True),
+    KVMethod("adakv_expected_attention",
+             lambda r, w, a: press_class("kvpress:AdaKVPress")(press_class("kvpress:ExpectedAttentionPress")(
+                 compression_ratio=r)), "#2ca02c", False,
+             "kvpress's AdaKV around Expected Attention: head-wise budgets from its scores", head_masks=True),
     KVMethod("knorm", lambda r, w, a: press_class("kvpress:KnormPress")(compression_ratio=r), "#17becf", False,
              "kvpress's Knorm: keeps the keys of smallest norm"),
     KVMethod("tova", lambda r, w, a: press_class("kvpress:TOVAPress")(compression_ratio=r), "#4b0082", False,

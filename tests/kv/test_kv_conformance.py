@@ -296,7 +296,24 @@ def test_kvpress_test_generate_recipe_with_a_four_token_window(default_model, ma
 
 # ---- every registered press ----------------------------------------------------------------------------------------
 PRESSES = [m for m in METHODS if m != "full"]
+EVICTING = [m for m in PRESSES if not METHODS[m].head_masks]  # the cache itself shrinks
+MASKING = [m for m in PRESSES if METHODS[m].head_masks]  # the whole cache stays; entries are masked per head
 WINDOW = 16
+
+
+@pytest.mark.parametrize("keep", [0.25, 0.5])
+@pytest.mark.parametrize("method", MASKING)
+def test_registered_head_mask_press_masks_the_requested_fraction_and_keeps_the_cache(method, keep):
+    model = make_tiny_model("llama", attn="sdpa")  # kvpress's AdaKV refuses eager attention
+    n, kv_heads = model.config.num_hidden_layers, model.config.num_key_value_heads
+    ids = _ids()
+    full, _ = prefill(model, ids)
+    cache, last = prefill(model, ids, make_press(method, keep, window=WINDOW))
+    for a, b in zip(cache.layers, full.layers):
+        assert torch.equal(a.keys, b.keys) and torch.equal(a.values, b.values)
+    masked = sum(len(layer.self_attn.masked_key_indices[0]) for layer in model.model.layers)
+    assert abs(masked - (1 - keep) * T * kv_heads * n) <= n * kv_heads, masked
+    assert torch.isfinite(last).all()
 
 
 def _kept_positions(full, compressed) -> list[list[list[int]]]:
@@ -317,7 +334,7 @@ def _kept_positions(full, compressed) -> list[list[list[int]]]:
 
 
 @pytest.mark.parametrize("keep", [0.25, 0.5])
-@pytest.mark.parametrize("method", PRESSES)
+@pytest.mark.parametrize("method", EVICTING)
 def test_registered_press_shrinks_the_cache_to_the_requested_fraction(method, keep):
     model = make_tiny_model("llama")
     n = model.config.num_hidden_layers
@@ -329,7 +346,7 @@ def test_registered_press_shrinks_the_cache_to_the_requested_fraction(method, ke
     assert make_press(method, 1.0) is None  # nothing to evict: no press
 
 
-@pytest.mark.parametrize("method", PRESSES)
+@pytest.mark.parametrize("method", EVICTING)
 def test_registered_press_keeps_entries_of_the_full_cache_and_its_window(method):
     model = make_tiny_model("llama")
     ids = _ids()
@@ -343,7 +360,7 @@ def test_registered_press_keeps_entries_of_the_full_cache_and_its_window(method)
         assert not missing, f"{method} dropped part of the last {WINDOW} tokens in (layer, head) {missing}"
 
 
-@pytest.mark.parametrize("method", PRESSES)
+@pytest.mark.parametrize("method", EVICTING)
 def test_registered_press_hooks_are_removed_and_a_batch_compresses_each_sequence_alone(method):
     model = make_tiny_model("llama")
     ids = _ids()

@@ -11,6 +11,7 @@ import torch
 
 from tappa_utils.__main__ import main as cli
 from tappa_utils.kv.decoding import prefill
+from tappa_utils.metrics import attention_implementation
 from tappa_utils.kv.evaluate import KVEvalConfig, compressed_caches, make_samples
 from tappa_utils.kv.methods import METHODS, make_press
 from tappa_utils.kv.report import compare, kv_checks, verdicts_vs_null
@@ -95,12 +96,41 @@ def test_replay_equals_real_prefill(default_model):
     model, _ = default_model
     ids = torch.randint(0, 256, (1, 200), generator=torch.Generator().manual_seed(0))
     presses = {m: make_press(m, 0.3, window=16) for m in METHODS}
-    caches, last = compressed_caches(model, ids, presses)
-    for m in METHODS:
-        ref, ref_last = prefill(model, ids, make_press(m, 0.3, window=16))
-        assert torch.equal(last, ref_last)
-        for a, b in zip(caches[m].layers, ref.layers):
-            assert torch.equal(a.keys, b.keys) and torch.equal(a.values, b.values), m
+    with attention_implementation(model, "sdpa"):  # as kv-eval runs (kvpress's AdaKV refuses eager)
+        caches, last = compressed_caches(model, ids, presses)
+        for m in METHODS:
+            ref, ref_last = prefill(model, ids, make_press(m, 0.3, window=16))
+            assert torch.allclose(last, ref_last, atol=1e-5)
+            for a, b in zip(caches[m].layers, ref.layers):
+                assert torch.equal(a.keys, b.keys) and torch.equal(a.values, b.values), m
+
+
+@pytest.mark.parametrize("method", ["adakv_snapkv", "adakv_expected_attention"])
+def test_replayed_head_masks_decode_like_the_real_prefill_and_do_not_leak(default_model, method):
+    """AdaKV masks keys per head (kvpress keeps them on the attention modules): a replayed cache carries its own
+    masks, decodes as `with press(model)` does, and leaves the modules clean for the next cache."""
+    model, _ = default_model
+    ids = torch.randint(0, 256, (1, 200), generator=torch.Generator().manual_seed(0))
+    nxt = torch.tensor([[7, 8, 9]])
+    with attention_implementation(model, "sdpa"):
+        _head_masks_case(model, ids, nxt, method)
+
+
+def _head_masks_case(model, ids, nxt, method):
+    from tappa_utils.kv.decoding import continue_forward
+    from tappa_utils.models import decoder_layers
+
+    caches, _ = compressed_caches(model, ids, {method: make_press(method, 0.5, window=16), "full": None})
+    assert all(getattr(layer.self_attn, "masked_key_indices", None) is None for layer in decoder_layers(model))
+    full = continue_forward(model, caches["full"], nxt, 200)
+    replayed = continue_forward(model, caches[method], nxt, 200)
+    ref, _ = prefill(model, ids, make_press(method, 0.5, window=16))
+    real = continue_forward(model, ref, nxt, 200)
+    for layer in decoder_layers(model):
+        layer.self_attn.masked_key_indices = None
+    assert torch.allclose(replayed, real, atol=1e-5)
+    assert not torch.allclose(replayed, full, atol=1e-3)  # the masks changed the answer's logits
+    assert torch.allclose(full, continue_forward(model, prefill(model, ids)[0], nxt, 200), atol=1e-5)
 
 
 def test_retrieval_samples_repeat_the_segment():
