@@ -11,10 +11,10 @@ import torch
 
 from tappa_utils.__main__ import main as cli
 from tappa_utils.kv.decoding import prefill
-from tappa_utils.metrics import attention_implementation
 from tappa_utils.kv.evaluate import KVEvalConfig, compressed_caches, make_samples
 from tappa_utils.kv.methods import METHODS, make_press
 from tappa_utils.kv.report import compare, kv_checks, verdicts_vs_null
+from tappa_utils.metrics import attention_implementation
 
 TINY = ["--seq-len", "160", "--samples", "2", "--keep", "0.25", "0.5", "--cont-len", "8", "--seg-len", "12",
         "--prefix-len", "4", "--distance", "60", "--window", "16", "--quiet"]
