@@ -42,10 +42,15 @@ def prefill(model, input_ids: torch.Tensor, press=None):
 def continue_forward(model, cache, input_ids: torch.Tensor, start: int) -> torch.Tensor:
     """Feed `input_ids` (1, n) after a (possibly compressed) cache at original positions start..start+n-1.
 
-    Returns the logits (n, vocab). The cache grows by n in every layer.
+    Returns the logits (n, vocab). The cache grows by n in every layer. A cache with head-wise masks (AdaKV, see
+    `keep_head_masks`) is fed one token at a time (the same logits: attention is causal).
     """
     ids = _check_single(input_ids).to(model.device)
     n = ids.shape[1]
+    if n > 1 and getattr(cache, _HEAD_MASKS, None) is not None:
+        # kvpress masks an entry with a fake key that every fed query must score far below zero: one token's few
+        # queries (one per head of a KV group) always admit one; many tokens' queries may not (kvpress then raises)
+        return torch.cat([continue_forward(model, cache, ids[:, i:i + 1], start + i) for i in range(n)])
     pos = torch.arange(start, start + n, device=model.device)
     # only position_ids: cache_position is left to the model (layer 0's cache length + arange), which is what its
     # causal mask is built from; original positions there would let the fed tokens see each other's future

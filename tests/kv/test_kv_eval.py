@@ -2,6 +2,7 @@
 the baselines (uniform budgets, original PyramidKV) and the chapter's claims (report.kv_checks)."""
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
@@ -287,3 +288,22 @@ def test_length_profile_scores_the_same_loss_targets_at_every_length(default_mod
         assert all(torch.equal(targets[0], x) for x in targets)  # the same continuation at every length
         short, long = by_len[64][i][0], by_len[256][i][0]
         assert short[0, 0] == tok.bos_token_id and torch.equal(short[0, 1:], long[0, -63:])  # a left cut
+
+
+def test_a_head_masked_cache_takes_a_long_teacher_forced_target(default_model):
+    """kvpress's fake key must push every fed query's score below zero; the 32 queries of a probe target on random
+    weights admit none (kvpress raises), so a replayed AdaKV cache is fed one token at a time: same logits."""
+    from tappa_utils.kv.decoding import continue_forward
+    from tappa_utils.models import random_model
+
+    model = random_model("tappa-tiny", seed=3)
+    ids = torch.randint(0, 256, (1, 160), generator=torch.Generator().manual_seed(1))
+    target = torch.randint(0, 256, (1, 32), generator=torch.Generator().manual_seed(2))
+    with attention_implementation(model, "sdpa"):
+        caches, _ = compressed_caches(model, ids, {"adakv_snapkv": make_press("adakv_snapkv", 0.5, window=16),
+                                                   "full": None})
+        first = continue_forward(model, copy.deepcopy(caches["adakv_snapkv"]), target[:, :1], 160)
+        logits = continue_forward(model, caches["adakv_snapkv"], target, 160)
+        full = continue_forward(model, caches["full"], target, 160)
+    assert logits.shape == (32, full.shape[1]) and torch.isfinite(logits).all()
+    assert torch.allclose(logits[:1], first, atol=1e-5) and not torch.allclose(logits, full, atol=1e-3)
