@@ -248,3 +248,29 @@ def plot_layer_profile(profile, keep: float, context_tokens: float):
 
 __all__ = ["SOLVABLE_ID", "TASK_CLAIMS", "accuracy_markdown", "check_grid", "cost_ratios", "full_cache_table",
            "full_cache_text", "layer_profile", "plot_layer_profile", "rank_text", "sign_test_greater", "task_checks"]
+
+
+def shipped_grid(model: str, root=None):
+    """The newest task grid shipped in `artifacts/kv-grid-*` (made by `benchmarks/kv_task_grid.py`) for `model`
+    (its label, e.g. "SmolLM2-135M-Instruct", or id), as (folder, per-sample rows, its options); None if there is none.
+
+    A chapter shows it beside its own run, never instead of it.
+    """
+    import json
+    from pathlib import Path
+
+    import pandas as pd
+
+    from ..models import model_label
+
+    root = Path(root) if root is not None else Path(__file__).resolve().parents[2]
+    found = []
+    for grid in sorted((root / "artifacts").glob("kv-grid-*/grid.json")):
+        options = json.loads(grid.read_text())
+        names = (options.get("model"), model_label(options.get("model", "")))
+        if model in names and (grid.parent / "samples.csv").is_file():
+            found.append((grid.parent, options))
+    if not found:
+        return None
+    folder, options = found[-1]
+    return folder, pd.read_csv(folder / "samples.csv"), options

@@ -63,3 +63,16 @@ def test_unknown_method_is_refused_in_one_line(capsys):
     with pytest.raises(SystemExit):
         G.parse(["--out", "x", "--methods", "h2o"])
     assert "unknown method(s) ['h2o']" in capsys.readouterr().err
+
+
+def test_the_chapter_finds_the_newest_shipped_grid_of_its_model(tmp_path, monkeypatch):
+    from tappa_utils.kv.task_report import shipped_grid
+
+    monkeypatch.setattr(G, "kv_tasks", _fake_kv_tasks([]))
+    assert shipped_grid("SmolLM2-135M-Instruct", tmp_path) is None
+    for day in ("2026-12-01", "2026-12-04"):
+        G.main(["--out", str(tmp_path / "artifacts" / f"kv-grid-{day}"), "--samples", "3", "--chunk", "3",
+                "--methods", "tappa", "snapkv", "--keep", "0.5", "0.9"])
+    folder, rows, options = shipped_grid("SmolLM2-135M-Instruct", tmp_path)
+    assert folder.name == "kv-grid-2026-12-04" and rows["sample"].nunique() == 3 and options["model"] == "smollm2-135m"
+    assert shipped_grid("smollm2-135m", tmp_path)[0] == folder and shipped_grid("tappa-tiny", tmp_path) is None
