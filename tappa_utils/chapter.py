@@ -58,21 +58,51 @@ def chapter_params(namespace: dict[str, Any], names: Iterable[str] | None = None
     >>> chapter_params({"seed": 1}, names=["seed"])
     {'seed': 1}
     """
+    cell = None
     if names is None:
         history = namespace.get("In")
         if history is None:
             raise ValueError("chapter_params: no input history `In` in the namespace (not an IPython kernel); "
                              "pass names=[...]")
-        names = next((n for n in map(parameter_names, history) if n), None)
-        if names is None:
+        cell = next((src for src in history if parameter_names(src)), None)
+        if cell is None:
             raise ValueError("chapter_params: no parameters cell has run yet; run the chapter's parameters cell first")
+        names = parameter_names(cell)
     names = list(names)
     missing = [n for n in names if n not in namespace]
     if missing:
         raise KeyError(f"chapter_params: parameters {missing} are not defined; run the parameters cell first")
     params = {n: namespace[n] for n in names}
+    if cell is not None:  # papermill's `-p layers '[0, 1]'` arrives as a string: read it as the default's kind
+        for name, value in _literal_overrides(cell, params).items():
+            namespace[name] = params[name] = value
     check_front_door(params)
     return params
+
+
+def _literal_overrides(cell: str, params: dict[str, Any]) -> dict[str, Any]:
+    """Parameters given as a string (papermill `-p` passes lists and None as text) whose default in `cell` is not a
+    string, read as a Python literal: `"[0, 1]"` -> [0, 1], `"None"` -> None. A string that is no literal stays.
+
+    >>> _literal_overrides('layers = None\\nkeep = [0.5]\\nmodel = "x"', {"layers": "[0, 1]", "keep": "[0.25, 0.5]",
+    ...                    "model": "[1]"})
+    {'layers': [0, 1], 'keep': [0.25, 0.5]}
+    """
+    defaults = {}
+    for node in ast.parse(cell).body:
+        if isinstance(node, ast.Assign):
+            try:
+                defaults[node.targets[0].id] = ast.literal_eval(node.value)
+            except ValueError:
+                continue
+    out = {}
+    for name, value in params.items():
+        if isinstance(value, str) and name in defaults and not isinstance(defaults[name], str):
+            try:
+                out[name] = ast.literal_eval(value)
+            except (ValueError, SyntaxError):
+                continue
+    return out
 
 
 def check_front_door(params: dict[str, Any]) -> None:

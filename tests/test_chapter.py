@@ -75,3 +75,16 @@ def test_model_overview_rejects_a_bad_model_at_once():
 
     with pytest.raises(UsageError, match="model folder not found"):
         model_overview("/no/such/model/folder")
+
+
+def test_papermill_string_overrides_become_the_defaults_kind_in_the_notebook():
+    """`papermill -p layers '[0, 1]'` injects the string "[0, 1]"; the chapter must see the list (and None for
+    "None"), while a string parameter stays a string and a non-literal string stays as given."""
+    from tappa_utils.chapter import chapter_params
+
+    cell = 'model = "tappa-tiny"  # m\nlayers = None  # l\nkeep = [0.5]  # k\ntext_file = None  # t\n'
+    ns = {"In": ["", cell, "# Parameters\n"], "model": "tappa-tiny", "layers": "[0, 1]", "keep": "[0.25, 0.9]",
+          "text_file": "notes.txt"}
+    params = chapter_params(ns)
+    assert params == {"model": "tappa-tiny", "layers": [0, 1], "keep": [0.25, 0.9], "text_file": "notes.txt"}
+    assert ns["layers"] == [0, 1] and ns["keep"] == [0.25, 0.9]  # the notebook's globals, not only the dict
