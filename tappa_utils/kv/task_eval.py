@@ -159,11 +159,13 @@ def paired_comparisons(results, reference: str = "tappa"):
 
 
 def ranks(results, keep: float | None = None):
-    """Each compressing method's mean accuracy over tasks and lengths per keep, and its rank (1 = best)."""
+    """Each compressing method's mean accuracy over tasks and lengths per keep (each (task, length) weighs the
+    same, whatever its number of samples), and its rank (1 = best)."""
     comp = results[results.method != "full"]
     if keep is not None:
         comp = comp[comp.keep == keep]
-    table = comp.groupby(["keep", "method"]).correct.mean().rename("accuracy").reset_index()
+    per_cell = comp.groupby(["keep", "method", "task", "length"]).correct.mean()
+    table = per_cell.groupby(["keep", "method"]).mean().rename("accuracy").reset_index()
     table["rank"] = table.groupby("keep").accuracy.rank(ascending=False, method="min").astype(int)
     return table.sort_values(["keep", "rank"]).reset_index(drop=True)
 

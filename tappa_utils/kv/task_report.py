@@ -174,6 +174,18 @@ def accuracy_markdown(results) -> str:
     return T.markdown_table(table)
 
 
+def sample_counts(results) -> str:
+    """How many samples each (task, length, method, keep) cell holds: "50", or "30 (multikey 1024) to 50" when the
+    cells differ (a grid whose parts ran different sample sizes)."""
+    n = results.groupby(["task", "length", "method", "keep"]).size()
+    per_task = n.groupby(["task", "length"]).min()
+    lo, hi = int(per_task.min()), int(n.max())
+    if lo == hi:
+        return str(hi)
+    fewest = ", ".join(f"{t} {ln}" for (t, ln), v in per_task.items() if v == lo)
+    return f"{lo} ({fewest}) to {hi}"
+
+
 def rank_text(results, method: str = "tappa") -> str:
     """'TAPPA ranks 2nd of 5 at 25 % kept (mean accuracy 0.41; best: snapkv, 0.45), ...' over every keep."""
     rk = ranks(results)

@@ -2,6 +2,7 @@
 manifest states TAPPA's rank and the Holm-corrected comparisons of the combined samples."""
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -76,3 +77,67 @@ def test_the_chapter_finds_the_newest_shipped_grid_of_its_model(tmp_path, monkey
     folder, rows, options = shipped_grid("SmolLM2-135M-Instruct", tmp_path)
     assert folder.name == "kv-grid-2026-12-04" and rows["sample"].nunique() == 3 and options["model"] == "smollm2-135m"
     assert shipped_grid("smollm2-135m", tmp_path)[0] == folder and shipped_grid("tappa-tiny", tmp_path) is None
+
+
+def _fake_kv_tasks_for(task, keeps, full_correct=1):
+    def run(argv):
+        def a(flag):
+            return argv[argv.index(flag) + 1]
+        seed, n, out = int(a("--seed")), int(a("--samples")), Path(a("--out"))
+        rows = []
+        for i in range(n):
+            rows.append({"task": task, "length": 1024, "sample": i, "method": "full", "keep": 1.0,
+                         "correct": full_correct})
+            for keep in keeps:
+                rows += [{"task": task, "length": 1024, "sample": i, "method": "tappa", "keep": keep,
+                          "correct": int(keep > 0.3)},
+                         {"task": task, "length": 1024, "sample": i, "method": "snapkv", "keep": keep,
+                          "correct": int((seed + i) % 2)}]
+        out.mkdir(parents=True)
+        pd.DataFrame(rows).to_csv(out / "samples.csv", index=False)
+        return 0
+    return run
+
+
+def test_a_grid_grows_in_parts_that_stay_paired_and_are_all_named(tmp_path, monkeypatch):
+    out = tmp_path / "grid"
+    monkeypatch.setattr(G, "kv_tasks", _fake_kv_tasks_for("needle_passkey", (0.5, 0.9)))
+    G.main(["--out", str(out), "--samples", "20", "--chunk", "10", "--methods", "tappa", "snapkv",
+            "--keep", "0.5", "0.9"])
+    # a later part: another budget on the same samples; its full-cache rows repeat the first part's (kept once)
+    monkeypatch.setattr(G, "kv_tasks", _fake_kv_tasks_for("needle_passkey", (0.25,), full_correct=0))
+    G.main(["--out", str(out), "--part", "keep25", "--samples", "20", "--chunk", "10", "--methods", "tappa", "snapkv",
+            "--keep", "0.25"])
+    # and another task with fewer samples
+    monkeypatch.setattr(G, "kv_tasks", _fake_kv_tasks_for("multikey", (0.5,)))
+    G.main(["--out", str(out), "--part", "multikey", "--tasks", "multikey", "--samples", "10", "--chunk", "10",
+            "--methods", "tappa", "snapkv", "--keep", "0.5"])
+    assert sorted(f.name for f in (out / "chunks").iterdir()) == [
+        "keep25-seed0", "keep25-seed1", "multikey-seed0", "seed0", "seed1"]
+    s = pd.read_csv(out / "samples.csv")
+    full = s[(s.method == "full") & (s.task == "needle_passkey")]
+    assert len(full) == 20 and full.correct.all()  # the first part's full-cache rows, once
+    n = s.groupby(["task", "method", "keep"]).size()
+    assert n[("needle_passkey", "tappa", 0.25)] == 20 and n[("multikey", "tappa", 0.5)] == 10
+    # paired: keep 0.25 and keep 0.5 rows of one prompt carry the same sample number
+    pk = s[(s.task == "needle_passkey") & (s.method == "tappa")]
+    assert set(pk[pk.keep == 0.25]["sample"]) == set(pk[pk.keep == 0.5]["sample"])
+    comp = pd.read_csv(out / "comparisons.csv")
+    assert set(comp.keep) == {0.25, 0.5, 0.9}
+    runs = json.loads((out / "runs.json").read_text())
+    assert [r["part"] for r in runs] == ["", "keep25", "multikey"]
+    manifest = (out / "MANIFEST.md").read_text()
+    assert manifest.count("benchmarks/kv_task_grid.py --out") == 3 and "(part `keep25`)" in manifest
+    assert "10 (multikey 1024) to 20 samples per cell" in manifest
+    assert "multikey at 1024 tokens:" in manifest and "needle_passkey at 1024 tokens:" in manifest
+    # the mean over tasks weighs each task the same: at keep 50% snapkv is 0.5 on both, tappa 1.0 on both
+    assert "keep 50%: tappa rank 1 of 2; first: tappa (1.00)" in manifest
+    G.main(["--out", str(out), "--combine-only"])
+    assert [r["part"] for r in json.loads((out / "runs.json").read_text())] == ["", "keep25", "multikey"]
+
+
+def test_a_part_name_that_cannot_name_a_folder_is_refused(capsys):
+    import pytest
+    with pytest.raises(SystemExit):
+        G.parse(["--out", "x", "--part", "a/b"])
+    assert "--part 'a/b'" in capsys.readouterr().err
