@@ -162,6 +162,7 @@ def write_outputs(args, samples: pd.DataFrame, runs: list[dict]) -> None:
             "## Accuracy [Wilson 95 %]", "", markdown_table(wide.reset_index()), "",
             "## TAPPA's rank per budget (mean accuracy over tasks and lengths)", "", *rank_lines(ranks), "",
             *per_task_rank_lines(samples),
+            *cost_lines(samples),
             "## Paired comparisons (TAPPA vs each method, exact McNemar, Holm over all rows)", "",
             f"{len(supported)} of {len(comparisons)} differences are significant after Holm"
             + (": " + "; ".join(f"{r.method} at keep {r.keep:.0%} ({r.difference:+.2f})"
@@ -181,6 +182,28 @@ def per_task_rank_lines(samples: pd.DataFrame) -> list[str]:
         out += [f"{task} at {length} tokens:"] + rank_lines(TE.ranks(samples[(samples.task == task)
                                                                               & (samples.length == length)])) + [""]
     return out
+
+
+def cost_lines(samples: pd.DataFrame, baseline: str = "snapkv") -> list[str]:
+    """A manifest section: each method's mean wall time over SnapKV's on the same samples and budgets, for
+    compressing the prefill and for answering after it (ratio [bootstrap 95 %])."""
+    if "press_ms" not in samples or baseline not in set(samples.method):
+        return []
+    rows = []
+    for method in dict.fromkeys(samples.method):
+        if method in ("full", baseline):
+            continue
+        r = TR.cost_ratios(samples, method, baseline).set_index("stage")
+        if len(r):
+            rows.append({"method": method, **{f"{stage} / {baseline}": f"{r.loc[stage, 'ratio']:.2f} "
+                                                 f"[{r.loc[stage, 'ci_low']:.2f}, {r.loc[stage, 'ci_high']:.2f}]"
+                                                 for stage in r.index}})
+    if not rows:
+        return []
+    return [f"## Cost against {baseline} (same samples and budgets)", "",
+            f"Mean wall time of each method over {baseline}'s, paired by sample and budget: compressing the prefill "
+            "and answering after it. The runs shared a 2-core CPU with other work, so the ratios are rough.", "",
+            markdown_table(pd.DataFrame(rows)), ""]
 
 
 def run_lines(runs: list[dict]) -> list[str]:

@@ -90,9 +90,9 @@ def _fake_kv_tasks_for(task, keeps, full_correct=1):
                          "correct": full_correct})
             for keep in keeps:
                 rows += [{"task": task, "length": 1024, "sample": i, "method": "tappa", "keep": keep,
-                          "correct": int(keep > 0.3)},
+                          "correct": int(keep > 0.3), "press_ms": 30.0, "answer_ms": 100.0},
                          {"task": task, "length": 1024, "sample": i, "method": "snapkv", "keep": keep,
-                          "correct": int((seed + i) % 2)}]
+                          "correct": int((seed + i) % 2), "press_ms": 20.0, "answer_ms": 100.0}]
         out.mkdir(parents=True)
         pd.DataFrame(rows).to_csv(out / "samples.csv", index=False)
         return 0
@@ -129,6 +129,7 @@ def test_a_grid_grows_in_parts_that_stay_paired_and_are_all_named(tmp_path, monk
     manifest = (out / "MANIFEST.md").read_text()
     assert manifest.count("benchmarks/kv_task_grid.py --out") == 3 and "(part `keep25`)" in manifest
     assert "10 (multikey 1024) to 20 samples per cell" in manifest
+    assert "## Cost against snapkv" in manifest and "1.50 [1.50, 1.50]" in manifest  # tappa's prefill: 30 / 20 ms
     assert "multikey at 1024 tokens:" in manifest and "needle_passkey at 1024 tokens:" in manifest
     # the mean over tasks weighs each task the same: at keep 50% snapkv is 0.5 on both, tappa 1.0 on both
     assert "keep 50%: tappa rank 1 of 2; first: tappa (1.00)" in manifest
