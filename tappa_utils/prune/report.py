@@ -112,6 +112,9 @@ def save_results(res: PruneEvalResult, out_dir: str | Path, figures: bool = True
         fig = plot_results(res.results)
         written.append(save_figure(fig, out, "results.png"))
         plt.close(fig)
+        fig = plot_removed_layers(res.orders, res.n_layers, res.cfg.max_removed)
+        written.append(save_figure(fig, out, "removed_layers.png"))
+        plt.close(fig)
     return written
 
 
@@ -139,6 +142,43 @@ def plot_layer_scores(scores: P.LayerScores, null_qsim=None):
     step = max(1, -(-len(tab) // 14))  # at most ~14 tick labels per panel (24-28 layer models stay readable)
     for ax in axes:
         ax.set_xticks(tab.layer[::step])
+    fig.tight_layout()
+    return fig
+
+
+def removal_positions(orders: dict[str, dict], n_layers: int, max_removed: int):
+    """Which layers each order removes first: a (method x layer) table of removal positions 1..max_removed (NaN for
+    a layer kept at k = max_removed). Orders whose first `max_removed` layers are the same share one row ('A = B')."""
+    import pandas as pd
+
+    groups: dict[tuple, list[str]] = {}
+    for name, spec in orders.items():
+        groups.setdefault(tuple(spec["order"][:max_removed]), []).append(name)
+    rows = {}
+    for first, names in groups.items():
+        pos = np.full(n_layers, np.nan)
+        pos[list(first)] = np.arange(1, len(first) + 1)
+        rows[short_label(" = ".join(names))] = pos
+    return pd.DataFrame.from_dict(rows, orient="index", columns=range(n_layers))
+
+
+def plot_removed_layers(orders: dict[str, dict], n_layers: int, max_removed: int):
+    """A grid of methods x layers: the number in a cell is the step (1 = first) at which the method removes that
+    layer, up to `max_removed`; blank cells are layers it keeps."""
+    import matplotlib.pyplot as plt
+
+    tab = removal_positions(orders, n_layers, max_removed)
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.34 * n_layers + 2.5), 0.5 * len(tab) + 1.4))
+    ax.imshow(np.ma.masked_invalid(tab.to_numpy()), cmap="viridis_r", vmin=1, vmax=max_removed, aspect="auto")
+    for i, j in zip(*np.nonzero(~np.isnan(tab.to_numpy()))):
+        ax.text(j, i, f"{int(tab.iat[i, j])}", ha="center", va="center", fontsize=8, color="white")
+    ax.set_yticks(range(len(tab)), tab.index)
+    ax.set_xticks(range(n_layers), [str(c) for c in tab.columns], fontsize=8)
+    ax.set_xticks(np.arange(-0.5, n_layers), minor=True)
+    ax.set_yticks(np.arange(-0.5, len(tab)), minor=True)
+    ax.grid(which="minor", color="0.85", lw=0.5)
+    ax.tick_params(which="minor", length=0)
+    ax.set(xlabel="layer", title=f"layers removed first (number = removal step, up to k = {max_removed})")
     fig.tight_layout()
     return fig
 

@@ -252,7 +252,7 @@ def test_angular_bi_option_and_figures(tmp_path):
     out = tmp_path / "ang"
     argv = [a for a in TINY if a != "--no-figures"]
     assert cli_main(["--out", str(out), *argv, "--bi-kind", "angular"]) == 0
-    for f in ("layer_scores.png", "results.png"):
+    for f in ("layer_scores.png", "results.png", "removed_layers.png"):
         assert (out / f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rec = json.loads((out / "scores_bi.json").read_text())
     assert rec["score_type"] == "block_influence_angular"
@@ -331,3 +331,16 @@ def test_layer_scores_legends_sit_below_their_panels():
         assert box.y1 <= frame.y0  # entirely below the panel
         assert min(t.get_fontsize() for t in legend.get_texts()) >= 9
     plt.close(fig)
+
+
+def test_removal_positions_name_the_layers_each_order_removes_first():
+    from tappa_utils.prune.report import removal_positions
+
+    orders = {"ShortGPT": {"order": [5, 2, 7, 0], "beta": None}, "TAPPA b=0.2": {"order": [5, 2, 1, 0], "beta": 0.2},
+              "TAPPA best (b=0)": {"order": [5, 2, 7, 1], "beta": 0.0}, "last k": {"order": [7, 6, 5, 4], "beta": None}}
+    tab = removal_positions(orders, n_layers=8, max_removed=3)
+    # ShortGPT and TAPPA at the chosen beta 0 remove the same first three layers: one row
+    assert list(tab.index) == ["ShortGPT = TAPPA β=0 (chosen on calibration)", "TAPPA β=0.2", "last k"]
+    assert tab.loc["TAPPA β=0.2"].dropna().to_dict() == {5: 1.0, 2: 2.0, 1: 3.0}
+    assert tab.loc["last k"].dropna().to_dict() == {7: 1.0, 6: 2.0, 5: 3.0}
+    assert tab.notna().sum(axis=1).eq(3).all()
