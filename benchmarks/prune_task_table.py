@@ -137,7 +137,7 @@ def write_manifest(args) -> Path:
         " ".join(str(c) for c in row.dropna().sort_values().index) for _, row in positions.iterrows()]})
     text = [f"# Layer pruning judged by tasks: {res['model']}", "",
             (f"Made by `{cmd['command']}` ({cmd['minutes']:.0f} min of wall)" if cmd else
-             f"Made by `python -m tappa_utils prune-eval` with the options in `run_info.json`")
+             "Made by `python -m tappa_utils prune-eval` with the options in `run_info.json`")
             + f"; evaluation {res['timings'].get('evaluate_s', 0) / 60:.0f} min of it. "
             + "Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".", "",
             f"{res['n_layers']} layers. Scores and beta come from calibration text only "
