@@ -31,8 +31,6 @@ from tappa_utils.tables import markdown_table
 DEFAULTS = ["--seq-len", "128", "--calib-chunks", "8", "--calib-stride", "128", "--eval-windows", "16",
             "--copy-windows", "8", "--copy-seg-len", "32", "--max-removed", "8", "--betas", "0.2",
             "--tasks", "facts,passkey", "--task-prompts", "32", "--passkey-tokens", "1024", "--random-draws", "3"]
-FAMILY_TITLES = {"facts": "factual and cloze prompts (greedy answer)",
-                 "passkey": "pass-key retrieval (greedy answer)"}
 
 
 def parse(argv=None) -> tuple[argparse.Namespace, list[str]]:
@@ -72,58 +70,6 @@ def run(args, extra: list[str]) -> None:
         "minutes": round((time.perf_counter() - t0) / 60, 1)}, indent=1))
 
 
-def _cell(acc: float, lo: float, hi: float) -> str:
-    return f"{acc:.2f} [{lo:.2f}, {hi:.2f}]"
-
-
-def measure_tables(out: Path) -> dict[str, pd.DataFrame]:
-    """One table per measure: rows k = 0..max, a column per distinct removal order (random draws pooled)."""
-    results = pd.read_csv(out / "results.csv")
-    results["removed"] = results.removed.map(lambda s: tuple(json.loads(s)))
-    merged = R.merge_identical_methods(results)
-    rename = {m: R.short_label(m) for m in merged.method.unique()}
-    names = {n: rename[j] for j in rename for n in j.split(" = ")}  # each original method -> its column label
-    rnd = results[results.method.str.startswith("random #")]
-    tables = {}
-    loss = merged.assign(method=merged.method.map(rename)).pivot_table(
-        index="n_removed", columns="method", values="nats_per_byte", sort=False)
-    loss = loss[[c for c in loss.columns if not c.startswith("random #")]]
-    if len(rnd):
-        loss[f"random ({rnd.method.nunique()} draws, mean)"] = rnd.groupby("n_removed").nats_per_byte.mean()
-    tables["held-out loss (nats per byte, lower is better)"] = loss.map(
-        lambda v: "" if pd.isna(v) else f"{v:.3f}")
-    acc_path = out / "task_accuracy.csv"
-    if acc_path.is_file():
-        acc = pd.read_csv(acc_path)
-        acc = acc[~acc.method.str.startswith("random #")]
-        acc["column"] = acc.method.map(lambda m: names.get(m, m))
-        acc = acc.drop_duplicates(["column", "n_removed", "family"])
-        for fam, g in acc.groupby("family", sort=False):
-            t = g.assign(cell=[_cell(a, lo, hi) for a, lo, hi in zip(g.accuracy, g.ci_low, g.ci_high)]).pivot_table(
-                index="n_removed", columns="column", values="cell", aggfunc="first", sort=False)
-            tables[f"{FAMILY_TITLES.get(fam, fam)}: accuracy [Wilson 95 %], n = {int(g.n.min())} prompts "
-                   f"({int(g.n.max())} for the pooled random draws)"] = t.fillna("")
-    return tables
-
-
-def comparison_lines(out: Path) -> list[str]:
-    """TAPPA (chosen beta) against each comparator per measure: how many k are significant after Holm, and where."""
-    path = out / "comparisons.csv"
-    if not path.is_file():
-        return []
-    comp = pd.read_csv(path)
-    lines = []
-    for (against, measure), g in comp.groupby(["against", "measure"], sort=False):
-        ties = int(g.tie.sum())
-        sig = g[(~g.tie) & (g.p_holm < 0.05)]
-        better = sig[sig.gain > 0]
-        worse = sig[sig.gain < 0]
-        lines.append(f"- vs {against}, {measure}: {len(g)} values of k; {ties} tied (same layers removed); "
-                     f"TAPPA significantly better at k = {', '.join(map(str, better.n_removed)) or 'none'}, "
-                     f"worse at k = {', '.join(map(str, worse.n_removed)) or 'none'} (Holm over k, 0.05).")
-    return lines
-
-
 def write_manifest(args) -> Path:
     out = args.out
     info = json.loads((out / "run_info.json").read_text())
@@ -143,9 +89,9 @@ def write_manifest(args) -> Path:
             f"{res['n_layers']} layers. Scores and beta come from calibration text only "
             f"({res['calibration_data']}); beta chosen on calibration loss: {res['best_beta']:g}. Held-out text: "
             f"{res['evaluation_data']}.", ""]
-    for title, table in measure_tables(out).items():
+    for title, table in R.measure_tables(out).items():
         text += [f"## {title}", "", markdown_table(table.reset_index().rename(columns={"n_removed": "k"})), ""]
-    text += ["## TAPPA (chosen beta) against the others, paired", "", *comparison_lines(out), "",
+    text += ["## TAPPA (chosen beta) against the others, paired", "", *R.comparison_lines(out), "",
              "## Which layers each order removes", "", "![removed layers](removed_layers.png)", "",
              markdown_table(first), ""]
     (out / "MANIFEST.md").write_text("\n".join(text))

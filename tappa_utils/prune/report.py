@@ -8,6 +8,8 @@ import numpy as np
 from . import scores as P
 from .evaluate import METRICS, PruneEvalResult, comparisons, lm_eval_available, superiority, task_accuracy
 
+FAMILY_TITLES = {"facts": "factual and cloze prompts (greedy answer)",
+                 "passkey": "pass-key retrieval (greedy answer)"}
 METRIC_LABELS = {"nats_per_byte": "held-out loss (nats/byte)", "next_token_acc": "next-token accuracy",
                  "copy_ratio": "copy ratio (loss 2nd / 1st copy)"}
 
@@ -221,3 +223,80 @@ def plot_results(results, metrics=METRICS):
     nrows = -(-len(labels) // ncol)
     fig.tight_layout(rect=(0, 0.06 + 0.07 * nrows, 1, 1))
     return fig
+
+
+def _cell(acc: float, lo: float, hi: float) -> str:
+    return f"{acc:.2f} [{lo:.2f}, {hi:.2f}]"
+
+
+def measure_tables(out: Path) -> dict:
+    """From a prune-eval folder: one table per measure (title -> DataFrame of strings), rows k = 0..max, a column per
+    distinct removal order (random draws pooled: the mean loss, the accuracy over prompts x draws)."""
+    import json
+
+    import pandas as pd
+
+    out = Path(out)
+    results = pd.read_csv(out / "results.csv")
+    results["removed"] = results.removed.map(lambda s: tuple(json.loads(s)))
+    merged = merge_identical_methods(results)
+    rename = {m: short_label(m) for m in merged.method.unique()}
+    names = {n: rename[j] for j in rename for n in j.split(" = ")}  # each original method -> its column label
+    rnd = results[results.method.str.startswith("random #")]
+    tables = {}
+    loss = merged.assign(method=merged.method.map(rename)).pivot_table(
+        index="n_removed", columns="method", values="nats_per_byte", sort=False)
+    loss = loss[[c for c in loss.columns if not c.startswith("random #")]]
+    if len(rnd):
+        loss[f"random ({rnd.method.nunique()} draws, mean)"] = rnd.groupby("n_removed").nats_per_byte.mean()
+    tables["held-out loss (nats per byte, lower is better)"] = loss.map(
+        lambda v: "" if pd.isna(v) else f"{v:.3f}")
+    acc_path = out / "task_accuracy.csv"
+    if acc_path.is_file():
+        acc = pd.read_csv(acc_path)
+        acc = acc[~acc.method.str.startswith("random #")]
+        acc["column"] = acc.method.map(lambda m: names.get(m, m))
+        acc = acc.drop_duplicates(["column", "n_removed", "family"])
+        for fam, g in acc.groupby("family", sort=False):
+            t = g.assign(cell=[_cell(a, lo, hi) for a, lo, hi in zip(g.accuracy, g.ci_low, g.ci_high)]).pivot_table(
+                index="n_removed", columns="column", values="cell", aggfunc="first", sort=False)
+            tables[f"{FAMILY_TITLES.get(fam, fam)}: accuracy [Wilson 95 %], n = {int(g.n.min())} prompts "
+                   f"({int(g.n.max())} for the pooled random draws)"] = t.fillna("")
+    return tables
+
+
+def comparison_lines(out: Path) -> list[str]:
+    """TAPPA (chosen beta) against each comparator per measure: how many k are significant after Holm, and where."""
+    import pandas as pd
+
+    path = Path(out) / "comparisons.csv"
+    if not path.is_file():
+        return []
+    comp = pd.read_csv(path)
+    lines = []
+    for (against, measure), g in comp.groupby(["against", "measure"], sort=False):
+        ties = int(g.tie.sum())
+        sig = g[(~g.tie) & (g.p_holm < 0.05)]
+        better = sig[sig.gain > 0]
+        worse = sig[sig.gain < 0]
+        lines.append(f"- vs {against}, {measure}: {len(g)} values of k; {ties} tied (same layers removed); "
+                     f"TAPPA significantly better at k = {', '.join(map(str, better.n_removed)) or 'none'}, "
+                     f"worse at k = {', '.join(map(str, worse.n_removed)) or 'none'} (Holm over k, 0.05).")
+    return lines
+
+
+def shipped_task_run(model: str, root=None):
+    """The newest pruning run with tasks shipped in `artifacts/prune-tasks-*` (made by
+    `benchmarks/prune_task_table.py`) for `model` (its label, e.g. "SmolLM2-135M-Instruct", or id), as (folder, its
+    results.json); None if there is none. A chapter shows it beside its own run, never instead of it."""
+    import json
+
+    from ..models import model_label
+
+    root = Path(root) if root is not None else Path(__file__).resolve().parents[2]
+    found = []
+    for path in sorted((root / "artifacts").glob("prune-tasks-*/results.json")):
+        res = json.loads(path.read_text())
+        if model in (res.get("model"), model_label(res.get("model", ""))) and (path.parent / "MANIFEST.md").is_file():
+            found.append((path.parent, res))
+    return found[-1] if found else None

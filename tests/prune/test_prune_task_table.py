@@ -11,6 +11,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 import prune_task_table as B  # noqa: E402
+from tappa_utils.prune import report as R  # noqa: E402
 
 SMALL = ["--seq-len", "80", "--calib-chunks", "2", "--calib-stride", "40", "--eval-windows", "4",
          "--copy-windows", "2", "--copy-seg-len", "8", "--max-removed", "3", "--beta-grid", "0,0.5,5",
@@ -34,7 +35,7 @@ def test_one_command_makes_the_table_and_reuses_a_finished_run(tmp_path, capsys)
     assert "prune-eval --out" in cmd["command"] and "--tasks facts,passkey" in cmd["command"]
     assert (out / "removed_layers.png").read_bytes()[:4] == b"\x89PNG"
     results = pd.read_csv(out / "results.csv")
-    tables = B.measure_tables(out)
+    tables = R.measure_tables(out)
     loss = tables["held-out loss (nats per byte, lower is better)"]
     assert list(loss.index) == [0, 1, 2, 3] and "last layers" in loss.columns
     shortgpt = next(c for c in loss.columns if c.startswith("ShortGPT"))
@@ -57,3 +58,16 @@ def test_one_command_makes_the_table_and_reuses_a_finished_run(tmp_path, capsys)
 def test_report_only_needs_a_finished_run(tmp_path):
     with pytest.raises(SystemExit, match="no finished prune-eval run"):
         B.main(["--out", str(tmp_path), "--report-only"])
+
+
+def test_the_chapter_finds_the_newest_shipped_run_of_its_model(tmp_path):
+    import shutil
+
+    assert R.shipped_task_run("tappa-tiny", tmp_path) is None
+    out = tmp_path / "run"
+    B.main(["--out", str(out), "--model", "tappa-tiny", "--", *SMALL, "--max-removed", "1", "--task-prompts", "2"])
+    for day in ("2026-12-01", "2026-12-04"):
+        shutil.copytree(out, tmp_path / "artifacts" / f"prune-tasks-{day}")
+    folder, res = R.shipped_task_run("tappa-tiny", tmp_path)
+    assert folder.name == "prune-tasks-2026-12-04" and res["n_layers"] == 6
+    assert R.shipped_task_run("SmolLM2-135M-Instruct", tmp_path) is None
