@@ -11,6 +11,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 import prune_task_table as B  # noqa: E402
+
 from tappa_utils.prune import report as R  # noqa: E402
 
 SMALL = ["--seq-len", "80", "--calib-chunks", "2", "--calib-stride", "40", "--eval-windows", "4",
