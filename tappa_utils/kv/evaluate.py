@@ -150,11 +150,15 @@ def compressed_caches(model, context: torch.Tensor, presses: dict, timings: dict
     hook on recorded (hidden states, kwargs, attention output) gives exactly the cache that
     `with press(model): model(context)` gives (tested), at the cost of one forward. `timings`, if given, receives
     each press's replay time in seconds (scores, budgets and eviction: the compression's own cost).
+
+    A press that scores after the prefill (KVzip reconstructs the context with more forwards: `needs_own_prefill`)
+    cannot be replayed: it runs its own `with press(model)` prefill; its time is that prefill's minus the shared one.
     """
     from transformers import DynamicCache
 
     from ..models import decoder_layers
     from .decoding import keep_head_masks, prefill
+    from .methods import needs_own_prefill
 
     records = {}
 
@@ -163,14 +167,24 @@ def compressed_caches(model, context: torch.Tensor, presses: dict, timings: dict
 
     layers = decoder_layers(model)
     handles = [layer.self_attn.register_forward_hook(keep, with_kwargs=True) for layer in layers]
+    t0 = time.perf_counter()
     try:
         full, last = prefill(model, context)
     finally:
         for h in handles:
             h.remove()
+    shared_s = time.perf_counter() - t0
     base = model.model.language_model if hasattr(model.model, "language_model") else model.model
     caches = {}
     for name, press in presses.items():
+        if press is not None and needs_own_prefill(press):
+            t0 = time.perf_counter()
+            cache, _ = prefill(model, context, press)
+            keep_head_masks(cache, layers)
+            if timings is not None:
+                timings[name] = max(0.0, time.perf_counter() - t0 - shared_s)
+            caches[name] = cache
+            continue
         cache = DynamicCache()
         for i, layer in enumerate(full.layers):
             cache.update(layer.keys.clone(), layer.values.clone(), i)

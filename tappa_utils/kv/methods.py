@@ -24,7 +24,9 @@ class KVMethod:
     `colour` ("#rrggbb") draws it; `runs_on_null`: also run on the random-weight null; `keeps_window`: its press
     always keeps the last `window` tokens of every layer (the conformance tests check it); `head_masks`: its press
     keeps the whole cache and masks the evicted entries per head instead (kvpress's AdaKV: the cache is as long as the
-    full one, and the attention modules hold `masked_key_indices`; needs sdpa, as `kv-eval` runs)."""
+    full one, and the attention modules hold `masked_key_indices`; needs sdpa, as `kv-eval` runs); `own_prefill`: its
+    press scores after the prefill (KVzip's context reconstruction), so it is never replayed on the shared prefill but
+    runs one of its own (`needs_own_prefill`)."""
 
     name: str
     factory: Factory
@@ -33,6 +35,7 @@ class KVMethod:
     description: str = ""
     keeps_window: bool = False
     head_masks: bool = False
+    own_prefill: bool = False
 
     def __post_init__(self):
         if not re.fullmatch(r"[a-z][a-z0-9_]*", self.name):
@@ -57,6 +60,23 @@ def _registry(*methods: KVMethod) -> dict[str, KVMethod]:
 
 
 _TAPPA = ".tappa_press:TAPPAPress"
+
+
+def _kvzip(ratio: float):
+    """kvpress's KVzipPress (its tokenizer is loaded from `model.config.name_or_path` when it runs); its warning that
+    it costs extra prefills is said once in the registry's description instead of at every construction."""
+    import logging
+
+    logging.getLogger("kvpress.presses.kvzip_press").setLevel(logging.ERROR)
+    return press_class("kvpress:KVzipPress")(compression_ratio=ratio)
+
+
+def needs_own_prefill(press) -> bool:
+    """True for a press that compresses after the prefill from more forwards (kvpress's KVzip and its subclasses):
+    replaying the prefill's records cannot give its cache."""
+    from kvpress import KVzipPress
+
+    return isinstance(press, KVzipPress)
 
 METHODS: dict[str, KVMethod] = _registry(
     KVMethod("full", lambda r, w, a: None, "#000000", True, "the full cache, nothing evicted (the reference)"),
@@ -99,6 +119,9 @@ METHODS: dict[str, KVMethod] = _registry(
              "kvpress's TOVA: keeps the keys the last query attends to most (head-averaged)"),
     KVMethod("keydiff", lambda r, w, a: press_class("kvpress:KeyDiffPress")(compression_ratio=r), "#ff00ff", False,
              "kvpress's KeyDiff: keeps the keys least similar to the mean key"),
+    KVMethod("kvzip", lambda r, w, a: _kvzip(r), "#00a0a0", False,
+             "kvpress's KVzip: scores from re-reading the context (2-3 extra prefills), head-wise budgets over layers",
+             head_masks=True, own_prefill=True),
 )
 
 

@@ -304,7 +304,7 @@ WINDOW = 16
 @pytest.mark.parametrize("keep", [0.25, 0.5])
 @pytest.mark.parametrize("method", MASKING)
 def test_registered_head_mask_press_masks_the_requested_fraction_and_keeps_the_cache(method, keep):
-    model = make_tiny_model("llama", attn="sdpa")  # kvpress's AdaKV refuses eager attention
+    model = _with_tokenizer(make_tiny_model("llama", attn="sdpa"))  # kvpress's AdaKV refuses eager attention
     n, kv_heads = model.config.num_hidden_layers, model.config.num_key_value_heads
     ids = _ids()
     full, _ = prefill(model, ids)
@@ -376,7 +376,42 @@ def test_registered_press_hooks_are_removed_and_a_batch_compresses_each_sequence
         torch.testing.assert_close(a.values, torch.cat([b.values, b.values]))
 
 
-@pytest.mark.parametrize("method", PRESSES)
+def _with_tokenizer(model):
+    """KVzip loads a tokenizer from `model.config.name_or_path` (for its reconstruction prompt): give the random
+    model tappa-tiny's byte tokenizer (259 ids, within the test models' 300)."""
+    from tappa_utils.models import ASSETS, DEFAULT_MODEL
+
+    model.config.name_or_path = str(ASSETS / DEFAULT_MODEL)
+    return model
+
+
+def test_kvzip_runs_its_own_prefill_and_its_cache_decodes_differently_from_the_full_one():
+    """KVzip compresses after the prefill (re-reading the context), so `with press(model): model.generate(...)` would
+    decode on the full cache (kvpress's pipeline prefills in the press and generates after it): the registered
+    method is marked `own_prefill`, `compressed_caches` gives exactly its real prefill's masks, and its next-token
+    logits differ from the full cache's."""
+    from tappa_utils.kv.evaluate import compressed_caches
+    from tappa_utils.kv.methods import needs_own_prefill
+
+    assert {m for m in PRESSES if METHODS[m].own_prefill} == {m for m in PRESSES
+                                                              if needs_own_prefill(make_press(m, 0.5))} == {"kvzip"}
+    model = _with_tokenizer(make_tiny_model("llama", attn="sdpa"))
+    ids = _ids()
+    caches, last = compressed_caches(model, ids, {"kvzip": make_press("kvzip", 0.4), "full": None})
+    ref, ref_last = prefill(model, ids, make_press("kvzip", 0.4))
+    from tappa_utils.kv.decoding import _HEAD_MASKS, keep_head_masks
+
+    keep_head_masks(ref, model.model.layers)
+    got, want = getattr(caches["kvzip"], _HEAD_MASKS), getattr(ref, _HEAD_MASKS)
+    assert all(torch.equal(a, b) for i in got for a, b in zip(got[i], want[i]))
+    n = model.config.num_hidden_layers
+    assert abs(sum(cache_lengths(caches["kvzip"])) / (n * T) - 0.4) < 0.02
+    nxt = torch.tensor([[7]])
+    assert not torch.allclose(continue_forward(model, caches["kvzip"], nxt, T),
+                              continue_forward(model, caches["full"], nxt, T), atol=1e-4)  # the masks mattered
+
+
+@pytest.mark.parametrize("method", [m for m in PRESSES if not METHODS[m].own_prefill])
 def test_registered_press_generate_equals_decoding_on_its_compressed_cache(method):
     model = make_tiny_model("llama", attn="sdpa")
     model.generation_config.pad_token_id = 0

@@ -61,7 +61,7 @@ def test_a_method_registered_in_one_entry_reaches_every_reader(tmp_path, monkeyp
         assert palette()["probe"] == "#ffd700" and "probe" in KVEvalConfig().methods
         assert cli(["kv-eval", "--help"]) == 0
         help_text = capsys.readouterr().out
-        assert "keydiff, probe (default: all" in help_text and "SnapKV registered by a test" in help_text
+        assert "kvzip, probe (default: all" in help_text and "SnapKV registered by a test" in help_text
         out = tmp_path / "kv"
         assert cli(["kv-eval", *TINY, "--methods", "full", "probe", "--out", str(out)]) == 0
         samples = pd.read_csv(out / "samples.csv")
