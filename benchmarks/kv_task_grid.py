@@ -160,7 +160,8 @@ def write_outputs(args, samples: pd.DataFrame, runs: list[dict]) -> None:
             f"{TR.sample_counts(samples)} samples per cell over {samples.chunk_seed.nunique()} chunk "
             f"seeds; greedy answers through the chat template, question after the compressed context.", "",
             "## Accuracy [Wilson 95 %]", "", markdown_table(wide.reset_index()), "",
-            "## TAPPA's rank per budget (mean accuracy over tasks and lengths)", "", *rank_lines(ranks), "",
+            "## TAPPA's rank per budget (mean accuracy over the (task, length) cells every method ran at that "
+            "budget)", "", *rank_lines(ranks), "",
             *per_task_rank_lines(samples),
             *cost_lines(samples),
             "## Paired comparisons (TAPPA vs each method, exact McNemar, Holm over all rows)", "",

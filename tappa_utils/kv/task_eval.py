@@ -134,8 +134,9 @@ def mcnemar_p(a: np.ndarray, b: np.ndarray) -> float:
 def paired_comparisons(results, reference: str = "tappa"):
     """TAPPA (or `reference`) against every other method at every (task, length, keep), on the same samples.
 
-    Columns: task, length, keep, method, reference_accuracy, method_accuracy, difference (reference - method),
-    wins, losses, p (exact McNemar), p_holm (Holm over every row of the table).
+    Columns: task, length, keep, method, n (the samples both ran: a method run on fewer samples is paired on
+    those), reference_accuracy, method_accuracy (on those samples), difference (reference - method), wins, losses,
+    p (exact McNemar), p_holm (Holm over every row of the table).
     """
     import pandas as pd
 
@@ -146,9 +147,12 @@ def paired_comparisons(results, reference: str = "tappa"):
         if ref.empty:
             continue
         for method, h in g[g.method != reference].groupby("method"):
-            other = h.set_index("sample").correct.reindex(ref.index)
-            a, b = ref.to_numpy(), other.to_numpy()
-            rows.append({"task": task, "length": length, "keep": keep, "method": method,
+            other = h.set_index("sample").correct
+            both = ref.index.intersection(other.index)
+            if both.empty:
+                continue
+            a, b = ref.loc[both].to_numpy(), other.loc[both].to_numpy()
+            rows.append({"task": task, "length": length, "keep": keep, "method": method, "n": len(both),
                          "reference_accuracy": a.mean(), "method_accuracy": b.mean(), "difference": a.mean() - b.mean(),
                          "wins": int(((a == 1) & (b == 0)).sum()), "losses": int(((a == 0) & (b == 1)).sum()),
                          "p": mcnemar_p(a, b)})
@@ -159,11 +163,14 @@ def paired_comparisons(results, reference: str = "tappa"):
 
 
 def ranks(results, keep: float | None = None):
-    """Each compressing method's mean accuracy over tasks and lengths per keep (each (task, length) weighs the
-    same, whatever its number of samples), and its rank (1 = best)."""
+    """Each compressing method's mean accuracy per keep over the (task, length) cells that every method ran at that
+    keep (each cell weighs the same, whatever its number of samples), and its rank (1 = best)."""
     comp = results[results.method != "full"]
     if keep is not None:
         comp = comp[comp.keep == keep]
+    cells = comp.groupby(["keep", "method"]).apply(lambda g: frozenset(zip(g.task, g.length)), include_groups=False)
+    common = cells.groupby("keep").agg(lambda sets: frozenset.intersection(*sets))
+    comp = comp[[(t, n) in common[k] for k, t, n in zip(comp.keep, comp.task, comp.length)]]
     per_cell = comp.groupby(["keep", "method", "task", "length"]).correct.mean()
     table = per_cell.groupby(["keep", "method"]).mean().rename("accuracy").reset_index()
     table["rank"] = table.groupby("keep").accuracy.rank(ascending=False, method="min").astype(int)

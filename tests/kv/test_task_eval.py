@@ -48,6 +48,29 @@ def test_accuracy_table_repeats_the_full_cache_and_ranks_order_methods():
     assert r.iloc[0].method == "tappa" and r.iloc[0]["rank"] == 1
 
 
+def test_a_method_run_on_fewer_samples_or_cells_is_paired_and_ranked_on_what_it_ran():
+    """A grid part may run one method on the first 10 of 40 samples and on one task only: its comparisons pair on
+    those 10, and the ranks at that keep use the cells every method ran."""
+    res = _results({"tappa": 0.5, "snapkv": 0.5}, n=40)
+    few = _results({"kvzip": 1.0}, n=10)
+    other_task = _results({"tappa": 0.0, "snapkv": 1.0}, n=40, seed=1).assign(task="u")
+    res = pd.concat([res, few[few.method != "full"], other_task[other_task.method != "full"]])
+    cmp = TE.paired_comparisons(res).set_index(["task", "method"])
+    assert cmp.loc[("t", "kvzip"), "n"] == 10 and cmp.loc[("t", "snapkv"), "n"] == 40
+    tappa_first10 = res[(res.method == "tappa") & (res.task == "t") & (res["sample"] < 10)].correct.mean()
+    assert cmp.loc[("t", "kvzip"), "reference_accuracy"] == pytest.approx(tappa_first10)
+    assert cmp.loc[("t", "kvzip"), "difference"] == pytest.approx(tappa_first10 - 1.0)
+    assert not cmp.isna().any().any()
+    r = TE.ranks(res).set_index("method")
+    # task "u" (kvzip did not run it) is left out of the ranks: kvzip's 1.0 on "t" ranks it first
+    assert r.loc["kvzip", "rank"] == 1 and r.loc["snapkv", "accuracy"] == pytest.approx(
+        res[(res.method == "snapkv") & (res.task == "t")].correct.mean())
+    # without kvzip both tasks count, each weighing the same
+    r2 = TE.ranks(res[res.method != "kvzip"]).set_index("method")
+    assert r2.loc["snapkv", "accuracy"] == pytest.approx(
+        (res[(res.method == "snapkv") & (res.task == "t")].correct.mean() + 1.0) / 2)
+
+
 def test_answer_after_equals_greedy_generate_on_the_full_cache(default_model):
     from tappa_utils.kv.decoding import prefill
 
