@@ -173,7 +173,9 @@ def plot_removed_layers(orders: dict[str, dict], n_layers: int, max_removed: int
     fig, ax = plt.subplots(figsize=(max(6.0, 0.34 * n_layers + 2.5), 0.5 * len(tab) + 1.4))
     ax.imshow(np.ma.masked_invalid(tab.to_numpy()), cmap="viridis_r", vmin=1, vmax=max_removed, aspect="auto")
     for i, j in zip(*np.nonzero(~np.isnan(tab.to_numpy()))):
-        ax.text(j, i, f"{int(tab.iat[i, j])}", ha="center", va="center", fontsize=8, color="white")
+        step = int(tab.iat[i, j])  # viridis_r: early steps are light cells (dark digits), late ones dark
+        ax.text(j, i, f"{step}", ha="center", va="center", fontsize=8,
+                color="black" if step <= (max_removed + 1) / 2 else "white")
     ax.set_yticks(range(len(tab)), tab.index)
     ax.set_xticks(range(n_layers), [str(c) for c in tab.columns], fontsize=8)
     ax.set_xticks(np.arange(-0.5, n_layers), minor=True)
