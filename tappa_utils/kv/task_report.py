@@ -161,11 +161,16 @@ def accuracy_markdown(results) -> str:
     acc = accuracy_table(results)
     keeps = sorted(acc.loc[acc.method != "full", "keep"].unique())
     cells = list(dict.fromkeys(zip(acc.task, acc.length)))
+    comp = acc[acc.method != "full"]
+    ran = {(t, n, k): bool(((comp.task == t) & (comp.length == n) & (comp.keep == k)).any())
+           for t, n in cells for k in keeps}
     table = []
     for m in ["full"] + [m for m in dict.fromkeys(results.method) if m != "full"]:
         row = {"method": m}
         for t, n in cells:
             for k in keeps:
+                if not ran[(t, n, k)]:
+                    continue  # no compressing method ran this (task, length) at this keep: no column
                 g = acc[(acc.method == m) & (acc.task == t) & (acc.length == n) & (acc.keep == k)]
                 row[f"{t} {n}, {_pct(k)}"] = (f"{T.number(g.accuracy.iloc[0], 2)} "
                                               f"{T.interval((g.ci_low.iloc[0], g.ci_high.iloc[0]), 2)}"
