@@ -49,6 +49,10 @@ def test_one_command_makes_the_table_and_reuses_a_finished_run(tmp_path, capsys)
     facts = tables[next(t for t in tables if t.startswith("factual"))]
     assert facts.loc[3, "last layers"] == f"{row.accuracy:.2f} [{row.ci_low:.2f}, {row.ci_high:.2f}]"
     assert "- vs ShortGPT, loss: 3 values of k" in manifest and "- vs random, tasks: 3 values of k" in manifest
+    comp = pd.read_csv(out / "comparisons.csv")
+    for line, (_, g) in zip(R.comparison_lines(out), comp.groupby(["against", "measure"], sort=False)):
+        below = ", ".join(map(str, g[(~g.tie) & (g.ci_high < 0)].n_removed)) or "none"
+        assert line.endswith(f"interval below zero (TAPPA worse) at k = {below}.")
     assert "| last layers | 5 4 3 |" in manifest  # tappa-tiny has 6 layers: the last three go first
     capsys.readouterr()
     assert B.main(["--out", str(out), "--model", "tappa-tiny", "--", *SMALL]) == 0
