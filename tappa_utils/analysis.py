@@ -99,7 +99,7 @@ def _load_checked(args, info):
 
     hf_logging.set_verbosity_error()  # no "sequence longer than the model" warning for the whole text
     text = load_text(text_file=args.text_file, model=args.model)
-    model, tokenizer = load_model(str(info.path), device=args.device, dtype=args.dtype)
+    model, tokenizer = load_model(info.source, device=args.device, dtype=args.dtype)
     check_supported(model)
     return text, model, tokenizer
 

@@ -283,6 +283,14 @@ class ModelInfo:
     context_length: int
     num_layers: int = 0
 
+    @property
+    def source(self) -> str:
+        """What `load_model` takes: the folder, or the name of a packaged model not converted yet (loading it
+        converts it once into `path`)."""
+        from .packaged import is_packaged_name
+
+        return self.name if is_packaged_name(self.name) and not self.path.is_dir() else str(self.path)
+
 
 def safetensors_problem(path: Path) -> str | None:
     """Why a safetensors file cannot be read (truncated, bad header), from its header and size; None when fine."""

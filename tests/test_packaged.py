@@ -233,3 +233,40 @@ def test_capture_matches_an_independent_computation(smol):
                 finite = torch.isfinite(want)
                 got, want = got[finite], want[finite]
             torch.testing.assert_close(got.double(), want, atol=2e-4, rtol=2e-4, msg=f"L{layer} {name}")
+
+
+@needs_wheel
+@pytest.mark.parametrize("command", [
+    ["kv-tasks", "--tasks", "needle_passkey", "--lengths", "1024", "--samples", "1"],
+    ["kv-eval", "--seq-len", "128", "--samples", "1", "--keep", "0.5"],
+    ["prune-eval", "--seq-len", "128", "--calib-chunks", "1", "--eval-windows", "1", "--copy-windows", "1",
+     "--copy-seg-len", "16"],
+    ["analyze", "--seq-len", "64", "--num-windows", "1"],
+])
+def test_commands_load_a_packaged_model_by_name_before_its_first_conversion(command, monkeypatch, tmp_path):
+    """On a fresh machine the cache folder does not exist yet: a command must load the model by its name (which
+    converts it), not by the missing folder (which transformers would take for a hub id)."""
+    from tappa_utils import models
+    from tappa_utils import preflight as pf
+    from tappa_utils.__main__ import main
+
+    monkeypatch.setenv("TAPPA_MODEL_CACHE", str(tmp_path / "empty-cache"))
+    info = pf.check_model("smollm2-135m")
+    assert not info.path.exists() and info.source == "smollm2-135m"
+    loaded = []
+
+    def record(name, *a, **k):
+        loaded.append(name)
+        raise KeyboardInterrupt  # stop before any work (the commands report it and write nothing)
+
+    monkeypatch.setattr(models, "load_model", record)
+    assert main([command[0], "--model", "smollm2-135m", *command[1:], "--out", str(tmp_path / "out")]) != 0
+    assert loaded == ["smollm2-135m"] and not (tmp_path / "out").exists()
+
+
+def test_a_converted_packaged_model_and_other_models_load_from_their_folder(tmp_path):
+    from tappa_utils.preflight import ModelInfo
+
+    assert ModelInfo("smollm2-135m", tmp_path, "llama", 8192).source == str(tmp_path)  # converted: the folder
+    assert ModelInfo("smollm2-135m", tmp_path / "not-yet", "llama", 8192).source == "smollm2-135m"
+    assert ModelInfo("my-model", tmp_path / "x", "llama", 8192).source == str(tmp_path / "x")  # never renamed

@@ -397,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
                                     f"--cont-len {cfg.cont_len} needs {need}; give a longer text or a smaller "
                                     "--seq-len")
         with ResultDir(args.out, "kv-eval", legacy=LEGACY_FILES, signature="run_info.json") as tmp:
-            model, tok = load_model(str(info.path), device=cfg.device, dtype=cfg.dtype, attn_implementation=cfg.attn)
+            model, tok = load_model(info.source, device=cfg.device, dtype=cfg.dtype, attn_implementation=cfg.attn)
             check_supported(model)
             t0 = time.perf_counter()
             samples = run_kv_eval(model, tok, cfg, progress=not args.quiet)

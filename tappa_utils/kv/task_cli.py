@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
             from . import task_eval as TE
             from .tasks import make_suite
 
-            model, tok = load_model(str(info.path), device=args.device, dtype=args.dtype,
+            model, tok = load_model(info.source, device=args.device, dtype=args.dtype,
                                     attn_implementation="sdpa")
             check_supported(model)
             t0 = time.perf_counter()

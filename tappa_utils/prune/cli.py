@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         _validate(cfg, info.num_layers or None)  # --max-removed against the config's layers, before loading
         _check_text_lengths(cfg, pf.load_tokenizer(info))
         with ResultDir(out, "prune-eval") as tmp:
-            model, tok = load_model(str(info.path), device=cfg.device, dtype=cfg.dtype)
+            model, tok = load_model(info.source, device=cfg.device, dtype=cfg.dtype)
             res = run_pruning_eval(cfg, model, tok, progress=lambda s: print(s, file=sys.stderr))
             save_results(res, tmp, figures=not args.no_figures)
             save_run_info(tmp, asdict(cfg), timings=res.timings, best_beta=res.best_beta)
