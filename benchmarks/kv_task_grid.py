@@ -114,10 +114,16 @@ def combine(out: Path) -> pd.DataFrame:
 
 
 def record_run(args, seconds: float | None, argv: list[str]) -> list[dict]:
-    """Append this part's command and wall time to OUT/runs.json (not for --combine-only); returns every run."""
+    """Append this part's command and wall time to OUT/runs.json (not for --combine-only); returns every run.
+
+    A part run again with more samples replaces its entry, and its minutes add the earlier run's (whose chunks it
+    reused)."""
     path = args.out / "runs.json"
     runs = json.loads(path.read_text()) if path.is_file() else []
     if seconds is not None:
+        earlier = [r for r in runs if r.get("part", "") == args.part]
+        if earlier and earlier[-1]["samples"] < args.samples:  # a part grown to more samples: its first chunks
+            seconds += 60 * earlier[-1]["minutes"]              # were reused, so their time still counts
         runs = [r for r in runs if r.get("part", "") != args.part] + [{
             "part": args.part, "date": datetime.date.today().isoformat(), "minutes": round(seconds / 60, 1),
             "command": shlex.join(["python", "benchmarks/kv_task_grid.py", *argv]),

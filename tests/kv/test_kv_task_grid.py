@@ -137,6 +137,24 @@ def test_a_grid_grows_in_parts_that_stay_paired_and_are_all_named(tmp_path, monk
     assert [r["part"] for r in json.loads((out / "runs.json").read_text())] == ["", "keep25", "multikey"]
 
 
+def test_a_part_grown_to_more_samples_reuses_its_chunks_and_keeps_their_time(tmp_path, monkeypatch):
+    out = tmp_path / "grid"
+    calls = []
+    fake = _fake_kv_tasks_for("needle_number", (0.5,))
+    monkeypatch.setattr(G, "kv_tasks", lambda argv: calls.append(argv) or fake(argv))
+    args = ["--out", str(out), "--part", "n2k", "--tasks", "needle_number", "--methods", "tappa", "snapkv",
+            "--keep", "0.5", "--chunk", "10"]
+    G.main([*args, "--samples", "10"])
+    first = json.loads((out / "runs.json").read_text())[0]
+    first["minutes"] = 14.0  # as if the first chunk had taken 14 minutes
+    (out / "runs.json").write_text(json.dumps([first]))
+    G.main([*args, "--samples", "30"])
+    assert len(calls) == 3  # chunk seed 0 reused, seeds 1 and 2 run
+    (run,) = json.loads((out / "runs.json").read_text())
+    assert run["samples"] == 30 and 14.0 <= run["minutes"] < 15.0 and run["command"].endswith("--samples 30")
+    assert pd.read_csv(out / "samples.csv").query("method == 'tappa'")["sample"].nunique() == 30
+
+
 def test_a_part_name_that_cannot_name_a_folder_is_refused(capsys):
     import pytest
     with pytest.raises(SystemExit):
