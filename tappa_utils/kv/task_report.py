@@ -179,6 +179,23 @@ def accuracy_markdown(results) -> str:
     return T.markdown_table(table)
 
 
+def accuracy_by_depth(results, methods: Sequence[str] | None = None):
+    """Accuracy per needle depth (0: the context's start, 1: its end, next to the question): one row per (task,
+    length, keep, method), one column per depth, for the samples that have a depth (the needle tasks). Shows where
+    each press loses the needle; a press that keeps only recent tokens answers the depth-1 needles alone."""
+    import pandas as pd
+
+    r = results[results.depth.notna() & (results.method != "full")] if "depth" in results else results.iloc[:0]
+    if methods is not None:
+        r = r[r.method.isin(methods)]
+    if r.empty:
+        return pd.DataFrame(columns=["task", "length", "keep", "method"])
+    wide = r.pivot_table(index=["task", "length", "keep", "method"], columns="depth", values="correct",
+                         aggfunc="mean", sort=False)
+    wide.columns = [f"depth {d:g}" for d in wide.columns]
+    return wide.reset_index()
+
+
 def sample_counts(results) -> str:
     """How many samples each (task, length, method, keep) cell holds: "50", or "30 (multikey 1024) to 50" when the
     cells differ (a grid whose parts ran different sample sizes)."""

@@ -160,3 +160,13 @@ def test_a_part_name_that_cannot_name_a_folder_is_refused(capsys):
     with pytest.raises(SystemExit):
         G.parse(["--out", "x", "--part", "a/b"])
     assert "--part 'a/b'" in capsys.readouterr().err
+
+
+def test_the_manifest_names_the_presses_that_answer_only_the_last_needles():
+    rows = [{"task": "needle_passkey", "length": 1024, "depth": d, "sample": i, "method": m, "keep": 0.125,
+             "correct": int(d == 1.0 or m == "kvzip")}
+            for i, d in enumerate([0.0, 0.5, 1.0] * 2) for m in ("full", "snapkv", "kvzip")]
+    lines = G.depth_lines(pd.DataFrame(rows))
+    assert "- needle_passkey at 1024 tokens, keep 12.5%: 1 of 2 presses answer only the depth-1 needles (snapkv)." \
+        in lines
+    assert G.depth_lines(pd.DataFrame(rows).drop(columns="depth")) == []

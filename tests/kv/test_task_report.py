@@ -110,3 +110,22 @@ def test_check_grid_refuses_bad_input_in_one_line(kwargs, fragment):
     with pytest.raises(ValueError, match=fragment) as e:
         TR.check_grid(**{**args, **kwargs})
     assert "\n" not in str(e.value)
+
+
+def test_accuracy_by_depth_shows_where_a_recent_window_press_loses_the_needle():
+    rows = []
+    for i, depth in enumerate([0.0, 0.5, 1.0] * 4):
+        rows.append({"task": "needle_passkey", "length": 1024, "depth": depth, "sample": i, "method": "full",
+                     "keep": 1.0, "correct": 1})
+        rows.append({"task": "needle_passkey", "length": 1024, "depth": depth, "sample": i, "method": "window",
+                     "keep": 0.25, "correct": int(depth == 1.0)})  # keeps the last tokens only
+        rows.append({"task": "needle_passkey", "length": 1024, "depth": depth, "sample": i, "method": "good",
+                     "keep": 0.25, "correct": int(i % 4 != 0)})
+    rows.append({"task": "common_words", "length": 1024, "depth": np.nan, "sample": 99, "method": "good",
+                 "keep": 0.25, "correct": 1})  # no needle: no depth row
+    t = TR.accuracy_by_depth(pd.DataFrame(rows)).set_index("method")
+    assert list(t.columns) == ["task", "length", "keep", "depth 0", "depth 0.5", "depth 1"]
+    assert t.loc["window", ["depth 0", "depth 0.5", "depth 1"]].tolist() == [0.0, 0.0, 1.0]
+    assert t.loc["good", "depth 0"] == pytest.approx(0.75)  # samples 0, 3, 6, 9: only 0 wrong
+    assert "full" not in t.index and len(t) == 2
+    assert TR.accuracy_by_depth(pd.DataFrame(rows), methods=["good"]).method.tolist() == ["good"]
