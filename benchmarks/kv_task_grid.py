@@ -200,18 +200,16 @@ def per_task_rank_lines(samples: pd.DataFrame) -> list[str]:
 def depth_lines(samples: pd.DataFrame) -> list[str]:
     """A manifest section: accuracy per needle depth, and per budget the presses that answer only the needles at
     depth 1 (the end of the context, inside every press's recent window)."""
+    rows = TR.recent_only(samples)
     by_depth = TR.accuracy_by_depth(samples)
     depths = [c for c in by_depth.columns if c.startswith("depth ")]
-    if by_depth.empty or len(depths) < 2 or depths[-1] != "depth 1":
+    if len(depths) < 2:
         return []
     out = ["## Accuracy by needle depth", "",
            "Depth 0 is the start of the context, depth 1 its end, next to the question (inside every press's recent "
            "window).", ""]
-    for (task, length, keep), g in by_depth.groupby(["task", "length", "keep"], sort=True):
-        recent = g[(g[depths[:-1]].fillna(0) == 0).all(axis=1) & (g[depths[-1]] > 0)].method.tolist()
-        if recent:
-            out.append(f"- {task} at {length} tokens, keep {pct(keep)}: {len(recent)} of {len(g)} presses answer "
-                       f"only the depth-1 needles ({', '.join(recent)}).")
+    out += [f"- {task} at {length} tokens, keep {pct(keep)}: {len(hit)} of {n} presses answer only the depth-1 "
+            f"needles ({', '.join(hit)})." for task, length, keep, hit, n in rows]
     shown = by_depth.assign(**{c: by_depth[c].map(lambda v: "–" if pd.isna(v) else f"{v:.2f}") for c in depths})
     return out + ["", "<details><summary>The table (fraction answered per depth)</summary>", "",
                   markdown_table(shown), "", "</details>", ""]

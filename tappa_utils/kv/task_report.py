@@ -196,6 +196,34 @@ def accuracy_by_depth(results, methods: Sequence[str] | None = None):
     return wide.reset_index()
 
 
+def recent_only(results) -> list[tuple[str, int, float, list[str], int]]:
+    """(task, length, keep, presses, n_presses) for each budget where some presses answer only the needles at depth 1
+    (the end of the context, inside every press's recent window) and none deeper: they kept nothing the question
+    needed that a plain recent window would not."""
+    by_depth = accuracy_by_depth(results)
+    depths = [c for c in by_depth.columns if c.startswith("depth ")]
+    if by_depth.empty or len(depths) < 2 or depths[-1] != "depth 1":
+        return []
+    out = []
+    for (task, length, keep), g in by_depth.groupby(["task", "length", "keep"], sort=True):
+        hit = g[(g[depths[:-1]].fillna(0) == 0).all(axis=1) & (g[depths[-1]] > 0)].method.tolist()
+        if hit:
+            out.append((task, int(length), float(keep), hit, len(g)))
+    return out
+
+
+def recent_only_text(results, method: str = "tappa") -> str:
+    """One sentence from `recent_only`: at which budgets `method` (and how many others) found only the last needles."""
+    rows = recent_only(results)
+    if not rows:
+        return "Every press answers some needle placed before the context's last part."
+    mine = [f"{task} at {length} tokens, {_pct(keep)} kept" for task, length, keep, hit, _ in rows if method in hit]
+    most = max(rows, key=lambda r: len(r[3]) / r[4])
+    return (f"By needle depth, {method} answers only the needles at the end of the context (inside every press's "
+            f"recent window) at {'; '.join(mine) if mine else 'no budget'}; the most presses in that state: "
+            f"{len(most[3])} of {most[4]} ({most[0]} at {most[1]} tokens, {_pct(most[2])} kept).")
+
+
 def sample_counts(results) -> str:
     """How many samples each (task, length, method, keep) cell holds: "50", or "30 (multikey 1024) to 50" when the
     cells differ (a grid whose parts ran different sample sizes)."""

@@ -129,3 +129,15 @@ def test_accuracy_by_depth_shows_where_a_recent_window_press_loses_the_needle():
     assert t.loc["good", "depth 0"] == pytest.approx(0.75)  # samples 0, 3, 6, 9: only 0 wrong
     assert "full" not in t.index and len(t) == 2
     assert TR.accuracy_by_depth(pd.DataFrame(rows), methods=["good"]).method.tolist() == ["good"]
+
+
+def test_recent_only_names_the_budgets_where_tappa_found_only_the_last_needles():
+    rows = [{"task": "needle_passkey", "length": 1024, "depth": d, "sample": i, "method": m, "keep": k,
+             "correct": int(d == 1.0 or (m == "keydiff") or (k == 0.9 and d >= 0.5))}
+            for i, d in enumerate([0.0, 0.5, 1.0] * 2) for m in ("full", "tappa", "snapkv", "keydiff")
+            for k in (0.25, 0.9)]
+    r = pd.DataFrame(rows)
+    assert TR.recent_only(r) == [("needle_passkey", 1024, 0.25, ["tappa", "snapkv"], 3)]
+    text = TR.recent_only_text(r)
+    assert "needle_passkey at 1024 tokens, 25 % kept" in text and "2 of 3" in text and "90 %" not in text
+    assert TR.recent_only_text(r[r.keep == 0.9]).startswith("Every press answers some needle")
