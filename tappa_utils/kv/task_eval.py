@@ -168,9 +168,13 @@ def ranks(results, keep: float | None = None):
     comp = results[results.method != "full"]
     if keep is not None:
         comp = comp[comp.keep == keep]
+    if comp.empty:  # only the full cache ran (a run that asks what the model can do at all)
+        import pandas as pd
+
+        return pd.DataFrame(columns=["keep", "method", "accuracy", "rank"])
     cells = comp.groupby(["keep", "method"]).apply(lambda g: frozenset(zip(g.task, g.length)), include_groups=False)
     common = cells.groupby("keep").agg(lambda sets: frozenset.intersection(*sets))
-    comp = comp[[(t, n) in common[k] for k, t, n in zip(comp.keep, comp.task, comp.length)]]
+    comp = comp[np.array([(t, n) in common[k] for k, t, n in zip(comp.keep, comp.task, comp.length)], dtype=bool)]
     per_cell = comp.groupby(["keep", "method", "task", "length"]).correct.mean()
     table = per_cell.groupby(["keep", "method"]).mean().rename("accuracy").reset_index()
     table["rank"] = table.groupby("keep").accuracy.rank(ascending=False, method="min").astype(int)

@@ -126,3 +126,17 @@ def test_kv_tasks_refuses_bad_options_in_one_line_before_loading(tmp_path, argv,
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 2 and len(lines) == 1 and fragment in lines[0], r.stderr
     assert not out.exists()
+
+
+def test_a_full_cache_only_run_gets_empty_ranks_and_comparisons_and_a_figure():
+    """`kv-tasks --methods full` (what can the model do at all) used to crash after every sample had run."""
+    from tappa_utils.kv.task_cli import plot_accuracy
+
+    rows = pd.DataFrame([{"task": t, "length": n, "sample": i, "method": "full", "keep": 1.0, "correct": i % 2}
+                         for t in ("needle_passkey", "multikey") for n in (1024, 2048) for i in range(4)])
+    r = TE.ranks(rows)
+    assert r.empty and list(r.columns) == ["keep", "method", "accuracy", "rank"]
+    assert TE.paired_comparisons(rows).empty
+    table = TE.accuracy_table(rows)
+    assert len(table) == 4 and (table.accuracy == 0.5).all()
+    assert plot_accuracy(table) is not None
