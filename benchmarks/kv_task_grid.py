@@ -178,7 +178,7 @@ def write_outputs(args, samples: pd.DataFrame, runs: list[dict]) -> None:
             *depth_lines(samples),
             "## Paired comparisons (TAPPA vs each method, exact McNemar, Holm over all rows)", "",
             f"{len(supported)} of {len(comparisons)} differences are significant after Holm"
-            + (": " + "; ".join(f"{r.method} at keep {pct(r.keep)} ({r.difference:+.2f})"
+            + (": " + "; ".join(f"{r.method}, {r.task} {r.length}, keep {pct(r.keep)} ({r.difference:+.2f})"
                                  for r in supported.itertuples()) if len(supported) else "") + ".", ""]
     (args.out / "MANIFEST.md").write_text("\n".join(text))
     (args.out / "grid.json").write_text(json.dumps({k: (str(v) if isinstance(v, Path) else v)

@@ -55,6 +55,7 @@ def test_chunks_resume_combine_and_the_manifest_reads_the_results(tmp_path, monk
     manifest = (out / "MANIFEST.md").read_text()
     assert "keep 50%: tappa rank 1 of 2; first: tappa (1.00)" in manifest
     assert "2 of 2 differences are significant after Holm" in manifest
+    assert "snapkv, needle_passkey 1024, keep 50% (+" in manifest  # each names its task and length
     calls.clear()
     assert G.main(argv + ["--combine-only"]) == 0 and calls == []
 
