@@ -180,6 +180,9 @@ def check_packaged(name: str) -> Path:
         probe = root
         while not probe.exists() and probe != probe.parent:
             probe = probe.parent
+        if probe.exists() and not probe.is_dir():
+            raise PackagedModelError(f"model cache {root} cannot be created: {probe} is a file; set TAPPA_MODEL_CACHE "
+                                     "to a writable folder")
         if probe.exists() and not os.access(probe, os.W_OK):
             raise PackagedModelError(f"model cache {root} is not writable; set TAPPA_MODEL_CACHE to a writable folder")
         free = shutil.disk_usage(probe).free
