@@ -170,11 +170,14 @@ class _Filler:
             self.text += ("\n" if self.text else "") + "\n".join(paragraphs)
         return self.text
 
-    def cut(self, n: int) -> str:
-        """The first <= n characters, ending at a sentence end near n if there is one, else at a word end."""
+    def cut(self, n: int, exact: bool = False) -> str:
+        """The first <= n characters, ending at a sentence end near n if there is one, else at a word end
+        (`exact`: at character n, a last resort when no word end gives the length)."""
         self.extend(n + 1)
         if n <= 0:
             return ""
+        if exact:
+            return self.text[:n].rstrip()
         head = self.text[:n]
         if n < len(self.text) and not self.text[n].isspace():
             head = re.sub(r"\S*$", "", head)  # drop the partial last word
@@ -262,11 +265,13 @@ def _insert(filler: str, needles: list[tuple[float, str]], tokens: list[int]) ->
     return context.rstrip(), offsets
 
 
-def _fit(build: Callable[[int], tuple[str, str, dict]], tokenizer, target: int, guess: int,
-         what: str) -> tuple[str, str, dict, int]:
-    """Find the size whose built (context, question) measures `target` tokens (within LENGTH_TOLERANCE)."""
-    def measure(size):
-        context, question, extra = build(size)
+def _fit(build: Callable[..., tuple[str, str, dict]], tokenizer, target: int, guess: int,
+         what: str, exact: bool = False) -> tuple[str, str, dict, int]:
+    """Find the size whose built (context, question) measures `target` tokens (within LENGTH_TOLERANCE).
+
+    `exact`: `build(size, exact=True)` cuts at any character, tried only when no size of `build(size)` fits."""
+    def measure(size, cut_exact=False):
+        context, question, extra = build(size, exact=True) if cut_exact else build(size)
         return _count(tokenizer, context + QUESTION_SEP + question), (context, question, extra)
 
     n0, _ = measure(0)
@@ -279,7 +284,7 @@ def _fit(build: Callable[[int], tuple[str, str, dict]], tokenizer, target: int, 
     for _ in range(12):
         n, built = measure(size)
         if best is None or abs(n - target) < abs(best[0] - target):
-            best = (n, built)
+            best, best_size = (n, built), size
         points.append((size, n))
         if abs(n - target) <= max(2, target // 200):
             break
@@ -289,6 +294,25 @@ def _fit(build: Callable[[int], tuple[str, str, dict]], tokenizer, target: int, 
         size = new if new != size else size + (1 if n < target else -1)
         if size in (p[0] for p in points):  # a cycle between two cuts: keep the best so far
             break
+    if abs(best[0] - target) > LENGTH_TOLERANCE * target:
+        # the secant steps jumped over every cut within the tolerance (coarse tokens such as bytes at short
+        # lengths, long words): walk one character at a time from the best size towards the target until it is
+        # crossed, at word ends; then (`exact`) bisect the size of a cut at any character
+        step, size = (1 if best[0] < target else -1), best_size
+        for _ in range(400):
+            size += step
+            n, built = measure(size)
+            if abs(n - target) < abs(best[0] - target):
+                best = (n, built)
+            if abs(best[0] - target) <= LENGTH_TOLERANCE * target or (n - target) * step > 0 or size <= 1:
+                break
+        lo, hi = 1, 4 * max(size, best_size) + 64
+        while exact and lo < hi and abs(best[0] - target) > LENGTH_TOLERANCE * target:
+            mid = (lo + hi) // 2
+            n, built = measure(mid, True)
+            if abs(n - target) < abs(best[0] - target):
+                best = (n, built)
+            lo, hi = (mid + 1, hi) if n < target else (lo, mid)
     n, (context, question, extra) = best
     if abs(n - target) > LENGTH_TOLERANCE * target:
         raise RuntimeError(f"could not fit {what} to {target} tokens (closest {n}); report this seed")
@@ -447,12 +471,12 @@ def make_sample(task: str, tokenizer, target_tokens: int, depth: float | None, s
     filler = _Filler(random.Random(f"filler:{task}:{seed}"))
     needles, question, answer = _needle_task(task, rng, depth)
 
-    def build(size):
-        text = filler.cut(size)
+    def build(size, exact=False):
+        text = filler.cut(size, exact)
         context, offsets = _insert(text, needles, filler.token_starts(tokenizer, len(text)))
         return context, question, {"answer": answer, "start": offsets[0]}
 
-    context, question, extra, n = _fit(build, tokenizer, target_tokens, guess, task)
+    context, question, extra, n = _fit(build, tokenizer, target_tokens, guess, task, exact=True)
     return Sample(task, target_tokens, depth, context, question, answer, seed, n, tuple(t for _, t in needles),
                   extra["start"])
 

@@ -14,8 +14,10 @@ start from stored hidden states (`prefix.PrefixStates`) like the loss evaluation
 Families (`FAMILIES`; the phrasings are this module's own):
 
 - `facts`: capitals, opposites, the day after a weekday, sums of two digits (a fixed bank plus seeded sums).
-- `passkey`: a five-digit pass key inserted at a seeded depth into held-out English (`data.english_text`), asked
-  after the text; `passkey_tokens` sets the length (the calibration split is never used).
+- `passkey`: the KV comparison's `needle_passkey` task (`kv.tasks`: a five-digit pass key at a depth of 0, 1/4, ...,
+  1 in held-out English, asked after the text); `passkey_tokens` sets the length (the calibration split is never
+  used). Until stop 37 this family had its own generator, a bare "The pass key is N." sentence in the docs text,
+  which the unpruned SmolLM2 answered only 0.46 of the time (it took the sentence for Python documentation).
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ import numpy as np
 import torch
 
 FAMILIES = ("facts", "passkey")
+PASSKEY_PREFIX = "The pass key for today is"
 
 _CAPITALS = (("France", "Paris"), ("Germany", "Berlin"), ("Italy", "Rome"), ("Spain", "Madrid"), ("Japan", "Tokyo"),
              ("Russia", "Moscow"), ("Egypt", "Cairo"), ("China", "Beijing"), ("Greece", "Athens"),
@@ -70,24 +73,13 @@ def fact_prompts(n: int, seed: int = 0) -> list[Prompt]:
 
 
 def passkey_prompts(tokenizer, n: int, n_tokens: int = 160, seed: int = 0) -> list[Prompt]:
-    """`n` pass-key prompts of about `n_tokens` tokens of held-out English each, the key at a seeded depth."""
-    from ..data import english_text
+    """`n` pass-key prompts: `kv.tasks`' `needle_passkey` samples of `n_tokens` tokens (the KV comparison's task,
+    held-out filler, the needle at the depths `kv.tasks.DEPTHS` in turn), answered after "The pass key for today is".
+    """
+    from ..kv.tasks import make_suite
 
-    text = english_text("heldout")
-    words = text.split()
-    rng = random.Random(seed + 7919)
-    out = []
-    for _ in range(n):
-        key = str(rng.randint(10000, 99999))
-        start = rng.randrange(0, len(words) - 4 * n_tokens)
-        filler = words[start : start + n_tokens]
-        while len(filler) > 8 and len(tokenizer(" ".join(filler), add_special_tokens=False)["input_ids"]) > n_tokens:
-            filler = filler[: int(len(filler) * 0.9)]
-        at = rng.randint(0, len(filler))
-        body = " ".join(filler[:at] + [f"The pass key is {key}."] + filler[at:])
-        out.append(Prompt("passkey", body + "\n\nWhat is the pass key? Answer with the number only.",
-                          "The pass key is", key))
-    return out
+    return [Prompt("passkey", s.prompt, PASSKEY_PREFIX, s.answer)
+            for s in make_suite(["needle_passkey"], tokenizer, [n_tokens], n, seed)]
 
 
 @dataclass

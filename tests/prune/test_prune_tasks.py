@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from tappa_utils.kv.tasks import DEPTHS, make_suite
 from tappa_utils.prune import tasks as T
 
 
@@ -15,15 +16,19 @@ def test_prompts_are_seeded_and_answers_recoverable(default_model):
     sums = [p for p in a if "plus" in p.question]
     assert sums and all(int(p.answer) == sum(int(x) for x in p.prefix.split(" plus ")[0:1] + [p.prefix.split()[2]])
                         for p in sums)
-    keys = T.passkey_prompts(tok, 3, n_tokens=60, seed=0)
-    assert keys == T.passkey_prompts(tok, 3, n_tokens=60, seed=0)
-    assert all(f"The pass key is {p.answer}." in p.question and len(p.answer) == 5 for p in keys)
+    keys = T.passkey_prompts(tok, 5, n_tokens=300, seed=0)
+    assert keys == T.passkey_prompts(tok, 5, n_tokens=300, seed=0) and keys != T.passkey_prompts(tok, 5, 300, seed=1)
+    assert all(f"the pass key for today is {p.answer}." in p.question and len(p.answer) == 5
+               and p.prefix == T.PASSKEY_PREFIX for p in keys)
+    # the KV comparison's needle_passkey samples, one per depth, the question after the context
+    suite = make_suite(["needle_passkey"], tok, [300], 5, 0)
+    assert [p.question for p in keys] == [s.prompt for s in suite] and [s.depth for s in suite] == list(DEPTHS)
 
 
 def test_teacher_forced_greedy_equals_generation(default_model):
     """Correct (1) exactly when greedy decoding from the prompt writes the answer's tokens first."""
     model, tok = default_model
-    sets = T.task_sets(tok, ("facts", "passkey"), n=4, seed=0, passkey_tokens=60)
+    sets = T.task_sets(tok, ("facts", "passkey"), n=4, seed=0, passkey_tokens=300)
     for ts in sets.values():
         got = T.task_correct(model, ts, batch_size=3)
         for i in range(len(ts.prompts)):
@@ -46,7 +51,7 @@ def _greedy(model, ts, i):
 
 def test_removed_layers_change_answers_and_model_restored(default_model):
     model, tok = default_model
-    ts = T.task_sets(tok, ("passkey",), n=3, seed=1, passkey_tokens=60)["passkey"]
+    ts = T.task_sets(tok, ("passkey",), n=3, seed=1, passkey_tokens=300)["passkey"]
     before = T.task_correct(model, ts)
     T.task_correct(model, ts, removed=[0, 1, 2])
     assert np.array_equal(T.task_correct(model, ts), before)
