@@ -7,7 +7,8 @@ Writes samples.csv (one row per sample, method and budget, with the answer), acc
 comparisons.csv (TAPPA vs each method, exact McNemar, Holm over the table), ranks.csv, accuracy_vs_keep.png and
 run_info.json. The full cache is always run: its accuracy per (task, length) says which cells the model can do at
 all (the chapters drop cells below 0.5 and say so). Every input is checked before the model is loaded; the results are
-built aside and swapped in whole.
+built aside and swapped in whole. Each finished sample is saved as the run goes (`task_progress`): the same command
+re-run after a crash or Ctrl-C resumes where it stopped.
 """
 from __future__ import annotations
 
@@ -106,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         pf.check_out_dir(args.out, command="kv-tasks")
         with ResultDir(args.out, "kv-tasks") as tmp:
             from . import task_eval as TE
+            from .task_progress import TaskProgress
             from .tasks import make_suite
 
             model, tok = load_model(info.source, device=args.device, dtype=args.dtype,
@@ -113,20 +115,26 @@ def main(argv: list[str] | None = None) -> int:
             check_supported(model)
             t0 = time.perf_counter()
             suite = make_suite(args.tasks, tok, args.lengths, args.samples, args.seed)
+            params = {k: v for k, v in vars(args).items() if k not in ("out", "quiet")}
+            progress = TaskProgress.open(args.out, {**params, "model": model_label(args.model)})
+            if progress.done and not args.quiet:
+                print(f"resuming: {len(progress.done)} of {len(suite)} samples were finished by an earlier run "
+                      f"with the same options ({progress.path})", flush=True)
             samples = TE.run_task_eval(model, tok, suite, args.methods, args.keep, window=args.window,
-                                       max_new_tokens=args.max_new_tokens, progress=not args.quiet)
+                                       max_new_tokens=args.max_new_tokens, progress=not args.quiet,
+                                       done=progress.done, on_sample=progress.add)
             table = TE.accuracy_table(samples)
             save_table(samples, tmp, "samples.csv")
             save_table(table, tmp, "accuracy.csv")
             save_table(TE.paired_comparisons(samples), tmp, "comparisons.csv")
             save_table(TE.ranks(samples), tmp, "ranks.csv")
             save_figure(plot_accuracy(table), tmp, "accuracy_vs_keep.png")
-            params = {k: v for k, v in vars(args).items() if k not in ("out", "quiet")}
             save_run_info(tmp, {**params, "model": model_label(args.model)},
                           seconds=round(time.perf_counter() - t0, 1))
             save_json(tmp, "summary.json", {"full_cache_accuracy": table[table.method == "full"]
                                             .drop_duplicates(["task", "length"])[["task", "length", "accuracy", "n"]]
                                             .to_dict("records")})
+        progress.remove()
         if not args.quiet:
             print(table.to_string(index=False))
         return 0

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -55,13 +55,16 @@ def stop_token_ids(tokenizer) -> list[int]:
 
 
 def run_task_eval(model, tokenizer, samples: Sequence, methods: Sequence[str], keeps: Sequence[float],
-                  window: int = 32, max_new_tokens: int = 16, progress: bool = False):
+                  window: int = 32, max_new_tokens: int = 16, progress: bool = False,
+                  done: Mapping[int, list[dict]] | None = None,
+                  on_sample: Callable[[int, list[dict]], None] | None = None):
     """Per-sample, per-(method, keep) results (pandas DataFrame).
 
     Columns: task, length, depth, sample, method, keep, correct (0/1), answer, kept_fraction, press_ms, answer_ms,
     context_tokens, layer_lengths (cached tokens per layer, space-separated) and layer_qsim (the window
     q-similarity per layer a TAPPA-family press recorded; empty for the others). The full cache is the method "full"
-    (keep 1.0), run once per sample.
+    (keep 1.0), run once per sample. `done` maps sample indices to rows an earlier run of the same suite made
+    (`task_progress`): those samples are not run again; `on_sample(i, rows)` is called after each sample run.
     """
     import pandas as pd
 
@@ -73,7 +76,12 @@ def run_task_eval(model, tokenizer, samples: Sequence, methods: Sequence[str], k
         raise ValueError("no samples: make a suite with tasks.make_suite first")
     stops = stop_token_ids(tokenizer)
     rows = []
+    done = done or {}
     for i, sample in enumerate(samples):
+        if i in done:
+            rows.extend(done[i])
+            continue
+        first = len(rows)
         ctx_ids, question_ids = chat_prompt(tokenizer, sample)
         ctx, question = torch.tensor([ctx_ids]), torch.tensor([question_ids])
         presses = {("full", 1.0): None}
@@ -96,6 +104,8 @@ def run_task_eval(model, tokenizer, samples: Sequence, methods: Sequence[str], k
                          "answer_ms": 1000 * (time.perf_counter() - t0), "context_tokens": t,
                          "layer_lengths": " ".join(str(int(n)) for n in kept),
                          "layer_qsim": " ".join(f"{float(q):.5g}" for q in qsim) if qsim is not None else ""})
+        if on_sample is not None:
+            on_sample(i, rows[first:])
         if progress:
             print(f"  sample {i + 1}/{len(samples)} ({sample.task}, {t} tokens) done", flush=True)
     return pd.DataFrame(rows)
