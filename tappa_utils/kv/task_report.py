@@ -156,27 +156,40 @@ def cost_ratios(results, method: str = "tappa", baseline: str = "snapkv", seed: 
 
 
 def accuracy_markdown(results) -> str:
-    """Every method's accuracy [Wilson 95 % interval] per (task, length) and keep, one row per method (the full
-    cache first, the same at every keep), as a Markdown table (`tables.markdown_table`)."""
+    """Every method's accuracy [Wilson 95 % interval] as Markdown: one table per (task, length), under a line giving
+    the full cache's accuracy, with a row per compressing method and a column per fraction kept (only the fractions
+    some method ran for that cell). A method run on fewer samples than the cell's others shows its n."""
     acc = accuracy_table(results)
-    keeps = sorted(acc.loc[acc.method != "full", "keep"].unique())
-    cells = list(dict.fromkeys(zip(acc.task, acc.length)))
     comp = acc[acc.method != "full"]
-    ran = {(t, n, k): bool(((comp.task == t) & (comp.length == n) & (comp.keep == k)).any())
-           for t, n in cells for k in keeps}
-    table = []
-    for m in ["full"] + [m for m in dict.fromkeys(results.method) if m != "full"]:
-        row = {"method": m}
-        for t, n in cells:
+    methods = [m for m in dict.fromkeys(results.method) if m != "full"]
+    out = []
+    for t, n in dict.fromkeys(zip(acc.task, acc.length)):
+        full = acc[(acc.method == "full") & (acc.task == t) & (acc.length == n)]
+        head = f"**{T.escape(t)}, {n:,} tokens**"
+        if len(full):
+            f = full.iloc[0]
+            head += (f": full cache {T.number(f.accuracy, 2)} {T.interval((f.ci_low, f.ci_high), 2)}, "
+                     f"n = {int(f.n)}")
+        cell = comp[(comp.task == t) & (comp.length == n)]
+        keeps = sorted(cell.keep.unique())
+        if not keeps:
+            out.append(head + "; no compressing method ran this cell.")
+            continue
+        most = int(cell.n.max())
+        rows = []
+        for m in (m for m in methods if (cell.method == m).any()):
+            row = {"method": m}
             for k in keeps:
-                if not ran[(t, n, k)]:
-                    continue  # no compressing method ran this (task, length) at this keep: no column
-                g = acc[(acc.method == m) & (acc.task == t) & (acc.length == n) & (acc.keep == k)]
-                row[f"{t} {n}, {_pct(k)}"] = (f"{T.number(g.accuracy.iloc[0], 2)} "
-                                              f"{T.interval((g.ci_low.iloc[0], g.ci_high.iloc[0]), 2)}"
-                                              if len(g) else T.DASH)
-        table.append(row)
-    return T.markdown_table(table)
+                g = cell[(cell.method == m) & (cell.keep == k)]
+                if not len(g):
+                    row[_pct(k)] = T.DASH
+                    continue
+                g = g.iloc[0]
+                row[_pct(k)] = (f"{T.number(g.accuracy, 2)} {T.interval((g.ci_low, g.ci_high), 2)}"
+                                + (f" (n = {int(g.n)})" if int(g.n) != most else ""))
+            rows.append(row)
+        out += [head, "", T.markdown_table(rows)]
+    return "\n\n".join(out)
 
 
 def accuracy_by_depth(results, methods: Sequence[str] | None = None):

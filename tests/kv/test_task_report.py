@@ -88,15 +88,19 @@ def test_tables_and_texts_name_every_method_and_budget():
     data = _rows({"tappa": lambda i, k: int(k > 0.3), "snapkv": lambda i, k: 1}, 6,
                  cells=(("needle_passkey", 512), ("qa", 512)))
     md = TR.accuracy_markdown(data)
-    assert "needle\\_passkey 512, 25 %" in md and "qa 512, 50 %" in md
-    lines = [line for line in md.splitlines() if line.startswith("| full") or line.startswith("| tappa")]
-    assert "| 1 [0.61, 1]" in lines[0] and "| 0 [0, 0.39]" in lines[1]
+    assert "**needle\\_passkey, 512 tokens**: full cache 1 [0.61, 1], n = 6" in md and "**qa, 512 tokens**" in md
+    lines = [line for line in md.splitlines() if line.startswith("| tappa")]
+    assert len(lines) == 2 and lines[0].startswith("| tappa | 0 [0, 0.39] |")
     assert "rank 2 of 2 at 25 % kept (mean accuracy 0.00; best snapkv, 1.00)" in TR.rank_text(data)
     assert "rank 1 of 2 at 50 % kept (mean accuracy 1.00, tied with 1 other)" in TR.rank_text(data)
     # a grid part that ran qa only at 50 %: no "qa 512, 25 %" column is left for it
     part = data[~((data.task == "qa") & (data.keep == 0.25))]
     md_part = TR.accuracy_markdown(part)
-    assert "qa 512, 25 %" not in md_part and "qa 512, 50 %" in md_part and "needle\\_passkey 512, 25 %" in md_part
+    qa_table = md_part.split("**qa, 512 tokens**")[1]
+    assert "25 %" not in qa_table and "50 %" in qa_table and "25 %" in md_part.split("**qa")[0]
+    # a method run on fewer samples shows its n
+    fewer = data[~((data.method == "snapkv") & (data["sample"] >= 3))]
+    assert "(n = 3)" in TR.accuracy_markdown(fewer) and "(n = 3)" not in md
     prof = TR.layer_profile(data, 0.25)
     assert prof.tappa.tolist() == [20, 30, 25] and prof.snapkv.tolist() == [25, 25, 25]
     assert np.allclose(prof.qsim, [0.9, 0.5, 0.7])
