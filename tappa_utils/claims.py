@@ -466,7 +466,7 @@ SPECS: tuple[Spec, ...] = (
     Spec("kv_cache.A_task_solvable", "assumption", "07_kv_cache",
          "With the full cache the model does the task at this length (greedy accuracy >= 0.5 over the samples).",
          "§6.1 (premise of any cache comparison)", "ge", 0.5, 0.0, (),
-         "Full-cache accuracy (exact / contains match of the greedy answer, `kv.tasks.score`) per (task, length). "
+         "Full-cache accuracy (exact / contains match of the greedy answer, `long_tasks.score`) per (task, length). "
          "Where it is violated the task says nothing about compression: the claim rows of that (task, length) get "
          "p = NaN (status inconclusive), their effect and interval still shown."),
     Spec("kv_cache.tappa_vs_uniform_budgets", "claim", "07_kv_cache",

@@ -4,7 +4,7 @@
   never trained on by `tappa-tiny`, which was trained on other stdlib files: the default for `tappa-tiny`.
 - `english`: real English prose from the Python documentation bundled with every Python (`pydoc_data.topics`, the
   PSF-licensed language reference), split by topic into a calibration part (topics whose key's SHA-256 is divisible
-  by 4, about a quarter) and a held-out part (the rest): the default for every other model. `kv.tasks` builds its
+  by 4, about a quarter) and a held-out part (the rest): the default for every other model. `long_tasks` builds its
   long-context samples from the same held-out topics. Analyses and tasks read the held-out part;
   calibration (pruning's beta, the q-sim variant's choice) reads the calibration part, so no test sees its text.
 """

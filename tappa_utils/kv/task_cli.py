@@ -1,4 +1,4 @@
-"""`kv-tasks`: KV-cache compression judged by task accuracy (greedy answers, `kv.tasks`) on any model.
+"""`kv-tasks`: KV-cache compression judged by task accuracy (greedy answers, `long_tasks`) on any model.
 
     python -m tappa_utils kv-tasks --model smollm2-135m --tasks needle_passkey multikey --lengths 1024 \\
         --samples 20 --keep 0.1 0.25 0.5 --methods tappa uniform_cake snapkv streamingllm --out runs/kv-tasks
@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import time
 
+from ..long_tasks import TASKS
 from .methods import METHODS, method_names
-from .tasks import TASKS
 
 DEFAULT_METHODS = ("tappa", "uniform_cake", "snapkv", "pyramidkv", "streamingllm", "expected_attention")
 
@@ -106,9 +106,9 @@ def main(argv: list[str] | None = None) -> int:
                                 "tokens (the chat template and answer need ~256 more)")
         pf.check_out_dir(args.out, command="kv-tasks")
         with ResultDir(args.out, "kv-tasks") as tmp:
+            from ..long_tasks import make_suite
             from . import task_eval as TE
             from .task_progress import TaskProgress
-            from .tasks import make_suite
 
             model, tok = load_model(info.source, device=args.device, dtype=args.dtype,
                                     attn_implementation="sdpa")

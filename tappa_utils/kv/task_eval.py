@@ -1,6 +1,6 @@
 """KV-cache compression judged by task accuracy: greedy answers after a compressed context (the paper's Section 6).
 
-Each sample is a context and a question (`kv.tasks`). The context goes through the model once; every press is
+Each sample is a context and a question (`long_tasks`). The context goes through the model once; every press is
 replayed on its own copy of that full cache (`evaluate.compressed_caches`: the same cache `with press(model)` gives,
 at the cost of one prefill for all methods); then the question (never compressed, kvpress's context / question
 split) is fed after the compressed cache at its original positions and the answer is decoded greedily, stopping at
@@ -68,9 +68,9 @@ def run_task_eval(model, tokenizer, samples: Sequence, methods: Sequence[str], k
     """
     import pandas as pd
 
+    from ..long_tasks import chat_prompt, score
     from .evaluate import compressed_caches
     from .methods import make_press
-    from .tasks import chat_prompt, score
 
     if not samples:
         raise ValueError("no samples: make a suite with tasks.make_suite first")

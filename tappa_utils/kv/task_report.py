@@ -27,8 +27,8 @@ TASK_CLAIMS = {"kv_cache.tappa_vs_uniform_budgets": "uniform_cake", "kv_cache.ta
 def check_grid(tasks: Sequence[str], lengths: Sequence[int], samples: int, keep: Sequence[float],
                methods: Sequence[str], window: int) -> None:
     """Refuse a task grid the evaluation cannot run (ValueError, one line naming the option and the fix)."""
+    from ..long_tasks import TASKS
     from .methods import method_names
-    from .tasks import TASKS
 
     bad = [t for t in tasks if t not in TASKS]
     if bad or not tasks:

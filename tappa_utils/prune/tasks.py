@@ -14,7 +14,7 @@ start from stored hidden states (`prefix.PrefixStates`) like the loss evaluation
 Families (`FAMILIES`; the phrasings are this module's own):
 
 - `facts`: capitals, opposites, the day after a weekday, sums of two digits (a fixed bank plus seeded sums).
-- `passkey`: the KV comparison's `needle_passkey` task (`kv.tasks`: a five-digit pass key at a depth of 0, 1/4, ...,
+- `passkey`: the KV comparison's `needle_passkey` task (`long_tasks`: a five-digit pass key at a depth of 0, 1/4, ...,
   1 in held-out English, asked after the text); `passkey_tokens` sets the length (the calibration split is never
   used). Until stop 37 this family had its own generator, a bare "The pass key is N." sentence in the docs text,
   which the unpruned SmolLM2 answered only 0.46 of the time (it took the sentence for Python documentation).
@@ -73,10 +73,10 @@ def fact_prompts(n: int, seed: int = 0) -> list[Prompt]:
 
 
 def passkey_prompts(tokenizer, n: int, n_tokens: int = 160, seed: int = 0) -> list[Prompt]:
-    """`n` pass-key prompts: `kv.tasks`' `needle_passkey` samples of `n_tokens` tokens (the KV comparison's task,
-    held-out filler, the needle at the depths `kv.tasks.DEPTHS` in turn), answered after "The pass key for today is".
+    """`n` pass-key prompts: `long_tasks`' `needle_passkey` samples of `n_tokens` tokens (the KV comparison's task,
+    held-out filler, the needle at the depths `long_tasks.DEPTHS` in turn), answered after "The pass key for today is".
     """
-    from ..kv.tasks import make_suite
+    from ..long_tasks import make_suite
 
     return [Prompt("passkey", s.prompt, PASSKEY_PREFIX, s.answer)
             for s in make_suite(["needle_passkey"], tokenizer, [n_tokens], n, seed)]

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from tappa_utils.kv.tasks import DEPTHS, make_suite
+from tappa_utils.long_tasks import DEPTHS, make_suite
 from tappa_utils.prune import tasks as T
 
 

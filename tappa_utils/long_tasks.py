@@ -49,7 +49,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import pairwise
 
-from ..data import is_calibration_topic
+from .data import is_calibration_topic
 
 TASKS = ("needle_passkey", "needle_number", "needle_word", "multikey", "multivalue", "variable_tracking",
          "common_words", "qa")

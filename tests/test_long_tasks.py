@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tappa_utils.kv import tasks as T
+from tappa_utils import long_tasks as T
 from tappa_utils.models import byte_tokenizer
 
 NEEDLE_TASKS = ("needle_passkey", "needle_number", "needle_word", "multikey", "multivalue", "variable_tracking")
